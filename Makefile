@@ -1,0 +1,48 @@
+# The two commands: `make demo` runs the pipeline, `make test` runs every check.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo venv stack lint typecheck pytest unit bench soak down clean
+
+test: venv stack lint typecheck pytest  ## everything CI runs
+
+# Create the venv once; reinstall only when pyproject.toml changes.
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "shardctl needs Python >= 3.11 (PYTHON=$(PYTHON))" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+stack: venv  ## install (once) and start etcd, MariaDB, Kafka, NSQ on 127.0.0.1
+	$(BIN)/shardctl dev up
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv stack
+	$(BIN)/pytest
+
+unit: venv  ## pure-logic tests only; no services needed
+	$(BIN)/pytest tests/unit
+
+demo: venv stack
+	$(BIN)/shardctl dev status
+
+bench: venv stack
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+down:
+	$(BIN)/shardctl dev down
+
+clean: down
+	rm -rf .shardctl

@@ -1,0 +1,1 @@
+"""The binlog reader: source, row decoding, Maxwell formatter, partitioner, producers."""

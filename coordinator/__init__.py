@@ -1,0 +1,1 @@
+"""The coordinator: leader election, the pure assignment algorithm, and the assignment writer."""

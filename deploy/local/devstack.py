@@ -1,0 +1,531 @@
+"""The local stack: real etcd, MariaDB, Kafka (KRaft) and NSQ on 127.0.0.1, no containers.
+
+Each service moves through these states:
+
+    missing --install--> installed --start--> running --health check--> healthy
+       running --stop (SIGTERM, then SIGKILL after a grace period)--> installed
+
+* install: Debian packages (etcd, MariaDB), Maven Central jars (Kafka, via the pom
+  beside this file), Go modules (nsqd, nsqlookupd, via the go.mod beside this file).
+  Downloads are cached (`~/.cache/shardctl` by default) so a second `up` is fast.
+* running: a process this stack started, recorded in `<state>/<service>.pid`.
+  A pid file whose process is gone, or is some other program, is stale and ignored.
+  `down` stops only processes named by pid files, never anything found by name.
+* healthy: one real request answers (etcd /health, a MariaDB query, Kafka
+  metadata, NSQ /ping). Never a sleep.
+
+`up` is idempotent: a healthy service is left alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import getpass
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+KAFKA_VERSION = "4.1.1"
+NSQ_VERSION = "1.3.0"
+SERVICES = ("etcd", "mariadb", "kafka", "nsqlookupd", "nsqd")
+CDC_USER = "shardctl_cdc"
+SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
+
+
+class StackError(Exception):
+    """A service could not be installed, started or reached. The message names it."""
+
+
+@dataclass
+class Ports:
+    """Defaults sit away from the standard ports: another etcd or MariaDB may be running."""
+
+    etcd: int = 23790
+    etcd_peer: int = 23800
+    mariadb: int = 33306
+    kafka: int = 19092
+    kafka_controller: int = 19093
+    nsqd_tcp: int = 14150
+    nsqd_http: int = 14151
+    lookupd_tcp: int = 14160
+    lookupd_http: int = 14161
+
+    @classmethod
+    def from_env(cls) -> Ports:
+        """Each port can be moved with SHARDCTL_DEV_<NAME>_PORT, e.g. SHARDCTL_DEV_KAFKA_PORT."""
+        ports = cls()
+        for name in asdict(ports):
+            raw = os.environ.get(f"SHARDCTL_DEV_{name.upper()}_PORT")
+            if raw is not None:
+                if not raw.isdigit() or not 0 < int(raw) < 65536:
+                    raise StackError(f"SHARDCTL_DEV_{name.upper()}_PORT: {raw!r} is not a port")
+                setattr(ports, name, int(raw))
+        return ports
+
+
+@dataclass
+class Service:
+    name: str
+    binary: str  # the program name that must appear in the process's argv[0]
+    install: Callable[[], None]
+    prepare: Callable[[], None]
+    command: Callable[[], list[str]]
+    healthy: Callable[[], bool]
+    after_start: Callable[[], None] = field(default=lambda: None)
+    start_timeout_s: float = 90.0
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("SHARDCTL_DEV_STATE", REPO / ".shardctl")).resolve()
+
+
+def default_cache_dir() -> Path:
+    if "SHARDCTL_DEV_CACHE" in os.environ:
+        return Path(os.environ["SHARDCTL_DEV_CACHE"]).resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "shardctl"
+
+
+def _http_ok(url: str, expect: Callable[[bytes], bool]) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200 and expect(resp.read()))
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None
+         ) -> None:
+    """Run an install/setup step; on failure say which step and show its output's tail."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
+        raise StackError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+
+
+class Stack:
+    def __init__(self, state_dir: Path | None = None, cache_dir: Path | None = None,
+                 ports: Ports | None = None) -> None:
+        self.state = state_dir or default_state_dir()
+        self.cache = cache_dir or default_cache_dir()
+        saved = self.state / "ports.json"
+        if ports is None and saved.exists():
+            ports = Ports(**json.loads(saved.read_text()))
+        self.ports = ports or Ports.from_env()
+        self._apt_updated = False
+        self.services: dict[str, Service] = {
+            "etcd": Service("etcd", "etcd", self._install_etcd, self._prepare_etcd,
+                            self._etcd_cmd, self._etcd_healthy),
+            "mariadb": Service("mariadb", "mariadbd", self._install_mariadb,
+                               self._prepare_mariadb, self._mariadb_cmd, self._mariadb_healthy,
+                               self._mariadb_users),
+            "kafka": Service("kafka", "java", self._install_kafka, self._prepare_kafka,
+                             self._kafka_cmd, self._kafka_healthy, start_timeout_s=120.0),
+            "nsqlookupd": Service("nsqlookupd", "nsqlookupd", self._install_nsq, lambda: None,
+                                  self._lookupd_cmd, self._lookupd_healthy),
+            "nsqd": Service("nsqd", "nsqd", self._install_nsq, self._prepare_nsqd,
+                            self._nsqd_cmd, self._nsqd_healthy),
+        }
+
+    # ------------------------------------------------------------------ paths
+    def data(self, name: str) -> Path:
+        return self.state / "data" / name
+
+    def log(self, name: str) -> Path:
+        return self.state / "logs" / f"{name}.log"
+
+    def pidfile(self, name: str) -> Path:
+        return self.state / "run" / f"{name}.pid"
+
+    @property
+    def cdc_password_file(self) -> Path:
+        return self.state / "secrets" / "mysql_cdc_password"
+
+    @property
+    def mariadb_socket(self) -> Path:
+        return self.state / "run" / "mariadb.sock"
+
+    # --------------------------------------------------------------- installs
+    def _apt_install(self, packages: list[str]) -> None:
+        if os.geteuid() != 0:
+            raise StackError(
+                f"{', '.join(packages)} missing; install them with: "
+                f"sudo apt-get install -y {' '.join(packages)}")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if not self._apt_updated:
+            _run(["apt-get", "update", "-qq"], "apt-get update", env=env)
+            self._apt_updated = True
+        _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+             f"apt-get install {' '.join(packages)}", env=env)
+
+    def _install_etcd(self) -> None:
+        if not shutil.which("etcd", path=SBIN_PATH):
+            self._apt_install(["etcd-server"])
+
+    def _install_mariadb(self) -> None:
+        if not (shutil.which("mariadbd", path=SBIN_PATH) and shutil.which("mariadb-install-db")):
+            self._apt_install(["mariadb-server", "mariadb-client"])
+
+    @property
+    def kafka_libs(self) -> Path:
+        return self.cache / f"kafka-{KAFKA_VERSION}" / "libs"
+
+    def _install_kafka(self) -> None:
+        done = self.kafka_libs / ".complete"
+        if done.exists():
+            return
+        for tool in ("java", "mvn"):
+            if not shutil.which(tool):
+                raise StackError(f"kafka: `{tool}` is not installed; Kafka needs Java 17 and Maven")
+        self.kafka_libs.mkdir(parents=True, exist_ok=True)
+        _run(["mvn", "-q", "-B", "-f", str(HERE / "kafka" / "pom.xml"),
+              "dependency:copy-dependencies", f"-DoutputDirectory={self.kafka_libs}"],
+             f"kafka {KAFKA_VERSION}: resolving jars with mvn")
+        done.write_text(KAFKA_VERSION)
+
+    @property
+    def nsq_bin(self) -> Path:
+        return self.cache / f"nsq-{NSQ_VERSION}" / "bin"
+
+    def _install_nsq(self) -> None:
+        if (self.nsq_bin / "nsqd").exists() and (self.nsq_bin / "nsqlookupd").exists():
+            return
+        if not shutil.which("go"):
+            raise StackError("nsqd: `go` is not installed; nsqd is built from its Go module")
+        env = {**os.environ, "GOBIN": str(self.nsq_bin), "GOFLAGS": "-mod=mod"}
+        _run(["go", "install", "github.com/nsqio/nsq/apps/nsqd",
+              "github.com/nsqio/nsq/apps/nsqlookupd"],
+             f"nsq {NSQ_VERSION}: go install", env=env, cwd=HERE / "nsq")
+
+    # ------------------------------------------------------------------ etcd
+    def _prepare_etcd(self) -> None:
+        self.data("etcd").mkdir(parents=True, exist_ok=True)
+
+    def _etcd_cmd(self) -> list[str]:
+        p = self.ports
+        peer = f"http://127.0.0.1:{p.etcd_peer}"
+        client = f"http://127.0.0.1:{p.etcd}"
+        return [shutil.which("etcd", path=SBIN_PATH) or "etcd",
+                "--name", "shardctl-dev", "--data-dir", str(self.data("etcd")),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"shardctl-dev={peer}",
+                "--logger", "zap", "--log-outputs", "stderr"]
+
+    def _etcd_healthy(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self.ports.etcd}/health",
+                        lambda body: json.loads(body).get("health") == "true")
+
+    # --------------------------------------------------------------- MariaDB
+    def _prepare_mariadb(self) -> None:
+        datadir = self.data("mariadb")
+        if (datadir / "mysql").is_dir():
+            return
+        datadir.mkdir(parents=True, exist_ok=True)
+        _run(["mariadb-install-db", "--no-defaults", f"--datadir={datadir}",
+              f"--user={getpass.getuser()}", "--auth-root-authentication-method=normal",
+              "--skip-test-db"], "mariadb: initialising the data directory")
+
+    def _mariadb_cmd(self) -> list[str]:
+        d = self.data("mariadb")
+        return [shutil.which("mariadbd", path=SBIN_PATH) or "mariadbd", "--no-defaults",
+                f"--datadir={d}", f"--socket={self.mariadb_socket}",
+                f"--port={self.ports.mariadb}", "--bind-address=127.0.0.1",
+                f"--user={getpass.getuser()}", "--skip-name-resolve",
+                f"--pid-file={self.state / 'run' / 'mariadbd.internal.pid'}",
+                "--server-id=1", f"--log-bin={d / 'binlog'}", "--binlog-format=ROW",
+                "--binlog-row-image=FULL", "--binlog-row-metadata=FULL",
+                "--gtid-strict-mode=1", "--gtid-domain-id=0",
+                "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
+                "--max-allowed-packet=64M", "--innodb-buffer-pool-size=512M",
+                "--max-connections=500"]
+
+    def _mariadb_query(self, sql: str, via_socket: bool = False) -> None:
+        import pymysql
+
+        if via_socket:
+            conn = pymysql.connect(unix_socket=str(self.mariadb_socket), user="root",
+                                   password="", connect_timeout=2, autocommit=True)
+        else:
+            conn = pymysql.connect(host="127.0.0.1", port=self.ports.mariadb, user="root",
+                                   password="", connect_timeout=2, autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                for stmt in filter(None, (s.strip() for s in sql.split(";"))):
+                    cur.execute(stmt)
+        finally:
+            conn.close()
+
+    def _mariadb_healthy(self) -> bool:
+        import pymysql
+
+        try:
+            self._mariadb_query("SELECT 1", via_socket=True)
+        except (pymysql.MySQLError, OSError):
+            return False
+        return True
+
+    def _mariadb_users(self) -> None:
+        """Root over TCP for tests, and a CDC user with only what a binlog reader needs."""
+        pw_file = self.cdc_password_file
+        if not pw_file.exists():
+            pw_file.parent.mkdir(parents=True, exist_ok=True)
+            pw_file.touch(mode=0o600)
+            pw_file.write_text(secrets.token_urlsafe(18))
+        password = pw_file.read_text().strip()
+        self._mariadb_query(
+            "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';"
+            "GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;"
+            f"CREATE USER IF NOT EXISTS '{CDC_USER}'@'127.0.0.1' IDENTIFIED BY '{password}';"
+            f"ALTER USER '{CDC_USER}'@'127.0.0.1' IDENTIFIED BY '{password}';"
+            # SELECT: schema and bootstrap reads; REPLICATION SLAVE: the binlog dump;
+            # REPLICATION CLIENT (BINLOG MONITOR): SHOW MASTER STATUS / SHOW BINARY LOGS.
+            f"GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* "
+            f"TO '{CDC_USER}'@'127.0.0.1'",
+            via_socket=True)
+
+    # ----------------------------------------------------------------- Kafka
+    @property
+    def kafka_conf(self) -> Path:
+        return self.state / "conf" / "kafka.properties"
+
+    def _prepare_kafka(self) -> None:
+        p = self.ports
+        data = self.data("kafka")
+        conf = self.kafka_conf
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{p.kafka_controller}",
+            f"listeners=PLAINTEXT://127.0.0.1:{p.kafka},CONTROLLER://127.0.0.1:{p.kafka_controller}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{p.kafka}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={data}",
+            # Topics are created explicitly with num_shards partitions; a typo must fail.
+            "auto.create.topics.enable=false",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=4",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "",
+        ]))
+        (conf.parent / "kafka-log4j2.properties").write_text("\n".join([
+            "rootLogger.level = INFO",
+            "rootLogger.appenderRef.stdout.ref = STDOUT",
+            "appender.stdout.type = Console",
+            "appender.stdout.name = STDOUT",
+            "appender.stdout.layout.type = PatternLayout",
+            "appender.stdout.layout.pattern = [%d] %p %m (%c)%n",
+            "logger.kafka.name = kafka", "logger.kafka.level = WARN",
+            "logger.apache.name = org.apache.kafka", "logger.apache.level = WARN",
+            "",
+        ]))
+        if not (data / "meta.properties").exists():
+            data.mkdir(parents=True, exist_ok=True)
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            _run(["java", "-cp", f"{self.kafka_libs}/*", *self._kafka_log4j(),
+                  "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)],
+                 "kafka: formatting the KRaft storage")
+
+    def _kafka_log4j(self) -> list[str]:
+        return [f"-Dlog4j2.configurationFile={self.kafka_conf.parent / 'kafka-log4j2.properties'}"]
+
+    def _kafka_cmd(self) -> list[str]:
+        return ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                *self._kafka_log4j(), "-cp", f"{self.kafka_libs}/*", "kafka.Kafka",
+                str(self.kafka_conf)]
+
+    def _kafka_healthy(self) -> bool:
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{self.ports.kafka}",
+                             "log_level": 0})
+        try:
+            return len(admin.list_topics(timeout=2).brokers) > 0
+        except KafkaException:
+            return False
+
+    # ------------------------------------------------------------------- NSQ
+    def _lookupd_cmd(self) -> list[str]:
+        p = self.ports
+        return [str(self.nsq_bin / "nsqlookupd"), f"--tcp-address=127.0.0.1:{p.lookupd_tcp}",
+                f"--http-address=127.0.0.1:{p.lookupd_http}", "--broadcast-address=127.0.0.1"]
+
+    def _lookupd_healthy(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self.ports.lookupd_http}/ping",
+                        lambda body: body.strip() == b"OK")
+
+    def _prepare_nsqd(self) -> None:
+        self.data("nsqd").mkdir(parents=True, exist_ok=True)
+
+    def _nsqd_cmd(self) -> list[str]:
+        p = self.ports
+        return [str(self.nsq_bin / "nsqd"), f"--tcp-address=127.0.0.1:{p.nsqd_tcp}",
+                f"--http-address=127.0.0.1:{p.nsqd_http}", f"--data-path={self.data('nsqd')}",
+                f"--lookupd-tcp-address=127.0.0.1:{p.lookupd_tcp}",
+                "--broadcast-address=127.0.0.1"]
+
+    def _nsqd_healthy(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self.ports.nsqd_http}/ping",
+                        lambda body: body.strip() == b"OK")
+
+    # ------------------------------------------------------------- lifecycle
+    def pid(self, name: str) -> int | None:
+        """The pid this stack started for `name`, if that process still runs that program."""
+        path = self.pidfile(name)
+        try:
+            pid = int(path.read_text().strip())
+            argv0 = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[0]
+        except (OSError, ValueError):
+            return None
+        if Path(argv0.decode(errors="replace")).name != self.services[name].binary:
+            return None  # the pid was reused by another program
+        return pid
+
+    def _names(self, only: list[str] | None) -> list[str]:
+        names = list(only or SERVICES)
+        unknown = [n for n in names if n not in self.services]
+        if unknown:
+            raise StackError(f"unknown service {unknown[0]!r}; services: {', '.join(SERVICES)}")
+        return [n for n in SERVICES if n in names]  # dependency order
+
+    def up(self, only: list[str] | None = None, echo: Callable[[str], None] = print) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        (self.state / "ports.json").write_text(json.dumps(asdict(self.ports)))
+        for name in self._names(only):
+            svc = self.services[name]
+            if self.pid(name) is not None and svc.healthy():
+                svc.after_start()  # idempotent: repairs a setup a crash cut short
+                continue
+            echo(f"{name}: installing if needed, then starting")
+            svc.install()
+            svc.prepare()
+            self.start(name, echo)
+
+    def start(self, name: str, echo: Callable[[str], None] = print) -> None:
+        svc = self.services[name]
+        proc: subprocess.Popen[bytes] | None = None
+        if self.pid(name) is None:
+            for d in ("run", "logs"):
+                (self.state / d).mkdir(parents=True, exist_ok=True)
+            with self.log(name).open("ab") as log:
+                proc = subprocess.Popen(svc.command(), stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        cwd=self.state)
+            self.pidfile(name).write_text(str(proc.pid))
+        self._wait_healthy(name, proc)
+        svc.after_start()
+        echo(f"{name}: healthy (pid {self.pid(name)})")
+
+    def _wait_healthy(self, name: str, proc: subprocess.Popen[bytes] | None) -> None:
+        svc = self.services[name]
+        deadline = time.monotonic() + svc.start_timeout_s
+        delay = 0.1
+        while time.monotonic() < deadline:
+            # Just after the fork /proc still shows our own argv, so trust the handle.
+            alive = proc.poll() is None if proc is not None else self.pid(name) is not None
+            if not alive:
+                raise StackError(f"{name} exited during start-up; last lines of "
+                                 f"{self.log(name)}:\n{self.log_tail(name)}")
+            if svc.healthy():
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+        raise StackError(f"{name} did not become healthy within {svc.start_timeout_s:.0f}s; "
+                         f"last lines of {self.log(name)}:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log(name).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, grace_s: float = 30.0) -> bool:
+        """Stop the process this stack started for `name`. False if none was running."""
+        pid = self.pid(name)
+        if pid is None:
+            self.pidfile(name).unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while self.pid(name) is not None and time.monotonic() < deadline:
+            self._reap(pid)
+            time.sleep(0.1)
+        if self.pid(name) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while self.pid(name) is not None:
+                self._reap(pid)
+                time.sleep(0.05)
+        self.pidfile(name).unlink(missing_ok=True)
+        return True
+
+    @staticmethod
+    def _reap(pid: int) -> None:
+        """Collect the exit status when the service is our own child (zombies keep /proc)."""
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+    def restart(self, name: str, echo: Callable[[str], None] = print) -> None:
+        self.stop(name)
+        self.start(name, echo)
+
+    def down(self, echo: Callable[[str], None] = print) -> None:
+        for name in reversed(SERVICES):
+            if self.stop(name):
+                echo(f"{name}: stopped")
+
+    def status(self) -> Iterator[tuple[str, int | None, bool, str]]:
+        """(service, pid or None, healthy, endpoint) for each service."""
+        for name in SERVICES:
+            pid = self.pid(name)
+            yield name, pid, pid is not None and self.services[name].healthy(), \
+                self.endpoints()[name]
+
+    def endpoints(self) -> dict[str, str]:
+        p = self.ports
+        return {
+            "etcd": f"127.0.0.1:{p.etcd}",
+            "mariadb": f"127.0.0.1:{p.mariadb}",
+            "kafka": f"127.0.0.1:{p.kafka}",
+            "nsqlookupd": f"http://127.0.0.1:{p.lookupd_http}",
+            "nsqd": f"127.0.0.1:{p.nsqd_tcp} (http 127.0.0.1:{p.nsqd_http})",
+        }
+
+    def env(self) -> dict[str, str]:
+        """SHARDCTL_* settings that point every shardctl process at this stack."""
+        p = self.ports
+        return {
+            "SHARDCTL_ETCD_ENDPOINTS": f"127.0.0.1:{p.etcd}",
+            "SHARDCTL_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{p.kafka}",
+            "SHARDCTL_MYSQL_HOST": "127.0.0.1",
+            "SHARDCTL_MYSQL_PORT": str(p.mariadb),
+            "SHARDCTL_MYSQL_USER": CDC_USER,
+            "SHARDCTL_MYSQL_PASSWORD_FILE": str(self.cdc_password_file),
+            "SHARDCTL_NSQ_NSQD_TCP_ADDRESSES": f"127.0.0.1:{p.nsqd_tcp}",
+            "SHARDCTL_NSQ_NSQD_HTTP_ADDRESS": f"127.0.0.1:{p.nsqd_http}",
+            "SHARDCTL_NSQ_LOOKUPD_HTTP_ADDRESSES": f"127.0.0.1:{p.lookupd_http}",
+        }

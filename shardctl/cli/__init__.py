@@ -1,0 +1,1 @@
+"""The `shardctl` command line (typer)."""

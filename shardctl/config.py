@@ -1,0 +1,225 @@
+"""One configuration model for every shardctl process.
+
+Sources, highest priority first: values passed in code (CLI flags), ``SHARDCTL_*``
+environment variables, then a TOML file (``--config`` or ``SHARDCTL_CONFIG``).
+Each section reads its own environment prefix, so ``[etcd] endpoints`` in TOML is
+``SHARDCTL_ETCD_ENDPOINTS`` in the environment.
+
+Secrets are ``SecretStr`` and are read from the environment or from a file
+(``*_file`` settings); they never come from argv and never print.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """Invalid configuration. The message names the setting at fault."""
+
+
+def _read_secret(value: SecretStr | None, path: Path | None, name: str) -> SecretStr | None:
+    """A secret comes from its env/TOML value, or else from the file named by `<name>_file`."""
+    if value is not None or path is None:
+        return value
+    try:
+        return SecretStr(path.read_text().rstrip("\n"))
+    except OSError as exc:
+        raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from exc
+
+
+class TLSSettings(BaseModel):
+    """Client TLS material. All paths; none of them is a secret by itself."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.ca_file is not None
+
+
+class EtcdSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHARDCTL_ETCD_", extra="forbid")
+    section: ClassVar[str] = "etcd"
+
+    endpoints: str = Field(default="127.0.0.1:2379", description="host:port[,host:port...]")
+    prefix: str = Field(default="/shardctl", description="root of the keyspace")
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls: TLSSettings = TLSSettings()
+    timeout_s: float = Field(default=5.0, gt=0, description="per-request deadline")
+
+    @model_validator(mode="after")
+    def _secret(self) -> EtcdSettings:
+        self.password = _read_secret(self.password, self.password_file, "etcd.password")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("etcd.username and etcd.password must be set together")
+        return self
+
+    def endpoint_list(self) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        for item in self.endpoints.split(","):
+            host, sep, port = item.strip().rpartition(":")
+            if not sep or not port.isdigit():
+                raise ConfigError(f"etcd.endpoints: {item!r} is not host:port")
+            out.append((host, int(port)))
+        return out
+
+
+class KafkaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHARDCTL_KAFKA_", extra="forbid")
+    section: ClassVar[str] = "kafka"
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # librdkafka settings passed through unchanged (security.protocol, sasl.*, ssl.*).
+    # Secrets among them belong in SHARDCTL_KAFKA_SASL_PASSWORD, not here.
+    options: dict[str, str] = Field(default_factory=dict)
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _secret(self) -> KafkaSettings:
+        self.sasl_password = _read_secret(
+            self.sasl_password, self.sasl_password_file, "kafka.sasl_password"
+        )
+        for key in self.options:
+            if "password" in key or key.endswith(".key"):
+                raise ValueError(
+                    f"kafka.options.{key}: secrets go in SHARDCTL_KAFKA_SASL_PASSWORD "
+                    "or kafka.sasl_password_file, not in options"
+                )
+        return self
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka config with the secret filled in; never log the result."""
+        conf = {"bootstrap.servers": self.bootstrap_servers, **self.options}
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        return conf
+
+
+class MySQLSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHARDCTL_MYSQL_", extra="forbid")
+    section: ClassVar[str] = "mysql"
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=3306, gt=0, lt=65536)
+    user: str = "shardctl_cdc"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls: TLSSettings = TLSSettings()
+
+    @model_validator(mode="after")
+    def _secret(self) -> MySQLSettings:
+        self.password = _read_secret(self.password, self.password_file, "mysql.password")
+        return self
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for PyMySQL.connect; never log the result."""
+        kwargs: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password.get_secret_value() if self.password else "",
+        }
+        if self.tls.enabled:
+            kwargs["ssl"] = {
+                "ca": str(self.tls.ca_file),
+                **({"cert": str(self.tls.cert_file)} if self.tls.cert_file else {}),
+                **({"key": str(self.tls.key_file)} if self.tls.key_file else {}),
+            }
+        return kwargs
+
+
+class NSQSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHARDCTL_NSQ_", extra="forbid")
+    section: ClassVar[str] = "nsq"
+
+    nsqd_tcp_addresses: str = "127.0.0.1:4150"
+    nsqd_http_address: str = "127.0.0.1:4151"
+    lookupd_http_addresses: str = "127.0.0.1:4161"
+
+
+SECTIONS: tuple[type[BaseSettings], ...] = (EtcdSettings, KafkaSettings, MySQLSettings, NSQSettings)
+
+
+class Settings(BaseModel):
+    """All sections. Process-specific settings live with their process (cdc, workers)."""
+
+    cluster: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    etcd: EtcdSettings
+    kafka: KafkaSettings
+    mysql: MySQLSettings
+    nsq: NSQSettings
+
+    def etcd_root(self) -> str:
+        """The key prefix under which this cluster lives: `<prefix>/<cluster>/`."""
+        return f"{self.etcd.prefix.rstrip('/')}/{self.cluster}/"
+
+
+def _describe(exc: ValidationError, section: str) -> str:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        name = f"{section}.{where}" if where else section
+        # Never echo the input: it may be a secret.
+        problems.append(f"{name}: {err['msg']}")
+    return "; ".join(problems)
+
+
+def load_settings(
+    path: Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    cluster: str | None = None,
+) -> Settings:
+    """Build Settings from a TOML file, the environment and explicit overrides.
+
+    Raises ConfigError naming the first bad setting; the process should exit on it.
+    """
+    import os
+
+    if path is None and os.environ.get("SHARDCTL_CONFIG"):
+        path = Path(os.environ["SHARDCTL_CONFIG"])
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            file_values = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+    overrides = overrides or {}
+    built: dict[str, Any] = {}
+    for cls in SECTIONS:
+        section: str = cls.section  # type: ignore[attr-defined]
+        from_file = file_values.get(section, {})
+        unknown = set(from_file) - set(cls.model_fields)
+        if unknown:
+            raise ConfigError(f"{section}.{sorted(unknown)[0]}: unknown setting in {path}")
+        # Env must beat the file, so only pass file values the environment does not set.
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        init = {
+            k: v for k, v in from_file.items() if f"{prefix}{k}".upper() not in os.environ
+        }
+        init.update(overrides.get(section, {}))
+        try:
+            built[section] = cls(**init)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, section)) from None
+    try:
+        return Settings(
+            cluster=cluster or os.environ.get("SHARDCTL_CLUSTER") or file_values.get(
+                "cluster", "default"
+            ),
+            **built,
+        )
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "settings")) from None

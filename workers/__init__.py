@@ -1,0 +1,1 @@
+"""Shard workers: membership, ownership and handoff, transports, handlers and sinks."""
