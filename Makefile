@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo venv stack lint typecheck pytest unit bench soak down clean
 
-test: venv stack lint typecheck pytest  ## everything CI runs
+test: venv lint typecheck stack pytest  ## everything CI runs
 
 # Create the venv once; reinstall only when pyproject.toml changes.
 venv: $(STAMP)

@@ -47,7 +47,7 @@ def test_unknown_setting_in_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_unreadable_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="config file .*missing.toml"):
+    with pytest.raises(ConfigError, match=r"config file .*missing\.toml"):
         load_settings(tmp_path / "missing.toml")
 
 
