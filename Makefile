@@ -6,9 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv stack lint typecheck pytest unit bench soak down clean
+.PHONY: test demo venv stack lint typecheck deploy-check pytest unit bench soak down clean
 
-test: venv lint typecheck stack pytest  ## everything CI runs
+test: venv lint typecheck deploy-check stack pytest  ## everything CI runs
 
 # Create the venv once; reinstall only when pyproject.toml changes.
 venv: $(STAMP)
@@ -28,6 +28,9 @@ lint: venv
 
 typecheck: venv
 	$(BIN)/mypy
+
+deploy-check: venv  ## validate deploy/compose and deploy/k8s statically (no container engine)
+	PYTHON=$(BIN)/python deploy/tools/check-manifests
 
 pytest: venv stack
 	$(BIN)/pytest

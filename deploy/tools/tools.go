@@ -1,0 +1,6 @@
+// Static checkers for deploy/, pinned by go.mod.
+//go:build tools
+
+package tools
+
+import _ "github.com/yannh/kubeconform/cmd/kubeconform"
