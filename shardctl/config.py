@@ -206,9 +206,7 @@ def load_settings(
             raise ConfigError(f"{section}.{sorted(unknown)[0]}: unknown setting in {path}")
         # Env must beat the file, so only pass file values the environment does not set.
         prefix = str(cls.model_config.get("env_prefix", ""))
-        init = {
-            k: v for k, v in from_file.items() if f"{prefix}{k}".upper() not in os.environ
-        }
+        init = {k: v for k, v in from_file.items() if f"{prefix}{k}".upper() not in os.environ}
         init.update(overrides.get(section, {}))
         try:
             built[section] = cls(**init)
@@ -216,9 +214,9 @@ def load_settings(
             raise ConfigError(_describe(exc, section)) from None
     try:
         return Settings(
-            cluster=cluster or os.environ.get("SHARDCTL_CLUSTER") or file_values.get(
-                "cluster", "default"
-            ),
+            cluster=cluster
+            or os.environ.get("SHARDCTL_CLUSTER")
+            or file_values.get("cluster", "default"),
             **built,
         )
     except ValidationError as exc:

@@ -103,7 +103,9 @@ def restart(service: Annotated[str, typer.Argument(help="the service to restart"
 
 
 @app.command()
-def logs(service: Annotated[str, typer.Argument(help="the service")],
-         lines: Annotated[int, typer.Option(help="how many lines")] = 40) -> None:
+def logs(
+    service: Annotated[str, typer.Argument(help="the service")],
+    lines: Annotated[int, typer.Option(help="how many lines")] = 40,
+) -> None:
     """Show the last lines of a service's log."""
     typer.echo(load_devstack().Stack().log_tail(service, lines))

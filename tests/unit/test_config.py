@@ -24,8 +24,7 @@ def _toml(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_env_beats_file_and_flags_beat_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                           ) -> None:
+def test_env_beats_file_and_flags_beat_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _toml(tmp_path, '[mysql]\nport = 3307\nhost = "db.internal"\n')
     assert load_settings(path).mysql.port == 3307
     monkeypatch.setenv("SHARDCTL_MYSQL_PORT", "3308")
@@ -51,8 +50,9 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.toml")
 
 
-def test_password_file_is_read_and_never_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                 ) -> None:
+def test_password_file_is_read_and_never_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     secret = tmp_path / "pw"
     secret.write_text("hunter2-very-secret\n")
     monkeypatch.setenv("SHARDCTL_MYSQL_PASSWORD_FILE", str(secret))
@@ -83,8 +83,9 @@ def test_kafka_secrets_are_refused_in_passthrough_options(tmp_path: Path) -> Non
 
 
 def test_endpoints_and_cluster_root() -> None:
-    settings = load_settings(overrides={"etcd": {"endpoints": "10.0.0.1:2379, h2:23790"}},
-                             cluster="orders")
+    settings = load_settings(
+        overrides={"etcd": {"endpoints": "10.0.0.1:2379, h2:23790"}}, cluster="orders"
+    )
     assert settings.etcd.endpoint_list() == [("10.0.0.1", 2379), ("h2", 23790)]
     assert settings.etcd_root() == "/shardctl/orders/"
     bad = load_settings(overrides={"etcd": {"endpoints": "nohost"}})
