@@ -25,6 +25,7 @@ stack: venv  ## install (once) and start etcd, MariaDB, Kafka, NSQ on 127.0.0.1
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: venv
 	$(BIN)/mypy

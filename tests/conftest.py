@@ -71,9 +71,15 @@ class StackHandle:
                     os.environ[key] = value
 
     def mysql_root(self, database: str | None = None) -> pymysql.connections.Connection[Any]:
-        return pymysql.connect(host=self.mysql_host, port=self.mysql_port, user="root",
-                               password="", database=database, autocommit=True,
-                               charset="utf8mb4")
+        return pymysql.connect(
+            host=self.mysql_host,
+            port=self.mysql_port,
+            user="root",
+            password="",
+            database=database,
+            autocommit=True,
+            charset="utf8mb4",
+        )
 
     def restart(self, name: str) -> None:
         self._stack.restart(name, echo=lambda _msg: None)
@@ -127,5 +133,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if reporter:
-            reporter.write_line(f"FAILED: {skipped} test(s) skipped; skips count as failures",
-                                red=True)
+            reporter.write_line(
+                f"FAILED: {skipped} test(s) skipped; skips count as failures", red=True
+            )

@@ -107,8 +107,9 @@ def _http_ok(url: str, expect: Callable[[bytes], bool]) -> bool:
         return False
 
 
-def _run(cmd: list[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None
-         ) -> None:
+def _run(
+    cmd: list[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> None:
     """Run an install/setup step; on failure say which step and show its output's tail."""
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, check=False)
     if proc.returncode != 0:
@@ -117,8 +118,12 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None, cwd: Path
 
 
 class Stack:
-    def __init__(self, state_dir: Path | None = None, cache_dir: Path | None = None,
-                 ports: Ports | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        ports: Ports | None = None,
+    ) -> None:
         self.state = state_dir or default_state_dir()
         self.cache = cache_dir or default_cache_dir()
         saved = self.state / "ports.json"
@@ -127,17 +132,48 @@ class Stack:
         self.ports = ports or Ports.from_env()
         self._apt_updated = False
         self.services: dict[str, Service] = {
-            "etcd": Service("etcd", "etcd", self._install_etcd, self._prepare_etcd,
-                            self._etcd_cmd, self._etcd_healthy),
-            "mariadb": Service("mariadb", "mariadbd", self._install_mariadb,
-                               self._prepare_mariadb, self._mariadb_cmd, self._mariadb_healthy,
-                               self._mariadb_users),
-            "kafka": Service("kafka", "java", self._install_kafka, self._prepare_kafka,
-                             self._kafka_cmd, self._kafka_healthy, start_timeout_s=120.0),
-            "nsqlookupd": Service("nsqlookupd", "nsqlookupd", self._install_nsq, lambda: None,
-                                  self._lookupd_cmd, self._lookupd_healthy),
-            "nsqd": Service("nsqd", "nsqd", self._install_nsq, self._prepare_nsqd,
-                            self._nsqd_cmd, self._nsqd_healthy),
+            "etcd": Service(
+                "etcd",
+                "etcd",
+                self._install_etcd,
+                self._prepare_etcd,
+                self._etcd_cmd,
+                self._etcd_healthy,
+            ),
+            "mariadb": Service(
+                "mariadb",
+                "mariadbd",
+                self._install_mariadb,
+                self._prepare_mariadb,
+                self._mariadb_cmd,
+                self._mariadb_healthy,
+                self._mariadb_users,
+            ),
+            "kafka": Service(
+                "kafka",
+                "java",
+                self._install_kafka,
+                self._prepare_kafka,
+                self._kafka_cmd,
+                self._kafka_healthy,
+                start_timeout_s=120.0,
+            ),
+            "nsqlookupd": Service(
+                "nsqlookupd",
+                "nsqlookupd",
+                self._install_nsq,
+                lambda: None,
+                self._lookupd_cmd,
+                self._lookupd_healthy,
+            ),
+            "nsqd": Service(
+                "nsqd",
+                "nsqd",
+                self._install_nsq,
+                self._prepare_nsqd,
+                self._nsqd_cmd,
+                self._nsqd_healthy,
+            ),
         }
 
     # ------------------------------------------------------------------ paths
@@ -163,13 +199,17 @@ class Stack:
         if os.geteuid() != 0:
             raise StackError(
                 f"{', '.join(packages)} missing; install them with: "
-                f"sudo apt-get install -y {' '.join(packages)}")
+                f"sudo apt-get install -y {' '.join(packages)}"
+            )
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         if not self._apt_updated:
             _run(["apt-get", "update", "-qq"], "apt-get update", env=env)
             self._apt_updated = True
-        _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
-             f"apt-get install {' '.join(packages)}", env=env)
+        _run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+            f"apt-get install {' '.join(packages)}",
+            env=env,
+        )
 
     def _install_etcd(self) -> None:
         if not shutil.which("etcd", path=SBIN_PATH):
@@ -191,9 +231,18 @@ class Stack:
             if not shutil.which(tool):
                 raise StackError(f"kafka: `{tool}` is not installed; Kafka needs Java 17 and Maven")
         self.kafka_libs.mkdir(parents=True, exist_ok=True)
-        _run(["mvn", "-q", "-B", "-f", str(HERE / "kafka" / "pom.xml"),
-              "dependency:copy-dependencies", f"-DoutputDirectory={self.kafka_libs}"],
-             f"kafka {KAFKA_VERSION}: resolving jars with mvn")
+        _run(
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(HERE / "kafka-jars" / "pom.xml"),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={self.kafka_libs}",
+            ],
+            f"kafka {KAFKA_VERSION}: resolving jars with mvn",
+        )
         done.write_text(KAFKA_VERSION)
 
     @property
@@ -206,9 +255,17 @@ class Stack:
         if not shutil.which("go"):
             raise StackError("nsqd: `go` is not installed; nsqd is built from its Go module")
         env = {**os.environ, "GOBIN": str(self.nsq_bin), "GOFLAGS": "-mod=mod"}
-        _run(["go", "install", "github.com/nsqio/nsq/apps/nsqd",
-              "github.com/nsqio/nsq/apps/nsqlookupd"],
-             f"nsq {NSQ_VERSION}: go install", env=env, cwd=HERE / "nsq")
+        _run(
+            [
+                "go",
+                "install",
+                "github.com/nsqio/nsq/apps/nsqd",
+                "github.com/nsqio/nsq/apps/nsqlookupd",
+            ],
+            f"nsq {NSQ_VERSION}: go install",
+            env=env,
+            cwd=HERE / "nsq-binaries",
+        )
 
     # ------------------------------------------------------------------ etcd
     def _prepare_etcd(self) -> None:
@@ -218,16 +275,33 @@ class Stack:
         p = self.ports
         peer = f"http://127.0.0.1:{p.etcd_peer}"
         client = f"http://127.0.0.1:{p.etcd}"
-        return [shutil.which("etcd", path=SBIN_PATH) or "etcd",
-                "--name", "shardctl-dev", "--data-dir", str(self.data("etcd")),
-                "--listen-client-urls", client, "--advertise-client-urls", client,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"shardctl-dev={peer}",
-                "--logger", "zap", "--log-outputs", "stderr"]
+        return [
+            shutil.which("etcd", path=SBIN_PATH) or "etcd",
+            "--name",
+            "shardctl-dev",
+            "--data-dir",
+            str(self.data("etcd")),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"shardctl-dev={peer}",
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+        ]
 
     def _etcd_healthy(self) -> bool:
-        return _http_ok(f"http://127.0.0.1:{self.ports.etcd}/health",
-                        lambda body: json.loads(body).get("health") == "true")
+        return _http_ok(
+            f"http://127.0.0.1:{self.ports.etcd}/health",
+            lambda body: json.loads(body).get("health") == "true",
+        )
 
     # --------------------------------------------------------------- MariaDB
     def _prepare_mariadb(self) -> None:
@@ -235,33 +309,64 @@ class Stack:
         if (datadir / "mysql").is_dir():
             return
         datadir.mkdir(parents=True, exist_ok=True)
-        _run(["mariadb-install-db", "--no-defaults", f"--datadir={datadir}",
-              f"--user={getpass.getuser()}", "--auth-root-authentication-method=normal",
-              "--skip-test-db"], "mariadb: initialising the data directory")
+        _run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={datadir}",
+                f"--user={getpass.getuser()}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            "mariadb: initialising the data directory",
+        )
 
     def _mariadb_cmd(self) -> list[str]:
         d = self.data("mariadb")
-        return [shutil.which("mariadbd", path=SBIN_PATH) or "mariadbd", "--no-defaults",
-                f"--datadir={d}", f"--socket={self.mariadb_socket}",
-                f"--port={self.ports.mariadb}", "--bind-address=127.0.0.1",
-                f"--user={getpass.getuser()}", "--skip-name-resolve",
-                f"--pid-file={self.state / 'run' / 'mariadbd.internal.pid'}",
-                "--server-id=1", f"--log-bin={d / 'binlog'}", "--binlog-format=ROW",
-                "--binlog-row-image=FULL", "--binlog-row-metadata=FULL",
-                "--gtid-strict-mode=1", "--gtid-domain-id=0",
-                "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
-                "--max-allowed-packet=64M", "--innodb-buffer-pool-size=512M",
-                "--max-connections=500"]
+        return [
+            shutil.which("mariadbd", path=SBIN_PATH) or "mariadbd",
+            "--no-defaults",
+            f"--datadir={d}",
+            f"--socket={self.mariadb_socket}",
+            f"--port={self.ports.mariadb}",
+            "--bind-address=127.0.0.1",
+            f"--user={getpass.getuser()}",
+            "--skip-name-resolve",
+            f"--pid-file={self.state / 'run' / 'mariadbd.internal.pid'}",
+            "--server-id=1",
+            f"--log-bin={d / 'binlog'}",
+            "--binlog-format=ROW",
+            "--binlog-row-image=FULL",
+            "--binlog-row-metadata=FULL",
+            "--gtid-strict-mode=1",
+            "--gtid-domain-id=0",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_unicode_ci",
+            "--max-allowed-packet=64M",
+            "--innodb-buffer-pool-size=512M",
+            "--max-connections=500",
+        ]
 
     def _mariadb_query(self, sql: str, via_socket: bool = False) -> None:
         import pymysql
 
         if via_socket:
-            conn = pymysql.connect(unix_socket=str(self.mariadb_socket), user="root",
-                                   password="", connect_timeout=2, autocommit=True)
+            conn = pymysql.connect(
+                unix_socket=str(self.mariadb_socket),
+                user="root",
+                password="",
+                connect_timeout=2,
+                autocommit=True,
+            )
         else:
-            conn = pymysql.connect(host="127.0.0.1", port=self.ports.mariadb, user="root",
-                                   password="", connect_timeout=2, autocommit=True)
+            conn = pymysql.connect(
+                host="127.0.0.1",
+                port=self.ports.mariadb,
+                user="root",
+                password="",
+                connect_timeout=2,
+                autocommit=True,
+            )
         try:
             with conn.cursor() as cur:
                 for stmt in filter(None, (s.strip() for s in sql.split(";"))):
@@ -295,7 +400,8 @@ class Stack:
             # REPLICATION CLIENT (BINLOG MONITOR): SHOW MASTER STATUS / SHOW BINARY LOGS.
             f"GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* "
             f"TO '{CDC_USER}'@'127.0.0.1'",
-            via_socket=True)
+            via_socket=True,
+        )
 
     # ----------------------------------------------------------------- Kafka
     @property
@@ -307,61 +413,91 @@ class Stack:
         data = self.data("kafka")
         conf = self.kafka_conf
         conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{p.kafka_controller}",
-            f"listeners=PLAINTEXT://127.0.0.1:{p.kafka},CONTROLLER://127.0.0.1:{p.kafka_controller}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{p.kafka}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={data}",
-            # Topics are created explicitly with num_shards partitions; a typo must fail.
-            "auto.create.topics.enable=false",
-            "num.partitions=1",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=8",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "transaction.state.log.num.partitions=4",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "",
-        ]))
-        (conf.parent / "kafka-log4j2.properties").write_text("\n".join([
-            "rootLogger.level = INFO",
-            "rootLogger.appenderRef.stdout.ref = STDOUT",
-            "appender.stdout.type = Console",
-            "appender.stdout.name = STDOUT",
-            "appender.stdout.layout.type = PatternLayout",
-            "appender.stdout.layout.pattern = [%d] %p %m (%c)%n",
-            "logger.kafka.name = kafka", "logger.kafka.level = WARN",
-            "logger.apache.name = org.apache.kafka", "logger.apache.level = WARN",
-            "",
-        ]))
+        conf.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{p.kafka_controller}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{p.kafka},CONTROLLER://127.0.0.1:{p.kafka_controller}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{p.kafka}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={data}",
+                    # Topics are created explicitly with num_shards partitions; a typo must fail.
+                    "auto.create.topics.enable=false",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=8",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "transaction.state.log.num.partitions=4",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "",
+                ]
+            )
+        )
+        (conf.parent / "kafka-log4j2.properties").write_text(
+            "\n".join(
+                [
+                    "rootLogger.level = INFO",
+                    "rootLogger.appenderRef.stdout.ref = STDOUT",
+                    "appender.stdout.type = Console",
+                    "appender.stdout.name = STDOUT",
+                    "appender.stdout.layout.type = PatternLayout",
+                    "appender.stdout.layout.pattern = [%d] %p %m (%c)%n",
+                    "logger.kafka.name = kafka",
+                    "logger.kafka.level = WARN",
+                    "logger.apache.name = org.apache.kafka",
+                    "logger.apache.level = WARN",
+                    "",
+                ]
+            )
+        )
         if not (data / "meta.properties").exists():
             data.mkdir(parents=True, exist_ok=True)
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            _run(["java", "-cp", f"{self.kafka_libs}/*", *self._kafka_log4j(),
-                  "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)],
-                 "kafka: formatting the KRaft storage")
+            _run(
+                [
+                    "java",
+                    "-cp",
+                    f"{self.kafka_libs}/*",
+                    *self._kafka_log4j(),
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(conf),
+                ],
+                "kafka: formatting the KRaft storage",
+            )
 
     def _kafka_log4j(self) -> list[str]:
         return [f"-Dlog4j2.configurationFile={self.kafka_conf.parent / 'kafka-log4j2.properties'}"]
 
     def _kafka_cmd(self) -> list[str]:
-        return ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                *self._kafka_log4j(), "-cp", f"{self.kafka_libs}/*", "kafka.Kafka",
-                str(self.kafka_conf)]
+        return [
+            "java",
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            *self._kafka_log4j(),
+            "-cp",
+            f"{self.kafka_libs}/*",
+            "kafka.Kafka",
+            str(self.kafka_conf),
+        ]
 
     def _kafka_healthy(self) -> bool:
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{self.ports.kafka}",
-                             "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{self.ports.kafka}", "log_level": 0})
         try:
             return len(admin.list_topics(timeout=2).brokers) > 0
         except KafkaException:
@@ -370,26 +506,36 @@ class Stack:
     # ------------------------------------------------------------------- NSQ
     def _lookupd_cmd(self) -> list[str]:
         p = self.ports
-        return [str(self.nsq_bin / "nsqlookupd"), f"--tcp-address=127.0.0.1:{p.lookupd_tcp}",
-                f"--http-address=127.0.0.1:{p.lookupd_http}", "--broadcast-address=127.0.0.1"]
+        return [
+            str(self.nsq_bin / "nsqlookupd"),
+            f"--tcp-address=127.0.0.1:{p.lookupd_tcp}",
+            f"--http-address=127.0.0.1:{p.lookupd_http}",
+            "--broadcast-address=127.0.0.1",
+        ]
 
     def _lookupd_healthy(self) -> bool:
-        return _http_ok(f"http://127.0.0.1:{self.ports.lookupd_http}/ping",
-                        lambda body: body.strip() == b"OK")
+        return _http_ok(
+            f"http://127.0.0.1:{self.ports.lookupd_http}/ping", lambda body: body.strip() == b"OK"
+        )
 
     def _prepare_nsqd(self) -> None:
         self.data("nsqd").mkdir(parents=True, exist_ok=True)
 
     def _nsqd_cmd(self) -> list[str]:
         p = self.ports
-        return [str(self.nsq_bin / "nsqd"), f"--tcp-address=127.0.0.1:{p.nsqd_tcp}",
-                f"--http-address=127.0.0.1:{p.nsqd_http}", f"--data-path={self.data('nsqd')}",
-                f"--lookupd-tcp-address=127.0.0.1:{p.lookupd_tcp}",
-                "--broadcast-address=127.0.0.1"]
+        return [
+            str(self.nsq_bin / "nsqd"),
+            f"--tcp-address=127.0.0.1:{p.nsqd_tcp}",
+            f"--http-address=127.0.0.1:{p.nsqd_http}",
+            f"--data-path={self.data('nsqd')}",
+            f"--lookupd-tcp-address=127.0.0.1:{p.lookupd_tcp}",
+            "--broadcast-address=127.0.0.1",
+        ]
 
     def _nsqd_healthy(self) -> bool:
-        return _http_ok(f"http://127.0.0.1:{self.ports.nsqd_http}/ping",
-                        lambda body: body.strip() == b"OK")
+        return _http_ok(
+            f"http://127.0.0.1:{self.ports.nsqd_http}/ping", lambda body: body.strip() == b"OK"
+        )
 
     # ------------------------------------------------------------- lifecycle
     def pid(self, name: str) -> int | None:
@@ -431,9 +577,14 @@ class Stack:
             for d in ("run", "logs"):
                 (self.state / d).mkdir(parents=True, exist_ok=True)
             with self.log(name).open("ab") as log:
-                proc = subprocess.Popen(svc.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True,
-                                        cwd=self.state)
+                proc = subprocess.Popen(
+                    svc.command(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    cwd=self.state,
+                )
             self.pidfile(name).write_text(str(proc.pid))
         self._wait_healthy(name, proc)
         svc.after_start()
@@ -447,14 +598,18 @@ class Stack:
             # Just after the fork /proc still shows our own argv, so trust the handle.
             alive = proc.poll() is None if proc is not None else self.pid(name) is not None
             if not alive:
-                raise StackError(f"{name} exited during start-up; last lines of "
-                                 f"{self.log(name)}:\n{self.log_tail(name)}")
+                raise StackError(
+                    f"{name} exited during start-up; last lines of "
+                    f"{self.log(name)}:\n{self.log_tail(name)}"
+                )
             if svc.healthy():
                 return
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
-        raise StackError(f"{name} did not become healthy within {svc.start_timeout_s:.0f}s; "
-                         f"last lines of {self.log(name)}:\n{self.log_tail(name)}")
+        raise StackError(
+            f"{name} did not become healthy within {svc.start_timeout_s:.0f}s; "
+            f"last lines of {self.log(name)}:\n{self.log_tail(name)}"
+        )
 
     def log_tail(self, name: str, lines: int = 25) -> str:
         try:
@@ -502,8 +657,12 @@ class Stack:
         """(service, pid or None, healthy, endpoint) for each service."""
         for name in SERVICES:
             pid = self.pid(name)
-            yield name, pid, pid is not None and self.services[name].healthy(), \
-                self.endpoints()[name]
+            yield (
+                name,
+                pid,
+                pid is not None and self.services[name].healthy(),
+                self.endpoints()[name],
+            )
 
     def endpoints(self) -> dict[str, str]:
         p = self.ports

@@ -25,8 +25,11 @@ def kind_file(api_version: str, kind: str) -> str:
 
 
 def main(out: Path, k8s_version: str, manifests: list[Path]) -> None:
-    source = (Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
-              / f"v{k8s_version}-local-strict")
+    source = (
+        Path(kubernetes_validate.__file__).parent
+        / "kubernetes-json-schema"
+        / f"v{k8s_version}-local-strict"
+    )
     definitions = json.loads((source / "_definitions.json").read_text())["$defs"]
     out.mkdir(parents=True, exist_ok=True)
     for manifest in manifests:
@@ -34,8 +37,9 @@ def main(out: Path, k8s_version: str, manifests: list[Path]) -> None:
             name = kind_file(doc["apiVersion"], doc["kind"])
             if (out / name).exists():
                 continue
-            text = (source / name).read_text().replace(
-                '"/api/_definitions.json#/$defs/', '"#/$defs/')
+            text = (
+                (source / name).read_text().replace('"/api/_definitions.json#/$defs/', '"#/$defs/')
+            )
             schema = json.loads(text)
             schema["$defs"] = definitions
             (out / name).write_text(json.dumps(schema))

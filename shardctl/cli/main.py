@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from shardctl.cli import dev
+from shardctl.cli import cdc, coordination, dev, tail
 
 app = typer.Typer(
     name="shardctl",
@@ -13,6 +13,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(dev.app, name="dev")
+app.add_typer(cdc.app, name="cdc")
+app.add_typer(coordination.coordinator_app, name="coordinator")
+app.add_typer(coordination.worker_app, name="worker")
+app.add_typer(coordination.shards_app, name="shards")
+app.command("status")(coordination.status)
+app.command("drain")(coordination.drain)
+app.command("tail")(tail.tail)
 
 
 def main() -> None:

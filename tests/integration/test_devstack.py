@@ -52,8 +52,10 @@ def test_down_stops_only_what_up_started(private_stack: Any, tmp_path: Path) -> 
     # A process with the same program name, not started by the stack, must survive.
     binary = tmp_path / "nsqlookupd"
     shutil.copy(private_stack.nsq_bin / "nsqlookupd", binary)
-    decoy = subprocess.Popen([str(binary), "--tcp-address=127.0.0.1:0",
-                              "--http-address=127.0.0.1:0"], stderr=subprocess.DEVNULL)
+    decoy = subprocess.Popen(
+        [str(binary), "--tcp-address=127.0.0.1:0", "--http-address=127.0.0.1:0"],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         private_stack.up(["nsqlookupd"], echo=lambda _m: None)
         ours = private_stack.pid("nsqlookupd")
@@ -90,8 +92,12 @@ def test_a_service_that_cannot_start_is_named_with_its_log(private_stack: Any) -
 
 
 def test_cli_env_prints_exports_for_every_service(stack: StackHandle) -> None:
-    out = subprocess.run([sys.executable, "-m", "shardctl.cli.main", "dev", "env"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "shardctl.cli.main", "dev", "env"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     exported = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
     assert exported["SHARDCTL_ETCD_ENDPOINTS"] == stack.etcd_endpoint
     assert exported["SHARDCTL_KAFKA_BOOTSTRAP_SERVERS"] == stack.kafka_bootstrap

@@ -24,8 +24,10 @@ pytestmark = pytest.mark.integration
 def _etcd(stack: StackHandle, path: str, body: dict[str, Any]) -> dict[str, Any]:
     """One call to etcd's v3 JSON gateway (the same server the gRPC clients use)."""
     req = urllib.request.Request(
-        f"http://{stack.etcd_endpoint}/v3/{path}", data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"})
+        f"http://{stack.etcd_endpoint}/v3/{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
@@ -53,8 +55,9 @@ def test_kafka_produce_and_consume_with_acks_all(stack: StackHandle, unique: str
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
     admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
 
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "acks": "all",
-                         "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": stack.kafka_bootstrap, "acks": "all", "enable.idempotence": True}
+    )
     delivered: list[tuple[int, int]] = []
 
     def on_delivery(err: KafkaError | None, msg: Any) -> None:
@@ -62,13 +65,23 @@ def test_kafka_produce_and_consume_with_acks_all(stack: StackHandle, unique: str
         delivered.append((msg.partition(), msg.offset()))
 
     for i in range(5):
-        producer.produce(topic, key=f"k{i}".encode(), value=f"v{i}".encode(), partition=2,
-                         on_delivery=on_delivery)
+        producer.produce(
+            topic,
+            key=f"k{i}".encode(),
+            value=f"v{i}".encode(),
+            partition=2,
+            on_delivery=on_delivery,
+        )
     assert producer.flush(30) == 0
     assert delivered == [(2, i) for i in range(5)]
 
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": unique,
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.kafka_bootstrap,
+            "group.id": unique,
+            "enable.auto.commit": False,
+        }
+    )
     consumer.assign([TopicPartition(topic, 2, 0)])
     got: list[bytes] = []
     deadline = time.monotonic() + 30
@@ -84,13 +97,20 @@ def test_kafka_produce_and_consume_with_acks_all(stack: StackHandle, unique: str
 def test_nsq_publish_and_subscribe(stack: StackHandle, unique: str) -> None:
     topic, channel = f"test-{unique}", "workers"
     # The channel exists before publishing, so nsqd queues the messages for it.
-    urllib.request.urlopen(urllib.request.Request(
-        f"http://{stack.nsqd_http}/topic/create?topic={topic}", data=b""))
-    urllib.request.urlopen(urllib.request.Request(
-        f"http://{stack.nsqd_http}/channel/create?topic={topic}&channel={channel}", data=b""))
+    urllib.request.urlopen(
+        urllib.request.Request(f"http://{stack.nsqd_http}/topic/create?topic={topic}", data=b"")
+    )
+    urllib.request.urlopen(
+        urllib.request.Request(
+            f"http://{stack.nsqd_http}/channel/create?topic={topic}&channel={channel}", data=b""
+        )
+    )
     for i in range(3):
-        urllib.request.urlopen(urllib.request.Request(
-            f"http://{stack.nsqd_http}/pub?topic={topic}", data=f"m{i}".encode()))
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"http://{stack.nsqd_http}/pub?topic={topic}", data=f"m{i}".encode()
+            )
+        )
 
     async def subscribe() -> list[bytes]:
         got: list[bytes] = []
@@ -102,8 +122,13 @@ def test_nsq_publish_and_subscribe(stack: StackHandle, unique: str) -> None:
                 done.set()
             return True
 
-        reader = nsq.Reader(topic=topic, channel=channel, message_handler=handler,
-                            nsqd_tcp_addresses=[stack.nsqd_tcp], max_in_flight=10)
+        reader = nsq.Reader(
+            topic=topic,
+            channel=channel,
+            message_handler=handler,
+            nsqd_tcp_addresses=[stack.nsqd_tcp],
+            max_in_flight=10,
+        )
         try:
             await asyncio.wait_for(done.wait(), 30)
         finally:
@@ -114,12 +139,15 @@ def test_nsq_publish_and_subscribe(stack: StackHandle, unique: str) -> None:
 
 
 def test_mariadb_binlog_rows_have_names_blob_and_enum(
-        stack: StackHandle, mysql_db: str, unique: str) -> None:
+    stack: StackHandle, mysql_db: str, unique: str
+) -> None:
     blob = bytes([0xDA, 0x00, 0xFF, 0x80, 0x41])  # not valid UTF-8 on purpose
     conn = stack.mysql_root(mysql_db)
     with conn.cursor() as cur:
-        cur.execute("CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(20), payload BLOB,"
-                    " color ENUM('red','green','blue'))")
+        cur.execute(
+            "CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(20), payload BLOB,"
+            " color ENUM('red','green','blue'))"
+        )
         cur.execute("SHOW MASTER STATUS")
         log_file, log_pos = cur.fetchone()[:2]
         cur.execute("INSERT INTO t VALUES (1, 'ünïcode', %s, 'green')", (blob,))
@@ -129,12 +157,22 @@ def test_mariadb_binlog_rows_have_names_blob_and_enum(
     with open(env["SHARDCTL_MYSQL_PASSWORD_FILE"]) as fh:
         password = fh.read().strip()
     reader = BinLogStreamReader(
-        connection_settings={"host": stack.mysql_host, "port": stack.mysql_port,
-                             "user": env["SHARDCTL_MYSQL_USER"], "password": password},
+        connection_settings={
+            "host": stack.mysql_host,
+            "port": stack.mysql_port,
+            "user": env["SHARDCTL_MYSQL_USER"],
+            "password": password,
+        },
         server_id=1000 + int(unique[1:7], 16) % 100000,
         # File/pos mode: with is_mariadb=True the library ignores log_file/log_pos.
-        is_mariadb=False, log_file=log_file, log_pos=log_pos, resume_stream=True,
-        blocking=False, only_events=[WriteRowsEvent], only_schemas=[mysql_db])
+        is_mariadb=False,
+        log_file=log_file,
+        log_pos=log_pos,
+        resume_stream=True,
+        blocking=False,
+        only_events=[WriteRowsEvent],
+        only_schemas=[mysql_db],
+    )
     try:
         rows = [row["values"] for event in reader for row in event.rows]
     finally:
@@ -145,8 +183,10 @@ def test_mariadb_binlog_rows_have_names_blob_and_enum(
 def test_mariadb_runs_with_the_settings_cdc_needs(stack: StackHandle) -> None:
     conn = stack.mysql_root()
     with conn.cursor() as cur:
-        cur.execute("SELECT @@log_bin, @@binlog_format, @@binlog_row_image,"
-                    " @@binlog_row_metadata, @@gtid_strict_mode")
+        cur.execute(
+            "SELECT @@log_bin, @@binlog_format, @@binlog_row_image,"
+            " @@binlog_row_metadata, @@gtid_strict_mode"
+        )
         assert cur.fetchone() == (1, "ROW", "FULL", "FULL", 1)
         cur.execute(f"SHOW GRANTS FOR '{stack.env()['SHARDCTL_MYSQL_USER']}'@'127.0.0.1'")
         grants = " ".join(row[0] for row in cur.fetchall())

@@ -1,0 +1,384 @@
+"""Maxwell's JSON for row changes, DDL and bootstrap messages.
+
+A row message, fields in this order (Maxwell's order; `[..]` = by option):
+
+    {"database", "table", "type", "ts", "xid", "xoffset", "commit",
+     ["position"], ["gtid"], ["server_id"], ["thread_id"], "event_id",
+     ["primary_key"], ["primary_key_columns"], "data", "old" (updates only)}
+
+`xoffset` (row index in the transaction) and `commit` (true on the last row of
+the transaction, false elsewhere) are on every row message; Maxwell omits
+`commit` on all rows but the last and `xoffset` on the last, so consumers that
+test `commit` for truth read both forms alike. `event_id` is ours: the stable id
+of the row change (`cdc.rows.event_id`), the same on a replay.
+
+The Kafka key is `{"database":..,"table":..,"pk.<col>":..}` with the primary key
+columns in key order, written byte-stably (`cdc.json_text`): it is also the
+hash input of the shard. A table without a primary key gets the key without
+`pk.` fields (Maxwell uses a random `_uuid`, which would defeat replay dedupe
+and ordering).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from decimal import Decimal
+from json.encoder import encode_basestring as _encode_str
+from typing import Any, Literal
+
+from cdc.json_text import JsonTextError, ObjectEncoder, ValueKind, compile_object_encoder, encode
+from cdc.rows import Message, RowImage, TxnContext
+from cdc.schema import DATE_TYPES, INTEGER_TYPES, ColumnDef, ColumnType, TableDef
+
+BootstrapType = Literal["bootstrap-start", "bootstrap-insert", "bootstrap-complete"]
+
+
+class FormatError(ValueError):
+    """A row cannot be written as Maxwell JSON."""
+
+
+@dataclass(frozen=True, slots=True)
+class FormatterOptions:
+    """Maxwell's output options (same names, same defaults), plus DECIMAL as string."""
+
+    output_binlog_position: bool = False
+    output_gtid_position: bool = False
+    output_server_id: bool = False
+    output_thread_id: bool = False
+    output_primary_keys: bool = False
+    output_primary_key_columns: bool = False
+    output_null_zerodates: bool = False
+    output_ddl: bool = False
+    # DECIMAL as a JSON string ("12.50") instead of a JSON number (12.50).
+    decimal_as_string: bool = False
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> FormatterOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown formatter option(s): {', '.join(unknown)}")
+        bad = sorted(k for k, v in values.items() if not isinstance(v, bool))
+        if bad:
+            raise ValueError(f"formatter option(s) {', '.join(bad)} must be true or false")
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class _TablePlan:
+    """What the formatter precomputes once per table definition."""
+
+    table: TableDef
+    head: str  # '{"database":..,"table":..,"type":"'
+    key_head: str  # '{"database":..,"table":..'
+    pk_names: tuple[str, ...]
+    pk_key_fields: tuple[str, ...]  # ',"pk.id":'
+    pk_columns_json: str
+    date_columns: frozenset[str]
+    decimal_columns: frozenset[str]
+    encode_data: ObjectEncoder
+    rewrites_values: bool  # an option changes values of this table (zero dates, decimals)
+
+
+def _value_kind(col: ColumnDef, decimal_as_string: bool) -> ValueKind:
+    """The JSON type of a column's decoded values, for the compiled encoder."""
+    if col.type in INTEGER_TYPES or col.type in (ColumnType.YEAR, ColumnType.BIT):
+        return "int"
+    if col.type is ColumnType.NEWDECIMAL:
+        return "str" if decimal_as_string else "decimal"
+    if col.type in (ColumnType.FLOAT, ColumnType.DOUBLE):
+        return "float"
+    if col.is_json or col.type in (ColumnType.JSON, ColumnType.SET):
+        return "any"
+    return "str"
+
+
+def _zero_date(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("0000-00-00")
+
+
+class MaxwellFormatter:
+    """Formats row images (and DDL and bootstrap records) as Maxwell messages."""
+
+    def __init__(self, options: FormatterOptions | Mapping[str, Any] | None = None) -> None:
+        if options is None:
+            options = FormatterOptions()
+        elif not isinstance(options, FormatterOptions):
+            options = FormatterOptions.from_mapping(options)
+        self.options = options
+        # By object id (fast), holding the object so its id is not reused.
+        self._plans: dict[int, tuple[TableDef, _TablePlan]] = {}
+        self._plans_by_value: dict[TableDef, _TablePlan] = {}
+        self._txn_cache: tuple[TxnContext, str, str] | None = None
+
+    # --- rows ------------------------------------------------------------------
+
+    def _plan(self, table: TableDef) -> _TablePlan:
+        cached = self._plans.get(id(table))
+        if cached is not None and cached[0] is table:
+            return cached[1]
+        # A TABLE_MAP per transaction makes a new TableDef object each time:
+        # reuse the plan of an equal definition.
+        plan = self._plans_by_value.get(table)
+        if plan is None:
+            plan = self._new_plan(table)
+            if len(self._plans_by_value) > 4096:
+                self._plans_by_value.clear()
+            self._plans_by_value[table] = plan
+        if len(self._plans) > 4096:
+            self._plans.clear()
+        self._plans[id(table)] = (table, plan)
+        return plan
+
+    def _new_plan(self, table: TableDef) -> _TablePlan:
+        names = {c.name for c in table.columns}
+        missing = [pk for pk in table.primary_key if pk not in names]
+        if missing:
+            raise FormatError(f"{table.qualified_name}: primary key columns {missing} unknown")
+        head = '{"database":' + encode(table.database) + ',"table":' + encode(table.table)
+        date_columns = frozenset(c.name for c in table.columns if c.type in DATE_TYPES)
+        decimal_columns = frozenset(
+            c.name for c in table.columns if c.type is ColumnType.NEWDECIMAL
+        )
+        return _TablePlan(
+            table=table,
+            head=head + ',"type":"',
+            key_head=head,
+            pk_names=table.primary_key,
+            pk_key_fields=tuple("," + encode("pk." + pk) + ":" for pk in table.primary_key),
+            pk_columns_json=encode(list(table.primary_key)),
+            date_columns=date_columns,
+            decimal_columns=decimal_columns,
+            encode_data=compile_object_encoder(
+                [(c.name, _value_kind(c, self.options.decimal_as_string)) for c in table.columns]
+            ),
+            rewrites_values=bool(
+                (self.options.output_null_zerodates and date_columns)
+                or (self.options.decimal_as_string and decimal_columns)
+            ),
+        )
+
+    def _values(self, plan: _TablePlan, values: dict[str, Any]) -> dict[str, Any]:
+        opts = self.options
+        if opts.output_null_zerodates and plan.date_columns:
+            values = {
+                k: (None if k in plan.date_columns and _zero_date(v) else v)
+                for k, v in values.items()
+            }
+        if opts.decimal_as_string and plan.decimal_columns:
+            values = {
+                k: (v.__format__("f") if k in plan.decimal_columns and type(v) is Decimal else v)
+                for k, v in values.items()
+            }
+        return values
+
+    def _txn_fields(self, ctx: TxnContext) -> tuple[str, str]:
+        """The per-transaction parts of a row message: before and after `xoffset`."""
+        cached = self._txn_cache
+        if cached is not None and cached[0] is ctx:
+            return cached[1], cached[2]
+        opts = self.options
+        before = f'","ts":{int(ctx.ts)},"xid":{"null" if ctx.xid is None else int(ctx.xid)}'
+        after = []
+        if opts.output_binlog_position:
+            after += [',"position":', encode(f"{ctx.file}:{ctx.pos}")]
+        if opts.output_gtid_position and ctx.gtid is not None:
+            after += [',"gtid":', encode(ctx.gtid)]
+        if opts.output_server_id:
+            after += [',"server_id":', str(int(ctx.server_id))]
+        if opts.output_thread_id and ctx.thread_id is not None:
+            after += [',"thread_id":', str(int(ctx.thread_id))]
+        after_text = "".join(after) + ',"event_id":'
+        self._txn_cache = (ctx, before, after_text)
+        return before, after_text
+
+    def format(
+        self,
+        ctx: TxnContext,
+        table: TableDef,
+        row: RowImage,
+        row_index: int,
+        is_last_in_txn: bool,
+    ) -> Message:
+        """The message of one row change; `row_index` counts rows across the transaction."""
+        plan = self._plan(table)
+        data = self._values(plan, row.data) if plan.rewrites_values else row.data
+        eid = f"{ctx.gtid}#{row_index}" if ctx.gtid else f"{ctx.file}:{ctx.pos}#{row_index}"
+        before, after = self._txn_fields(ctx)
+        try:
+            if len(plan.pk_names) == 1:
+                pk_texts = [encode(data[plan.pk_names[0]])]
+            else:
+                pk_texts = [encode(data[pk]) for pk in plan.pk_names]
+            data_text = plan.encode_data(data) or encode(data)
+            old_text = ""
+            if row.old is not None:
+                old = self._values(plan, row.old) if plan.rewrites_values else row.old
+                old_text = ',"old":' + encode(old)
+        except KeyError as exc:
+            raise FormatError(
+                f"{table.qualified_name} event {eid}: primary key column {exc} missing from row"
+            ) from None
+        except JsonTextError as exc:
+            raise FormatError(f"{table.qualified_name} event {eid}: {exc}") from None
+        pk_fields = ""
+        if self.options.output_primary_keys:
+            pk_fields = ',"primary_key":[' + ",".join(pk_texts) + "]"
+        if self.options.output_primary_key_columns:
+            pk_fields += ',"primary_key_columns":' + plan.pk_columns_json
+        commit = "true" if is_last_in_txn else "false"
+        value = (
+            f'{plan.head}{row.type}{before},"xoffset":{row_index},"commit":{commit}{after}'
+            f'{_encode_str(eid)}{pk_fields},"data":{data_text}{old_text}}}'
+        )
+        if len(pk_texts) == 1:
+            key = f"{plan.key_head}{plan.pk_key_fields[0]}{pk_texts[0]}}}"
+        else:
+            key = plan.key_head
+            for field_text, pk_text in zip(plan.pk_key_fields, pk_texts, strict=True):
+                key += field_text + pk_text
+            key += "}"
+        return Message(
+            key=_utf8(key),
+            value=_utf8(value),
+            event_id=eid,
+            database=table.database,
+            table=table.table,
+        )
+
+    @staticmethod
+    def _encode_object(
+        values: dict[str, Any], table: TableDef, eid: str, plan: _TablePlan | None = None
+    ) -> str:
+        try:
+            text = plan.encode_data(values) if plan is not None else None
+            return encode(values) if text is None else text
+        except JsonTextError as exc:
+            raise FormatError(f"{table.qualified_name} event {eid}: {exc}") from None
+
+    @staticmethod
+    def _encode_value(value: Any, table: TableDef, eid: str) -> str:
+        try:
+            return encode(value)
+        except JsonTextError as exc:
+            raise FormatError(f"{table.qualified_name} event {eid}: {exc}") from None
+
+    # --- bootstrap ---------------------------------------------------------------
+
+    def format_bootstrap(
+        self,
+        kind: BootstrapType,
+        table: TableDef,
+        *,
+        event_id: str,
+        ts: int | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Message:
+        """A `bootstrap-start`, `bootstrap-insert` or `bootstrap-complete` message.
+
+        `data` is the row (JSON-ready values, as the decoder makes them) for
+        bootstrap-insert; start and complete carry `"data":{}` as in Maxwell.
+        The key of an insert is the row's key, so a bootstrapped row lands on
+        the same shard as its live changes.
+        """
+        plan = self._plan(table)
+        seconds = int(time.time()) if ts is None else int(ts)
+        values = self._values(plan, data or {})
+        parts = [
+            plan.head,
+            kind,
+            '","ts":',
+            str(seconds),
+            ',"event_id":',
+            encode(event_id),
+        ]
+        key_parts = [plan.key_head]
+        if kind == "bootstrap-insert":
+            try:
+                pk_values = [values[pk] for pk in plan.pk_names]
+            except KeyError as exc:
+                raise FormatError(
+                    f"{table.qualified_name} bootstrap row {event_id}: "
+                    f"primary key column {exc} missing"
+                ) from None
+            if self.options.output_primary_keys:
+                parts += [',"primary_key":', encode(pk_values)]
+            if self.options.output_primary_key_columns:
+                parts += [',"primary_key_columns":', plan.pk_columns_json]
+            for field_text, value in zip(plan.pk_key_fields, pk_values, strict=True):
+                key_parts += [field_text, self._encode_value(value, table, event_id)]
+        parts += [',"data":', self._encode_object(values, table, event_id, plan), "}"]
+        key_parts.append("}")
+        return Message(
+            key=_utf8("".join(key_parts)),
+            value=_utf8("".join(parts)),
+            event_id=event_id,
+            database=table.database,
+            table=table.table,
+        )
+
+    # --- DDL -----------------------------------------------------------------------
+
+    def format_ddl(
+        self,
+        *,
+        ddl_type: str,
+        database: str,
+        table: str | None,
+        sql: str,
+        ts_ms: int,
+        position: str,
+        event_id: str,
+        gtid: str | None = None,
+        definition: dict[str, Any] | None = None,
+        old_definition: dict[str, Any] | None = None,
+    ) -> Message | None:
+        """A DDL message (`table-alter`, `database-create`, ...), or None unless
+        `output_ddl` is on. As in Maxwell, `ts` is in milliseconds here and
+        `position` is always present; `def`/`old` are the table definitions
+        when the caller tracks them."""
+        if not self.options.output_ddl:
+            return None
+        parts = [
+            '{"type":',
+            encode(ddl_type),
+            ',"database":',
+            encode(database),
+            ',"table":',
+            encode(table),
+        ]
+        if old_definition is not None:
+            parts += [',"old":', encode(old_definition)]
+        if definition is not None:
+            parts += [',"def":', encode(definition)]
+        parts += [
+            ',"ts":',
+            str(int(ts_ms)),
+            ',"sql":',
+            encode(sql),
+            ',"position":',
+            encode(position),
+        ]
+        if self.options.output_gtid_position and gtid is not None:
+            parts += [',"gtid":', encode(gtid)]
+        parts += [',"event_id":', encode(event_id), "}"]
+        key = '{"database":' + encode(database) + ',"table":' + encode(table) + "}"
+        return Message(
+            key=_utf8(key),
+            value=_utf8("".join(parts)),
+            event_id=event_id,
+            database=database,
+            table=table or "",
+        )
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate, only possible inside a string of a JSON document
+        # value: backslashreplace writes it as \\udXXXX, which inside a JSON
+        # string is exactly the JSON escape of that code unit.
+        return text.encode("utf-8", "backslashreplace")

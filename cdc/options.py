@@ -1,0 +1,138 @@
+"""Settings of the binlog reader: the `[cdc]` TOML section or `SHARDCTL_CDC_*` variables.
+
+Connection settings (MySQL, Kafka, NSQ, etcd) come from `shardctl.config.Settings`.
+The names follow Maxwell's where Maxwell has the option.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cdc.partitioner import FallbackBy, PartitionBy
+from shardctl.config import ConfigError
+from shardctl.keyspace import check_name
+
+
+def default_reader_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class CdcOptions(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHARDCTL_CDC_", extra="forbid")
+
+    source: str = Field(default="default", description="name of the source; etcd keys use it")
+    reader_id: str = Field(default_factory=default_reader_id)
+    # Our replica server_id; readers of one source share it, so the server itself
+    # drops a deposed leader's connection when a new leader connects.
+    server_id: int = Field(default=6379, ge=1, lt=2**32)
+    mode: Literal["file_pos", "gtid"] = "file_pos"
+    # Where to start when no checkpoint exists: "current", "file:pos" or "gtid:<state>".
+    start_position: str = "current"
+    heartbeat_s: float = Field(default=1.0, gt=0, le=60)
+
+    producer: str = Field(default="kafka", description="kafka, nsq, stdout, or a comma list")
+    kafka_topic: str = "maxwell"
+    ddl_kafka_topic: str | None = None
+    dead_letter_topic: str = "maxwell_dead_letter"
+    kafka_replication_factor: int = -1
+    kafka_options: dict[str, str] = Field(default_factory=dict)
+    nsq_topic: str = "maxwell"
+    nsq_max_message_bytes: int = Field(default=1024 * 1024, gt=0)
+
+    num_shards: int | None = Field(default=None, ge=1)
+    producer_partition_by: PartitionBy = "primary_key"
+    producer_partition_columns: list[str] = Field(default_factory=list)
+    producer_partition_by_fallback: FallbackBy = "database"
+
+    filter: str | None = None
+
+    output_binlog_position: bool = False
+    output_gtid_position: bool = False
+    output_server_id: bool = False
+    output_thread_id: bool = False
+    output_primary_keys: bool = False
+    output_primary_key_columns: bool = False
+    output_null_zerodates: bool = False
+    output_ddl: bool = False
+    decimal_as_string: bool = False
+
+    checkpoint_interval_s: float = Field(default=1.0, gt=0)
+    lease_ttl_s: int = Field(default=10, ge=2)
+    max_in_flight: int = Field(default=200_000, ge=1)
+    bootstrap_poll_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("source", "reader_id")
+    @classmethod
+    def _key_safe(cls, value: str) -> str:
+        try:
+            return check_name("cdc source or reader id", value)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("producer_partition_columns", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("producer")
+    @classmethod
+    def _producers(cls, value: str) -> str:
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [n for n in names if n not in ("kafka", "nsq", "stdout")]
+        if not names or bad:
+            raise ValueError(f"unknown producer {bad or value!r}; use kafka, nsq or stdout")
+        return ",".join(names)
+
+    @property
+    def producers(self) -> list[str]:
+        return self.producer.split(",")
+
+    def formatter_options(self) -> dict[str, bool]:
+        return {
+            "output_binlog_position": self.output_binlog_position,
+            "output_gtid_position": self.output_gtid_position,
+            "output_server_id": self.output_server_id,
+            "output_thread_id": self.output_thread_id,
+            "output_primary_keys": self.output_primary_keys,
+            "output_primary_key_columns": self.output_primary_key_columns,
+            "output_null_zerodates": self.output_null_zerodates,
+            "output_ddl": self.output_ddl,
+        }
+
+
+def load_cdc_options(
+    path: Path | None = None, overrides: dict[str, Any] | None = None
+) -> CdcOptions:
+    """`[cdc]` of the TOML file, then SHARDCTL_CDC_* variables, then `overrides` (CLI flags).
+
+    Raises ConfigError naming the first bad setting as `cdc.<name>`.
+    """
+    if path is None and os.environ.get("SHARDCTL_CONFIG"):
+        path = Path(os.environ["SHARDCTL_CONFIG"])
+    from_file: dict[str, Any] = {}
+    if path is not None:
+        try:
+            from_file = tomllib.loads(path.read_text()).get("cdc", {})
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+    init = {k: v for k, v in from_file.items() if f"SHARDCTL_CDC_{k}".upper() not in os.environ}
+    init.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return CdcOptions(**init)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            problems.append(f"cdc.{where}: {err['msg']}")
+        raise ConfigError("; ".join(problems)) from None

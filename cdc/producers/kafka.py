@@ -1,0 +1,293 @@
+"""Kafka producer: idempotent, `acks=all`, partition = shard.
+
+Topics come from Maxwell's template (`%{database}`, `%{table}`). Every topic
+must have exactly `num_shards` partitions, because partition = shard: a topic
+that does not exist is created with `num_shards` partitions, and a topic with
+any other count stops the reader with an error naming the topic and both counts.
+
+A record the broker (or the client's `message.max.bytes`) refuses as too large
+is not dropped: a dead-letter record with its key, event id, binlog position,
+size and the error goes to the dead-letter topic, to the same shard, and the
+original counts as delivered once that record is. Any other delivery failure is
+raised from `poll()`/`flush()` and the message is never acknowledged.
+
+Delivery reports are served by `poll()` on the caller's thread; the producer
+batches (`linger.ms`) and is never flushed per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Producer as RdKafkaProducer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from cdc.producers.base import (
+    Ack,
+    DeliveryError,
+    Outgoing,
+    Producer,
+    dead_letter_document,
+    render_topic,
+)
+from shardctl.config import ConfigError, KafkaSettings
+
+log = logging.getLogger(__name__)
+
+# Settings the delivery guarantee depends on; user options cannot override them.
+_REQUIRED = {
+    "enable.idempotence": "true",
+    "acks": "all",
+}
+_DEFAULTS = {
+    "linger.ms": "10",
+    "batch.num.messages": "10000",
+    "queue.buffering.max.messages": "200000",
+    "compression.type": "lz4",
+    "message.timeout.ms": "120000",
+}
+
+
+class TopicPartitionsMismatch(ConfigError):
+    """A topic exists with a partition count other than num_shards."""
+
+
+class TopicManager:
+    """Makes sure each topic exists with `num_shards` partitions."""
+
+    def __init__(
+        self,
+        admin: Any,
+        num_shards: int,
+        replication_factor: int = -1,
+        timeout_s: float = 15.0,
+    ) -> None:
+        self._admin = admin
+        self._num_shards = num_shards
+        self._replication_factor = replication_factor
+        self._timeout_s = timeout_s
+        self._ready: set[str] = set()
+
+    def ensure(self, topic: str) -> None:
+        if topic in self._ready:
+            return
+        count = self._partitions(topic)
+        if count is None:
+            self._create(topic)
+            count = self._partitions(topic)
+            if count is None:
+                raise DeliveryError(f"kafka topic {topic}: created but not visible in metadata")
+        if count != self._num_shards:
+            raise TopicPartitionsMismatch(
+                f"cdc.num_shards: kafka topic {topic} has {count} partitions but "
+                f"num_shards is {self._num_shards}; partition = shard, so they must match. "
+                "Use another topic or recreate this one with num_shards partitions."
+            )
+        self._ready.add(topic)
+
+    def _partitions(self, topic: str) -> int | None:
+        try:
+            metadata = self._admin.list_topics(topic=topic, timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise DeliveryError(f"kafka topic {topic}: cannot read metadata: {exc}") from exc
+        found = metadata.topics.get(topic)
+        if found is None:
+            return None
+        if found.error is not None:
+            if found.error.code() in (
+                KafkaError.UNKNOWN_TOPIC_OR_PART,
+                KafkaError._UNKNOWN_TOPIC,
+            ):
+                return None
+            raise DeliveryError(f"kafka topic {topic}: metadata error: {found.error}")
+        return len(found.partitions)
+
+    def _create(self, topic: str) -> None:
+        futures = self._admin.create_topics(
+            [NewTopic(topic, self._num_shards, self._replication_factor)],
+            operation_timeout=self._timeout_s,
+            request_timeout=self._timeout_s,
+        )
+        try:
+            futures[topic].result()
+            log.info("created kafka topic %s with %d partitions", topic, self._num_shards)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                return
+            raise DeliveryError(f"kafka topic {topic}: cannot create it: {exc}") from exc
+        # Metadata of a new topic reaches every broker a moment later.
+        deadline = time.monotonic() + self._timeout_s
+        while self._partitions(topic) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+class KafkaProducer(Producer):
+    name = "kafka"
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        num_shards: int,
+        topic_template: str,
+        dead_letter_topic: str,
+        replication_factor: int = -1,
+        options: dict[str, str] | None = None,
+    ) -> None:
+        conf: dict[str, Any] = {**_DEFAULTS, **settings.client_config(), **(options or {})}
+        for key, value in _REQUIRED.items():
+            if key in conf and str(conf[key]).lower() != value:
+                raise ConfigError(
+                    f"kafka.options.{key}: must be {value} (the reader loses nothing only "
+                    f"with an idempotent producer and acks=all), got {conf[key]!r}"
+                )
+            conf[key] = value
+        self._producer = RdKafkaProducer(conf)
+        admin_conf: dict[str, str | int | float | bool] = {
+            k: v
+            for k, v in settings.client_config().items()
+            if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "client."))
+        }
+        self._topics = TopicManager(AdminClient(admin_conf), num_shards, replication_factor)
+        self._template = topic_template
+        self._dead_letter_topic = dead_letter_topic
+        # (template, database, table) -> topic, for topics known to be ready.
+        self._topic_cache: dict[tuple[str, str, str], str] = {}
+        self._failure: DeliveryError | None = None
+        self.dead_lettered = 0
+
+    def topic_for(self, database: str, table: str) -> str:
+        return render_topic(self._template, database, table)
+
+    def send(self, message: Outgoing, on_ack: Ack) -> None:
+        if self._failure is not None:
+            raise self._failure
+        where = (message.topic or self._template, message.database, message.table)
+        topic = self._topic_cache.get(where)
+        if topic is None:
+            topic = render_topic(*where)
+            self._topics.ensure(topic)
+            if len(self._topic_cache) > 100_000:
+                self._topic_cache.clear()
+            self._topic_cache[where] = topic
+        self._produce(
+            topic,
+            message.key,
+            message.value,
+            message.shard,
+            partial(self._delivered, message, topic, on_ack),
+            message,
+        )
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        shard: int,
+        callback: Callable[[Any, Any], None],
+        message: Outgoing,
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value=value, key=key, partition=shard, on_delivery=callback
+                )
+                return
+            except BufferError:
+                # Local queue full: serve delivery reports until there is room.
+                self._producer.poll(0.05)
+                self._raise_failure()
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if (
+                    isinstance(error, KafkaError)
+                    and error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+                    and topic != self._dead_letter_topic
+                ):
+                    # Refused locally: same treatment as a broker refusal, at once.
+                    callback(error, None)
+                    return
+                raise DeliveryError(
+                    f"kafka: cannot produce {message.event_id} to {topic}[{shard}]: {exc}"
+                ) from exc
+
+    def _delivered(self, message: Outgoing, topic: str, on_ack: Ack, err: Any, _msg: Any) -> None:
+        if err is None:
+            on_ack()
+            return
+        if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and topic != self._dead_letter_topic:
+            self._dead_letter(message, topic, on_ack, str(err))
+            return
+        self._fail(
+            f"kafka: delivery of {message.event_id} to {topic}[{message.shard}] failed: {err}"
+        )
+
+    def _dead_letter(self, message: Outgoing, topic: str, on_ack: Ack, error: str) -> None:
+        log.error(
+            "kafka: %s (%s.%s, %d bytes) too large for %s; sending it to dead-letter topic %s",
+            message.event_id,
+            message.database,
+            message.table,
+            len(message.value),
+            topic,
+            self._dead_letter_topic,
+        )
+        self.dead_lettered += 1
+        try:
+            self._topics.ensure(self._dead_letter_topic)
+        except (DeliveryError, ConfigError) as exc:
+            self._fail(f"kafka: dead-letter topic for {message.event_id}: {exc}")
+            return
+        doc = dead_letter_document(message, topic, error)
+
+        def dead_letter_delivered(err: Any, _msg: Any) -> None:
+            if err is None:
+                on_ack()
+            else:
+                self._fail(
+                    f"kafka: dead-letter record of {message.event_id} to "
+                    f"{self._dead_letter_topic}[{message.shard}] failed: {err}"
+                )
+
+        try:
+            self._producer.produce(
+                self._dead_letter_topic,
+                value=doc,
+                key=message.key,
+                partition=message.shard,
+                on_delivery=dead_letter_delivered,
+            )
+        except (BufferError, KafkaException) as exc:
+            self._fail(f"kafka: cannot queue dead-letter record of {message.event_id}: {exc}")
+
+    def _fail(self, text: str) -> None:
+        log.error("%s", text)
+        if self._failure is None:
+            self._failure = DeliveryError(text)
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def poll(self, timeout: float = 0.0) -> None:
+        self._producer.poll(timeout)
+        self._raise_failure()
+
+    def flush(self, timeout: float) -> None:
+        remaining = self._producer.flush(timeout)
+        self._raise_failure()
+        if remaining:
+            raise DeliveryError(
+                f"kafka: {remaining} messages still undelivered after {timeout:.1f}s"
+            )
+
+    def close(self) -> None:
+        # Serve what is already delivered; unacknowledged messages are replayed later.
+        self._producer.poll(0)

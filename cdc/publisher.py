@@ -1,0 +1,121 @@
+"""From a transaction to the messages to publish, with their shards.
+
+Row changes are already filtered (see `cdc.replication.decoding`); every kept
+row becomes one Maxwell message, `commit: true` on the last kept row of the
+transaction. A statement becomes DDL messages when `output_ddl` is on (and the
+table passes the filter), and always drops the cached facts about the tables it
+changed. A transaction may yield no message at all; its end still counts for
+the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from cdc.ddl import classify, is_truncate
+from cdc.filtering import Filter
+from cdc.formatter import MaxwellFormatter
+from cdc.partitioner import Partitioner
+from cdc.producers.base import Outgoing
+from cdc.replication.transaction import Transaction
+from cdc.rows import Message
+from shardctl.hashing import shard_of
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    def __init__(
+        self,
+        formatter: MaxwellFormatter,
+        partitioner: Partitioner,
+        row_filter: Filter,
+        ddl_topic: str | None = None,
+        invalidate: Callable[[str, str | None], None] | None = None,
+    ) -> None:
+        self.formatter = formatter
+        self.partitioner = partitioner
+        self.filter = row_filter
+        self.ddl_topic = ddl_topic
+        self._invalidate = invalidate
+
+    def messages(self, txn: Transaction) -> list[Outgoing]:
+        if txn.statement is not None:
+            return self._statement(txn)
+        changes = txn.changes
+        last = len(changes) - 1
+        ctx = txn.ctx
+        fmt = self.formatter.format
+        partitioner = self.partitioner
+        by_key = partitioner.by == "primary_key"
+        num_shards = partitioner.num_shards
+        out: list[Outgoing] = []
+        append = out.append
+        for index, change in enumerate(changes):
+            message = fmt(ctx, change.table, change.row, index, index == last)
+            key = message.key
+            shard = (
+                shard_of(key, num_shards)
+                if by_key
+                else partitioner.shard(key, message.database, message.table, ctx, change.row.data)
+            )
+            append(
+                Outgoing(
+                    key, message.value, shard, message.event_id, message.database, message.table
+                )
+            )
+        return out
+
+    def _statement(self, txn: Transaction) -> list[Outgoing]:
+        statement = txn.statement
+        assert statement is not None
+        truncated = is_truncate(statement.sql, statement.database)
+        if truncated is not None:
+            log.warning(
+                "TRUNCATE of %s.%s at %s:%d deletes rows without row events; consumers are "
+                "not told (as in Maxwell)",
+                truncated[0],
+                truncated[1],
+                txn.ctx.file,
+                txn.ctx.pos,
+            )
+        out: list[Outgoing] = []
+        for index, change in enumerate(classify(statement.sql, statement.database)):
+            if self._invalidate is not None:
+                self._invalidate(change.database, change.table)
+                if change.old_table is not None and change.old_database is not None:
+                    self._invalidate(change.old_database, change.old_table)
+            table = change.table or ""
+            if self.filter.is_blacklisted(change.database, table) or (
+                change.table is not None and not self.filter.includes_table(change.database, table)
+            ):
+                continue
+            gtid = txn.ctx.gtid
+            event_id = f"{gtid}#{index}" if gtid else f"{txn.ctx.file}:{txn.ctx.pos}#{index}"
+            message: Message | None = self.formatter.format_ddl(
+                ddl_type=change.type,
+                database=change.database,
+                table=change.table,
+                sql=statement.sql,
+                ts_ms=txn.ctx.ts * 1000,
+                position=f"{txn.ctx.file}:{txn.ctx.pos}",
+                event_id=event_id,
+                gtid=gtid,
+            )
+            if message is None:
+                continue
+            out.append(
+                Outgoing(
+                    key=message.key,
+                    value=message.value,
+                    shard=self.partitioner.shard(
+                        message.key, message.database, message.table, txn.ctx, None
+                    ),
+                    event_id=message.event_id,
+                    database=message.database,
+                    table=message.table,
+                    topic=self.ddl_topic,
+                )
+            )
+        return out

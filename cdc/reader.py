@@ -1,0 +1,397 @@
+"""The reader process: elected per source, it streams binlog → messages → producer.
+
+    STANDBY --won election--> LEADING --stop()--> FLUSHING --> (checkpoint) --> STOPPED
+       ^                         |
+       +----leadership lost------+      (new session, campaign again)
+    LEADING --delivery/decode/source error--> raise (the process exits non-zero)
+
+Several readers may run for one source; they share `cdc.server_id`. Each holds
+an etcd session (lease) and campaigns on `cdc/<source>/leader`; the winner's
+token (the key's create_revision) fences every checkpoint write, so a deposed
+leader cannot move the checkpoint. A standby takes over when the leader's lease
+expires (within `lease_ttl_s`) or it resigns on a clean stop.
+
+While leading:
+1. Read the checkpoint (or, on first start, take `start_position` and store it
+   at once, so a crash before the first transaction loses nothing).
+2. Stream transactions from the checkpoint; publish each one's messages and
+   register the transaction with the ack tracker.
+3. Every `checkpoint_interval_s`, store the end of the newest transaction whose
+   messages, and all before it, were acknowledged (`cdc.acks`).
+4. On stop: flush the producer, store the final checkpoint, resign.
+
+After a crash the new leader resumes at the stored boundary, which is at or
+before the last delivered transaction: messages after it are published again,
+with the same event ids. A delivery error stops the reader without moving the
+checkpoint past the undelivered message.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import pymysql
+
+from cdc.acks import AckTracker
+from cdc.bootstrap import BootstrapRunner
+from cdc.checkpoint import CheckpointStore
+from cdc.decoding import BinlogDecoder, CheckConstraintJsonColumns
+from cdc.etcd_calls import call_with_retry
+from cdc.filtering import Filter
+from cdc.formatter import FormatterOptions, MaxwellFormatter
+from cdc.options import CdcOptions
+from cdc.partitioner import Partitioner
+from cdc.producers import build_producer
+from cdc.producers.base import Producer
+from cdc.publisher import Publisher
+from cdc.replication.decoding import FilteredDecoding
+from cdc.replication.position import BinlogPosition, Checkpoint
+from cdc.replication.server_check import check_server, current_position
+from cdc.replication.source import BinlogSource, SourceOptions
+from cdc.replication.transaction import Transaction
+from shardctl.config import ConfigError, Settings
+from shardctl.etcd.client import EtcdClient, EtcdUnavailable
+from shardctl.etcd.election import Election, Leadership, NotLeader
+from shardctl.etcd.loop_thread import LoopThread
+from shardctl.etcd.session import Session, SessionLost
+from shardctl.keyspace import Keyspace
+from shardctl.metrics import CDC_CHECKPOINT, CDC_LAG_SECONDS, CDC_LEADER, CDC_ROWS
+from shardctl.records import ClusterConfig, RecordError
+
+log = logging.getLogger(__name__)
+
+
+class LeadershipLost(Exception):
+    """This reader no longer leads its source; it must stop publishing at once."""
+
+
+def recovery_command(source: str) -> str:
+    return (
+        f"shardctl cdc checkpoint reset --source {source} --to current\n"
+        f"  shardctl cdc bootstrap <database>.<table> --source {source}   "
+        "(for each table consumers need in full)"
+    )
+
+
+def resolve_start(options: CdcOptions, connect: dict[str, Any]) -> Checkpoint:
+    """The checkpoint to use when the source has none: `cdc.start_position`."""
+    connection = pymysql.connect(**connect)
+    try:
+        info = check_server(connection, options.server_id)
+        spec = options.start_position.strip()
+        if spec == "current":
+            position, gtid = current_position(connection, info)
+            return Checkpoint(position.file, position.pos, gtid or None, 0, info.server_id)
+        if spec.startswith("gtid:"):
+            if options.mode != "gtid":
+                raise ConfigError("cdc.start_position: a gtid: start needs cdc.mode=gtid")
+            position, _ = current_position(connection, info)
+            return Checkpoint(position.file, 4, spec[5:], 0, info.server_id)
+        try:
+            at = BinlogPosition.parse(spec)
+        except ValueError as exc:
+            raise ConfigError(f"cdc.start_position: {exc}") from None
+        if options.mode == "gtid":
+            raise ConfigError("cdc.start_position: cdc.mode=gtid needs 'current' or 'gtid:<state>'")
+        return Checkpoint(at.file, at.pos, None, 0, info.server_id)
+    finally:
+        connection.close()
+
+
+class Reader:
+    def __init__(
+        self,
+        settings: Settings,
+        options: CdcOptions,
+        producer_factory: Callable[[int], Producer] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.keyspace = Keyspace.of(settings)
+        self._producer_factory = producer_factory
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self.transactions = 0
+        self.messages = 0
+
+    # -- control --------------------------------------------------------------
+
+    def stop(self, reason: str = "asked to stop") -> None:
+        self._stop_reason = reason
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- main loop ------------------------------------------------------------
+
+    def run(self) -> None:
+        loop = LoopThread(f"cdc-{self.options.source}-etcd").start()
+        client: EtcdClient | None = None
+        try:
+            client = loop.run(EtcdClient(self.settings.etcd).connect())
+            store = CheckpointStore(client, self.keyspace, self.options.source)
+            while not self.stopping:
+                try:
+                    session = Session.open_blocking(
+                        self.settings.etcd,
+                        self.options.lease_ttl_s,
+                        name=f"cdc-{self.options.source}-{self.options.reader_id}",
+                    )
+                except EtcdUnavailable as exc:
+                    log.warning("reader %s: no etcd session yet: %s", self.options.reader_id, exc)
+                    self._stop.wait(1.0)
+                    continue
+                try:
+                    leadership = self._campaign(loop, client, session)
+                    if leadership is None:
+                        return
+                    self._lead(loop, client, store, leadership)
+                    if self.stopping:
+                        loop.run(leadership.resign(), timeout=self.settings.etcd.timeout_s + 1)
+                except LeadershipLost as exc:
+                    log.error("reader %s: %s; campaigning again", self.options.reader_id, exc)
+                except EtcdUnavailable as exc:
+                    # Without etcd the checkpoint cannot be kept: stop publishing, and
+                    # start over (from the stored checkpoint) once etcd answers again.
+                    log.error("reader %s: %s; starting over", self.options.reader_id, exc)
+                    self._stop.wait(1.0)
+                finally:
+                    session.close_blocking()
+        finally:
+            if client is not None:
+                loop.run(client.close(), timeout=5)
+            loop.stop()
+
+    def _campaign(
+        self, loop: LoopThread, client: EtcdClient, session: Session
+    ) -> Leadership | None:
+        election = Election(client, self.keyspace.cdc_leader(self.options.source))
+        future = loop.submit(election.campaign(session, self.options.reader_id))
+        log.info(
+            "reader %s: campaigning for source %s", self.options.reader_id, self.options.source
+        )
+        while True:
+            try:
+                leadership = future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if self.stopping:
+                    future.cancel()
+                    return None
+                continue
+            except SessionLost as exc:
+                raise LeadershipLost(str(exc)) from exc
+            log.info(
+                "reader %s: leads source %s (token %d)",
+                self.options.reader_id,
+                self.options.source,
+                leadership.token,
+            )
+            return leadership
+
+    def _num_shards(self, loop: LoopThread, client: EtcdClient) -> int:
+        kv = call_with_retry(
+            loop,
+            lambda: client.get(self.keyspace.config),
+            f"reading {self.keyspace.config}",
+            timeout_s=self.settings.etcd.timeout_s + 1,
+        )
+        cluster: int | None = None
+        if kv is not None:
+            try:
+                cluster = ClusterConfig.decode(kv.key, kv.value).num_shards
+            except RecordError as exc:
+                raise ConfigError(f"config: {exc}") from None
+        configured = self.options.num_shards
+        if configured is not None and cluster is not None and configured != cluster:
+            raise ConfigError(
+                f"cdc.num_shards: {configured} differs from num_shards={cluster} in the "
+                f"cluster config ({self.keyspace.config})"
+            )
+        found = configured or cluster
+        if found is None:
+            raise ConfigError(
+                "cdc.num_shards: not set, and the cluster has no config key "
+                f"({self.keyspace.config}) to take it from"
+            )
+        return found
+
+    def _lead(
+        self, loop: LoopThread, client: EtcdClient, store: CheckpointStore, leadership: Leadership
+    ) -> None:
+        options = self.options
+        timeout = self.settings.etcd.timeout_s + 1
+        connect = self.settings.mysql.connect_kwargs()
+        checkpoint = call_with_retry(loop, store.load, f"reading {store.key}", timeout_s=timeout)
+        if checkpoint is None:
+            checkpoint = resolve_start(options, connect)
+            self._save(loop, store, leadership, checkpoint)
+            log.info(
+                "source %s: no checkpoint; starting at %s", options.source, checkpoint.describe()
+            )
+        else:
+            log.info("source %s: resuming at checkpoint %s", options.source, checkpoint.describe())
+        num_shards = self._num_shards(loop, client)
+        row_filter = Filter(options.filter)
+        json_columns = CheckConstraintJsonColumns(lambda: pymysql.connect(**connect))
+        decoding = FilteredDecoding(BinlogDecoder(json_columns), row_filter)
+        publisher = Publisher(
+            MaxwellFormatter(
+                FormatterOptions.from_mapping(
+                    {**options.formatter_options(), "decimal_as_string": options.decimal_as_string}
+                )
+            ),
+            Partitioner(
+                num_shards,
+                options.producer_partition_by,
+                tuple(options.producer_partition_columns),
+                options.producer_partition_by_fallback,
+            ),
+            row_filter,
+            ddl_topic=options.ddl_kafka_topic,
+            invalidate=decoding.invalidate,
+        )
+        producer = (
+            self._producer_factory(num_shards)
+            if self._producer_factory is not None
+            else build_producer(self.settings, options, num_shards)
+        )
+        source = BinlogSource(
+            SourceOptions(
+                source=options.source,
+                connect=connect,
+                server_id=options.server_id,
+                mode=options.mode,
+                heartbeat_s=options.heartbeat_s,
+                recovery_command=recovery_command(options.source),
+            ),
+            decoding,
+            checkpoint,
+        )
+        bootstrap = BootstrapRunner(
+            loop, client, self.keyspace, options, connect, publisher, row_filter
+        )
+        lost: concurrent.futures.Future[str] = loop.submit(leadership.wait_lost())
+        tracker: AckTracker[Checkpoint] = AckTracker()
+        saved = checkpoint
+        next_save = time.monotonic() + options.checkpoint_interval_s
+        next_bootstrap = time.monotonic()
+        clean = False
+
+        def check_leadership() -> None:
+            if lost.done() or not leadership.session.is_valid():
+                raise LeadershipLost(self._lost_reason(lost, leadership))
+
+        CDC_LEADER.labels(options.source).set(1)
+        try:
+            for item in source:
+                check_leadership()
+                if isinstance(item, Transaction):
+                    if bootstrap.due(item.ctx):
+                        bootstrap.emit(producer, tracker, source.boundary, leadership)
+                    self._publish(item, publisher, producer, tracker)
+                    producer.poll(0)
+                    while tracker.in_flight > options.max_in_flight:
+                        producer.poll(0.05)
+                        check_leadership()
+                else:
+                    producer.poll(0)
+                    if bootstrap.due(None):
+                        bootstrap.emit(producer, tracker, source.boundary, leadership)
+                now = time.monotonic()
+                if now >= next_save:
+                    next_save = now + options.checkpoint_interval_s
+                    saved = self._advance(loop, store, leadership, tracker, saved)
+                if now >= next_bootstrap and bootstrap.armed is None:
+                    next_bootstrap = now + options.bootstrap_poll_s
+                    try:
+                        bootstrap.arm_next(leadership)
+                    except EtcdUnavailable as exc:
+                        log.warning(
+                            "source %s: bootstrap requests not read: %s", options.source, exc
+                        )
+                if self.stopping:
+                    clean = True
+                    break
+        except (NotLeader, SessionLost) as exc:
+            raise LeadershipLost(str(exc)) from exc
+        finally:
+            CDC_LEADER.labels(options.source).set(0)
+            source.close()
+            bootstrap.close()
+            lost.cancel()
+            if clean:
+                log.info("reader %s: stopping (%s); flushing", options.reader_id, self._stop_reason)
+                producer.flush(60)
+                self._advance(loop, store, leadership, tracker, saved)
+            producer.close()
+
+    @staticmethod
+    def _lost_reason(lost: concurrent.futures.Future[str], leadership: Leadership) -> str:
+        if lost.done() and not lost.cancelled() and lost.exception() is None:
+            return lost.result()
+        return leadership.session.lost_reason or "lease deadline passed (the reader was paused?)"
+
+    def _publish(
+        self,
+        txn: Transaction,
+        publisher: Publisher,
+        producer: Producer,
+        tracker: AckTracker[Checkpoint],
+    ) -> None:
+        messages = publisher.messages(txn)
+        end = txn.end
+        if messages:
+            end = dataclasses.replace(end, event_id=messages[-1].event_id)
+        seq = tracker.open(end, len(messages))
+        if messages:
+            ack = partial(tracker.ack, seq)
+            for message in messages:
+                producer.send(message, ack)
+        self.transactions += 1
+        self.messages += len(messages)
+        CDC_ROWS.labels(self.options.source).inc(len(messages))
+        CDC_LAG_SECONDS.labels(self.options.source).set(max(0.0, time.time() - txn.ctx.ts))
+
+    def _advance(
+        self,
+        loop: LoopThread,
+        store: CheckpointStore,
+        leadership: Leadership,
+        tracker: AckTracker[Checkpoint],
+        saved: Checkpoint,
+    ) -> Checkpoint:
+        safe = tracker.safe()
+        if safe is None or safe == saved:
+            return saved
+        try:
+            self._save(loop, store, leadership, safe)
+        except EtcdUnavailable as exc:
+            # Not fatal: the checkpoint only lags; the next interval tries again.
+            log.warning(
+                "source %s: checkpoint %s not stored yet: %s",
+                self.options.source,
+                safe.describe(),
+                exc,
+            )
+            return saved
+        CDC_CHECKPOINT.labels(self.options.source, safe.file).set(safe.pos)
+        return safe
+
+    def _save(
+        self, loop: LoopThread, store: CheckpointStore, leadership: Leadership, cp: Checkpoint
+    ) -> None:
+        try:
+            loop.run(store.save(leadership, cp), timeout=self.settings.etcd.timeout_s + 1)
+        except (NotLeader, SessionLost) as exc:
+            raise LeadershipLost(str(exc)) from exc
+        except TimeoutError as exc:
+            raise EtcdUnavailable(f"checkpoint write to {store.key} timed out") from exc

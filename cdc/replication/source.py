@@ -1,0 +1,345 @@
+"""The binlog source: follows the server as a replica and yields whole transactions.
+
+States:
+
+    CLOSED --open(boundary)--> CONNECTED --events--> CONNECTED (yield Transaction
+                                                       or Heartbeat)
+    CONNECTED --connection lost / replay detected--> CLOSED --backoff--> open(boundary)
+    CONNECTED --purged binlog, bad setting, wrong start, decode error--> raise
+
+`boundary` is the end of the last transaction yielded (at first, the start
+checkpoint), so a reconnect drops the open transaction's partial rows and reads
+that transaction again from its first event: nothing is lost and nothing but
+the open transaction is read twice, and that one was never yielded.
+
+Modes:
+- `file_pos`: COM_BINLOG_DUMP from the boundary's file:pos. mysql-replication is
+  used with `is_mariadb=False` even on MariaDB, because its MariaDB path ignores
+  log_file/log_pos.
+- `gtid`: MariaDB `@slave_connect_state` / MySQL COM_BINLOG_DUMP_GTID from the
+  boundary's GTID state. Reads are blocking: a non-blocking GTID dump makes the
+  library reconnect from its original GTID at every end of binlog. The GTID
+  state handed to the library is refreshed at each transaction end, so its own
+  reconnects resume at a boundary too.
+
+The start is verified: in file_pos mode the server's first (fake) ROTATE must
+name exactly the requested file and position; in gtid mode the first GTID of
+each domain must come after the requested state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pymysql
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.event import (
+    FormatDescriptionEvent,
+    GtidEvent,
+    HeartbeatLogEvent,
+    MariadbGtidEvent,
+    QueryEvent,
+    RotateEvent,
+    XAPrepareEvent,
+    XidEvent,
+)
+from pymysqlreplication.gtid import Gtid, GtidSet
+from pymysqlreplication.row_event import (
+    DeleteRowsEvent,
+    TableMapEvent,
+    UpdateRowsEvent,
+    WriteRowsEvent,
+)
+
+from cdc.replication.errors import (
+    PurgedBinlogError,
+    SourceError,
+    StartPositionMismatch,
+    TransactionOrderError,
+)
+from cdc.replication.position import Checkpoint, MariadbGtidState, parse_mariadb_gtid
+from cdc.replication.server_check import ServerInfo, binary_logs, check_server
+from cdc.replication.transaction import (
+    RowsDecoding,
+    Transaction,
+    TransactionAssembler,
+    event_start,
+)
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["file_pos", "gtid"]
+
+_EVENTS = [
+    RotateEvent,
+    FormatDescriptionEvent,
+    HeartbeatLogEvent,
+    GtidEvent,
+    MariadbGtidEvent,
+    QueryEvent,
+    XidEvent,
+    XAPrepareEvent,
+    TableMapEvent,
+    WriteRowsEvent,
+    UpdateRowsEvent,
+    DeleteRowsEvent,
+]
+
+# Server error "fatal error reading binlog": purged files, unknown GTID state.
+_ER_MASTER_FATAL_ERROR_READING_BINLOG = 1236
+# Errors that no reconnect can fix.
+_FATAL_MYSQL_ERRORS = {1045, 1227, 1236}
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The server is alive and has nothing new; the reader may do its periodic work."""
+
+
+@dataclass(slots=True)
+class SourceOptions:
+    source: str
+    connect: dict[str, Any]  # PyMySQL keyword arguments; holds the password, never logged
+    server_id: int
+    mode: Mode = "file_pos"
+    heartbeat_s: float = 1.0
+    reconnect_backoff_s: tuple[float, float] = (0.2, 5.0)
+    recovery_command: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class MysqlGtidState:
+    """MySQL's executed GTID set, extended by each transaction."""
+
+    def __init__(self, text: str | None) -> None:
+        self._set: Any = GtidSet(text or None)
+
+    def advance(self, gtid: str) -> None:
+        self._set = self._set + Gtid(gtid)
+
+    def __str__(self) -> str:
+        return str(self._set)
+
+
+class BinlogSource:
+    """Yields `Transaction`s and `Heartbeat`s from a start checkpoint; see the module docstring."""
+
+    def __init__(
+        self,
+        options: SourceOptions,
+        decoding: RowsDecoding,
+        start: Checkpoint,
+        server: ServerInfo | None = None,
+    ) -> None:
+        self._options = options
+        self._decoding = decoding
+        self.boundary = start
+        self._server = server
+        self._reader: Any = None
+        self.reconnects = 0
+
+    # -- public ---------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Transaction | Heartbeat]:
+        backoff = self._options.reconnect_backoff_s[0]
+        while True:
+            try:
+                for item in self._follow():
+                    backoff = self._options.reconnect_backoff_s[0]
+                    yield item
+                # The server ended the dump (EOF): reconnect like after a lost connection.
+                reason = "server ended the binlog dump"
+            except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+                code = exc.args[0] if exc.args else None
+                if code in _FATAL_MYSQL_ERRORS:
+                    raise self._fatal(exc) from exc
+                reason = f"{type(exc).__name__}: {exc}"
+            except TransactionOrderError as exc:
+                reason = str(exc)
+            except (ConnectionError, OSError, EOFError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                self.close()
+            self.reconnects += 1
+            log.warning(
+                "source %s: reconnecting at %s after: %s",
+                self._options.source,
+                self.boundary.describe(),
+                reason,
+            )
+            time.sleep(backoff)
+            backoff = min(backoff * 2, self._options.reconnect_backoff_s[1])
+
+    def close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            reader.close()
+
+    # -- internals ------------------------------------------------------------
+
+    def _fatal(self, exc: Exception) -> Exception:
+        code = exc.args[0] if exc.args else None
+        message = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+        purged = any(
+            text in message
+            for text in ("purged", "Could not find first log file", "Could not find GTID state")
+        )
+        if code == _ER_MASTER_FATAL_ERROR_READING_BINLOG and purged:
+            return PurgedBinlogError(
+                self._options.source,
+                self.boundary.describe(),
+                f"server error {code}: {message}",
+                self._options.recovery_command,
+            )
+        if code == _ER_MASTER_FATAL_ERROR_READING_BINLOG:
+            return StartPositionMismatch(
+                f"source {self._options.source!r}: the server cannot stream from "
+                f"{self.boundary.describe()} (error {code}: {message})"
+            )
+        return SourceError(
+            f"source {self._options.source!r}: server refused the replication connection "
+            f"at {self.boundary.describe()} (error {code}: {message})"
+        )
+
+    def _connect_settings(self) -> dict[str, Any]:
+        settings = dict(self._options.connect)
+        # A silent connection is dead after three missed heartbeats.
+        settings["read_timeout"] = max(int(self._options.heartbeat_s * 3) + 1, 5)
+        settings.setdefault("connect_timeout", 5)
+        return settings
+
+    def _check(self) -> ServerInfo:
+        connection = pymysql.connect(**self._connect_settings())
+        try:
+            info = check_server(connection, self._options.server_id)
+            if self._options.mode == "file_pos" or not self.boundary.gtid:
+                files = binary_logs(connection)
+                if self.boundary.file not in files:
+                    raise PurgedBinlogError(
+                        self._options.source,
+                        self.boundary.describe(),
+                        f"binlog file {self.boundary.file} is gone; the oldest on the server is "
+                        f"{files[0] if files else 'none'}",
+                        self._options.recovery_command,
+                    )
+        finally:
+            connection.close()
+        if self._options.mode == "gtid" and not self.boundary.gtid:
+            raise SourceError(
+                f"source {self._options.source!r}: cdc.mode=gtid but the checkpoint "
+                f"{self.boundary.describe()} has no GTID state"
+            )
+        if self._options.mode == "gtid" and not info.gtid_mode:
+            raise SourceError(
+                f"source {self._options.source!r}: cdc.mode=gtid but the server has gtid_mode=OFF"
+            )
+        return info
+
+    def _follow(self) -> Iterator[Transaction | Heartbeat]:
+        info = self._check()
+        self._server = info
+        start = self.boundary
+        gtid_state: MariadbGtidState | MysqlGtidState | None
+        if info.flavor == "mariadb":
+            gtid_state = MariadbGtidState(start.gtid)
+        elif info.gtid_mode:
+            gtid_state = MysqlGtidState(start.gtid)
+        else:
+            gtid_state = None
+        use_gtid = self._options.mode == "gtid"
+        self._reader = BinLogStreamReader(
+            connection_settings=self._connect_settings(),
+            server_id=self._options.server_id,
+            resume_stream=True,
+            blocking=True,
+            only_events=_EVENTS,
+            log_file=None if use_gtid else start.file,
+            log_pos=None if use_gtid else start.pos,
+            auto_position=start.gtid if use_gtid else None,
+            is_mariadb=use_gtid and info.flavor == "mariadb",
+            slave_heartbeat=self._options.heartbeat_s,
+            enable_logging=False,
+        )
+        assembler = TransactionAssembler(self._decoding, gtid_state, start.file)
+        verified_rotate = False
+        # gtid mode: domains whose first GTID has not been checked against the start.
+        start_state = MariadbGtidState(start.gtid) if info.flavor == "mariadb" else None
+        unchecked_domains: set[int] = set()
+        while True:
+            event = self._reader.fetchone()
+            if event is None:
+                return
+            if isinstance(event, RotateEvent):
+                if event.timestamp == 0 and not verified_rotate:
+                    self._verify_start(event, start, use_gtid)
+                    verified_rotate = True
+                assembler.rotate(str(event.next_binlog))
+                continue
+            if isinstance(event, FormatDescriptionEvent):
+                assembler.format_description(event)
+                continue
+            if isinstance(event, HeartbeatLogEvent):
+                if not assembler.in_transaction:
+                    yield Heartbeat()
+                continue
+            if isinstance(event, MariadbGtidEvent):
+                gtid = str(event.gtid)
+                if start_state is not None and use_gtid:
+                    domain, _, seq = parse_mariadb_gtid(gtid)
+                    if domain not in unchecked_domains:
+                        unchecked_domains.add(domain)
+                        self._verify_gtid(gtid, domain, seq, start_state)
+                assembler.gtid(event, gtid, int(event.flags), begun=True)
+                continue
+            if isinstance(event, GtidEvent):
+                assembler.gtid(event, str(event.gtid), 0, begun=False)
+                continue
+            if isinstance(event, TableMapEvent):
+                assembler.table_map(event)
+                continue
+            if isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
+                assembler.rows(event)
+                continue
+            if isinstance(event, XAPrepareEvent):
+                raise SourceError(
+                    f"XA PREPARE at {assembler.file}:{event_start(event)}: XA transactions "
+                    "are not supported by the reader"
+                )
+            txn: Transaction | None
+            if isinstance(event, XidEvent):
+                txn = assembler.xid(event)
+            elif isinstance(event, QueryEvent):
+                txn = assembler.query(event)
+            else:
+                continue
+            if txn is None:
+                continue
+            self.boundary = txn.end
+            if use_gtid and txn.end.gtid:
+                # The library reconnects by itself on a lost connection; make it
+                # ask for the state after this transaction, not the original one.
+                self._reader.auto_position = txn.end.gtid
+            yield txn
+
+    def _verify_start(self, event: Any, start: Checkpoint, use_gtid: bool) -> None:
+        got_file, got_pos = str(event.next_binlog), int(event.position)
+        if use_gtid:
+            return
+        if (got_file, got_pos) != (start.file, start.pos):
+            raise StartPositionMismatch(
+                f"source {self._options.source!r}: asked the server for {start.file}:{start.pos} "
+                f"but it streams from {got_file}:{got_pos}"
+            )
+
+    def _verify_gtid(self, gtid: str, domain: int, seq: int, start: MariadbGtidState) -> None:
+        known = start.seq_of(domain)
+        if known is not None and seq <= known:
+            raise StartPositionMismatch(
+                f"source {self._options.source!r}: asked the server for GTID state "
+                f"{start} but its first transaction in domain {domain} is {gtid}, "
+                "which that state already contains"
+            )

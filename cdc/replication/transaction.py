@@ -1,0 +1,240 @@
+"""Transaction assembly: binlog events in, whole transactions out.
+
+State machine (one instance per stream connection):
+
+    IDLE --GTID--> OPENED --BEGIN--> IN_TXN          (MySQL; MariaDB GTID without
+    IDLE --BEGIN--> IN_TXN                              FL_STANDALONE goes straight
+    IN_TXN --TABLE_MAP / ROWS--> IN_TXN                 to IN_TXN)
+    IN_TXN --XID or COMMIT/ROLLBACK query--> IDLE    (emit a row transaction)
+    OPENED or IDLE --other query--> IDLE             (emit a statement: DDL)
+    IN_TXN or OPENED --ROTATE / FORMAT_DESCRIPTION / GTID / BEGIN--> error
+
+A transaction is emitted only when its end event arrives, so its rows carry the
+XID and the last row can carry `commit: true`. The position recorded with it is
+the log position just after the end event, which is where a resumed stream must
+start: never in the middle of a transaction (a stream resumed there would miss
+the TABLE_MAP events and lose rows).
+
+Binlog files never split a transaction, so a rotate or a new format description
+inside one means the connection was re-established under us, and a GTID or
+BEGIN inside one means the server replays. Both raise `TransactionOrderError`
+so that the caller restarts the stream at the start of the open transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cdc.replication.errors import SourceError, TransactionOrderError
+from cdc.replication.position import Checkpoint
+from cdc.rows import RowImage, TxnContext
+
+# MariaDB GTID event flags (sql/log_event.h).
+_FL_STANDALONE = 1
+_FL_PREPARED_XA = 64
+_FL_COMPLETED_XA = 128
+
+
+@dataclass(slots=True)
+class RowChange:
+    """One decoded row with the table definition it was decoded against."""
+
+    table: Any  # cdc.schema.TableDef
+    row: RowImage
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A statement outside any row transaction, usually DDL."""
+
+    database: str
+    sql: str
+
+
+@dataclass(slots=True)
+class Transaction:
+    ctx: TxnContext
+    end: Checkpoint
+    changes: list[RowChange] = field(default_factory=list)
+    statement: Statement | None = None
+
+
+class RowsDecoding(Protocol):
+    """What the assembler needs from table tracking and row decoding."""
+
+    def on_table_map(self, event: Any, where: str) -> None: ...
+
+    def on_rotate(self, next_file: str) -> None: ...
+
+    def decode_rows(self, event: Any, where: str) -> Sequence[RowChange]:
+        """The rows of a rows event; empty when the table is filtered out."""
+        ...
+
+
+class GtidTracker(Protocol):
+    def advance(self, gtid: str) -> None: ...
+
+    def __str__(self) -> str: ...
+
+
+@dataclass(slots=True)
+class _Open:
+    gtid: str | None
+    server_id: int
+    thread_id: int | None
+    file: str
+    pos: int
+    ts: int
+    begun: bool
+    changes: list[RowChange] = field(default_factory=list)
+
+
+def event_start(event: Any) -> int:
+    """Log position of the first byte of `event` (its header's log_pos is the next event's)."""
+    packet = event.packet
+    return int(packet.log_pos) - int(packet.event_size)
+
+
+def event_end(event: Any) -> int:
+    return int(event.packet.log_pos)
+
+
+class TransactionAssembler:
+    """Feeds on events of one stream connection; see the module docstring."""
+
+    def __init__(self, decoding: RowsDecoding, gtid_state: GtidTracker | None, file: str) -> None:
+        self._decoding = decoding
+        self._gtid_state = gtid_state
+        self.file = file
+        self._open: _Open | None = None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._open is not None
+
+    @property
+    def open_start(self) -> tuple[str, int] | None:
+        return None if self._open is None else (self._open.file, self._open.pos)
+
+    def where(self, event: Any) -> str:
+        return f"{self.file}:{event_start(event)}"
+
+    def rotate(self, next_file: str) -> None:
+        if self._open is not None:
+            raise TransactionOrderError(
+                f"binlog rotated to {next_file} inside the transaction that starts at "
+                f"{self._open.file}:{self._open.pos}: the connection was re-established"
+            )
+        self.file = next_file
+        self._decoding.on_rotate(next_file)
+
+    def format_description(self, event: Any) -> None:
+        if self._open is not None:
+            raise TransactionOrderError(
+                f"format description at {self.where(event)} inside the transaction that "
+                f"starts at {self._open.file}:{self._open.pos}: the connection was "
+                "re-established"
+            )
+
+    def gtid(self, event: Any, gtid: str, flags: int, begun: bool) -> None:
+        if self._open is not None:
+            raise TransactionOrderError(
+                f"GTID {gtid} at {self.where(event)} inside the transaction that starts at "
+                f"{self._open.file}:{self._open.pos}: the server replays"
+            )
+        if flags & (_FL_PREPARED_XA | _FL_COMPLETED_XA):
+            raise SourceError(
+                f"XA transaction {gtid} at {self.where(event)}: XA transactions are not "
+                "supported by the reader"
+            )
+        self._open = _Open(
+            gtid=gtid,
+            server_id=int(event.packet.server_id),
+            thread_id=None,
+            file=self.file,
+            pos=event_start(event),
+            ts=int(event.timestamp),
+            begun=begun and not flags & _FL_STANDALONE,
+        )
+
+    def table_map(self, event: Any) -> None:
+        self._decoding.on_table_map(event, self.where(event))
+
+    def rows(self, event: Any) -> None:
+        if self._open is None or not self._open.begun:
+            raise TransactionOrderError(f"rows event at {self.where(event)} outside a transaction")
+        self._open.changes.extend(self._decoding.decode_rows(event, self.where(event)))
+
+    def xid(self, event: Any) -> Transaction:
+        if self._open is None:
+            raise TransactionOrderError(f"XID at {self.where(event)} outside a transaction")
+        return self._close(event, xid=int(event.xid), statement=None)
+
+    def query(self, event: Any) -> Transaction | None:
+        sql = str(event.query).strip()
+        word = sql.split(None, 1)[0].upper() if sql else ""
+        if word == "BEGIN":
+            if self._open is not None and self._open.begun:
+                raise TransactionOrderError(
+                    f"BEGIN at {self.where(event)} inside the transaction that starts at "
+                    f"{self._open.file}:{self._open.pos}: the server replays"
+                )
+            if self._open is None:
+                self._open = _Open(
+                    gtid=None,
+                    server_id=int(event.packet.server_id),
+                    thread_id=int(event.slave_proxy_id),
+                    file=self.file,
+                    pos=event_start(event),
+                    ts=int(event.timestamp),
+                    begun=True,
+                )
+            else:
+                self._open.begun = True
+                self._open.thread_id = int(event.slave_proxy_id)
+            return None
+        if word in ("COMMIT", "ROLLBACK") and self._open is not None and self._open.begun:
+            return self._close(event, xid=None, statement=None)
+        if self._open is not None and self._open.begun:
+            # A statement logged inside a row transaction (SAVEPOINT and the like)
+            # changes no rows; the transaction goes on.
+            return None
+        schema = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema)
+        if self._open is None:
+            self._open = _Open(
+                gtid=None,
+                server_id=int(event.packet.server_id),
+                thread_id=int(event.slave_proxy_id),
+                file=self.file,
+                pos=event_start(event),
+                ts=int(event.timestamp),
+                begun=False,
+            )
+        else:
+            self._open.thread_id = int(event.slave_proxy_id)
+        return self._close(event, xid=None, statement=Statement(database=schema, sql=sql))
+
+    def _close(self, event: Any, xid: int | None, statement: Statement | None) -> Transaction:
+        assert self._open is not None
+        opened, self._open = self._open, None
+        if opened.gtid is not None and self._gtid_state is not None:
+            self._gtid_state.advance(opened.gtid)
+        ctx = TxnContext(
+            server_id=opened.server_id,
+            thread_id=opened.thread_id,
+            gtid=opened.gtid,
+            file=opened.file,
+            pos=opened.pos,
+            ts=opened.ts,
+            xid=xid,
+        )
+        end = Checkpoint(
+            file=self.file,
+            pos=event_end(event),
+            gtid=str(self._gtid_state) if self._gtid_state is not None else None,
+            ts=int(event.timestamp),
+            server_id=opened.server_id,
+        )
+        return Transaction(ctx=ctx, end=end, changes=opened.changes, statement=statement)

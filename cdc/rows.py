@@ -1,0 +1,72 @@
+"""The shared vocabulary of the CDC pipeline: where a transaction sits, one decoded
+row change, and one formatted message.
+
+The stream fills `TxnContext`, the row decoder yields `RowImage`s, and the
+formatter turns both into a `Message` that a producer publishes unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+RowType = Literal["insert", "update", "delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class TxnContext:
+    """Where a transaction sits in the binlog. Filled by the stream, read by the formatter."""
+
+    server_id: int
+    thread_id: int | None
+    # "domain-server-seq" (MariaDB) or "uuid:n" (MySQL); None if the server gives none.
+    gtid: str | None
+    # Binlog file and log position of the transaction's first event (GTID or BEGIN).
+    file: str
+    pos: int
+    # Seconds, from the event header.
+    ts: int
+    # Set once the XID event has arrived; every row message carries it.
+    xid: int | None
+
+
+@dataclass(slots=True)
+class RowImage:
+    """One decoded row change from a rows event.
+
+    `data` holds JSON-ready values: the after-image for inserts and updates, the
+    deleted row for deletes. `old` is set on updates only and holds the changed
+    columns with their values before the update.
+    """
+
+    type: RowType
+    data: dict[str, Any]
+    old: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Message:
+    """One row change, ready to publish. Treat it as immutable (it is not frozen
+    only because frozen dataclasses are slow to build, and one is built per row).
+
+    `key` is the Maxwell Kafka key JSON and the hash input of the shard, so it is
+    byte-stable for a given row. `value` is the Maxwell JSON document.
+    """
+
+    key: bytes
+    value: bytes
+    event_id: str
+    database: str
+    table: str
+
+
+def event_id(ctx: TxnContext, row_index: int) -> str:
+    """Stable id of a row change.
+
+    `f"{gtid}#{row_index}"` when the transaction has a GTID, else
+    `f"{file}:{pos}#{row_index}"`. `row_index` counts rows from 0 across the
+    whole transaction, so a replayed transaction yields the same ids.
+    """
+    if ctx.gtid:
+        return f"{ctx.gtid}#{row_index}"
+    return f"{ctx.file}:{ctx.pos}#{row_index}"

@@ -1,0 +1,247 @@
+"""The coordinator process: several replicas, one leader, one assignment writer.
+
+    CANDIDATE --won coordinator/leader--> LEADING --lease lost or key taken--> CANDIDATE
+        ^  (new session if the lease was lost)                                   |
+        +-------------------------------------------------------------------------+
+    any state --stop--> resign (delete the leader key if still ours) --> DONE
+
+While LEADING it mirrors workers/, config, assignment and owners/, and writes a new
+generation when the inputs call for one:
+- Membership changes are applied only after the member set has been quiet for
+  `stabilization_s` (at most 10 x that in a row), so a flapping worker does not
+  cause a rebalance storm. Exception: when a member whose lease is gone still has
+  shards assigned, those shards have no owner, and the change is applied at once.
+- With a churn budget (`max_moves`), the next generation waits until every shard
+  moved by the previous one is owned by its new owner (visible in owners/).
+A standby notices the leader's departure by watching the leader key, so takeover
+takes at most the leader's TTL plus one campaign round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from coordinator.assignment import Member
+from coordinator.writer import Current, members_from, next_assignment, write_assignment
+from shardctl.aio import threadsafe_event, wait_any
+from shardctl.config import Settings
+from shardctl.etcd import (
+    Election,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    KeyValue,
+    Leadership,
+    Mirror,
+    NotLeader,
+    Session,
+    SessionLost,
+)
+from shardctl.keyspace import Keyspace
+from shardctl.records import Assignment, ClusterConfig, RecordError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CoordinatorOptions:
+    coordinator_id: str
+    ttl: int = 10
+    stabilization_s: float = 1.0
+    max_moves: int | None = None
+
+
+class Coordinator:
+    def __init__(self, settings: Settings, options: CoordinatorOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.keys = Keyspace.of(settings)
+        self.stop_requested = asyncio.Event()
+        self.generations_written = 0
+
+    async def run(self) -> None:
+        async with EtcdClient(self.settings.etcd) as client:
+            election = Election(client, self.keys.coordinator_leader)
+            while not self.stop_requested.is_set():
+                session = await self._open_session()
+                try:
+                    await self._campaign_and_lead(client, election, session)
+                finally:
+                    await session.close(revoke=True)
+
+    async def _open_session(self) -> Session:
+        backoff = 0.2
+        while True:
+            try:
+                return await Session.open(
+                    self.settings.etcd,
+                    self.options.ttl,
+                    name=f"coordinator-{self.options.coordinator_id}",
+                )
+            except EtcdUnavailable as exc:
+                log.warning("%s: cannot open a session yet: %s", self.options.coordinator_id, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _campaign_and_lead(
+        self, client: EtcdClient, election: Election, session: Session
+    ) -> None:
+        me = self.options.coordinator_id
+        while not session.is_lost and not self.stop_requested.is_set():
+            campaign = asyncio.ensure_future(election.campaign(session, me))
+            stop = asyncio.ensure_future(self.stop_requested.wait())
+            await asyncio.wait({campaign, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not campaign.done():
+                campaign.cancel()
+                await asyncio.gather(campaign, return_exceptions=True)
+                return
+            try:
+                leadership = campaign.result()
+            except SessionLost:
+                return
+            try:
+                await self._lead(client, leadership)
+            finally:
+                if self.stop_requested.is_set():
+                    try:
+                        await leadership.resign()
+                    except EtcdError as exc:
+                        log.warning(
+                            "%s: resign failed; the key expires with the lease: %s", me, exc
+                        )
+
+    async def _lead(self, client: EtcdClient, leadership: Leadership) -> None:
+        me = self.options.coordinator_id
+        keys = self.keys
+        workers = Mirror(client, keys.workers_prefix).start()
+        config = Mirror(client, keys.config, prefix=False).start()
+        current = Mirror(client, keys.assignment, prefix=False).start()
+        owners = Mirror(client, keys.owners_prefix).start()
+        mirrors = (workers, config, current, owners)
+        lost = threadsafe_event(leadership.session.on_lost)
+        deposed = asyncio.Event()
+        watcher = asyncio.ensure_future(self._watch_leadership(leadership, deposed))
+        try:
+            for m in mirrors:
+                await m.ready.wait()
+            log.info("%s: leading with token %d", me, leadership.token)
+            applied: dict[str, Member] | None = None  # members of the last computation
+            last_seen: dict[str, Member] | None = None
+            last_change, pending_since = time.monotonic(), float("inf")
+            config_missing_logged = False
+            while not (lost.is_set() or deposed.is_set() or self.stop_requested.is_set()):
+                for m in mirrors:
+                    m.check()
+                    m.changed.clear()
+                delay: float | None = None
+                now = time.monotonic()
+                try:
+                    members = members_from(keys, workers.items)
+                    if members != last_seen:
+                        last_seen, last_change = members, now
+                    if applied is not None and members != applied:
+                        pending_since = min(pending_since, last_change)
+                        quiet = now - last_change
+                        stab = self.options.stabilization_s
+                        orphaned = self._orphaned(applied, members, current.items)
+                        if quiet < stab and now - pending_since < 10 * stab and not orphaned:
+                            delay = stab - quiet
+                    cfg_kv = config.items.get(keys.config)
+                    if cfg_kv is None:
+                        if not config_missing_logged:
+                            log.warning(
+                                "%s: no %s yet; run `shardctl shards set N`", me, keys.config
+                            )
+                            config_missing_logged = True
+                    elif delay is None:
+                        cfg = ClusterConfig.decode(cfg_kv.key, cfg_kv.value)
+                        seen = Current.of(current.items.get(keys.assignment))
+                        due = members != applied or self._settled(seen.assignment, owners.items)
+                        if due and await self._write(leadership, seen, members, cfg):
+                            applied, pending_since = members, float("inf")
+                except (NotLeader, SessionLost) as exc:
+                    log.error("%s: %s", me, exc)
+                    return
+                except EtcdUnavailable as exc:
+                    log.warning("%s: etcd unavailable, retrying: %s", me, exc)
+                    delay = 0.5
+                except (EtcdError, RecordError) as exc:
+                    log.error("%s: %s", me, exc)
+                    delay = 1.0
+                await wait_any(
+                    [
+                        workers.changed,
+                        config.changed,
+                        current.changed,
+                        owners.changed,
+                        lost,
+                        deposed,
+                        self.stop_requested,
+                    ],
+                    delay,
+                )
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            for m in mirrors:
+                await m.stop()
+
+    async def _watch_leadership(self, leadership: Leadership, deposed: asyncio.Event) -> None:
+        reason = await leadership.wait_lost()
+        log.error("%s: leadership lost: %s", self.options.coordinator_id, reason)
+        deposed.set()
+
+    def _orphaned(
+        self,
+        applied: dict[str, Member],
+        members: dict[str, Member],
+        assignment_items: Mapping[str, KeyValue],
+    ) -> bool:
+        """Whether a member that left (lease gone) still has shards assigned: those
+        shards have no owner, so waiting for quiet would only prolong the outage."""
+        departed = set(applied) - set(members)
+        if not departed:
+            return False
+        kv = assignment_items.get(self.keys.assignment)
+        if kv is None:
+            return False
+        owners = Assignment.decode(kv.key, kv.value).owners
+        return any(owner in departed for owner in owners)
+
+    def _settled(self, assignment: Assignment | None, owners: Mapping[str, KeyValue]) -> bool:
+        """Under a churn budget, wait for the previous generation's moves to complete."""
+        if self.options.max_moves is None or assignment is None:
+            return True
+        for shard, owner in enumerate(assignment.owners):
+            held = owners.get(self.keys.owner(shard))
+            if owner is not None and (held is None or held.value != owner.encode()):
+                return False
+        return True
+
+    async def _write(
+        self,
+        leadership: Leadership,
+        seen: Current,
+        members: dict[str, Member],
+        cfg: ClusterConfig,
+    ) -> bool:
+        """Write the next generation if one is due. False if our view was stale."""
+        new = next_assignment(seen.assignment, members, cfg, self.options.max_moves)
+        if new is None:
+            return True
+        if not await write_assignment(leadership, self.keys, seen, new):
+            return False  # someone wrote in between; recompute from the fresh view
+        self.generations_written += 1
+        log.info(
+            "%s: wrote generation %d (%d shards, %d members)",
+            self.options.coordinator_id,
+            new.generation,
+            new.num_shards,
+            len(members),
+        )
+        return True

@@ -1,0 +1,74 @@
+"""The assignment writer: turn etcd state into assign() inputs, and write its output.
+
+The write is one txn guarded by the leadership token (the create_revision of
+`coordinator/leader`) and by the mod_revision of the assignment we computed from.
+A deposed leader's write fails with NotLeader; a stale view (someone else wrote in
+between) writes nothing and the caller recomputes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from coordinator.assignment import Member, assign
+from shardctl.etcd import KeyValue, Leadership, ModRevisionIs, Put
+from shardctl.keyspace import Keyspace
+from shardctl.records import Assignment, ClusterConfig, RecordError, WorkerRecord
+
+log = logging.getLogger(__name__)
+
+
+def members_from(keys: Keyspace, items: Mapping[str, KeyValue]) -> dict[str, Member]:
+    """Members from the workers/ keys. A record that does not decode is left out, loudly."""
+    members: dict[str, Member] = {}
+    for key, kv in items.items():
+        try:
+            record = WorkerRecord.decode(key, kv.value)
+        except RecordError as exc:
+            log.error("ignoring worker record: %s", exc)
+            continue
+        members[keys.worker_id_of(key)] = Member(
+            capacity=record.capacity, draining=record.state == "draining"
+        )
+    return members
+
+
+@dataclass(frozen=True)
+class Current:
+    """The assignment as read, with the mod_revision to guard the next write on."""
+
+    assignment: Assignment | None
+    mod_revision: int
+
+    @classmethod
+    def of(cls, kv: KeyValue | None) -> Current:
+        if kv is None:
+            return cls(None, 0)
+        return cls(Assignment.decode(kv.key, kv.value), kv.mod_revision)
+
+
+def next_assignment(
+    current: Assignment | None,
+    members: Mapping[str, Member],
+    config: ClusterConfig,
+    max_moves: int | None,
+) -> Assignment | None:
+    """The next generation, or None when the current assignment already is the answer."""
+    previous = current.owners if current is not None else []
+    owners = assign(previous, members, config.num_shards, max_moves=max_moves)
+    if current is not None and current.num_shards == config.num_shards and current.owners == owners:
+        return None
+    generation = current.generation + 1 if current is not None else 1
+    return Assignment(generation=generation, num_shards=config.num_shards, owners=owners)
+
+
+async def write_assignment(
+    leadership: Leadership, keys: Keyspace, current: Current, new: Assignment
+) -> bool:
+    """Write `new` if we still lead and nobody wrote since `current`. NotLeader if deposed."""
+    return await leadership.guarded_txn(
+        [Put(keys.assignment, new.encode())],
+        guards=[ModRevisionIs(keys.assignment, current.mod_revision)],
+    )

@@ -1,0 +1,236 @@
+"""`shardctl cdc`: run the binlog reader, request bootstraps, inspect or reset checkpoints.
+
+Exit codes of `cdc run`: 0 after a clean stop (SIGTERM/SIGINT), 2 for bad
+configuration or server settings (the message names the setting), 3 when the
+checkpoint points into purged binlogs (the message gives the recovery
+commands), 1 for any other failure (decode or delivery error, with the binlog
+position).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import pymysql
+import typer
+
+from shardctl.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="The Maxwell-compatible binlog reader.", no_args_is_help=True)
+checkpoint_app = typer.Typer(help="Show or reset a source's checkpoint.", no_args_is_help=True)
+app.add_typer(checkpoint_app, name="checkpoint")
+
+log = logging.getLogger(__name__)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML file ([etcd], [mysql], [cdc], ...)")
+]
+SourceOpt = Annotated[str | None, typer.Option("--source", help="source name (cdc.source)")]
+ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="cluster name (etcd prefix)")]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _load(
+    config: Path | None, cluster: str | None, overrides: dict[str, Any]
+) -> tuple[Settings, Any]:
+    from cdc.options import load_cdc_options
+
+    try:
+        return load_settings(config, cluster=cluster), load_cdc_options(config, overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+
+
+@app.command("run")
+def run(
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+    source: SourceOpt = None,
+    reader_id: Annotated[str | None, typer.Option(help="this reader's id (cdc.reader_id)")] = None,
+    producer: Annotated[str | None, typer.Option(help="kafka, nsq, stdout or a comma list")] = None,
+    num_shards: Annotated[int | None, typer.Option(help="cdc.num_shards")] = None,
+    filter_rules: Annotated[str | None, typer.Option("--filter", help="Maxwell filter")] = None,
+    start_position: Annotated[
+        str | None, typer.Option(help="without a checkpoint: current, file:pos or gtid:<state>")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+    log_json: Annotated[bool, typer.Option(help="JSON log lines")] = False,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus port, 0 = off")] = 0,
+) -> None:
+    """Follow the source as a replica and publish every committed row change."""
+    from cdc.decoding import DecodeError
+    from cdc.producers.base import DeliveryError
+    from cdc.reader import Reader
+    from cdc.replication.errors import PurgedBinlogError, SourceError
+    from shardctl import logs, metrics
+    from shardctl.etcd.client import EtcdError
+
+    logs.configure(log_level, json=log_json)
+    settings, options = _load(
+        config,
+        cluster,
+        {
+            "source": source,
+            "reader_id": reader_id,
+            "producer": producer,
+            "num_shards": num_shards,
+            "filter": filter_rules,
+            "start_position": start_position,
+        },
+    )
+    metrics.serve(metrics_port)
+    reader = Reader(settings, options)
+    signals = {"count": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            # Second signal: leave at once; the checkpoint is at a boundary anyway.
+            raise SystemExit(130)
+        reader.stop(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        reader.run()
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    except PurgedBinlogError as exc:
+        raise _fail(str(exc), 3) from None
+    except (SourceError, DecodeError, DeliveryError, EtcdError) as exc:
+        raise _fail(str(exc), 1) from None
+    except pymysql.err.MySQLError as exc:
+        where = f"{settings.mysql.host}:{settings.mysql.port}"
+        raise _fail(f"source {options.source!r}: MySQL at {where}: {exc}", 1) from None
+
+
+@app.command("bootstrap")
+def bootstrap(
+    table: Annotated[str, typer.Argument(help="database.table")],
+    where: Annotated[str | None, typer.Option(help="SQL condition on the rows to publish")] = None,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+    source: SourceOpt = None,
+    wait: Annotated[bool, typer.Option(help="wait until the reader has published it")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 600.0,
+) -> None:
+    """Ask the leading reader to publish the table's rows (bootstrap-start/insert/complete)."""
+    from cdc.bootstrap import BootstrapRequest, submit_request
+    from shardctl.etcd.client import EtcdClient, EtcdError, EtcdUnavailable
+    from shardctl.keyspace import Keyspace
+
+    database, dot, name = table.partition(".")
+    if not dot or not database or not name:
+        raise _fail(f"bootstrap: {table!r} is not database.table", 2)
+    settings, options = _load(config, cluster, {"source": source})
+    keyspace = Keyspace.of(settings)
+
+    async def go() -> str | None:
+        async with EtcdClient(settings.etcd) as client:
+            request = await submit_request(client, keyspace, options.source, database, name, where)
+            typer.echo(f"bootstrap {request.id} of {table} requested for source {options.source}")
+            if not wait:
+                return None
+            key = keyspace.cdc_bootstrap_prefix(options.source) + request.id
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    kv = await client.get(key)
+                except EtcdUnavailable:
+                    await asyncio.sleep(0.5)  # etcd restarting: keep waiting
+                    continue
+                if kv is None:
+                    return None
+                state = BootstrapRequest.from_json(kv.value)
+                if state.error is not None:
+                    return state.error
+                await asyncio.sleep(0.5)
+            return f"not done after {timeout:.0f}s (is a reader of {options.source} running?)"
+
+    try:
+        error = asyncio.run(go())
+    except EtcdError as exc:
+        raise _fail(f"bootstrap of {table}: {exc}", 1) from None
+    if error is not None:
+        raise _fail(f"bootstrap of {table}: {error}", 1)
+    if wait:
+        typer.echo(f"bootstrap of {table} published")
+
+
+@checkpoint_app.command("show")
+def checkpoint_show(
+    config: ConfigOpt = None, cluster: ClusterOpt = None, source: SourceOpt = None
+) -> None:
+    """Print the stored checkpoint as JSON (null when there is none)."""
+    from cdc.checkpoint import CheckpointError, CheckpointStore
+    from shardctl.etcd.client import EtcdClient, EtcdError
+    from shardctl.keyspace import Keyspace
+
+    settings, options = _load(config, cluster, {"source": source})
+
+    async def go() -> bytes | None:
+        async with EtcdClient(settings.etcd) as client:
+            found = await CheckpointStore(client, Keyspace.of(settings), options.source).load()
+            return None if found is None else found.to_json()
+
+    try:
+        raw = asyncio.run(go())
+    except (EtcdError, CheckpointError) as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo("null" if raw is None else json.dumps(json.loads(raw), indent=2))
+
+
+@checkpoint_app.command("reset")
+def checkpoint_reset(
+    to: Annotated[str, typer.Option(help="current, file:pos, gtid:<state>, or none (delete it)")],
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+    source: SourceOpt = None,
+) -> None:
+    """Move the checkpoint (only while no reader of the source runs)."""
+    from cdc.checkpoint import CheckpointError, CheckpointStore
+    from cdc.reader import resolve_start
+    from cdc.replication.position import Checkpoint
+    from shardctl.etcd.client import EtcdClient, EtcdError
+    from shardctl.keyspace import Keyspace
+
+    settings, options = _load(config, cluster, {"source": source})
+    target: Checkpoint | None = None
+    if to != "none":
+        spec = to
+        if spec.startswith("gtid:"):
+            options = options.model_copy(update={"mode": "gtid"})
+        elif spec != "current":
+            options = options.model_copy(update={"mode": "file_pos"})
+        try:
+            target = resolve_start(
+                options.model_copy(update={"start_position": spec}),
+                settings.mysql.connect_kwargs(),
+            )
+        except ConfigError as exc:
+            raise _fail(str(exc), 2) from None
+
+    async def go() -> None:
+        async with EtcdClient(settings.etcd) as client:
+            await CheckpointStore(client, Keyspace.of(settings), options.source).reset(target)
+
+    try:
+        asyncio.run(go())
+    except (CheckpointError, EtcdError) as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo(
+        f"checkpoint of {options.source}: "
+        + ("deleted" if target is None else f"set to {target.describe()}")
+    )
+    sys.stdout.flush()

@@ -1,0 +1,506 @@
+"""Coordination commands: run a coordinator or a worker, and operate the cluster.
+
+shardctl coordinator run     one coordinator replica (one of them leads)
+shardctl worker run          one worker running a handler or a built-in sink
+shardctl status [--json]     workers, shards per worker, generation, leader
+shardctl drain <worker>      move a worker's shards away, then it exits
+shardctl shards set N        change the shard count (see `set_shards`)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shardctl import logs
+from shardctl.aio import install_stop_signals
+from shardctl.config import ConfigError, Settings, load_settings
+from shardctl.etcd import EtcdClient, EtcdError, ModRevisionIs, Put
+from shardctl.keyspace import Keyspace, check_name
+from shardctl.records import Assignment, ClusterConfig, RecordError, WorkerRecord
+
+coordinator_app = typer.Typer(
+    help="The coordinator: leader election and assignment.", no_args_is_help=True
+)
+worker_app = typer.Typer(help="Shard workers.", no_args_is_help=True)
+shards_app = typer.Typer(help="The shard count.", no_args_is_help=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML config file (or SHARDCTL_CONFIG).")
+]
+ClusterOpt = Annotated[
+    str | None, typer.Option("--cluster", help="Cluster name (or SHARDCTL_CLUSTER).")
+]
+LogJsonOpt = Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")]
+LogLevelOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+def _settings(config: Path | None, cluster: str | None) -> Settings:
+    try:
+        return load_settings(path=config, cluster=cluster)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a command's coroutine; etcd and record errors end the command with exit 1."""
+    try:
+        return asyncio.run(coro)
+    except (EtcdError, RecordError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _default_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+# -- coordinator run -----------------------------------------------------------
+
+
+@coordinator_app.command("run")
+def coordinator_run(
+    coordinator_id: Annotated[
+        str | None, typer.Option("--id", help="Replica id (default host-pid).")
+    ] = None,
+    ttl: Annotated[int, typer.Option(help="Lease TTL in seconds.", min=2)] = 10,
+    stabilization: Annotated[
+        float,
+        typer.Option(help="Seconds the member set must be quiet before a rebalance.", min=0),
+    ] = 1.0,
+    max_moves: Annotated[
+        int | None, typer.Option(help="Churn budget: most shards moved per generation.", min=1)
+    ] = None,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+    log_json: LogJsonOpt = False,
+    log_level: LogLevelOpt = "INFO",
+) -> None:
+    """Run one coordinator replica. One replica leads and writes the assignment."""
+    from coordinator.service import Coordinator, CoordinatorOptions
+
+    settings = _settings(config, cluster)
+    logs.configure(log_level, json=log_json)
+    options = CoordinatorOptions(
+        coordinator_id=check_name("coordinator id", coordinator_id or _default_id()),
+        ttl=ttl,
+        stabilization_s=stabilization,
+        max_moves=max_moves,
+    )
+
+    async def main() -> None:
+        coordinator = Coordinator(settings, options)
+        task = asyncio.current_task()
+        assert task is not None
+        install_stop_signals(coordinator.stop_requested.set, lambda: _cancel(task))
+        await coordinator.run()
+
+    _run_forever(main())
+
+
+HARD_STOP_GRACE_S = 5.0
+
+
+def _cancel(task: asyncio.Task[Any]) -> None:
+    """Second stop signal: cancel now, and exit regardless after a short grace period.
+    Leases then end by expiry, exactly as after a crash, so nothing is left unsafe."""
+    task.cancel()
+    timer = threading.Timer(HARD_STOP_GRACE_S, os._exit, args=(1,))
+    timer.daemon = True
+    timer.start()
+
+
+def _run_forever(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        _run(coro)
+    except asyncio.CancelledError:
+        raise typer.Exit(1) from None
+
+
+# -- worker run ----------------------------------------------------------------
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"--label {item!r}: expected key=value")
+        labels[key] = value
+    return labels
+
+
+def _handler_options(items: list[str]) -> dict[str, str]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"--handler-option {item!r}: expected key=value")
+        options[key] = value
+    return options
+
+
+async def _configured_topics(settings: Settings) -> list[str]:
+    keys = Keyspace.of(settings)
+    async with EtcdClient(settings.etcd) as client:
+        kv = await client.get(keys.config)
+    return ClusterConfig.decode(kv.key, kv.value).topics if kv else []
+
+
+@worker_app.command("run")
+def worker_run(
+    handler: Annotated[
+        str | None,
+        typer.Option(
+            help="What runs on each event: `module:callable` (a function or a class with "
+            "on_event/on_events), or a built-in sink: stdout, sql, kafka. Without it the "
+            "worker runs a synthetic no-op handler that exercises ownership only."
+        ),
+    ] = None,
+    transport: Annotated[
+        str, typer.Option(help="Where events come from: kafka (replayable, ordered) or nsq.")
+    ] = "kafka",
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(help="Source topic; repeatable. Default: `topics` of the cluster config."),
+    ] = None,
+    handler_option: Annotated[
+        list[str] | None,
+        typer.Option(help="key=value passed to the handler (e.g. database=app); repeatable."),
+    ] = None,
+    worker_id: Annotated[
+        str | None, typer.Option("--id", help="Worker id (default host-pid).")
+    ] = None,
+    capacity: Annotated[int, typer.Option(help="Relative capacity (weight).", min=1)] = 1,
+    label: Annotated[list[str] | None, typer.Option(help="key=value label; repeatable.")] = None,
+    ttl: Annotated[int, typer.Option(help="Lease TTL in seconds.", min=2)] = 10,
+    commit_interval: Annotated[
+        float, typer.Option(help="Seconds between fenced offset commits.", min=0.05)
+    ] = 1.0,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Give up waiting for the coordinator after this many "
+            "seconds of draining, release everything and exit.",
+            min=0,
+        ),
+    ] = 60.0,
+    tick: Annotated[
+        float, typer.Option(help="No-op handler: seconds per synthetic event.", min=0.01)
+    ] = 0.2,
+    event_log: Annotated[
+        Path | None,
+        typer.Option(help="No-op handler: append one JSON line per handled event here."),
+    ] = None,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+    log_json: LogJsonOpt = False,
+    log_level: LogLevelOpt = "INFO",
+) -> None:
+    """Run one worker: it registers under a lease, owns the shards the coordinator
+    assigns it, and feeds their events to the handler. SIGTERM drains it (its shards
+    move away with fenced handoff, then it exits); a second SIGTERM stops it at once.
+    """
+    from workers.worker import Worker, WorkerOptions
+
+    settings = _settings(config, cluster)
+    logs.configure(log_level, json=log_json)
+    if transport not in ("kafka", "nsq"):
+        raise _fail(f"--transport {transport!r}: expected kafka or nsq")
+    wid = check_name("worker id", worker_id or _default_id())
+    options = WorkerOptions(
+        worker_id=wid,
+        capacity=capacity,
+        labels=_labels(label or []),
+        ttl=ttl,
+        commit_interval_s=commit_interval,
+        drain_timeout_s=drain_timeout,
+    )
+
+    async def run(worker: Worker) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        install_stop_signals(worker.stop_requested.set, lambda: _cancel(task))
+        await worker.run()
+
+    async def with_noop_handler() -> None:
+        from workers.noop_handler import NoopHandler
+
+        noop = NoopHandler(wid, tick_s=tick, event_log=event_log)
+        try:
+            await run(Worker(settings, options, noop))
+        finally:
+            noop.close()
+
+    async def with_handler(spec: str) -> None:
+        from workers.handlers import HandlerError
+        from workers.pipeline import ConsumeOptions, consuming_worker
+
+        topics = tuple(topic or await _configured_topics(settings))
+        consume = ConsumeOptions(
+            handler=spec,
+            transport="nsq" if transport == "nsq" else "kafka",
+            topics=topics,
+            handler_options=_handler_options(handler_option or []),
+        )
+        try:
+            async with consuming_worker(settings, options, consume) as worker:
+                await run(worker)
+        except (ConfigError, HandlerError) as exc:
+            raise _fail(str(exc)) from None
+
+    _run_forever(with_handler(handler) if handler else with_noop_handler())
+
+
+# -- status --------------------------------------------------------------------
+
+
+async def collect_status(settings: Settings) -> dict[str, Any]:
+    """Everything `status` shows, as plain data (this is the --json document)."""
+    keys = Keyspace.of(settings)
+    async with EtcdClient(settings.etcd) as client:
+        workers = await client.get_prefix(keys.workers_prefix)
+        owners = await client.get_prefix(keys.owners_prefix)
+        leader = await client.get(keys.coordinator_leader)
+        assignment_kv = await client.get(keys.assignment)
+        config_kv = await client.get(keys.config)
+    assignment = (
+        Assignment.decode(assignment_kv.key, assignment_kv.value) if assignment_kv else None
+    )
+    config = ClusterConfig.decode(config_kv.key, config_kv.value) if config_kv else None
+    owned: dict[str, list[int]] = {}
+    owner_of: dict[int, str] = {}
+    for kv in owners.items:
+        shard = keys.shard_of_owner_key(kv.key)
+        owner_of[shard] = kv.value.decode()
+        owned.setdefault(kv.value.decode(), []).append(shard)
+    rows = []
+    for kv in workers.items:
+        wid = keys.worker_id_of(kv.key)
+        record = WorkerRecord.decode(kv.key, kv.value)
+        rows.append(
+            {
+                "id": wid,
+                "state": record.state,
+                "capacity": record.capacity,
+                "labels": record.labels,
+                "host": record.host,
+                "pid": record.pid,
+                "assigned": sorted(assignment.shards_of(wid)) if assignment else [],
+                "owned": sorted(owned.get(wid, [])),
+            }
+        )
+    in_handoff = []
+    unassigned = []
+    if assignment is not None:
+        for shard, target in enumerate(assignment.owners):
+            if target is None:
+                unassigned.append(shard)
+            elif owner_of.get(shard) != target:
+                in_handoff.append(shard)
+    return {
+        "cluster": settings.cluster,
+        "leader": None
+        if leader is None
+        else {
+            "id": leader.value.decode(),
+            "token": leader.create_revision,
+        },
+        "generation": assignment.generation if assignment else None,
+        "num_shards": assignment.num_shards if assignment else None,
+        "config": None if config is None else config.model_dump(),
+        "workers": rows,
+        "unassigned": unassigned,
+        "in_handoff": in_handoff,
+    }
+
+
+def _shard_ranges(shards: list[int]) -> str:
+    if not shards:
+        return "-"
+    parts: list[str] = []
+    start = prev = shards[0]
+    for s in [*shards[1:], None]:
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if s is not None:
+            start = prev = s
+    return ",".join(parts)
+
+
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Workers, shards per worker, generation and leader."""
+    settings = _settings(config, cluster)
+    data = _run(collect_status(settings))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    leader = data["leader"]
+    typer.echo(f"cluster     {data['cluster']}")
+    leader_text = f"{leader['id']} (token {leader['token']})" if leader else "none"
+    typer.echo(f"leader      {leader_text}")
+    typer.echo(f"generation  {data['generation'] if data['generation'] is not None else 'none'}")
+    cfg = data["config"]
+    typer.echo(
+        f"shards      {data['num_shards']} assigned"
+        f" / {cfg['num_shards'] if cfg else 'no config'} configured"
+    )
+    typer.echo(f"unassigned  {_shard_ranges(data['unassigned'])}")
+    typer.echo(f"in handoff  {_shard_ranges(data['in_handoff'])}")
+    typer.echo("")
+    typer.echo(f"{'WORKER':<28} {'STATE':<9} {'CAP':>3} {'ASSIGNED':>8} {'OWNED':>5}  SHARDS")
+    for row in data["workers"]:
+        typer.echo(
+            f"{row['id']:<28} {row['state']:<9} {row['capacity']:>3} "
+            f"{len(row['assigned']):>8} {len(row['owned']):>5}  "
+            f"{_shard_ranges(row['owned'])}"
+        )
+
+
+# -- drain ---------------------------------------------------------------------
+
+
+def drain(
+    worker: Annotated[str, typer.Argument(help="Worker id, as in `shardctl status`.")],
+    wait: Annotated[bool, typer.Option(help="Wait until the worker has left.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 120.0,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Mark a worker draining: the coordinator moves its shards away, then it exits."""
+    from workers.membership import request_drain
+
+    settings = _settings(config, cluster)
+    keys = Keyspace.of(settings)
+    try:
+        key = keys.worker(worker)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+    async def main() -> bool:
+        async with EtcdClient(settings.etcd) as client:
+            changed = await request_drain(client, keys, worker)
+            if wait:
+                deadline = asyncio.get_running_loop().time() + timeout
+                while await client.get(key) is not None:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise EtcdError(
+                            f"drain {worker}: still registered at {key} after {timeout}s"
+                        )
+                    await asyncio.sleep(0.2)
+            return changed
+
+    changed = _run(main())
+    typer.echo(
+        f"{worker}: {'draining' if changed else 'already draining'}"
+        f"{'; it has left' if wait else ''}"
+    )
+
+
+# -- shards set ------------------------------------------------------------------
+
+
+def kafka_partition_counts(settings: Settings, topics: list[str]) -> dict[str, int | None]:
+    """Partitions per topic (None: the topic does not exist)."""
+    from confluent_kafka.admin import AdminClient
+
+    conf: dict[str, str | int | float | bool] = dict(settings.kafka.client_config())
+    admin = AdminClient(conf)
+    metadata = admin.list_topics(timeout=10)
+    counts: dict[str, int | None] = {}
+    for topic in topics:
+        meta = metadata.topics.get(topic)
+        counts[topic] = None if meta is None or meta.error is not None else len(meta.partitions)
+    return counts
+
+
+@shards_app.command("set")
+def set_shards(
+    num_shards: Annotated[int, typer.Argument(help="The new shard count.", min=1)],
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Change the shard count in the cluster's `config` key.
+
+    What happens: if the transport is Kafka, every configured topic that exists must
+    already have exactly N partitions (partition = shard), or the command refuses and
+    changes nothing. Then `config.num_shards` becomes N, in a txn guarded against a
+    concurrent edit. The leading coordinator writes a new generation for N shards:
+    shards below min(old, new) keep their owners, new shards are assigned to the
+    least-loaded workers, and owners of removed shards release them. A message's
+    shard is crc32(key) % N, so keys change shards: stop producers and let workers
+    drain first if per-key order must hold across the change.
+    """
+    settings = _settings(config, cluster)
+    keys = Keyspace.of(settings)
+
+    async def read() -> tuple[ClusterConfig | None, int]:
+        async with EtcdClient(settings.etcd) as client:
+            kv = await client.get(keys.config)
+        if kv is None:
+            return None, 0
+        return ClusterConfig.decode(kv.key, kv.value), kv.mod_revision
+
+    current, mod_revision = _run(read())
+    if current is not None and current.num_shards == num_shards:
+        typer.echo(f"num_shards is already {num_shards}; nothing to do")
+        return
+    topics = current.topics if current else []
+    transport = current.transport if current else "kafka"
+    if not topics:
+        typer.echo(f"no topics configured in {keys.config}: no Kafka partitions to check")
+    elif transport in ("kafka", "both"):
+        from confluent_kafka import KafkaException
+
+        try:
+            counts = kafka_partition_counts(settings, topics)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise _fail(
+                f"cannot check Kafka topics at {settings.kafka.bootstrap_servers}: "
+                f"{exc}; shard count unchanged"
+            ) from None
+        wrong = {t: n for t, n in counts.items() if n is not None and n != num_shards}
+        if wrong:
+            detail = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+            raise _fail(
+                f"cannot set num_shards to {num_shards}: Kafka partition = shard, and {detail} "
+                f"partition(s). Partitions can only grow (kafka-topics --alter "
+                f"--partitions {num_shards}); shard count unchanged"
+            )
+        for topic in sorted(t for t, n in counts.items() if n is None):
+            typer.echo(f"topic {topic} does not exist yet: create it with {num_shards} partitions")
+
+    updated = (current or ClusterConfig(num_shards=num_shards)).model_copy(
+        update={"num_shards": num_shards}
+    )
+
+    async def write() -> bool:
+        async with EtcdClient(settings.etcd) as client:
+            ok, _ = await client.txn(
+                [ModRevisionIs(keys.config, mod_revision)],
+                [Put(keys.config, updated.encode())],
+            )
+            return ok
+
+    if not _run(write()):
+        raise _fail(f"{keys.config} changed while checking; run the command again")
+    old = current.num_shards if current else "unset"
+    typer.echo(f"num_shards: {old} -> {num_shards}; the coordinator writes the new assignment")

@@ -1,0 +1,104 @@
+"""etcd primitives for shardctl. Only `shardctl.etcd.client` talks to the etcd library.
+
+Public API (stable; everything is asyncio unless marked blocking):
+
+client.py
+    EtcdClient(settings: EtcdSettings)          one connection; `await c.connect()` or
+                                                `async with EtcdClient(s) as c`
+      get(key) -> KeyValue | None
+      get_prefix(prefix) -> Listing             (items sorted by key, read revision)
+      put(key, value: bytes, lease=0) -> revision
+      delete(key) -> bool, delete_prefix(prefix ending in '/') -> count
+      txn(guards, ops, read_back=()) -> (succeeded, {key: KeyValue | None})
+      create_if_absent(key, value, lease=0) -> CreateResult(created, kv)
+      put_if_created_at(fence_key, create_revision, key, value, lease=0) -> bool
+      delete_if_created_at(key, create_revision) -> bool
+      grant_lease / refresh_lease / revoke_lease, compact(revision=None)
+    Ops: Put(key, value, lease=0), Delete(key)
+    Guards: CreateRevisionIs(key, rev), Absent(key), ValueIs(key, value), ModRevisionIs
+    Errors: EtcdError (names op and key) > EtcdUnavailable (retry later),
+            RevisionCompacted
+
+session.py
+    Session.open(settings, ttl, name) -> Session          (blocking: open_blocking)
+      lease_id, ttl, is_lost, lost_reason, is_valid() (checks the TTL deadline itself,
+      so a resumed zombie sees False at once), check() (raises SessionLost),
+      on_lost(callback), await wait_lost() -> reason,
+      close(revoke=True)                                  (blocking: close_blocking)
+    The keepalive runs on its own thread and connection; a busy caller cannot starve
+    it. Loss is final; a new lease is a new Session.
+
+election.py
+    Election(client, key)
+      campaign(session, candidate) -> Leadership          blocks until elected
+      leader() -> LeaderInfo(candidate, token, lease) | None
+    Leadership: token (= create_revision of the election key)
+      guarded_put(key, value), guarded_txn(ops)           raise NotLeader once deposed
+      wait_lost() -> reason, is_current(), resign()
+
+watch.py
+    watch_updates(client, key, prefix=bool) -> async iterator of WatchUpdate
+    watch_key(client, key) -> async iterator of KeyValue | None
+    Mirror(client, key, prefix=True).start(): .items, .ready, .changed, .stop()
+    Watches resume after an etcd restart and list again after a compaction.
+
+loop_thread.py
+    LoopThread(name): run(coro) (blocking) / run_async(coro) / stop(). Lets blocking
+    code use this API: keep one EtcdClient per LoopThread.
+
+Example, a fenced checkpoint writer:
+
+    async with EtcdClient(settings.etcd) as etcd:
+        session = await Session.open(settings.etcd, ttl=10, name="reader-1")
+        lead = await Election(etcd, keys.cdc_leader("src")).campaign(session, "reader-1")
+        await lead.guarded_put(keys.cdc_checkpoint("src"), b"mysql-bin.000003:4")
+"""
+
+from shardctl.etcd.client import (
+    Absent,
+    CreateResult,
+    CreateRevisionIs,
+    Delete,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    KeyValue,
+    Listing,
+    ModRevisionIs,
+    Put,
+    RevisionCompacted,
+    ValueIs,
+    WatchEvent,
+)
+from shardctl.etcd.election import Election, LeaderInfo, Leadership, NotLeader
+from shardctl.etcd.loop_thread import LoopThread
+from shardctl.etcd.session import Session, SessionLost
+from shardctl.etcd.watch import Mirror, WatchUpdate, watch_key, watch_updates
+
+__all__ = [
+    "Absent",
+    "CreateResult",
+    "CreateRevisionIs",
+    "Delete",
+    "Election",
+    "EtcdClient",
+    "EtcdError",
+    "EtcdUnavailable",
+    "KeyValue",
+    "LeaderInfo",
+    "Leadership",
+    "Listing",
+    "LoopThread",
+    "Mirror",
+    "ModRevisionIs",
+    "NotLeader",
+    "Put",
+    "RevisionCompacted",
+    "Session",
+    "SessionLost",
+    "ValueIs",
+    "WatchEvent",
+    "WatchUpdate",
+    "watch_key",
+    "watch_updates",
+]

@@ -1,0 +1,150 @@
+"""Watches that survive etcd restarts and compactions.
+
+`watch_updates(client, key, prefix=...)` lists the keys, then watches from the
+listing's revision + 1, and keeps going across failures:
+
+    LISTING --listed--> WATCHING --stream broke (etcd down/restarted)--> BACKOFF
+       ^                   |                                                |
+       |                   +--revision compacted--+                        |
+       +------------------------------------------+     resume from last revision
+                                                        seen (events already
+                                                        delivered are skipped)
+
+While etcd is down, retries back off from 0.2 s to 1 s: no busy loop. After a
+compaction the keys are listed again and the consumer gets a reset (`reset=True`
+with the full listing), so it never misses a deletion.
+
+`Mirror` keeps a local dict of the keys from these updates and sets `changed` after
+each one; `watch_key` yields one key's value (None when absent) on every change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from shardctl.etcd.client import (
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    KeyValue,
+    RevisionCompacted,
+    WatchEvent,
+)
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_MIN = 0.2
+_BACKOFF_MAX = 1.0
+
+
+@dataclass(frozen=True)
+class WatchUpdate:
+    """Either a full listing (`reset`) or one event on top of what came before."""
+
+    reset: bool
+    revision: int
+    items: list[KeyValue] = field(default_factory=list)
+    event: WatchEvent | None = None
+
+
+async def watch_updates(
+    client: EtcdClient, key: str, *, prefix: bool
+) -> AsyncIterator[WatchUpdate]:
+    revision = 0
+    seen_at_revision: set[str] = set()
+    listed = False
+    backoff = _BACKOFF_MIN
+    while True:
+        try:
+            if not listed:
+                listing = await client.range_of(key, prefix=prefix)
+                revision, seen_at_revision, listed = listing.revision, set(), True
+                yield WatchUpdate(reset=True, revision=revision, items=listing.items)
+            # Resume at the last revision seen if we saw part of it (one txn may have
+            # touched several keys), skipping the events already delivered.
+            start = revision if seen_at_revision else revision + 1
+            async for event in client.watch_events(key, prefix=prefix, start_revision=start):
+                backoff = _BACKOFF_MIN
+                rev = event.kv.mod_revision
+                if rev < revision or (rev == revision and event.kv.key in seen_at_revision):
+                    continue
+                if rev > revision:
+                    revision, seen_at_revision = rev, set()
+                seen_at_revision.add(event.kv.key)
+                yield WatchUpdate(reset=False, revision=revision, event=event)
+            # The server ended the stream without an error: watch again, not too fast.
+            await asyncio.sleep(_BACKOFF_MIN)
+        except RevisionCompacted as exc:
+            log.warning("watch %s: %s; listing again", key, exc)
+            listed = False
+        except EtcdUnavailable as exc:
+            log.warning("watch %s: etcd unavailable, retry in %.1fs: %s", key, backoff, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+        except EtcdError as exc:
+            # Any other broken stream (reset, cancelled by the server): a watch must
+            # outlive it, so say what happened and resume like after an outage.
+            log.error("watch %s: stream failed, retry in %.1fs: %s", key, backoff, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+
+async def watch_key(client: EtcdClient, key: str) -> AsyncIterator[KeyValue | None]:
+    """The key's current value first, then again after every change (None = absent)."""
+    async for update in watch_updates(client, key, prefix=False):
+        if update.reset:
+            yield update.items[0] if update.items else None
+        elif update.event is not None:
+            yield update.event.kv if update.event.kind == "put" else None
+
+
+class Mirror:
+    """A local copy of the keys under a prefix (or of one key), kept current.
+
+    `items` maps key -> KeyValue. `ready` is set after the first listing; `changed`
+    is set after every update (clear it before reading `items` to coalesce bursts).
+    """
+
+    def __init__(self, client: EtcdClient, key: str, *, prefix: bool = True) -> None:
+        self.client = client
+        self.key = key
+        self.prefix = prefix
+        self.items: dict[str, KeyValue] = {}
+        self.revision = 0
+        self.ready = asyncio.Event()
+        self.changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> Mirror:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def check(self) -> None:
+        """Raise if the mirror stopped on an error: its view would be stale forever."""
+        task = self._task
+        if task is not None and task.done() and not task.cancelled():
+            error = task.exception()
+            raise RuntimeError(f"mirror of {self.key} stopped: {error!r}") from error
+
+    async def _run(self) -> None:
+        async for update in watch_updates(self.client, self.key, prefix=self.prefix):
+            if update.reset:
+                self.items = {kv.key: kv for kv in update.items}
+            elif update.event is not None:
+                if update.event.kind == "put":
+                    self.items[update.event.kv.key] = update.event.kv
+                else:
+                    self.items.pop(update.event.kv.key, None)
+            self.revision = update.revision
+            self.ready.set()
+            self.changed.set()

@@ -1,0 +1,80 @@
+"""The JSON documents stored at the keys of `shardctl.keyspace`.
+
+    workers/<id>     WorkerRecord   {host, pid, capacity, labels, state, version, session}
+    assignment       Assignment     {generation, num_shards, owners: [id | null, ...]}
+    offsets/<shard>  OffsetRecord   {position, event_id, token}
+    config           ClusterConfig  {num_shards, topics, transport}
+
+Decoding is strict: a malformed document raises RecordError naming the key, never
+yields a guess.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+
+
+class RecordError(ValueError):
+    """A stored document does not decode; the message names the key."""
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def decode(cls, key: str, raw: bytes) -> Self:
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(document)'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise RecordError(f"{key}: not a valid {cls.__name__}: {problems}") from None
+
+
+class WorkerRecord(_Record):
+    host: str
+    pid: int
+    capacity: int = Field(default=1, ge=1)
+    labels: dict[str, str] = Field(default_factory=dict)
+    state: Literal["active", "draining"] = "active"
+    version: int = SCHEMA_VERSION
+    # Lease id of the registration, in hex: a new session is a new registration.
+    session: str = ""
+
+
+class Assignment(_Record):
+    generation: int = Field(ge=0)
+    num_shards: int = Field(ge=0)
+    owners: list[str | None]
+
+    def shards_of(self, worker_id: str) -> set[int]:
+        return {s for s, owner in enumerate(self.owners) if owner == worker_id}
+
+
+class OffsetRecord(_Record):
+    """A transport position (Kafka offset of the next record to read) and the last
+    event id handled; `token` is the owner token that wrote it."""
+
+    position: int | None = None
+    event_id: str | None = None
+    token: int
+
+
+class ClusterConfig(_Record):
+    num_shards: int = Field(ge=1)
+    topics: list[str] = Field(default_factory=list)
+    transport: Literal["kafka", "nsq", "both"] = "kafka"
+
+
+def dumps_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True)

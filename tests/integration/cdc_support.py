@@ -1,0 +1,311 @@
+"""Helpers of the CDC pipeline's integration tests: readers as subprocesses, a Kafka
+reader of whole topics, a minimal NSQ subscriber, and a private MariaDB server for
+tests that must change server-wide settings or purge binlogs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pymysql
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from cdc.replication.position import Checkpoint
+from shardctl.config import Settings
+from shardctl.etcd.client import EtcdClient
+from shardctl.keyspace import Keyspace
+
+SHARDCTL = str(Path(sys.executable).with_name("shardctl"))
+
+
+@dataclass
+class Record:
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes
+    value: dict[str, Any]
+    raw: bytes
+
+
+def binlog_end(conn: Any) -> str:
+    with conn.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        row = cur.fetchone()
+    return f"{row[0]}:{row[1]}"
+
+
+def reader_env(stack: Any, cluster: str, source: str, **cdc: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDCTL_")}
+    env.update(stack.env())
+    env["SHARDCTL_CLUSTER"] = cluster
+    env["SHARDCTL_CDC_SOURCE"] = source
+    defaults = {
+        # Replicas with one server_id evict each other's connections on the server:
+        # every test source gets its own (readers of one source share it).
+        "server_id": 10_000 + zlib.crc32(f"{cluster}/{source}".encode()) % 2_000_000_000,
+        "heartbeat_s": 0.5,
+        "checkpoint_interval_s": 0.2,
+        "lease_ttl_s": 3,
+        "bootstrap_poll_s": 0.5,
+    }
+    for name, value in {**defaults, **cdc}.items():
+        env[f"SHARDCTL_CDC_{name.upper()}"] = str(value)
+    return env
+
+
+class ReaderProcess:
+    """`shardctl cdc run` in a subprocess; its output goes to files for failure messages."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, name: str, *args: str) -> None:
+        self.name = name
+        self.out = workdir / f"{name}.out"
+        self.err = workdir / f"{name}.err"
+        with self.out.open("ab") as out, self.err.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [SHARDCTL, "cdc", "run", "--reader-id", name, *args],
+                env=env,
+                stdout=out,
+                stderr=err,
+            )
+
+    def kill9(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+
+def etcd_get(settings: Settings, key: str) -> bytes | None:
+    async def go() -> bytes | None:
+        async with EtcdClient(settings.etcd) as client:
+            kv = await client.get(key)
+            return None if kv is None else kv.value
+
+    return asyncio.run(go())
+
+
+def stored_checkpoint(settings: Settings, source: str) -> Checkpoint | None:
+    raw = etcd_get(settings, Keyspace.of(settings).cdc_checkpoint(source))
+    return None if raw is None else Checkpoint.from_json(raw)
+
+
+def leader_of(settings: Settings, source: str) -> str | None:
+    raw = etcd_get(settings, Keyspace.of(settings).cdc_leader(source))
+    return None if raw is None else raw.decode()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class TopicReader:
+    """Reads every partition of a topic from the beginning, cumulatively."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.topic = topic
+        self.records: list[Record] = []
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"test-{topic}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        self._consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+        )
+
+    def read_until(
+        self, done: Callable[[list[Record]], bool], timeout: float = 60.0
+    ) -> list[Record]:
+        deadline = time.monotonic() + timeout
+        while not done(self.records):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.topic}: condition not met after {timeout}s with "
+                    f"{len(self.records)} records"
+                )
+            for msg in self._consumer.consume(1000, timeout=0.5):
+                if msg.error() is not None:
+                    continue  # partition EOF and transient errors
+                raw = msg.value()
+                self.records.append(
+                    Record(
+                        msg.partition(),
+                        msg.offset(),
+                        msg.timestamp()[1],
+                        msg.key(),
+                        json.loads(raw),
+                        raw,
+                    )
+                )
+        return self.records
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def nsq_read(tcp_address: str, topic: str, expected: int, timeout: float = 30.0) -> list[bytes]:
+    """Subscribe to `topic` on nsqd over its TCP protocol (V2) and return `expected` bodies."""
+    host, _, port = tcp_address.rpartition(":")
+    bodies: list[bytes] = []
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(b"  V2")
+        sock.sendall(f"SUB {topic} test\n".encode())
+        sock.sendall(b"RDY 1000\n")
+        deadline = time.monotonic() + timeout
+        buffer = b""
+
+        def frame() -> tuple[int, bytes]:
+            nonlocal buffer
+            while True:
+                if len(buffer) >= 4:
+                    size = struct.unpack(">I", buffer[:4])[0]
+                    if len(buffer) >= 4 + size:
+                        kind = struct.unpack(">I", buffer[4:8])[0]
+                        data = buffer[8 : 4 + size]
+                        buffer = buffer[4 + size :]
+                        return kind, data
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"nsq {topic}: {len(bodies)} of {expected} messages")
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise AssertionError(f"nsq {topic}: connection closed")
+                buffer += chunk
+
+        while len(bodies) < expected:
+            kind, data = frame()
+            if kind == 0 and data == b"_heartbeat_":
+                sock.sendall(b"NOP\n")
+            elif kind == 1:
+                raise AssertionError(f"nsq {topic}: {data!r}")
+            elif kind == 2:
+                message_id = data[10:26]
+                bodies.append(data[26:])
+                sock.sendall(b"FIN " + message_id + b"\n")
+    return bodies
+
+
+class PrivateMariaDB:
+    """A MariaDB server of a test's own, for server-wide settings and PURGE BINARY LOGS."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.data = workdir / "data"
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        mariadbd = shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin:/sbin") or "mariadbd"
+        subprocess.run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={self.data}",
+                f"--user={getpass.getuser()}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.proc = subprocess.Popen(
+            [
+                mariadbd,
+                "--no-defaults",
+                f"--datadir={self.data}",
+                f"--socket={workdir / 'mysqld.sock'}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--user={getpass.getuser()}",
+                "--skip-name-resolve",
+                f"--pid-file={workdir / 'mysqld.pid'}",
+                "--server-id=7",
+                f"--log-bin={self.data / 'binlog'}",
+                "--binlog-format=ROW",
+                "--binlog-row-image=FULL",
+                "--binlog-row-metadata=FULL",
+                "--innodb-buffer-pool-size=32M",
+                "--character-set-server=utf8mb4",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(workdir / "mysqld.err").open("wb"),
+        )
+        try:
+            wait_for("private MariaDB", self._up, timeout=60)
+            with self.root() as conn, conn.cursor() as cur:
+                cur.execute("CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY ''")
+                cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _up(self) -> bool:
+        try:
+            self.root().close()
+        except pymysql.MySQLError:
+            return False
+        return True
+
+    def root(self) -> Any:
+        return pymysql.connect(
+            unix_socket=str(self.dir / "mysqld.sock"), user="root", password="", autocommit=True
+        )
+
+    def env(self) -> dict[str, str]:
+        return {
+            "SHARDCTL_MYSQL_HOST": "127.0.0.1",
+            "SHARDCTL_MYSQL_PORT": str(self.port),
+            "SHARDCTL_MYSQL_USER": "root",
+            "SHARDCTL_MYSQL_PASSWORD": "",
+        }
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def private_mariadb(workdir: Path) -> Iterator[PrivateMariaDB]:
+    server = PrivateMariaDB(workdir)
+    try:
+        yield server
+    finally:
+        server.stop()

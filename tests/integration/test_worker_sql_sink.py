@@ -1,0 +1,151 @@
+"""The SQL sink on real MariaDB: data and offsets in one transaction, stale tokens
+refused, a batch applied twice has one effect."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import StackHandle
+from tests.integration.workers_support import maxwell
+from workers.events import Batch, Event, decode_message
+from workers.handlers import Fenced, HandlerContext
+from workers.sinks.sql import SqlSink
+
+pytestmark = pytest.mark.integration
+
+
+def _event(n: int, shard: int, token: int, **kwargs: Any) -> Event:
+    raw = maxwell(n, shard, **kwargs)
+    return Event(
+        shard=shard,
+        topic="orders",
+        position=n,
+        key=None,
+        raw=raw,
+        message=decode_message(raw, shard, "orders", n),
+        token=token,
+    )
+
+
+def _batch(shard: int, token: int, events: list[Event]) -> Batch:
+    return Batch.of(shard, token, tuple(events))
+
+
+@pytest.fixture
+def sink(stack: StackHandle, mysql_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[SqlSink]:
+    conn = stack.mysql_root(mysql_db)
+    with conn.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(50), "
+            "payload VARBINARY(16) NULL, doc JSON NULL)"
+        )
+        # Counts every row written: a duplicate effect cannot hide.
+        cur.execute("CREATE TABLE effects (n INT NOT NULL)")
+        cur.execute("INSERT INTO effects VALUES (0)")
+        cur.execute(
+            "CREATE TRIGGER count_ins AFTER INSERT ON items FOR EACH ROW "
+            "UPDATE effects SET n = n + 1"
+        )
+        cur.execute(
+            "CREATE TRIGGER count_upd AFTER UPDATE ON items FOR EACH ROW "
+            "UPDATE effects SET n = n + 1"
+        )
+        cur.execute(
+            "CREATE TRIGGER count_del AFTER DELETE ON items FOR EACH ROW "
+            "UPDATE effects SET n = n + 1"
+        )
+    conn.close()
+    monkeypatch.setenv("SHARDCTL_SINK_SQL_PORT", str(stack.mysql_port))
+    monkeypatch.setenv("SHARDCTL_SINK_SQL_USER", "root")
+    monkeypatch.delenv("SHARDCTL_SINK_SQL_PASSWORD", raising=False)
+    made = SqlSink(HandlerContext(options={"database": mysql_db, "scope": "test"}))
+    yield made
+    made.on_close()
+
+
+def _query(stack: StackHandle, db: str, sql: str) -> list[tuple[Any, ...]]:
+    conn = stack.mysql_root(db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def test_rows_and_offsets_commit_together_and_a_replayed_batch_has_no_effect(
+    stack: StackHandle, mysql_db: str, sink: SqlSink
+) -> None:
+    sink.on_assign(2, 100)
+    assert sink.resume_positions(2) == {}
+    first = _batch(
+        2,
+        100,
+        [
+            _event(0, 2, 100),
+            _event(1, 2, 100, data={"id": 1, "name": "b", "payload": "AAEC", "doc": {"a": [1]}}),
+            _event(2, 2, 100),
+            _event(3, 2, 100, kind="update", data={"id": 0, "name": "renamed"}),
+            _event(4, 2, 100, kind="delete", data={"id": 2, "name": "n2"}),
+        ],
+    )
+    sink.on_events(first)
+    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(5,)]
+    rows = _query(stack, mysql_db, "SELECT id, name, payload, doc FROM items ORDER BY id")
+    assert rows == [(0, "renamed", None, None), (1, "b", b"\x00\x01\x02", '{"a": [1]}')]
+    assert sink.resume_positions(2) == {"orders": 5}
+    assert _query(stack, mysql_db, "SELECT position, event_id, token FROM shardctl_offsets") == [
+        (5, "ev-2-4", 100)
+    ]
+
+    # The same batch again (a redelivery after a crash), then one that overlaps it.
+    sink.on_events(first)
+    sink.on_events(
+        _batch(
+            2,
+            100,
+            [_event(4, 2, 100, kind="delete", data={"id": 2, "name": "n2"}), _event(5, 2, 100)],
+        )
+    )
+    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(6,)], "a duplicate applied"
+    assert sink.resume_positions(2) == {"orders": 6}
+
+
+def test_a_stale_token_is_refused_and_writes_nothing(
+    stack: StackHandle, mysql_db: str, sink: SqlSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink.on_assign(1, 7)
+    sink.on_events(_batch(1, 7, [_event(0, 1, 7)]))
+    # A new owner (token 9) takes the shard; the old one is now a zombie.
+    newer = SqlSink(HandlerContext(options={"database": mysql_db, "scope": "test"}))
+    try:
+        newer.on_assign(1, 9)
+        assert newer.resume_positions(1) == {"orders": 1}
+        with pytest.raises(Fenced, match="token 7 is older than 9"):
+            sink.on_events(_batch(1, 7, [_event(1, 1, 7), _event(2, 1, 7)]))
+        assert _query(stack, mysql_db, "SELECT id FROM items") == [(0,)]
+        assert _query(stack, mysql_db, "SELECT n FROM effects") == [(1,)]
+        newer.on_events(_batch(1, 9, [_event(1, 1, 9)]))
+        assert _query(stack, mysql_db, "SELECT token, position FROM shardctl_offsets") == [(9, 2)]
+        # Another scope (another cluster) has fences of its own.
+        other = SqlSink(HandlerContext(options={"database": mysql_db, "scope": "other"}))
+        other.on_assign(1, 3)
+        other.on_events(_batch(1, 3, [_event(7, 1, 3)]))
+        other.on_close()
+    finally:
+        newer.on_close()
+    assert _query(stack, mysql_db, "SELECT id FROM items ORDER BY id") == [(0,), (1,), (7,)]
+
+
+def test_a_failing_event_rolls_back_its_whole_batch(
+    stack: StackHandle, mysql_db: str, sink: SqlSink
+) -> None:
+    sink.on_assign(0, 5)
+    bad = _event(1, 0, 5, data={"id": 1, "no_such_column": 1})
+    with pytest.raises(LookupError, match="no column"):
+        sink.on_events(_batch(0, 5, [_event(0, 0, 5), bad]))
+    assert _query(stack, mysql_db, "SELECT COUNT(*) FROM items") == [(0,)]
+    assert sink.resume_positions(0) == {}

@@ -1,0 +1,127 @@
+"""Helpers for the consumer-side worker tests: topics, Maxwell messages, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from shardctl.config import Settings
+from shardctl.etcd import EtcdClient
+from shardctl.keyspace import Keyspace
+from shardctl.records import Assignment
+
+T = TypeVar("T")
+
+
+def maxwell(
+    n: int,
+    shard: int,
+    *,
+    kind: str = "insert",
+    table: str = "items",
+    database: str = "shop",
+    data: dict[str, Any] | None = None,
+) -> bytes:
+    doc = {
+        "database": database,
+        "table": table,
+        "type": kind,
+        "ts": 1700000000,
+        "xid": n,
+        "commit": True,
+        "data": data if data is not None else {"id": n, "name": f"n{n}"},
+        "event_id": f"ev-{shard}-{n}",
+    }
+    return json.dumps(doc).encode()
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[
+        topic
+    ].result(30)
+
+
+def delete_topics(bootstrap: str, topics: Iterable[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    names = [t for t in topics if t in existing]
+    if names:
+        for future in admin.delete_topics(names).values():
+            future.result(30)
+
+
+def produce(
+    bootstrap: str, topic: str, messages: Iterable[tuple[int, bytes | None, bytes]]
+) -> None:
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+    )
+    for partition, key, value in messages:
+        producer.produce(topic, value=value, key=key, partition=partition)
+    assert producer.flush(30) == 0, f"{topic}: messages left undelivered"
+
+
+def read_all(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    expect: int,
+    timeout: float = 30.0,
+    read_committed: bool = False,
+) -> list[Any]:
+    """Every message of `topic` from the start, once `expect` of them are there."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{topic}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            out.extend(m for m in consumer.consume(100, 0.5) if m.error() is None)
+            if len(out) >= expect:
+                # Drain a little longer: more than `expect` would be a bug to see.
+                out.extend(m for m in consumer.consume(100, 1.0) if m.error() is None)
+                return out
+        return out
+    finally:
+        consumer.close()
+
+
+async def wait_async(what: str, predicate: Callable[[], T | None], timeout: float = 30.0) -> T:
+    """Wait (without blocking the loop) until `predicate` is truthy; fail naming `what`.
+    A liveness bound, generous on purpose; speed is measured in bench/."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def write_assignment(settings: Settings, owners: list[str | None], generation: int) -> None:
+    """Play the coordinator: write the assignment document."""
+    keys = Keyspace.of(settings)
+    doc = Assignment(generation=generation, num_shards=len(owners), owners=owners)
+    async with EtcdClient(settings.etcd) as client:
+        await client.put(keys.assignment, doc.encode())
+
+
+async def delete_cluster(settings: Settings) -> None:
+    keys = Keyspace.of(settings)
+    async with EtcdClient(settings.etcd) as client:
+        await client.delete_prefix(keys.root)

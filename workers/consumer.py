@@ -1,0 +1,427 @@
+"""Per-shard consume loops: fetch, handle, report handled positions, hand shards over.
+
+`Consumer` is the consumer layer of a worker: it implements
+`workers.ownership.ShardHandler`, so `Ownership` drives it and does the fenced offset
+commits:
+
+    start(claim)        a shard was acquired (owners/<s> created; claim.token is the
+                        owner token, claim.offset the fenced offset read from etcd)
+    position(shard)     the position after the last fully handled event: what
+                        Ownership commits, fenced, every commit interval
+    stop(shard, token)  the shard moves away: stop fetching, finish the batch in hand,
+                        return the final position (Ownership commits it, then deletes
+                        owners/<s>)
+    abort(shards, why)  ownership is gone (lease lost, fenced): stop at once, commit
+                        nothing; thread-safe, returns immediately
+
+Each shard goes through
+
+    start --> RUNNING --stop--> STOPPING --(batch in hand done)--> gone
+                 |
+                 +--abort / sink refused the token / claim no longer valid--> DROPPED --> gone
+
+RUNNING: records of the shard wait in a queue of at most `max_in_flight` records; when
+the queue is full the transport pauses the shard, and resumes it once the queue has
+drained to half. A slow handler therefore slows fetching, and memory stays bounded.
+Batches of up to `batch_size` queued records go through the handler, in order, with
+retries and dead-lettering (`workers.retry`). The position advances only after the
+whole batch is handled or dead-lettered (P5). Undecodable messages are dead-lettered
+without calling the handler. `claim.valid()` is checked before every batch, so a
+zombie (paused past its TTL) handles nothing after it resumes.
+
+A shard whose loop stops by itself is reported through `on_stopped(shard, reason,
+fenced)`: it must not go silent. `fenced` is True when a sink refused the owner
+token (Ownership will see the newer owner and drop the shard); False for anything
+else, and then the worker should give the shard up (drain) so it restarts elsewhere
+from the last committed offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shardctl.records import OffsetRecord
+from workers.deadletters import DeadLetter, DeadLetterWriter
+from workers.events import Batch, Event, EventDecodeError, decode_message
+from workers.handlers import Fenced, Handler
+from workers.offsets import Position
+from workers.retry import RetryPolicy, Stopped, dead_letter, process_batch
+from workers.transports.base import Record, Transport
+
+log = logging.getLogger(__name__)
+
+
+class ShardClaim(Protocol):
+    """What `start` needs of an owned shard (`workers.ownership.Claim` is one)."""
+
+    @property
+    def shard(self) -> int: ...
+
+    @property
+    def token(self) -> int: ...
+
+    @property
+    def offset(self) -> OffsetRecord | None: ...
+
+    def valid(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class StaticClaim:
+    """A claim without etcd, for readers that own nothing (`shardctl tail`, benchmarks)."""
+
+    shard: int
+    token: int = 0
+    offset: OffsetRecord | None = None
+
+    def valid(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    max_in_flight: int = 1000  # records fetched and not yet handled, per shard
+    batch_size: int = 200
+    idle_wait_s: float = 1.0
+    poll_timeout_s: float = 0.2
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class _Shard:
+    claim: ShardClaim
+    queue: deque[Record] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    stopping: bool = False
+    dropped: bool = False
+    paused: bool = False
+    handled: dict[str, int] = field(default_factory=dict)
+    last_event_id: str | None = None
+    events_handled: int = 0
+    dead_lettered: int = 0
+
+    @property
+    def shard(self) -> int:
+        return self.claim.shard
+
+    @property
+    def token(self) -> int:
+        return self.claim.token
+
+    def halted(self) -> bool:
+        return self.stopping or self.dropped
+
+
+class Consumer:
+    def __init__(
+        self,
+        transport: Transport,
+        handler: Handler,
+        dead_letters: DeadLetterWriter,
+        config: ConsumerConfig | None = None,
+        on_stopped: Callable[[int, str, bool], None] | None = None,
+    ) -> None:
+        if transport.positional and len(transport.topics) != 1:
+            raise ValueError(
+                f"offsets/<shard> holds one position, but the transport reads "
+                f"{len(transport.topics)} topics {list(transport.topics)}: use one topic"
+            )
+        self.transport = transport
+        self.handler = handler
+        self.dead_letters = dead_letters
+        self.config = config or ConsumerConfig()
+        self._on_stopped = on_stopped
+        self._shards: dict[int, _Shard] = {}
+        self._cleanups: dict[int, asyncio.Task[None]] = {}
+        self._fetcher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect the transport and start fetching. Call once before any shard starts."""
+        self._loop = asyncio.get_running_loop()
+        await self.transport.start()
+        if self._fetcher is None:
+            self._fetcher = self._loop.create_task(self._fetch_loop())
+
+    async def close(self) -> None:
+        """Stop every shard without a final position (call after Ownership released
+        what it could), stop fetching, close the handler."""
+        for shard in list(self._shards):
+            self._begin_drop(shard, "consumer closing")
+        await asyncio.gather(*self._cleanups.values(), return_exceptions=True)
+        self._closing = True
+        if self._fetcher is not None:
+            self._fetcher.cancel()
+            await asyncio.gather(self._fetcher, return_exceptions=True)
+        await self.transport.close()
+        await self.handler.close()
+
+    # -- ShardHandler --------------------------------------------------------------
+
+    async def start(self, claim: ShardClaim) -> None:
+        """Consume `claim.shard` from the furthest stored position (etcd's, or the
+        handler's own if it stores offsets with its data)."""
+        shard = claim.shard
+        pending = self._cleanups.get(shard)
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
+        if shard in self._shards:
+            raise ValueError(
+                f"shard {shard} is already consumed (token "
+                f"{self._shards[shard].token}); stop it first"
+            )
+        positions: dict[str, int] = {}
+        if (
+            self.transport.positional
+            and claim.offset is not None
+            and claim.offset.position is not None
+        ):
+            positions[self.transport.topics[0]] = claim.offset.position
+        await self.handler.assign(shard, claim.token)
+        own = await self.handler.positions(shard) or {}
+        for topic, position in own.items():
+            positions[topic] = max(position, positions.get(topic, position))
+        st = _Shard(claim=claim, handled=dict(positions))
+        if claim.offset is not None:
+            st.last_event_id = claim.offset.event_id
+        self._shards[shard] = st
+        try:
+            await self.transport.start_shard(shard, positions)
+        except BaseException:
+            del self._shards[shard]
+            raise
+        st.task = asyncio.get_running_loop().create_task(self._run_shard(st))
+        log.info(
+            "shard %d: consuming as token %d from %s", shard, claim.token, positions or "the start"
+        )
+
+    def position(self, shard: int) -> Position | None:
+        st = self._shards.get(shard)
+        if st is None or st.dropped or not self.transport.positional:
+            return None
+        at = st.handled.get(self.transport.topics[0])
+        return None if at is None else Position(at, st.last_event_id)
+
+    async def stop(self, shard: int, token: int) -> Position | None:
+        """Stop fetching `shard`, finish the batch in hand, give back queued records,
+        and return the position to commit (None if there is nothing to commit)."""
+        st = self._shards.get(shard)
+        if st is None or st.token != token:
+            return None
+        st.stopping = True
+        self.transport.pause(shard)
+        queued = list(st.queue)
+        st.queue.clear()
+        await self.transport.abandon(queued)
+        st.wake.set()
+        if st.task is not None:
+            await asyncio.gather(st.task, return_exceptions=True)
+        final = None if st.dropped else self._final_position(st)
+        await self._finish(st)
+        log.info("shard %d: stopped (token %d) at %s", shard, token, final)
+        return final
+
+    def abort(self, shards: Collection[int], reason: str) -> None:
+        """Stop `shards` now, commit nothing. Any thread; returns at once."""
+        for shard in shards:
+            st = self._shards.get(shard)
+            if st is not None:
+                st.dropped = True  # seen by the shard loop before its next batch
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        for shard in shards:
+            loop.call_soon_threadsafe(self._begin_drop, shard, reason)
+
+    # -- observing -------------------------------------------------------------------
+
+    @property
+    def shards(self) -> dict[int, int]:
+        """Shards being consumed, with their owner tokens."""
+        return {s: st.token for s, st in self._shards.items() if not st.halted()}
+
+    def queued(self, shard: int) -> int:
+        """Records of `shard` fetched and waiting for the handler."""
+        st = self._shards.get(shard)
+        return 0 if st is None else len(st.queue)
+
+    def stats(self, shard: int) -> tuple[int, int]:
+        """(events handled, events dead-lettered) of a shard being consumed."""
+        st = self._shards[shard]
+        return st.events_handled, st.dead_lettered
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _final_position(self, st: _Shard) -> Position | None:
+        if not self.transport.positional:
+            return None
+        at = st.handled.get(self.transport.topics[0])
+        return None if at is None else Position(at, st.last_event_id)
+
+    def _begin_drop(self, shard: int, reason: str) -> None:
+        st = self._shards.get(shard)
+        if st is None or shard in self._cleanups:
+            return
+        st.dropped = True
+        task = asyncio.get_running_loop().create_task(self._drop(st, reason))
+        self._cleanups[shard] = task
+        task.add_done_callback(lambda _t: self._cleanups.pop(shard, None))
+
+    async def _drop(self, st: _Shard, reason: str) -> None:
+        queued = list(st.queue)
+        st.queue.clear()
+        await self.transport.abandon(queued)
+        if st.task is not None and st.task is not asyncio.current_task():
+            st.task.cancel()
+            await asyncio.gather(st.task, return_exceptions=True)
+        await self._finish(st)
+        log.warning("shard %d: dropped without commit (token %d): %s", st.shard, st.token, reason)
+
+    async def _finish(self, st: _Shard) -> None:
+        try:
+            await self.transport.stop_shard(st.shard)
+        finally:
+            if self._shards.get(st.shard) is st:
+                del self._shards[st.shard]
+        try:
+            await self.handler.revoke(st.shard)
+        except Exception:
+            log.exception("shard %d: handler %s on_revoke failed", st.shard, self.handler.name)
+
+    async def _fetch_loop(self) -> None:
+        while not self._closing:
+            try:
+                records = await self.transport.poll(
+                    self.config.batch_size, self.config.poll_timeout_s
+                )
+            except Exception:
+                log.exception("fetching failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+                continue
+            stray: list[Record] = []
+            for record in records:
+                st = self._shards.get(record.shard)
+                if st is None or st.halted():
+                    stray.append(record)
+                    continue
+                st.queue.append(record)
+                if not st.paused and len(st.queue) >= self.config.max_in_flight:
+                    self.transport.pause(st.shard)
+                    st.paused = True
+                st.wake.set()
+            if stray:
+                await self.transport.abandon(stray)
+
+    async def _run_shard(self, st: _Shard) -> None:
+        try:
+            while not st.dropped:
+                if not st.queue:
+                    if st.stopping:
+                        return
+                    st.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(st.wake.wait(), self.config.idle_wait_s)
+                    continue
+                take = min(self.config.batch_size, len(st.queue))
+                records = [st.queue.popleft() for _ in range(take)]
+                if st.paused and len(st.queue) <= self.config.max_in_flight // 2:
+                    self.transport.resume(st.shard)
+                    st.paused = False
+                if st.dropped or not st.claim.valid():
+                    await self.transport.abandon(records)
+                    self._stop_self(st, "ownership is no longer valid", fenced=True)
+                    return
+                await self._process(st, records)
+        except Fenced as exc:
+            self._stop_self(st, f"the sink refused token {st.token}: {exc}", fenced=True)
+        except Stopped as exc:
+            log.info("shard %d: %s", st.shard, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("shard %d: consume loop failed", st.shard)
+            self._stop_self(st, f"consume loop failed: {type(exc).__name__}: {exc}")
+
+    def _stop_self(self, st: _Shard, reason: str, fenced: bool = False) -> None:
+        """The shard cannot go on here; nothing more is handled or reported as handled."""
+        already = st.dropped
+        st.dropped = True
+        log.error("shard %d: stopped (token %d): %s", st.shard, st.token, reason)
+        if not already and not st.stopping and self._on_stopped is not None:
+            self._on_stopped(st.shard, reason, fenced)
+
+    async def _process(self, st: _Shard, records: Sequence[Record]) -> None:
+        run: list[Event] = []
+        run_records: list[Record] = []
+        for record in records:
+            try:
+                message = decode_message(record.value, st.shard, record.topic, record.position)
+            except EventDecodeError as exc:
+                await self._handle_run(st, run, run_records)
+                run, run_records = [], []
+                letter = DeadLetter.undecodable(
+                    st.shard, record.topic, record.position, record.key, record.value, st.token, exc
+                )
+                await dead_letter(
+                    letter, self.dead_letters, self.config.retry, asyncio.sleep, lambda: st.dropped
+                )
+                st.dead_lettered += 1
+                await self._advance(st, [record], None)
+                continue
+            run.append(
+                Event(
+                    shard=st.shard,
+                    topic=record.topic,
+                    position=record.position,
+                    key=record.key,
+                    raw=record.value,
+                    message=message,
+                    token=st.token,
+                )
+            )
+            run_records.append(record)
+        await self._handle_run(st, run, run_records)
+
+    async def _handle_run(self, st: _Shard, events: list[Event], records: list[Record]) -> None:
+        if not events:
+            return
+        batch = Batch.of(st.shard, st.token, tuple(events))
+        outcome = await process_batch(
+            batch,
+            self.handler,
+            self.config.retry,
+            self.dead_letters,
+            asyncio.sleep,
+            lambda: st.dropped,
+        )
+        st.events_handled += outcome.handled
+        st.dead_lettered += outcome.dead_lettered
+        await self._advance(st, records, batch.last_event_id)
+
+    async def _advance(self, st: _Shard, records: Sequence[Record], event_id: str | None) -> None:
+        if st.dropped:
+            # Handled by a former owner's leftovers: report nothing, give records back.
+            await self.transport.abandon(records)
+            return
+        await self.transport.settle(records)
+        for record in records:
+            if record.position is not None:
+                st.handled[record.topic] = record.position + 1
+        if event_id is not None:
+            st.last_event_id = event_id

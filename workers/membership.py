@@ -1,0 +1,108 @@
+"""Worker membership: the `workers/<id>` record, bound to the worker's lease.
+
+    UNREGISTERED --register(session)--> ACTIVE --drain--> DRAINING
+         ^                                  |                 |
+         +---------- lease lost ------------+-----------------+
+
+The record lives exactly as long as the lease. Worker ids are unique: a worker
+that finds its id registered under a foreign lease at start waits for that record
+to expire (a previous incarnation of itself, killed); if its own record is later
+replaced by another process, it stops with WorkerIdInUse. After a lease loss the worker
+registers again under a new session: to the coordinator it is a new member, and
+every shard it acquires afterwards carries a new token.
+
+Draining can be requested from outside (`shardctl drain <id>`): `request_drain`
+rewrites the record with state "draining", keeping the worker's lease, and only if
+the record did not change in between. The worker watches its own record, sees the
+request, and keeps the state across re-registrations.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from shardctl.etcd import EtcdClient, EtcdError, ModRevisionIs, Put, Session
+from shardctl.keyspace import Keyspace
+from shardctl.records import RecordError, WorkerRecord
+
+
+class Membership:
+    def __init__(
+        self,
+        client: EtcdClient,
+        keys: Keyspace,
+        worker_id: str,
+        capacity: int,
+        labels: dict[str, str],
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.worker_id = worker_id
+        self.capacity = capacity
+        self.labels = dict(labels)
+        self.draining = False
+        self.key = keys.worker(worker_id)
+        self.leases: set[int] = set()  # every lease this process registered under
+
+    def record(self, session: Session) -> WorkerRecord:
+        return WorkerRecord(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            capacity=self.capacity,
+            labels=self.labels,
+            state="draining" if self.draining else "active",
+            session=f"{session.lease_id:x}",
+        )
+
+    async def register(self, session: Session) -> None:
+        """Write `workers/<id>` under the session's lease (a put: it replaces any record
+        left by an earlier session of this worker)."""
+        session.check()
+        self.leases.add(session.lease_id)
+        await self.client.put(self.key, self.record(session).encode(), lease=session.lease_id)
+
+    def describe(self, raw: bytes) -> str:
+        """Who a worker record belongs to, for error messages."""
+        try:
+            record: WorkerRecord = WorkerRecord.decode(self.key, raw)
+        except RecordError as exc:
+            return f"an unreadable record ({exc})"
+        return f"host {record.host} pid {record.pid} (session {record.session})"
+
+    async def set_draining(self, session: Session) -> None:
+        self.draining = True
+        await self.register(session)
+
+    def drain_requested(self, raw: bytes) -> bool:
+        """Whether our record (as seen by a watch) asks us to drain."""
+        record: WorkerRecord = WorkerRecord.decode(self.key, raw)
+        return record.state == "draining"
+
+
+class WorkerIdInUse(EtcdError):
+    """Another live process registered the same worker id."""
+
+
+class WorkerNotFound(EtcdError):
+    """No worker is registered under the given id."""
+
+
+async def request_drain(client: EtcdClient, keys: Keyspace, worker_id: str) -> bool:
+    """Mark a running worker as draining. Returns False if it already was."""
+    key = keys.worker(worker_id)
+    for _attempt in range(5):
+        kv = await client.get(key)
+        if kv is None:
+            raise WorkerNotFound(f"drain {worker_id}: no worker registered at {key}")
+        record: WorkerRecord = WorkerRecord.decode(key, kv.value)
+        if record.state == "draining":
+            return False
+        draining = record.model_copy(update={"state": "draining"})
+        ok, _ = await client.txn(
+            [ModRevisionIs(key, kv.mod_revision)],
+            [Put(key, draining.encode(), lease=kv.lease)],
+        )
+        if ok:
+            return True
+    raise EtcdError(f"drain {worker_id}: {key} kept changing; try again")

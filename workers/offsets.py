@@ -1,0 +1,70 @@
+"""Offset commits fenced by the owner token.
+
+`offsets/<shard>` holds the transport position of a shard. Only the current owner
+may write it: the write is a txn that requires `owners/<shard>` to still have the
+create_revision equal to the writer's token. A worker whose ownership ended (lease
+expired while it was paused, or the key was handed over) gets OffsetFenced and must
+stop processing the shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardctl.etcd import CreateRevisionIs, EtcdClient, EtcdError, Put
+from shardctl.keyspace import Keyspace
+from shardctl.records import OffsetRecord
+
+
+class OffsetFenced(EtcdError):
+    """The offset write was refused: the writer no longer owns the shard."""
+
+    def __init__(self, message: str, shard: int, token: int) -> None:
+        super().__init__(message)
+        self.shard = shard
+        self.token = token
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a shard's consumer is: transport position and last handled event id."""
+
+    position: int | None = None
+    event_id: str | None = None
+
+
+class OffsetStore:
+    def __init__(self, client: EtcdClient, keys: Keyspace) -> None:
+        self.client = client
+        self.keys = keys
+
+    async def read(self, shard: int) -> OffsetRecord | None:
+        kv = await self.client.get(self.keys.offset(shard))
+        if kv is None:
+            return None
+        decoded: OffsetRecord = OffsetRecord.decode(kv.key, kv.value)
+        return decoded
+
+    async def commit(self, shard: int, token: int, at: Position) -> None:
+        """Write the position if `token` still owns the shard; else raise OffsetFenced."""
+        record = OffsetRecord(position=at.position, event_id=at.event_id, token=token)
+        owner_key = self.keys.owner(shard)
+        ok, found = await self.client.txn(
+            [CreateRevisionIs(owner_key, token)],
+            [Put(self.keys.offset(shard), record.encode())],
+            read_back=[owner_key],
+        )
+        if not ok:
+            now = found[owner_key]
+            holder = (
+                "absent"
+                if now is None
+                else f"held by {now.value.decode()!r} with token {now.create_revision}"
+            )
+            raise OffsetFenced(
+                f"offset commit for shard {shard} (position {at.position}, "
+                f"event {at.event_id}) rejected: token {token} no longer owns "
+                f"{owner_key} ({holder})",
+                shard,
+                token,
+            )

@@ -1,0 +1,183 @@
+"""Assemble a worker's consumer layer from settings: transport, handler, dead letters.
+
+The whole worker, in one call (this is what `shardctl worker run --handler` does):
+
+    async with consuming_worker(settings, worker_options, ConsumeOptions(
+            handler="mod:fn", transport="kafka", topics=("shop",))) as worker:
+        await worker.run()        # worker.stop_requested.set() drains it
+
+or piece by piece: `build_consumer(...)`, `await consumer.open()`,
+`Worker(settings, worker_options, consumer)` (a Consumer is a ShardHandler), and
+`await consumer.close()` after the worker returned.
+
+Kafka dead-letter topics must exist before the first poison event; with
+`create_dead_letter_topics` (the default) missing ones are created here, at start,
+so a broker refusal stops the worker at once with the topic's name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shardctl.config import ConfigError, Settings
+from workers.consumer import Consumer, ConsumerConfig
+from workers.deadletters import (
+    DEFAULT_TEMPLATE,
+    DeadLetterWriter,
+    KafkaDeadLetterWriter,
+    NsqDeadLetterWriter,
+    dead_letter_topic,
+)
+from workers.handlers import HandlerContext, load_handler
+from workers.retry import RetryPolicy
+from workers.transports.base import Transport
+from workers.transports.kafka import KafkaTransport
+from workers.transports.nsq import NsqTransport
+from workers.worker import Worker, WorkerOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumeOptions:
+    handler: str  # module:callable
+    transport: Literal["kafka", "nsq"]
+    topics: tuple[str, ...]
+    handler_options: dict[str, str] = field(default_factory=dict)
+    nsq_channel: str | None = None  # default "shardctl.<cluster>"
+    dead_letter_template: str = DEFAULT_TEMPLATE
+    create_dead_letter_topics: bool = True
+    batch_size: int = 200
+    max_in_flight: int = 1000
+    retry_attempts: int = 5
+    retry_initial_delay_s: float = 0.2
+    retry_max_delay_s: float = 10.0
+    handler_threads: int = 8
+
+
+def build_transport(settings: Settings, options: ConsumeOptions) -> Transport:
+    if options.transport == "kafka":
+        return KafkaTransport(
+            settings.kafka.client_config(),
+            options.topics,
+            group_id=f"shardctl.{settings.cluster}.workers",
+        )
+    if options.transport == "nsq":
+        addresses = [a.strip() for a in settings.nsq.nsqd_tcp_addresses.split(",") if a.strip()]
+        if not addresses:
+            raise ConfigError("nsq.nsqd_tcp_addresses: empty; the nsq transport needs nsqd")
+        channel = options.nsq_channel or f"shardctl.{settings.cluster}"
+        return NsqTransport(addresses, options.topics, channel, max_in_flight=options.max_in_flight)
+    raise ConfigError(f"transport: {options.transport!r} is not kafka or nsq")
+
+
+def ensure_kafka_topics(settings: Settings, topics: list[str]) -> list[str]:
+    """Create the missing `topics` (1 partition, broker-default replication); return
+    the created names."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = AdminClient(dict(settings.kafka.client_config().items()))
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics([NewTopic(t, num_partitions=1) for t in missing])
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=30)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise ConfigError(
+                    f"dead-letter topic {topic}: cannot create it: {exc}; create it or set "
+                    "the dead-letter topic template"
+                ) from exc
+    log.info("created dead-letter topics %s", missing)
+    return missing
+
+
+def build_dead_letters(
+    settings: Settings, options: ConsumeOptions, worker_id: str
+) -> DeadLetterWriter:
+    names = [dead_letter_topic(options.dead_letter_template, t) for t in options.topics]
+    if options.transport == "kafka":
+        if options.create_dead_letter_topics:
+            ensure_kafka_topics(settings, names)
+        return KafkaDeadLetterWriter(
+            settings.kafka.client_config(), worker_id, options.dead_letter_template
+        )
+    return NsqDeadLetterWriter(
+        settings.nsq.nsqd_http_address, worker_id, options.dead_letter_template
+    )
+
+
+def build_consumer(
+    settings: Settings,
+    options: ConsumeOptions,
+    worker_id: str,
+    config: ConsumerConfig | None = None,
+    on_stopped: Callable[[int, str, bool], None] | None = None,
+) -> Consumer:
+    """Everything but the etcd side. Raises ConfigError/HandlerError naming the setting."""
+    if not options.topics:
+        raise ConfigError("topics: no topic to consume (set them in the cluster config)")
+    context = HandlerContext(
+        worker_id=worker_id,
+        settings=settings,
+        options=dict(options.handler_options),
+        topics=options.topics,
+    )
+    executor = ThreadPoolExecutor(max_workers=options.handler_threads, thread_name_prefix="handler")
+    handler = load_handler(options.handler, context, executor)
+    transport = build_transport(settings, options)
+    dead_letters = build_dead_letters(settings, options, worker_id)
+    retry = RetryPolicy(
+        attempts=options.retry_attempts,
+        initial_delay_s=options.retry_initial_delay_s,
+        max_delay_s=options.retry_max_delay_s,
+    )
+    return Consumer(
+        transport,
+        handler,
+        dead_letters,
+        config
+        or ConsumerConfig(
+            max_in_flight=options.max_in_flight, batch_size=options.batch_size, retry=retry
+        ),
+        on_stopped=on_stopped,
+    )
+
+
+@asynccontextmanager
+async def consuming_worker(
+    settings: Settings, worker_options: WorkerOptions, options: ConsumeOptions
+) -> AsyncIterator[Worker]:
+    """A Worker whose shards are consumed by `options.handler`; closes the consumer
+    (transport, handler) when the block ends. A shard that fails for a reason other
+    than fencing makes the worker drain, so the shard restarts elsewhere."""
+    holder: list[Worker] = []
+
+    def stopped(shard: int, reason: str, fenced: bool) -> None:
+        if not fenced and holder:
+            log.critical(
+                "%s: shard %d failed (%s); draining this worker",
+                worker_options.worker_id,
+                shard,
+                reason,
+            )
+            holder[0].stop_requested.set()
+
+    consumer = build_consumer(settings, options, worker_options.worker_id, on_stopped=stopped)
+    await consumer.open()
+    try:
+        worker = Worker(settings, worker_options, consumer)
+        holder.append(worker)
+        yield worker
+    finally:
+        await consumer.close()

@@ -1,0 +1,187 @@
+"""Retry with backoff, then dead-letter: how a batch gets through a handler.
+
+For one batch:
+
+    TRY_BATCH --ok--> DONE
+        | failed `attempts` times (and the batch has several events)
+        v
+    ONE_BY_ONE: each event in order --ok--> next event
+                     | failed `attempts` times
+                     v
+                DEAD_LETTER (event + error), then next event --> DONE
+
+A single-event batch goes from TRY_BATCH straight to DEAD_LETTER. `Fenced` is never
+retried: it propagates, and the consumer stops the shard. Dead-lettering itself is
+retried until it succeeds (or ownership ends), because a poison event must never be
+lost: the shard waits rather than skip it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from workers.deadletters import DeadLetter, DeadLetterWriter
+from workers.events import Batch, Event
+from workers.handlers import Fenced, Handler
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`attempts` tries in all; the n-th retry waits initial * multiplier**(n-1), capped."""
+
+    attempts: int = 5
+    initial_delay_s: float = 0.2
+    max_delay_s: float = 10.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"retry attempts must be at least 1, got {self.attempts}")
+        if self.initial_delay_s < 0 or self.max_delay_s < 0:
+            raise ValueError("retry delays must not be negative")
+        if self.multiplier < 1:
+            raise ValueError(f"retry multiplier must be at least 1, got {self.multiplier}")
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1-based)."""
+        if retry < 1:
+            raise ValueError(f"retry number starts at 1, got {retry}")
+        # Exponent capped so huge retry numbers cannot overflow a float.
+        exponent = min(retry - 1, 64)
+        return float(min(self.max_delay_s, self.initial_delay_s * self.multiplier**exponent))
+
+    def delays(self) -> list[float]:
+        """The waits between the `attempts` tries."""
+        return [self.delay(n) for n in range(1, self.attempts)]
+
+
+class Stopped(Exception):
+    """The shard stopped (revoked or fenced) while a batch waited to be retried."""
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    handled: int
+    dead_lettered: int
+
+
+async def _with_retries(
+    what: str,
+    call: Callable[[], Awaitable[None]],
+    policy: RetryPolicy,
+    sleep: Sleep,
+    stopped: Callable[[], bool],
+) -> BaseException | None:
+    """Run `call` up to policy.attempts times; return the last error, or None on success."""
+    last: BaseException | None = None
+    for attempt in range(1, policy.attempts + 1):
+        if attempt > 1:
+            await sleep(policy.delay(attempt - 1))
+            if stopped():
+                raise Stopped(f"{what}: stopped while retrying after: {last}")
+        try:
+            await call()
+            return None
+        except Fenced:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any handler error is retried, then dead-lettered
+            last = exc
+            log.warning(
+                "%s: attempt %d/%d failed: %s: %s",
+                what,
+                attempt,
+                policy.attempts,
+                type(exc).__name__,
+                exc,
+            )
+    return last
+
+
+async def dead_letter(
+    letter: DeadLetter,
+    writer: DeadLetterWriter,
+    policy: RetryPolicy,
+    sleep: Sleep,
+    stopped: Callable[[], bool],
+) -> None:
+    retry = 0
+    while True:
+        try:
+            await writer.write(letter)
+            log.error(
+                "%s: dead-lettered after %d attempts: %s",
+                letter.describe(),
+                letter.attempts,
+                letter.error,
+            )
+            return
+        except Exception as exc:
+            retry += 1
+            log.error(
+                "%s: writing to the dead-letter topic failed (try %d), the shard waits: %s: %s",
+                letter.describe(),
+                retry,
+                type(exc).__name__,
+                exc,
+            )
+            await sleep(policy.delay(retry))
+            if stopped():
+                raise Stopped(
+                    f"{letter.describe()}: stopped before it could be dead-lettered"
+                ) from exc
+
+
+async def process_batch(
+    batch: Batch,
+    handler: Handler,
+    policy: RetryPolicy,
+    writer: DeadLetterWriter,
+    sleep: Sleep = asyncio.sleep,
+    stopped: Callable[[], bool] = lambda: False,
+) -> BatchOutcome:
+    """Get every event of `batch` handled or dead-lettered, in order."""
+    if not batch.events:
+        return BatchOutcome(0, 0)
+    first = batch.events[0]
+    what = f"shard {batch.shard} batch of {len(batch.events)} from {first.describe()}"
+    error = await _with_retries(what, lambda: handler.handle(batch), policy, sleep, stopped)
+    if error is None:
+        return BatchOutcome(len(batch.events), 0)
+    if len(batch.events) == 1:
+        await dead_letter(
+            DeadLetter.of(first, error, policy.attempts, handler.name),
+            writer,
+            policy,
+            sleep,
+            stopped,
+        )
+        return BatchOutcome(0, 1)
+    # Find the poison: one event at a time, each with its own retries.
+    handled = dead = 0
+    for event in batch.events:
+        one_error = await _with_retries(
+            event.describe(), _one(handler, event), policy, sleep, stopped
+        )
+        if one_error is None:
+            handled += 1
+            continue
+        await dead_letter(
+            DeadLetter.of(event, one_error, policy.attempts, handler.name),
+            writer,
+            policy,
+            sleep,
+            stopped,
+        )
+        dead += 1
+    return BatchOutcome(handled, dead)
+
+
+def _one(handler: Handler, event: Event) -> Callable[[], Awaitable[None]]:
+    return lambda: handler.handle_one(event)

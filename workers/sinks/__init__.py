@@ -1,0 +1,1 @@
+"""Built-in handlers: stdout (for operators), kafka (transactional forward), sql (upserts)."""

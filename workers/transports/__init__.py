@@ -1,0 +1,1 @@
+"""Transports: where a worker's owned shards come from (Kafka partitions, NSQ topics)."""

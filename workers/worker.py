@@ -1,0 +1,228 @@
+"""The worker process: membership, ownership and a handler, around one lease at a time.
+
+    STARTING --session open, registered--> SERVING --lease lost--> STARTING (new
+        session, new registration, new tokens; every shard was stopped at once)
+    SERVING --stop requested (SIGTERM, `shardctl drain`)--> DRAINING
+    DRAINING --assignment gives us nothing and every shard is released--> DONE
+    DRAINING --drain_timeout_s passed (e.g. no coordinator)--> releases all --> DONE
+
+While SERVING the worker reconciles whenever the assignment, the owners/ keys or its
+own record change, and commits handled positions every `commit_interval_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from shardctl.aio import threadsafe_event, wait_any
+from shardctl.config import Settings
+from shardctl.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyValue, Mirror, Session
+from shardctl.keyspace import Keyspace
+from shardctl.records import Assignment, RecordError
+from workers.membership import Membership, WorkerIdInUse
+from workers.ownership import Ownership, ShardHandler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerOptions:
+    worker_id: str
+    capacity: int = 1
+    labels: dict[str, str] = field(default_factory=dict)
+    ttl: int = 10
+    commit_interval_s: float = 1.0
+    drain_timeout_s: float = 60.0
+
+
+class Worker:
+    def __init__(self, settings: Settings, options: WorkerOptions, handler: ShardHandler) -> None:
+        self.settings = settings
+        self.options = options
+        self.handler = handler
+        self.keys = Keyspace.of(settings)
+        self.stop_requested = asyncio.Event()
+        self.sessions = 0  # sessions opened so far; > 1 means the worker recovered a loss
+
+    async def run(self) -> None:
+        async with EtcdClient(self.settings.etcd) as client:
+            mirrors = _Mirrors(client, self.keys, self.options.worker_id)
+            membership = Membership(
+                client,
+                self.keys,
+                self.options.worker_id,
+                self.options.capacity,
+                self.options.labels,
+            )
+            try:
+                await mirrors.ready()
+                while True:
+                    session = await self._open_session()
+                    done = False
+                    try:
+                        done = await self._serve(client, session, membership, mirrors)
+                    finally:
+                        # Done: revoke, which deletes our keys at once. Lost: the lease
+                        # may still exist if etcd was only unreachable; revoking it frees
+                        # our old owners/ keys for the next owner sooner.
+                        await session.close(revoke=True)
+                    if done:
+                        return
+            finally:
+                await mirrors.stop()
+
+    async def _open_session(self) -> Session:
+        backoff = 0.2
+        while True:
+            try:
+                session = await Session.open(
+                    self.settings.etcd, self.options.ttl, name=f"worker-{self.options.worker_id}"
+                )
+                self.sessions += 1
+                return session
+            except EtcdUnavailable as exc:
+                log.warning("%s: cannot open a session yet: %s", self.options.worker_id, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _serve(
+        self, client: EtcdClient, session: Session, membership: Membership, mirrors: _Mirrors
+    ) -> bool:
+        """Serve one session. True when drained and done, False when the lease was lost."""
+        worker_id = self.options.worker_id
+        ownership = Ownership(client, self.keys, worker_id, session, self.handler)
+        session.on_lost(ownership.abort_all)
+        lost = threadsafe_event(session.on_lost)
+        registered = False
+        waiting_logged = False
+        drain_since: float | None = None
+        next_commit = time.monotonic() + self.options.commit_interval_s
+        while True:
+            if lost.is_set() or not session.is_valid():
+                ownership.abort_all(session.lost_reason or "lease unconfirmed past its TTL")
+                return False
+            mirrors.check()
+            own = mirrors.own_record()
+            if own is not None and own.lease not in membership.leases:
+                holder = membership.describe(own.value)
+                if membership.leases:
+                    raise WorkerIdInUse(
+                        f"{worker_id}: {membership.key} was taken over by {holder}; "
+                        "two workers must not share an id"
+                    )
+                if self.stop_requested.is_set():
+                    return True
+                if not waiting_logged:
+                    log.warning(
+                        "%s: id still registered by %s; waiting for it to expire", worker_id, holder
+                    )
+                    waiting_logged = True
+                mirrors.clear()
+                await wait_any(
+                    [*mirrors.changed(), lost, self.stop_requested], self.options.commit_interval_s
+                )
+                continue
+            try:
+                if self.stop_requested.is_set() and not membership.draining:
+                    log.info("%s: stop requested, draining", worker_id)
+                    await membership.set_draining(session)
+                    registered = True
+                own = mirrors.own_record()
+                requested = own is not None and membership.drain_requested(own.value)
+                if requested and not membership.draining:
+                    log.info("%s: drain requested through %s", worker_id, membership.key)
+                    membership.draining = True
+                if not registered or own is None or own.lease != session.lease_id:
+                    await membership.register(session)
+                    registered = True
+                if membership.draining and drain_since is None:
+                    drain_since = time.monotonic()
+
+                assigned = mirrors.assigned_to(worker_id)
+                timed_out = (
+                    drain_since is not None
+                    and time.monotonic() - drain_since >= self.options.drain_timeout_s
+                )
+                if timed_out:
+                    log.warning(
+                        "%s: drain timeout of %ss passed; releasing everything",
+                        worker_id,
+                        self.options.drain_timeout_s,
+                    )
+                    assigned = set()
+                await ownership.reconcile(assigned, mirrors.owners_by_shard())
+                if time.monotonic() >= next_commit:
+                    await ownership.commit_positions()
+                    next_commit = time.monotonic() + self.options.commit_interval_s
+                if membership.draining and not assigned and not ownership.owned:
+                    log.info("%s: drained; leaving", worker_id)
+                    return True
+            except EtcdUnavailable as exc:
+                log.warning("%s: etcd unavailable, retrying: %s", worker_id, exc)
+                await asyncio.sleep(0.2)
+            except (EtcdError, RecordError) as exc:
+                log.error("%s: %s", worker_id, exc)
+                await asyncio.sleep(0.5)
+            mirrors.clear()
+            wait = max(0.0, next_commit - time.monotonic())
+            # Once draining, the stop request stays set: waiting on it would spin.
+            wake = [*mirrors.changed(), lost]
+            if not membership.draining:
+                wake.append(self.stop_requested)
+            await wait_any(wake, wait)
+            await asyncio.sleep(0)  # yield even when an event was already set
+
+
+class _Mirrors:
+    """Local views of the assignment, the owners/ keys and our own worker record."""
+
+    def __init__(self, client: EtcdClient, keys: Keyspace, worker_id: str) -> None:
+        self.keys = keys
+        self.assignment = Mirror(client, keys.assignment, prefix=False).start()
+        self.owners = Mirror(client, keys.owners_prefix).start()
+        self.me = Mirror(client, keys.worker(worker_id), prefix=False).start()
+        self._last: Assignment | None = None
+        self._bad_revision = 0
+
+    async def ready(self) -> None:
+        for m in (self.assignment, self.owners, self.me):
+            await m.ready.wait()
+
+    def check(self) -> None:
+        for m in (self.assignment, self.owners, self.me):
+            m.check()
+
+    def changed(self) -> list[asyncio.Event]:
+        return [self.assignment.changed, self.owners.changed, self.me.changed]
+
+    def clear(self) -> None:
+        for event in self.changed():
+            event.clear()
+
+    def own_record(self) -> KeyValue | None:
+        return self.me.items.get(self.me.key)
+
+    def assigned_to(self, worker_id: str) -> set[int]:
+        kv = self.assignment.items.get(self.keys.assignment)
+        if kv is None:
+            self._last = None
+        elif kv.mod_revision != self._bad_revision:
+            try:
+                self._last = Assignment.decode(kv.key, kv.value)
+            except RecordError as exc:
+                # Keep serving the last good assignment; say so once per bad write.
+                log.error(
+                    "%s; keeping generation %s", exc, self._last.generation if self._last else None
+                )
+                self._bad_revision = kv.mod_revision
+        return set() if self._last is None else self._last.shards_of(worker_id)
+
+    def owners_by_shard(self) -> dict[int, KeyValue]:
+        return {self.keys.shard_of_owner_key(k): kv for k, kv in self.owners.items.items()}
+
+    async def stop(self) -> None:
+        for m in (self.assignment, self.owners, self.me):
+            await m.stop()
