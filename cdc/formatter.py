@@ -22,8 +22,7 @@ and ordering).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from decimal import Decimal
 from json.encoder import encode_basestring as _encode_str
 from typing import Any, Literal
@@ -53,17 +52,6 @@ class FormatterOptions:
     output_ddl: bool = False
     # DECIMAL as a JSON string ("12.50") instead of a JSON number (12.50).
     decimal_as_string: bool = False
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> FormatterOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown formatter option(s): {', '.join(unknown)}")
-        bad = sorted(k for k, v in values.items() if not isinstance(v, bool))
-        if bad:
-            raise ValueError(f"formatter option(s) {', '.join(bad)} must be true or false")
-        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +90,8 @@ def _zero_date(value: Any) -> bool:
 class MaxwellFormatter:
     """Formats row images (and DDL and bootstrap records) as Maxwell messages."""
 
-    def __init__(self, options: FormatterOptions | Mapping[str, Any] | None = None) -> None:
-        if options is None:
-            options = FormatterOptions()
-        elif not isinstance(options, FormatterOptions):
-            options = FormatterOptions.from_mapping(options)
-        self.options = options
+    def __init__(self, options: FormatterOptions | None = None) -> None:
+        self.options = options or FormatterOptions()
         # By object id (fast), holding the object so its id is not reused.
         self._plans: dict[int, tuple[TableDef, _TablePlan]] = {}
         self._plans_by_value: dict[TableDef, _TablePlan] = {}

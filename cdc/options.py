@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 import socket
-import tomllib
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cdc.formatter import FormatterOptions
 from cdc.partitioner import FallbackBy, PartitionBy
-from shardctl.config import ConfigError
+from shardctl.config import config_path, load_section, read_config_file
 from shardctl.keyspace import check_name
 
 
@@ -96,17 +97,9 @@ class CdcOptions(BaseSettings):
     def producers(self) -> list[str]:
         return self.producer.split(",")
 
-    def formatter_options(self) -> dict[str, bool]:
-        return {
-            "output_binlog_position": self.output_binlog_position,
-            "output_gtid_position": self.output_gtid_position,
-            "output_server_id": self.output_server_id,
-            "output_thread_id": self.output_thread_id,
-            "output_primary_keys": self.output_primary_keys,
-            "output_primary_key_columns": self.output_primary_key_columns,
-            "output_null_zerodates": self.output_null_zerodates,
-            "output_ddl": self.output_ddl,
-        }
+    def formatter_options(self) -> FormatterOptions:
+        """The Maxwell output options among these settings (they share their names)."""
+        return FormatterOptions(**{f.name: getattr(self, f.name) for f in fields(FormatterOptions)})
 
 
 def load_cdc_options(
@@ -116,23 +109,6 @@ def load_cdc_options(
 
     Raises ConfigError naming the first bad setting as `cdc.<name>`.
     """
-    if path is None and os.environ.get("SHARDCTL_CONFIG"):
-        path = Path(os.environ["SHARDCTL_CONFIG"])
-    from_file: dict[str, Any] = {}
-    if path is not None:
-        try:
-            from_file = tomllib.loads(path.read_text()).get("cdc", {})
-        except OSError as exc:
-            raise ConfigError(f"config file {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path}: {exc}") from exc
-    init = {k: v for k, v in from_file.items() if f"SHARDCTL_CDC_{k}".upper() not in os.environ}
-    init.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return CdcOptions(**init)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            problems.append(f"cdc.{where}: {err['msg']}")
-        raise ConfigError("; ".join(problems)) from None
+    path = config_path(path)
+    from_file = read_config_file(path).get("cdc", {})
+    return load_section(CdcOptions, "cdc", from_file, overrides, path)

@@ -45,7 +45,7 @@ from cdc.checkpoint import CheckpointStore
 from cdc.decoding import BinlogDecoder, CheckConstraintJsonColumns
 from cdc.etcd_calls import call_with_retry
 from cdc.filtering import Filter
-from cdc.formatter import FormatterOptions, MaxwellFormatter
+from cdc.formatter import MaxwellFormatter
 from cdc.options import CdcOptions
 from cdc.partitioner import Partitioner
 from cdc.producers import build_producer
@@ -244,11 +244,7 @@ class Reader:
         json_columns = CheckConstraintJsonColumns(lambda: pymysql.connect(**connect))
         decoding = FilteredDecoding(BinlogDecoder(json_columns), row_filter)
         publisher = Publisher(
-            MaxwellFormatter(
-                FormatterOptions.from_mapping(
-                    {**options.formatter_options(), "decimal_as_string": options.decimal_as_string}
-                )
-            ),
+            MaxwellFormatter(options.formatter_options()),
             Partitioner(
                 num_shards,
                 options.producer_partition_by,

@@ -11,9 +11,10 @@ Secrets are ``SecretStr`` and are read from the environment or from a file
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -175,6 +176,52 @@ def _describe(exc: ValidationError, section: str) -> str:
     return "; ".join(problems)
 
 
+def config_path(path: Path | None) -> Path | None:
+    """The TOML file to read: `path`, else SHARDCTL_CONFIG, else none."""
+    if path is None and os.environ.get("SHARDCTL_CONFIG"):
+        return Path(os.environ["SHARDCTL_CONFIG"])
+    return path
+
+
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    """The whole TOML document (empty without a file); errors name the file."""
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+
+
+SectionT = TypeVar("SectionT", bound=BaseSettings)
+
+
+def load_section(
+    cls: type[SectionT],
+    section: str,
+    from_file: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
+    path: Path | None = None,
+) -> SectionT:
+    """One settings section: overrides beat SHARDCTL_* env, which beats the file.
+
+    Raises ConfigError naming the first bad setting as `<section>.<name>`.
+    """
+    unknown = set(from_file) - set(cls.model_fields)
+    if unknown:
+        raise ConfigError(f"{section}.{sorted(unknown)[0]}: unknown setting in {path}")
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    # Env must beat the file, so only pass file values the environment does not set.
+    init = {k: v for k, v in from_file.items() if f"{prefix}{k}".upper() not in os.environ}
+    init.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return cls(**init)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, section)) from None
+
+
 def load_settings(
     path: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
@@ -184,34 +231,15 @@ def load_settings(
 
     Raises ConfigError naming the first bad setting; the process should exit on it.
     """
-    import os
-
-    if path is None and os.environ.get("SHARDCTL_CONFIG"):
-        path = Path(os.environ["SHARDCTL_CONFIG"])
-    file_values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            file_values = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"config file {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path}: {exc}") from exc
+    path = config_path(path)
+    file_values = read_config_file(path)
     overrides = overrides or {}
     built: dict[str, Any] = {}
     for cls in SECTIONS:
         section: str = cls.section  # type: ignore[attr-defined]
-        from_file = file_values.get(section, {})
-        unknown = set(from_file) - set(cls.model_fields)
-        if unknown:
-            raise ConfigError(f"{section}.{sorted(unknown)[0]}: unknown setting in {path}")
-        # Env must beat the file, so only pass file values the environment does not set.
-        prefix = str(cls.model_config.get("env_prefix", ""))
-        init = {k: v for k, v in from_file.items() if f"{prefix}{k}".upper() not in os.environ}
-        init.update(overrides.get(section, {}))
-        try:
-            built[section] = cls(**init)
-        except ValidationError as exc:
-            raise ConfigError(_describe(exc, section)) from None
+        built[section] = load_section(
+            cls, section, file_values.get(section, {}), overrides.get(section), path
+        )
     try:
         return Settings(
             cluster=cluster

@@ -181,19 +181,7 @@ class TransactionAssembler:
                     f"BEGIN at {self.where(event)} inside the transaction that starts at "
                     f"{self._open.file}:{self._open.pos}: the server replays"
                 )
-            if self._open is None:
-                self._open = _Open(
-                    gtid=None,
-                    server_id=int(event.packet.server_id),
-                    thread_id=int(event.slave_proxy_id),
-                    file=self.file,
-                    pos=event_start(event),
-                    ts=int(event.timestamp),
-                    begun=True,
-                )
-            else:
-                self._open.begun = True
-                self._open.thread_id = int(event.slave_proxy_id)
+            self._open_at_query(event).begun = True
             return None
         if word in ("COMMIT", "ROLLBACK") and self._open is not None and self._open.begun:
             return self._close(event, xid=None, statement=None)
@@ -202,6 +190,12 @@ class TransactionAssembler:
             # changes no rows; the transaction goes on.
             return None
         schema = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema)
+        self._open_at_query(event)
+        return self._close(event, xid=None, statement=Statement(database=schema, sql=sql))
+
+    def _open_at_query(self, event: Any) -> _Open:
+        """The transaction a QUERY event belongs to: the one a GTID event opened (the
+        query carries its thread id), or a new one starting at this event."""
         if self._open is None:
             self._open = _Open(
                 gtid=None,
@@ -214,7 +208,7 @@ class TransactionAssembler:
             )
         else:
             self._open.thread_id = int(event.slave_proxy_id)
-        return self._close(event, xid=None, statement=Statement(database=schema, sql=sql))
+        return self._open
 
     def _close(self, event: Any, xid: int | None, statement: Statement | None) -> Transaction:
         assert self._open is not None

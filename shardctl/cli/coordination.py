@@ -132,24 +132,15 @@ def _run_forever(coro: Coroutine[Any, Any, None]) -> None:
 # -- worker run ----------------------------------------------------------------
 
 
-def _labels(items: list[str]) -> dict[str, str]:
-    labels = {}
+def _key_values(flag: str, items: list[str]) -> dict[str, str]:
+    """`key=value` flags (--label, --handler-option) as a dict; a bad one names its flag."""
+    values = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise _fail(f"--label {item!r}: expected key=value")
-        labels[key] = value
-    return labels
-
-
-def _handler_options(items: list[str]) -> dict[str, str]:
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise _fail(f"--handler-option {item!r}: expected key=value")
-        options[key] = value
-    return options
+            raise _fail(f"{flag} {item!r}: expected key=value")
+        values[key] = value
+    return values
 
 
 async def _configured_topics(settings: Settings) -> list[str]:
@@ -223,7 +214,7 @@ def worker_run(
     options = WorkerOptions(
         worker_id=wid,
         capacity=capacity,
-        labels=_labels(label or []),
+        labels=_key_values("--label", label or []),
         ttl=ttl,
         commit_interval_s=commit_interval,
         drain_timeout_s=drain_timeout,
@@ -253,7 +244,7 @@ def worker_run(
             handler=spec,
             transport="nsq" if transport == "nsq" else "kafka",
             topics=topics,
-            handler_options=_handler_options(handler_option or []),
+            handler_options=_key_values("--handler-option", handler_option or []),
         )
         try:
             async with consuming_worker(settings, options, consume) as worker:

@@ -29,6 +29,7 @@ from cdc.replication.position import Checkpoint
 from shardctl.config import Settings
 from shardctl.etcd.client import EtcdClient
 from shardctl.keyspace import Keyspace
+from tests.polling import wait_for as wait_for
 
 SHARDCTL = str(Path(sys.executable).with_name("shardctl"))
 
@@ -118,17 +119,6 @@ def stored_checkpoint(settings: Settings, source: str) -> Checkpoint | None:
 def leader_of(settings: Settings, source: str) -> str | None:
     raw = etcd_get(settings, Keyspace.of(settings).cdc_leader(source))
     return None if raw is None else raw.decode()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 class TopicReader:

@@ -13,36 +13,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from shardctl.config import Settings
 from shardctl.etcd import EtcdClient, LoopThread, watch_updates
 from shardctl.keyspace import Keyspace
 from shardctl.records import Assignment, ClusterConfig, OffsetRecord, WorkerRecord
+from tests.polling import wait_for as wait_for
 
-T = TypeVar("T")
 TTL = 3
 STABILIZATION = 0.3
-
-
-def wait_for(what: str, predicate: Callable[[], T | None], timeout: float = 30.0) -> T:
-    """Poll until `predicate` returns something truthy; fail naming `what` otherwise.
-
-    This is a liveness bound, generous on purpose; speed is measured in bench/.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -15,8 +14,7 @@ from shardctl.config import Settings
 from shardctl.etcd import EtcdClient
 from shardctl.keyspace import Keyspace
 from shardctl.records import Assignment
-
-T = TypeVar("T")
+from tests.polling import wait_async as wait_async
 
 
 def maxwell(
@@ -98,19 +96,6 @@ def read_all(
         return out
     finally:
         consumer.close()
-
-
-async def wait_async(what: str, predicate: Callable[[], T | None], timeout: float = 30.0) -> T:
-    """Wait (without blocking the loop) until `predicate` is truthy; fail naming `what`.
-    A liveness bound, generous on purpose; speed is measured in bench/."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def write_assignment(settings: Settings, owners: list[str | None], generation: int) -> None:
