@@ -468,10 +468,9 @@ class Stack:
                     *self._kafka_log4j(),
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    cluster_id,
-                    "-c",
-                    str(conf),
+                    # `=`: a base64 id may start with "-" and must not read as a flag.
+                    f"--cluster-id={cluster_id}",
+                    f"--config={conf}",
                 ],
                 "kafka: formatting the KRaft storage",
             )
