@@ -5,6 +5,9 @@ environment variables, then a TOML file (``--config`` or ``SHARDCTL_CONFIG``).
 Each section reads its own environment prefix, so ``[etcd] endpoints`` in TOML is
 ``SHARDCTL_ETCD_ENDPOINTS`` in the environment.
 
+Nested tables use ``__`` in the environment: ``[etcd.tls] ca_file`` is
+``SHARDCTL_ETCD_TLS__CA_FILE``.
+
 Secrets are ``SecretStr`` and are read from the environment or from a file
 (``*_file`` settings); they never come from argv and never print.
 """
@@ -16,7 +19,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,11 +45,34 @@ def _read_secret(value: SecretStr | None, path: Path | None, name: str) -> Secre
 
 
 class TLSSettings(BaseModel):
-    """Client TLS material. All paths; none of them is a secret by itself."""
+    """Client TLS material: paths only; a key file's contents are never read into settings.
+
+    TLS is on when `ca_file` is set (the server is verified against it, host name
+    included). `cert_file` and `key_file` add a client certificate and need `ca_file`:
+    a client certificate over a plaintext connection would be ignored silently.
+    """
+
+    model_config = {"extra": "forbid"}
 
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not os.access(path, os.R_OK):
+            reason = "no such file" if not path.exists() else "not readable"
+            raise ValueError(f"{path}: {reason}")
+        return path
+
+    @model_validator(mode="after")
+    def _complete(self) -> TLSSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file must be set together")
+        if self.cert_file is not None and self.ca_file is None:
+            raise ValueError("tls.ca_file is required with tls.cert_file/tls.key_file")
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -47,7 +80,9 @@ class TLSSettings(BaseModel):
 
 
 class EtcdSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SHARDCTL_ETCD_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="SHARDCTL_ETCD_", env_nested_delimiter="__", extra="forbid"
+    )
     section: ClassVar[str] = "etcd"
 
     endpoints: str = Field(default="127.0.0.1:2379", description="host:port[,host:port...]")
@@ -76,39 +111,61 @@ class EtcdSettings(BaseSettings):
 
 
 class KafkaSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SHARDCTL_KAFKA_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="SHARDCTL_KAFKA_", env_nested_delimiter="__", extra="forbid"
+    )
     section: ClassVar[str] = "kafka"
 
     bootstrap_servers: str = "127.0.0.1:9092"
-    # librdkafka settings passed through unchanged (security.protocol, sasl.*, ssl.*).
-    # Secrets among them belong in SHARDCTL_KAFKA_SASL_PASSWORD, not here.
+    # librdkafka settings passed through unchanged (security.protocol, sasl.mechanism,
+    # sasl.username, ssl.ca.location, ssl.certificate.location, ssl.key.location, ...).
+    # Secrets among them belong in the secret settings below, never here.
     options: dict[str, str] = Field(default_factory=dict)
     sasl_password: SecretStr | None = None
     sasl_password_file: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_key_password_file: Path | None = None
 
     @model_validator(mode="after")
     def _secret(self) -> KafkaSettings:
         self.sasl_password = _read_secret(
             self.sasl_password, self.sasl_password_file, "kafka.sasl_password"
         )
+        self.ssl_key_password = _read_secret(
+            self.ssl_key_password, self.ssl_key_password_file, "kafka.ssl_key_password"
+        )
         for key in self.options:
-            if "password" in key or key.endswith(".key"):
+            if _is_secret_option(key):
                 raise ValueError(
-                    f"kafka.options.{key}: secrets go in SHARDCTL_KAFKA_SASL_PASSWORD "
-                    "or kafka.sasl_password_file, not in options"
+                    f"kafka.options.{key}: secrets go in SHARDCTL_KAFKA_SASL_PASSWORD / "
+                    "SHARDCTL_KAFKA_SSL_KEY_PASSWORD or their *_FILE settings, not in options"
                 )
         return self
 
     def client_config(self) -> dict[str, str]:
-        """librdkafka config with the secret filled in; never log the result."""
+        """librdkafka config with the secrets filled in; never log the result."""
         conf = {"bootstrap.servers": self.bootstrap_servers, **self.options}
         if self.sasl_password is not None:
             conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_key_password is not None:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
         return conf
 
 
+def _is_secret_option(key: str) -> bool:
+    """librdkafka properties that carry a secret inline (passwords, PEM keys, secrets)."""
+    return (
+        "password" in key
+        or "secret" in key
+        or key.endswith(".key")
+        or key in ("ssl.key.pem", "sasl.oauthbearer.config")
+    )
+
+
 class MySQLSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SHARDCTL_MYSQL_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="SHARDCTL_MYSQL_", env_nested_delimiter="__", extra="forbid"
+    )
     section: ClassVar[str] = "mysql"
 
     host: str = "127.0.0.1"
@@ -132,16 +189,21 @@ class MySQLSettings(BaseSettings):
             "password": self.password.get_secret_value() if self.password else "",
         }
         if self.tls.enabled:
-            kwargs["ssl"] = {
-                "ca": str(self.tls.ca_file),
-                **({"cert": str(self.tls.cert_file)} if self.tls.cert_file else {}),
-                **({"key": str(self.tls.key_file)} if self.tls.key_file else {}),
-            }
+            # Required TLS, verifying the certificate and the host name. Without these
+            # PyMySQL still tries TLS, but unverified and falling back to plaintext.
+            kwargs["ssl_ca"] = str(self.tls.ca_file)
+            kwargs["ssl_verify_cert"] = True
+            kwargs["ssl_verify_identity"] = True
+            if self.tls.cert_file is not None and self.tls.key_file is not None:
+                kwargs["ssl_cert"] = str(self.tls.cert_file)
+                kwargs["ssl_key"] = str(self.tls.key_file)
         return kwargs
 
 
 class NSQSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SHARDCTL_NSQ_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="SHARDCTL_NSQ_", env_nested_delimiter="__", extra="forbid"
+    )
     section: ClassVar[str] = "nsq"
 
     nsqd_tcp_addresses: str = "127.0.0.1:4150"
@@ -198,6 +260,10 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
 SectionT = TypeVar("SectionT", bound=BaseSettings)
 
 
+def _in_environment(name: str) -> bool:
+    return name in os.environ or any(var.startswith(f"{name}__") for var in os.environ)
+
+
 def load_section(
     cls: type[SectionT],
     section: str,
@@ -214,7 +280,9 @@ def load_section(
         raise ConfigError(f"{section}.{sorted(unknown)[0]}: unknown setting in {path}")
     prefix = str(cls.model_config.get("env_prefix", ""))
     # Env must beat the file, so only pass file values the environment does not set.
-    init = {k: v for k, v in from_file.items() if f"{prefix}{k}".upper() not in os.environ}
+    # A nested table (e.g. [etcd.tls]) set in the environment (SHARDCTL_ETCD_TLS__CA_FILE)
+    # is taken from the environment as a whole.
+    init = {k: v for k, v in from_file.items() if not _in_environment(f"{prefix}{k}".upper())}
     init.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return cls(**init)

@@ -27,6 +27,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -99,12 +100,119 @@ def default_cache_dir() -> Path:
     return Path(base) / "shardctl"
 
 
-def _http_ok(url: str, expect: Callable[[bytes], bool]) -> bool:
+def _http_ok(
+    url: str, expect: Callable[[bytes], bool], context: ssl.SSLContext | None = None
+) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
             return bool(resp.status == 200 and expect(resp.read()))
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A throwaway CA with a server certificate for 127.0.0.1/localhost and a client
+    certificate, for private stacks that test the TLS settings. Made with `openssl`."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def generate(cls, folder: Path, client_name: str = "shardctl-client") -> Certificates:
+        folder.mkdir(parents=True, exist_ok=True)
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise StackError("openssl: not found; it makes the test certificates")
+        certs = cls(
+            *(
+                folder / n
+                for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+            )
+        )
+        ca_key = folder / "ca.key"
+        _run(
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=shardctl test CA",
+                "-keyout",
+                str(ca_key),
+                "-out",
+                str(certs.ca),
+            ],
+            "openssl: making the test CA",
+        )
+        for cert, key, name, usage, alt in (
+            (
+                certs.server_cert,
+                certs.server_key,
+                "127.0.0.1",
+                "serverAuth,clientAuth",
+                "IP:127.0.0.1,DNS:localhost",
+            ),
+            (certs.client_cert, certs.client_key, client_name, "clientAuth", None),
+        ):
+            request = cert.with_suffix(".csr")
+            _run(
+                [
+                    openssl,
+                    "req",
+                    "-new",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    f"/CN={name}",
+                    "-keyout",
+                    str(key),
+                    "-out",
+                    str(request),
+                ],
+                f"openssl: making the key of {cert.name}",
+            )
+            extensions = cert.with_suffix(".ext")
+            extensions.write_text(
+                f"extendedKeyUsage={usage}\n" + (f"subjectAltName={alt}\n" if alt else "")
+            )
+            _run(
+                [
+                    openssl,
+                    "x509",
+                    "-req",
+                    "-in",
+                    str(request),
+                    "-CA",
+                    str(certs.ca),
+                    "-CAkey",
+                    str(ca_key),
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    str(extensions),
+                    "-out",
+                    str(cert),
+                ],
+                f"openssl: signing {cert.name}",
+            )
+            key.chmod(0o600)
+        return certs
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
 
 
 def _run(
@@ -123,7 +231,11 @@ class Stack:
         state_dir: Path | None = None,
         cache_dir: Path | None = None,
         ports: Ports | None = None,
+        tls: Certificates | None = None,
     ) -> None:
+        # tls: serve etcd (client certificates required) and MariaDB over TLS. Only
+        # private stacks of the security tests use it; the shared stack is plaintext.
+        self.tls = tls
         self.state = state_dir or default_state_dir()
         self.cache = cache_dir or default_cache_dir()
         saved = self.state / "ports.json"
@@ -271,10 +383,25 @@ class Stack:
     def _prepare_etcd(self) -> None:
         self.data("etcd").mkdir(parents=True, exist_ok=True)
 
+    @property
+    def etcd_url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.ports.etcd}"
+
+    def _etcd_tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            f"--cert-file={self.tls.server_cert}",
+            f"--key-file={self.tls.server_key}",
+            f"--trusted-ca-file={self.tls.ca}",
+            "--client-cert-auth",
+        ]
+
     def _etcd_cmd(self) -> list[str]:
         p = self.ports
         peer = f"http://127.0.0.1:{p.etcd_peer}"
-        client = f"http://127.0.0.1:{p.etcd}"
+        client = self.etcd_url
         return [
             shutil.which("etcd", path=SBIN_PATH) or "etcd",
             "--name",
@@ -295,13 +422,54 @@ class Stack:
             "zap",
             "--log-outputs",
             "stderr",
+            *self._etcd_tls_args(),
         ]
 
     def _etcd_healthy(self) -> bool:
         return _http_ok(
-            f"http://127.0.0.1:{self.ports.etcd}/health",
+            f"{self.etcd_url}/health",
             lambda body: json.loads(body).get("health") == "true",
+            self.tls.client_context() if self.tls else None,
         )
+
+    def etcd_enable_auth(self, user: str, password: str, root_password: str, prefix: str) -> None:
+        """Turn on etcd auth with `root` and `user`, who may read and write only under
+        `prefix`. Through etcd's JSON gateway, so no etcdctl is needed."""
+        key = base64.b64encode(prefix.encode()).decode()
+        end = bytearray(prefix.encode())
+        end[-1] += 1  # the end of the prefix range, as etcd's clients compute it
+        steps: list[tuple[str, dict[str, object]]] = [
+            ("user/add", {"name": "root", "password": root_password}),
+            ("user/grant", {"user": "root", "role": "root"}),
+            ("role/add", {"name": user}),
+            (
+                "role/grant",
+                {
+                    "name": user,
+                    "perm": {
+                        "permType": "READWRITE",
+                        "key": key,
+                        "range_end": base64.b64encode(bytes(end)).decode(),
+                    },
+                },
+            ),
+            ("user/add", {"name": user, "password": password}),
+            ("user/grant", {"user": user, "role": user}),
+            ("enable", {}),
+        ]
+        context = self.tls.client_context() if self.tls else None
+        for path, body in steps:
+            request = urllib.request.Request(
+                f"{self.etcd_url}/v3/auth/{path}",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5, context=context) as resp:
+                    resp.read()
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace")[:300]
+                raise StackError(f"etcd auth {path}: HTTP {exc.code}: {detail}") from exc
 
     # --------------------------------------------------------------- MariaDB
     def _prepare_mariadb(self) -> None:
@@ -345,6 +513,15 @@ class Stack:
             "--max-allowed-packet=64M",
             "--innodb-buffer-pool-size=512M",
             "--max-connections=500",
+            *(
+                [
+                    f"--ssl-ca={self.tls.ca}",
+                    f"--ssl-cert={self.tls.server_cert}",
+                    f"--ssl-key={self.tls.server_key}",
+                ]
+                if self.tls
+                else []
+            ),
         ]
 
     def _mariadb_query(self, sql: str, via_socket: bool = False) -> None:

@@ -16,7 +16,7 @@ client.py
       grant_lease / refresh_lease / revoke_lease, compact(revision=None)
     Ops: Put(key, value, lease=0), Delete(key)
     Guards: CreateRevisionIs(key, rev), Absent(key), ValueIs(key, value), ModRevisionIs
-    Errors: EtcdError (names op and key) > EtcdUnavailable (retry later),
+    Errors: EtcdError (names op and key) > EtcdUnavailable (retry later), EtcdAuthError,
             RevisionCompacted
 
 session.py
@@ -59,6 +59,7 @@ from shardctl.etcd.client import (
     CreateResult,
     CreateRevisionIs,
     Delete,
+    EtcdAuthError,
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
@@ -81,6 +82,7 @@ __all__ = [
     "CreateRevisionIs",
     "Delete",
     "Election",
+    "EtcdAuthError",
     "EtcdClient",
     "EtcdError",
     "EtcdUnavailable",

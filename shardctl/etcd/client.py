@@ -15,6 +15,14 @@ key still has the token's create_revision".
 
 An aetcd client is bound to the event loop it first connected on; use one
 `EtcdClient` per loop (the lease keepalive thread opens its own).
+
+Security: with `etcd.tls.ca_file` set the channel is TLS (server verified against that
+CA; `etcd.tls.cert_file`/`key_file` add a client certificate), and with
+`etcd.username`/`etcd.password` every connection authenticates and sends its token.
+aetcd 1.0 builds its channel inside `connect()` with no way to pass credentials, so
+`_TLSClient` overrides just that method; everything else is aetcd's. Passwords
+never appear in errors or logs: a refused login raises `EtcdAuthError` naming the
+settings and the endpoint.
 """
 
 from __future__ import annotations
@@ -23,12 +31,19 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aetcd
 import aetcd.exceptions
+import aetcd.rpc
+import aetcd.watcher
 
-from shardctl.config import EtcdSettings
+# grpcio ships no type stubs.
+import grpc
+import grpc.aio
+
+from shardctl.config import EtcdSettings, TLSSettings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -51,6 +66,10 @@ class EtcdError(Exception):
 
 class EtcdUnavailable(EtcdError):
     """etcd did not answer (down, restarting, or past the request deadline)."""
+
+
+class EtcdAuthError(EtcdError):
+    """etcd refused the credentials (etcd.username / etcd.password) or the TLS setup."""
 
 
 class RevisionCompacted(EtcdError):
@@ -151,6 +170,73 @@ def _prefix_end(prefix: bytes) -> bytes:
     return aetcd.utils.prefix_range_end(prefix)  # type: ignore[no-any-return]
 
 
+def _read_tls_file(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise EtcdError(f"{setting}: cannot read {path}: {exc.strerror}") from exc
+
+
+def channel_credentials(tls: TLSSettings) -> grpc.ChannelCredentials:
+    """gRPC TLS credentials from `etcd.tls.*`: the CA that signs etcd's certificate, and
+    optionally the client certificate and key (for etcd's --client-cert-auth)."""
+    ca = _read_tls_file(tls.ca_file, "etcd.tls.ca_file") if tls.ca_file else None
+    cert = _read_tls_file(tls.cert_file, "etcd.tls.cert_file") if tls.cert_file else None
+    key = _read_tls_file(tls.key_file, "etcd.tls.key_file") if tls.key_file else None
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+class _TLSClient(aetcd.Client):  # type: ignore[misc]
+    """aetcd.Client over a TLS channel.
+
+    aetcd 1.0's `connect()` hard-codes `grpc.aio.insecure_channel` and offers no
+    credentials hook, so this override repeats its short setup (channel, optional
+    Authenticate, stubs, watcher) with `grpc.aio.secure_channel`. Every request method
+    is aetcd's own and calls this `connect()` first. Errors are mapped by aetcd's own
+    table, so callers see the same exception types as on a plaintext channel.
+    """
+
+    _is_connecting: bool  # set by aetcd.Client.__init__
+
+    def __init__(self, credentials: grpc.ChannelCredentials, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._is_connecting:
+            # Another task is connecting this client: wait for it, as aetcd does.
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        self._is_connecting = True
+        try:
+            self.channel = grpc.aio.secure_channel(
+                f"{self._host}:{self._port}", self._credentials, options=list(self._options.items())
+            )
+            if self._username is not None and self._password is not None:
+                self.auth_stub = aetcd.rpc.AuthStub(self.channel)
+                request = aetcd.rpc.AuthenticateRequest(
+                    name=self._username, password=self._password
+                )
+                reply = await self.auth_stub.Authenticate(request, timeout=self._timeout)
+                self.metadata = (("token", reply.token),)
+            self.kvstub = aetcd.rpc.KVStub(self.channel)
+            self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
+            self.leasestub = aetcd.rpc.LeaseStub(self.channel)
+            self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd.watcher.Watcher(
+                aetcd.rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+            )
+            self._connected.set()
+        except grpc.aio.AioRpcError as exc:
+            aetcd.exceptions._handle_exception(exc)
+        finally:
+            self._is_connecting = False
+
+
 async def _close_quietly(client: aetcd.Client, why: str) -> None:
     """Close a connection we are done with; a failure here only matters as a log line."""
     try:
@@ -166,6 +252,8 @@ class EtcdClient:
         self._settings = settings
         self._endpoints = settings.endpoint_list()
         self._endpoint_index = 0
+        # Read the TLS files once, up front: a bad path fails here, naming the setting.
+        self._credentials = channel_credentials(settings.tls) if settings.tls.enabled else None
         self._client: aetcd.Client | None = None
         self._lock = asyncio.Lock()
 
@@ -175,25 +263,41 @@ class EtcdClient:
         return f"{host}:{port}"
 
     def _build(self) -> aetcd.Client:
-        # The one place a connection is constructed; TLS belongs here when the client
-        # library supports secure channels (aetcd 1.0 opens insecure channels only).
+        """The one place a connection is constructed: plaintext, or TLS with etcd.tls.*."""
         host, port = self._endpoints[self._endpoint_index]
         password = self._settings.password
-        return aetcd.Client(
-            host=host,
-            port=port,
-            username=self._settings.username,
-            password=password.get_secret_value() if password is not None else None,
-            timeout=self._settings.timeout_s,
-            options=_CHANNEL_OPTIONS,
+        kwargs: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "username": self._settings.username,
+            "password": password.get_secret_value() if password is not None else None,
+            "timeout": self._settings.timeout_s,
+            "options": _CHANNEL_OPTIONS,
+        }
+        if self._credentials is not None:
+            return _TLSClient(self._credentials, **kwargs)
+        return aetcd.Client(**kwargs)
+
+    def _auth_error(self, op: str, key: str, exc: Exception) -> EtcdAuthError:
+        # The server's reason never contains the password; the username is not secret.
+        source = (
+            "etcd.password_file" if self._settings.password_file is not None else "etcd.password"
+        )
+        what = op if key == self.endpoint else f"{op} {key}"
+        return EtcdAuthError(
+            f"etcd {what} at {self.endpoint}: etcd refused the login of "
+            f"etcd.username={self._settings.username!r} (check {source}): {exc}"
+        )
+
+    def _tls_hint(self) -> str:
+        if self._credentials is None:
+            return ""
+        return (
+            f" (TLS: check etcd.tls.ca_file={self._settings.tls.ca_file} signs the "
+            f"server certificate for {self.endpoint})"
         )
 
     async def connect(self) -> EtcdClient:
-        if self._settings.tls.enabled:
-            raise EtcdError(
-                "etcd.tls: TLS to etcd is not supported by this version; "
-                "unset etcd.tls.ca_file or use a plaintext endpoint"
-            )
         async with self._lock:
             if self._client is None:
                 self._client = self._build()
@@ -236,7 +340,12 @@ class EtcdClient:
                 if attempt == 1:
                     await self._reconnect()
                     continue
-                raise EtcdError(f"etcd {op} {key}: authentication failed: {exc}") from exc
+                raise self._auth_error(op, key, exc) from exc
+            except aetcd.exceptions.InvalidArgumentError as exc:
+                # A refused Authenticate comes back as INVALID_ARGUMENT.
+                if "authentication failed" in str(exc):
+                    raise self._auth_error(op, key, exc) from exc
+                raise EtcdError(f"etcd {op} {key} at {self.endpoint}: {exc}") from exc
             except aetcd.RevisionCompactedError as exc:
                 raise RevisionCompacted(
                     f"etcd {op} {key}: revision compacted below {exc.compacted_revision}",
@@ -245,7 +354,9 @@ class EtcdClient:
             except (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError) as exc:
                 if len(self._endpoints) > 1:
                     await self._reconnect()
-                raise EtcdUnavailable(f"etcd {op} {key} at {self.endpoint}: {exc}") from exc
+                raise EtcdUnavailable(
+                    f"etcd {op} {key} at {self.endpoint}: {exc}{self._tls_hint()}"
+                ) from exc
             except (TimeoutError, aetcd.WatchTimeoutError) as exc:
                 raise EtcdUnavailable(
                     f"etcd {op} {key} at {self.endpoint}: no answer within "
