@@ -39,11 +39,22 @@ pytest: venv stack
 unit: venv  ## pure-logic tests only; no services needed
 	$(BIN)/pytest tests/unit
 
-demo: venv stack
-	$(BIN)/shardctl dev status
+demo: venv  ## the whole pipeline under load on the local stack (brings the stack up)
+	$(BIN)/shardctl demo $(DEMO_ARGS)
 
-bench: venv stack
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+# Benchmarks print figures; they are not tests (bench/processes.py is a helper module).
+BENCHES := bench/cdc_throughput.py bench/cdc_reader_throughput.py bench/coordination.py \
+	bench/consume.py bench/latency.py bench/rebalance_pause.py
+
+bench: venv stack  ## every benchmark, one after the other (about 15 minutes)
+	@set -a; eval "$$($(BIN)/shardctl dev env | sed 's/^export //')"; set +a; \
+	for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b; done
+
+# 30 minutes of seeded faults under load with 100k-row transactions; prints the chaos
+# report. It restarts the stack's etcd, Kafka and MariaDB (SOAK_ARGS=--private-stack
+# runs its own). Replay a run with SOAK_ARGS='--seed N'.
+soak: venv stack  ## 30-minute chaos run; not part of `make test`
+	$(BIN)/python bench/chaos.py --duration 1800 --large-rows 100000 --large-every 300 $(SOAK_ARGS)
 
 down:
 	$(BIN)/shardctl dev down

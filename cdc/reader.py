@@ -53,7 +53,7 @@ from cdc.producers.base import Producer
 from cdc.publisher import Publisher
 from cdc.replication.decoding import FilteredDecoding
 from cdc.replication.position import BinlogPosition, Checkpoint
-from cdc.replication.server_check import check_server, current_position
+from cdc.replication.server_check import binlog_lag_bytes, check_server, current_position
 from cdc.replication.source import BinlogSource, SourceOptions
 from cdc.replication.transaction import Transaction
 from shardctl.config import ConfigError, Settings
@@ -62,10 +62,20 @@ from shardctl.etcd.election import Election, Leadership, NotLeader
 from shardctl.etcd.loop_thread import LoopThread
 from shardctl.etcd.session import Session, SessionLost
 from shardctl.keyspace import Keyspace
-from shardctl.metrics import CDC_CHECKPOINT, CDC_LAG_SECONDS, CDC_LEADER, CDC_ROWS
+from shardctl.metrics import (
+    CDC_CHECKPOINT,
+    CDC_LAG_BYTES,
+    CDC_LAG_SECONDS,
+    CDC_LEADER,
+    CDC_PUBLISH_AGE,
+    CDC_ROWS,
+)
 from shardctl.records import ClusterConfig, RecordError
 
 log = logging.getLogger(__name__)
+
+# How often the leader asks the server for its binlog end (the lag-in-bytes metric).
+LAG_PROBE_INTERVAL_S = 5.0
 
 
 class LeadershipLost(Exception):
@@ -120,6 +130,7 @@ class Reader:
         self._stop_reason = ""
         self.transactions = 0
         self.messages = 0
+        self.last_end: Checkpoint | None = None  # end of the last transaction read
 
     # -- control --------------------------------------------------------------
 
@@ -239,6 +250,7 @@ class Reader:
             )
         else:
             log.info("source %s: resuming at checkpoint %s", options.source, checkpoint.describe())
+        self.last_end = checkpoint
         num_shards = self._num_shards(loop, client)
         row_filter = Filter(options.filter)
         json_columns = CheckConstraintJsonColumns(lambda: pymysql.connect(**connect))
@@ -280,6 +292,7 @@ class Reader:
         saved = checkpoint
         next_save = time.monotonic() + options.checkpoint_interval_s
         next_bootstrap = time.monotonic()
+        next_lag_probe = time.monotonic()
         clean = False
 
         def check_leadership() -> None:
@@ -306,6 +319,9 @@ class Reader:
                 if now >= next_save:
                     next_save = now + options.checkpoint_interval_s
                     saved = self._advance(loop, store, leadership, tracker, saved)
+                if now >= next_lag_probe:
+                    next_lag_probe = now + LAG_PROBE_INTERVAL_S
+                    self._probe_lag_bytes(connect)
                 if now >= next_bootstrap and bootstrap.armed is None:
                     next_bootstrap = now + options.bootstrap_poll_s
                     try:
@@ -350,12 +366,36 @@ class Reader:
         seq = tracker.open(end, len(messages))
         if messages:
             ack = partial(tracker.ack, seq)
-            for message in messages:
+            for message in messages[:-1]:
                 producer.send(message, ack)
+            # The transaction's last acknowledgement measures its publish age.
+            producer.send(messages[-1], partial(self._last_acked, ack, txn.ctx.ts))
+        self.last_end = txn.end
         self.transactions += 1
         self.messages += len(messages)
         CDC_ROWS.labels(self.options.source).inc(len(messages))
         CDC_LAG_SECONDS.labels(self.options.source).set(max(0.0, time.time() - txn.ctx.ts))
+
+    def _last_acked(self, ack: Callable[[], None], committed_at: float) -> None:
+        ack()
+        CDC_PUBLISH_AGE.labels(self.options.source).observe(max(0.0, time.time() - committed_at))
+
+    def _probe_lag_bytes(self, connect: dict[str, Any]) -> None:
+        """Set the lag-in-bytes gauge: the server's binlog end minus the last
+        transaction read. A failed probe is logged; it never stops the stream."""
+        if self.last_end is None:
+            return
+        try:
+            connection = pymysql.connect(**connect)
+            try:
+                behind = binlog_lag_bytes(connection, self.last_end.position)
+            finally:
+                connection.close()
+        except pymysql.err.MySQLError as exc:
+            log.warning("source %s: binlog lag not measured: %s", self.options.source, exc)
+            return
+        if behind is not None:
+            CDC_LAG_BYTES.labels(self.options.source).set(behind)
 
     def _advance(
         self,

@@ -42,9 +42,21 @@ from shardctl.etcd import (
     SessionLost,
 )
 from shardctl.keyspace import Keyspace
+from shardctl.metrics import COORD_GENERATION, COORD_LEADER, COORD_MOVES, COORD_REBALANCES
 from shardctl.records import Assignment, ClusterConfig, RecordError
 
 log = logging.getLogger(__name__)
+
+
+def moved_shards(old: Assignment | None, new: Assignment) -> int:
+    """Shards that change from one worker to another (a first owner is not a move)."""
+    if old is None:
+        return 0
+    return sum(
+        1
+        for before, after in zip(old.owners, new.owners, strict=False)
+        if before is not None and before != after
+    )
 
 
 @dataclass
@@ -130,6 +142,7 @@ class Coordinator:
             for m in mirrors:
                 await m.ready.wait()
             log.info("%s: leading with token %d", me, leadership.token)
+            COORD_LEADER.set(1)
             applied: dict[str, Member] | None = None  # members of the last computation
             last_seen: dict[str, Member] | None = None
             last_change, pending_since = time.monotonic(), float("inf")
@@ -161,6 +174,8 @@ class Coordinator:
                     elif delay is None:
                         cfg = ClusterConfig.decode(cfg_kv.key, cfg_kv.value)
                         seen = Current.of(current.items.get(keys.assignment))
+                        if seen.assignment is not None:
+                            COORD_GENERATION.set(seen.assignment.generation)
                         due = members != applied or self._settled(seen.assignment, owners.items)
                         if due and await self._write(leadership, seen, members, cfg):
                             applied, pending_since = members, float("inf")
@@ -186,6 +201,7 @@ class Coordinator:
                     delay,
                 )
         finally:
+            COORD_LEADER.set(0)
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             for m in mirrors:
@@ -237,6 +253,9 @@ class Coordinator:
         if not await write_assignment(leadership, self.keys, seen, new):
             return False  # someone wrote in between; recompute from the fresh view
         self.generations_written += 1
+        COORD_GENERATION.set(new.generation)
+        COORD_REBALANCES.inc()
+        COORD_MOVES.inc(moved_shards(seen.assignment, new))
         log.info(
             "%s: wrote generation %d (%d shards, %d members)",
             self.options.coordinator_id,

@@ -2,7 +2,7 @@
 
     workers/<id>     WorkerRecord   {host, pid, capacity, labels, state, version, session}
     assignment       Assignment     {generation, num_shards, owners: [id | null, ...]}
-    offsets/<shard>  OffsetRecord   {position, event_id, token}
+    offsets/<shard>  OffsetRecord   {positions: {topic: offset}, event_id, token}
     config           ClusterConfig  {num_shards, topics, transport}
 
 Decoding is strict: a malformed document raises RecordError naming the key, never
@@ -12,9 +12,9 @@ yields a guess.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -62,12 +62,25 @@ class Assignment(_Record):
 
 
 class OffsetRecord(_Record):
-    """A transport position (Kafka offset of the next record to read) and the last
-    event id handled; `token` is the owner token that wrote it."""
+    """Per topic, the Kafka offset of the next record to read (a worker owning shard s
+    reads partition s of every topic), and the last event id handled; `token` is the
+    owner token that wrote it."""
 
-    position: int | None = None
+    positions: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     event_id: str | None = None
     token: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_position_per_topic(cls, data: Any) -> Any:
+        # The single-topic layout had one `position`; reading it as "no positions"
+        # would silently restart the shard from the earliest record.
+        if isinstance(data, dict) and "position" in data:
+            raise ValueError(
+                "holds a single `position` without its topic; rewrite it as "
+                '`positions: {"<topic>": <offset>}`'
+            )
+        return data
 
 
 class ClusterConfig(_Record):

@@ -29,11 +29,12 @@ whole batch is handled or dead-lettered (P5). Undecodable messages are dead-lett
 without calling the handler. `claim.valid()` is checked before every batch, so a
 zombie (paused past its TTL) handles nothing after it resumes.
 
-A shard whose loop stops by itself is reported through `on_stopped(shard, reason,
-fenced)`: it must not go silent. `fenced` is True when a sink refused the owner
-token (Ownership will see the newer owner and drop the shard); False for anything
-else, and then the worker should give the shard up (drain) so it restarts elsewhere
-from the last committed offset.
+A shard whose loop stops by itself is reported through `on_stopped(shard, token,
+reason, fenced)`: it must not go silent. `fenced` is True when a sink refused the
+owner token (Ownership will see the newer owner and drop the shard); False for
+anything else, and then the worker gives the shard up (`Ownership.fail`): `stop`
+returns the position handled so far, which is committed before the shard is
+released and, after a backoff, acquired again.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from shardctl.metrics import WORKER_DLQ, WORKER_EVENTS, WORKER_HANDLER_SECONDS
 from shardctl.records import OffsetRecord
 from workers.deadletters import DeadLetter, DeadLetterWriter
 from workers.events import Batch, Event, EventDecodeError, decode_message
@@ -107,6 +109,7 @@ class _Shard:
     task: asyncio.Task[None] | None = None
     stopping: bool = False
     dropped: bool = False
+    failed: bool = False  # stopped by an error of its own, not by losing ownership
     paused: bool = False
     handled: dict[str, int] = field(default_factory=dict)
     last_event_id: str | None = None
@@ -132,13 +135,11 @@ class Consumer:
         handler: Handler,
         dead_letters: DeadLetterWriter,
         config: ConsumerConfig | None = None,
-        on_stopped: Callable[[int, str, bool], None] | None = None,
+        on_stopped: Callable[[int, int, str, bool], None] | None = None,
+        worker_id: str = "local",
     ) -> None:
-        if transport.positional and len(transport.topics) != 1:
-            raise ValueError(
-                f"offsets/<shard> holds one position, but the transport reads "
-                f"{len(transport.topics)} topics {list(transport.topics)}: use one topic"
-            )
+        self.worker_id = worker_id
+        handler.observe_seconds = WORKER_HANDLER_SECONDS.labels(worker_id).observe
         self.transport = transport
         self.handler = handler
         self.dead_letters = dead_letters
@@ -187,22 +188,24 @@ class Consumer:
                 f"{self._shards[shard].token}); stop it first"
             )
         positions: dict[str, int] = {}
-        if (
-            self.transport.positional
-            and claim.offset is not None
-            and claim.offset.position is not None
-        ):
-            positions[self.transport.topics[0]] = claim.offset.position
+        if self.transport.positional and claim.offset is not None:
+            positions.update(claim.offset.positions)
         await self.handler.assign(shard, claim.token)
         own = await self.handler.positions(shard) or {}
         for topic, position in own.items():
             positions[topic] = max(position, positions.get(topic, position))
+        # Positions of topics this worker does not read (any more) are carried along in
+        # every commit, so a topic that comes back resumes where it stopped.
+        consumed = {t: p for t, p in positions.items() if t in self.transport.topics}
+        others = sorted(set(positions) - set(consumed))
+        if others:
+            log.info("shard %d: keeping the positions of unread topics %s", shard, others)
         st = _Shard(claim=claim, handled=dict(positions))
         if claim.offset is not None:
             st.last_event_id = claim.offset.event_id
         self._shards[shard] = st
         try:
-            await self.transport.start_shard(shard, positions)
+            await self.transport.start_shard(shard, consumed)
         except BaseException:
             del self._shards[shard]
             raise
@@ -213,10 +216,9 @@ class Consumer:
 
     def position(self, shard: int) -> Position | None:
         st = self._shards.get(shard)
-        if st is None or st.dropped or not self.transport.positional:
+        if st is None or st.dropped:
             return None
-        at = st.handled.get(self.transport.topics[0])
-        return None if at is None else Position(at, st.last_event_id)
+        return self._final_position(st)
 
     async def stop(self, shard: int, token: int) -> Position | None:
         """Stop fetching `shard`, finish the batch in hand, give back queued records,
@@ -232,7 +234,9 @@ class Consumer:
         st.wake.set()
         if st.task is not None:
             await asyncio.gather(st.task, return_exceptions=True)
-        final = None if st.dropped else self._final_position(st)
+        # A shard that failed by itself handled everything up to its position; one
+        # dropped because its ownership ended must commit nothing.
+        final = None if st.dropped and not st.failed else self._final_position(st)
         await self._finish(st)
         log.info("shard %d: stopped (token %d) at %s", shard, token, final)
         return final
@@ -261,6 +265,18 @@ class Consumer:
         st = self._shards.get(shard)
         return 0 if st is None else len(st.queue)
 
+    def lag(self, shard: int, committed: Position | None) -> int | None:
+        """Records of `shard` past its committed position: the transport's high
+        watermark minus the committed offset, summed over topics (a topic without a
+        committed offset counts from 0). None when the transport has no positions."""
+        if shard not in self._shards or not self.transport.positional:
+            return None
+        marks = self.transport.high_watermarks(shard)
+        if not marks:
+            return None
+        done = {} if committed is None else committed.positions
+        return sum(max(0, high - done.get(topic, 0)) for topic, high in marks.items())
+
     def stats(self, shard: int) -> tuple[int, int]:
         """(events handled, events dead-lettered) of a shard being consumed."""
         st = self._shards[shard]
@@ -269,10 +285,9 @@ class Consumer:
     # -- internals ---------------------------------------------------------------------
 
     def _final_position(self, st: _Shard) -> Position | None:
-        if not self.transport.positional:
+        if not self.transport.positional or not st.handled:
             return None
-        at = st.handled.get(self.transport.topics[0])
-        return None if at is None else Position(at, st.last_event_id)
+        return Position(dict(st.handled), st.last_event_id)
 
     def _begin_drop(self, shard: int, reason: str) -> None:
         st = self._shards.get(shard)
@@ -359,12 +374,14 @@ class Consumer:
             self._stop_self(st, f"consume loop failed: {type(exc).__name__}: {exc}")
 
     def _stop_self(self, st: _Shard, reason: str, fenced: bool = False) -> None:
-        """The shard cannot go on here; nothing more is handled or reported as handled."""
+        """The shard cannot go on here; nothing more is handled. Unless fenced, what was
+        handled before stays committable: `stop` still returns its position."""
         already = st.dropped
         st.dropped = True
+        st.failed = not fenced
         log.error("shard %d: stopped (token %d): %s", st.shard, st.token, reason)
         if not already and not st.stopping and self._on_stopped is not None:
-            self._on_stopped(st.shard, reason, fenced)
+            self._on_stopped(st.shard, st.token, reason, fenced)
 
     async def _process(self, st: _Shard, records: Sequence[Record]) -> None:
         run: list[Event] = []
@@ -382,6 +399,7 @@ class Consumer:
                     letter, self.dead_letters, self.config.retry, asyncio.sleep, lambda: st.dropped
                 )
                 st.dead_lettered += 1
+                WORKER_DLQ.labels(self.worker_id, str(st.shard)).inc()
                 await self._advance(st, [record], None)
                 continue
             run.append(
@@ -412,6 +430,11 @@ class Consumer:
         )
         st.events_handled += outcome.handled
         st.dead_lettered += outcome.dead_lettered
+        shard = str(st.shard)
+        if outcome.handled:
+            WORKER_EVENTS.labels(self.worker_id, shard).inc(outcome.handled)
+        if outcome.dead_lettered:
+            WORKER_DLQ.labels(self.worker_id, shard).inc(outcome.dead_lettered)
         await self._advance(st, records, batch.last_event_id)
 
     async def _advance(self, st: _Shard, records: Sequence[Record], event_id: str | None) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -125,6 +126,8 @@ class Handler:
     def __init__(self, name: str, target: Any, executor: Executor | None = None) -> None:
         self.name = name
         self._executor = executor
+        # Told how long each call of `handle` took, failed ones too (seconds).
+        self.observe_seconds: Callable[[float], None] | None = None
         self._target = target
         if hasattr(target, "on_events") or hasattr(target, "on_event"):
             self._on_events = getattr(target, "on_events", None)
@@ -177,6 +180,17 @@ class Handler:
 
     async def handle(self, batch: Batch) -> None:
         """Run the handler on every event of `batch`, in order."""
+        observe = self.observe_seconds
+        if observe is None:
+            await self._handle(batch)
+            return
+        started = time.perf_counter()
+        try:
+            await self._handle(batch)
+        finally:
+            observe(time.perf_counter() - started)
+
+    async def _handle(self, batch: Batch) -> None:
         if self._on_events is not None:
             await self._call(self._on_events, batch)
             return

@@ -23,6 +23,9 @@ from typing import TextIO
 from workers.offsets import Position
 from workers.ownership import Claim
 
+# The synthetic events have no transport; their count is stored under this topic.
+NOOP_TOPIC = "noop"
+
 
 class NoopHandler:
     def __init__(self, worker_id: str, tick_s: float = 0.2, event_log: Path | None = None) -> None:
@@ -37,7 +40,7 @@ class NoopHandler:
 
     async def start(self, claim: Claim) -> None:
         self._loop = asyncio.get_running_loop()
-        start = claim.offset.position if claim.offset and claim.offset.position else 0
+        start = claim.offset.positions.get(NOOP_TOPIC, 0) if claim.offset else 0
         with self._lock:
             self._aborted.discard(claim.shard)
             self._positions[claim.shard] = start
@@ -80,12 +83,15 @@ class NoopHandler:
             await asyncio.gather(task, return_exceptions=True)
         with self._lock:
             position = self._positions.pop(shard, None)
-        return None if position is None else Position(position, f"noop:{position}")
+        return None if position is None else Position({NOOP_TOPIC: position}, f"noop:{position}")
 
     def position(self, shard: int) -> Position | None:
         with self._lock:
             position = self._positions.get(shard)
-        return None if position is None else Position(position, f"noop:{position}")
+        return None if position is None else Position({NOOP_TOPIC: position}, f"noop:{position}")
+
+    def lag(self, shard: int, committed: Position | None) -> int | None:
+        return None  # synthetic events have no backlog
 
     def abort(self, shards: Collection[int], reason: str) -> None:
         with self._lock:

@@ -1,6 +1,6 @@
 """Offset commits fenced by the owner token.
 
-`offsets/<shard>` holds the transport position of a shard. Only the current owner
+`offsets/<shard>` holds the transport positions of a shard, one per topic. Only the current owner
 may write it: the write is a txn that requires `owners/<shard>` to still have the
 create_revision equal to the writer's token. A worker whose ownership ended (lease
 expired while it was paused, or the key was handed over) gets OffsetFenced and must
@@ -9,7 +9,8 @@ stop processing the shard.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from shardctl.etcd import CreateRevisionIs, EtcdClient, EtcdError, Put
 from shardctl.keyspace import Keyspace
@@ -27,10 +28,15 @@ class OffsetFenced(EtcdError):
 
 @dataclass(frozen=True)
 class Position:
-    """Where a shard's consumer is: transport position and last handled event id."""
+    """Where a shard's consumer is: per topic the transport position of the next record
+    to read, and the last handled event id."""
 
-    position: int | None = None
+    positions: Mapping[str, int] = field(default_factory=dict)
     event_id: str | None = None
+
+    def describe(self) -> str:
+        at = ", ".join(f"{t}@{p}" for t, p in sorted(self.positions.items())) or "no position"
+        return f"{at} (event {self.event_id})" if self.event_id else at
 
 
 class OffsetStore:
@@ -47,7 +53,7 @@ class OffsetStore:
 
     async def commit(self, shard: int, token: int, at: Position) -> None:
         """Write the position if `token` still owns the shard; else raise OffsetFenced."""
-        record = OffsetRecord(position=at.position, event_id=at.event_id, token=token)
+        record = OffsetRecord(positions=dict(at.positions), event_id=at.event_id, token=token)
         owner_key = self.keys.owner(shard)
         ok, found = await self.client.txn(
             [CreateRevisionIs(owner_key, token)],
@@ -62,8 +68,8 @@ class OffsetStore:
                 else f"held by {now.value.decode()!r} with token {now.create_revision}"
             )
             raise OffsetFenced(
-                f"offset commit for shard {shard} (position {at.position}, "
-                f"event {at.event_id}) rejected: token {token} no longer owns "
+                f"offset commit for shard {shard} ({at.describe()}) rejected: "
+                f"token {token} no longer owns "
                 f"{owner_key} ({holder})",
                 shard,
                 token,

@@ -8,6 +8,16 @@ Per shard, on one worker:
              create_revision is still token --> IDLE
     OWNED --lease lost / fenced write refused / owners/<s> re-created by another--> IDLE
              at once, through handler.abort(); nothing is committed.
+    OWNED --fail(s): the shard broke here (its consumer loop or on_assign raised)-->
+             RELEASING as above (what was handled is committed, then owners/<s> goes)
+             --> COOLING for a backoff (1 s, doubling up to 60 s while it keeps
+             failing) --> IDLE, and so acquired again if still assigned.
+
+A failed shard is released and retried in place rather than draining the whole
+worker: the coordinator would hand it back to the same worker anyway, and a shard
+that fails on every worker would otherwise drain them one after another. The other
+shards of the worker keep flowing. While COOLING the shard is assigned but owned by
+no one, so its events wait; the error is logged at every failure.
 
 The token is the create_revision of `owners/<s>`. An assigned shard whose key is
 still held by someone else stays IDLE until that key is deleted (released, or its
@@ -23,14 +33,17 @@ from processing even before its keepalive thread has run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from shardctl.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyValue, Session
 from shardctl.keyspace import Keyspace
+from shardctl.metrics import WORKER_LAG, WORKER_SHARDS_OWNED
 from shardctl.records import OffsetRecord
 from workers.offsets import OffsetFenced, OffsetStore, Position
 
@@ -67,6 +80,8 @@ class ShardHandler(Protocol):
 
     def abort(self, shards: Collection[int], reason: str) -> None: ...
 
+    def lag(self, shard: int, committed: Position | None) -> int | None: ...
+
 
 @dataclass
 class _Owned:
@@ -74,6 +89,27 @@ class _Owned:
     committed: Position | None
     stopped: bool = False
     final: Position | None = None
+    failed: bool = False  # release it although it is still assigned
+
+
+@dataclass(frozen=True)
+class FailureBackoff:
+    """How long a failed shard waits before it is acquired again."""
+
+    initial_s: float = 1.0
+    max_s: float = 60.0
+    forget_after_s: float = 300.0  # a shard that ran this long since failing starts over
+
+    def delay(self, failures: int) -> float:
+        # Capped doubling; the exponent is bounded so many failures cannot overflow.
+        return float(min(self.max_s, self.initial_s * 2.0 ** min(max(0, failures - 1), 64)))
+
+
+@dataclass
+class _Cooling:
+    failures: int
+    failed_at: float
+    until: float
 
 
 class Ownership:
@@ -84,7 +120,12 @@ class Ownership:
         worker_id: str,
         session: Session,
         handler: ShardHandler,
+        backoff: FailureBackoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.backoff = backoff or FailureBackoff()
+        self._clock = clock
+        self._cooling: dict[int, _Cooling] = {}
         self.client = client
         self.keys = keys
         self.worker_id = worker_id
@@ -101,7 +142,12 @@ class Ownership:
         if self._aborted.is_set() or not self.session.is_valid():
             return False
         owned = self.owned.get(shard)
-        return owned is not None and owned.token == token and not owned.stopped
+        return owned is not None and owned.token == token and not owned.stopped and not owned.failed
+
+    def cooling(self) -> dict[int, float]:
+        """Failed shards waiting to be acquired again, with the seconds left."""
+        now = self._clock()
+        return {s: c.until - now for s, c in self._cooling.items() if c.until > now}
 
     @property
     def aborted(self) -> bool:
@@ -117,6 +163,9 @@ class Ownership:
         shards = list(self.owned)
         log.error("%s: stopping shards %s now: %s", self.worker_id, shards, reason)
         self.handler.abort(shards, reason)
+        WORKER_SHARDS_OWNED.labels(self.worker_id).set(0)
+        for shard in shards:
+            self._forget_lag(shard)
 
     # -- reconcile -----------------------------------------------------------
 
@@ -133,10 +182,15 @@ class Ownership:
                         f"owners/{shard} was re-created with token "
                         f"{kv.create_revision} > ours {owned.token}",
                     )
-            leaving = sorted(s for s in self.owned if s not in assigned)
+            leaving = sorted(s for s, o in self.owned.items() if s not in assigned or o.failed)
             await self._each(self._release, leaving, "release")
+            now = self._clock()
             joining = sorted(
-                s for s in assigned if s not in self.owned and self._may_acquire(owners.get(s))
+                s
+                for s in assigned
+                if s not in self.owned
+                and self._may_acquire(owners.get(s))
+                and not (s in self._cooling and self._cooling[s].until > now)
             )
             await self._each(self._acquire, joining, "acquire")
 
@@ -171,10 +225,16 @@ class Ownership:
         offset = await self.offsets.read(shard)
         if self._aborted.is_set() or not self.session.is_valid():
             return  # the key goes away with the lease
-        committed = None if offset is None else Position(offset.position, offset.event_id)
+        committed = None if offset is None else Position(offset.positions, offset.event_id)
         self.owned[shard] = _Owned(token=token, committed=committed)
+        WORKER_SHARDS_OWNED.labels(self.worker_id).set(len(self.owned))
         log.info("%s: acquired shard %d token %d at %s", self.worker_id, shard, token, committed)
-        await self.handler.start(Claim(shard, token, offset, self))
+        try:
+            await self.handler.start(Claim(shard, token, offset, self))
+        except Exception as exc:
+            log.exception("%s: starting shard %d as token %d failed", self.worker_id, shard, token)
+            self.fail(shard, token, f"starting it failed: {type(exc).__name__}: {exc}")
+            return
         if self._aborted.is_set():
             self.handler.abort([shard], "lease lost while starting")
 
@@ -188,11 +248,11 @@ class Ownership:
                 await self.offsets.commit(shard, owned.token, owned.final)
             except OffsetFenced as exc:
                 log.error("%s: %s", self.worker_id, exc)
-                del self.owned[shard]
+                self._gone(shard)
                 return
             owned.committed = owned.final
         await self.client.delete_if_created_at(self.keys.owner(shard), owned.token)
-        del self.owned[shard]
+        self._gone(shard)
         log.info(
             "%s: released shard %d token %d at %s",
             self.worker_id,
@@ -203,8 +263,52 @@ class Ownership:
 
     def _drop(self, shard: int, reason: str) -> None:
         log.error("%s: lost shard %d: %s", self.worker_id, shard, reason)
-        self.owned.pop(shard, None)
+        self._gone(shard)
         self.handler.abort([shard], reason)
+
+    def fail(self, shard: int, token: int, reason: str) -> None:
+        """Give up `shard` (owned as `token`) after an error of its own: the next
+        reconcile releases it with a final fenced commit, and it is acquired again
+        after a backoff. A report about an older token is ignored. Event loop only."""
+        owned = self.owned.get(shard)
+        if owned is None or owned.token != token or owned.failed:
+            return
+        owned.failed = True
+        now = self._clock()
+        before = self._cooling.get(shard)
+        failures = 1
+        if before is not None and now - before.failed_at < self.backoff.forget_after_s:
+            failures = before.failures + 1
+        delay = self.backoff.delay(failures)
+        self._cooling[shard] = _Cooling(failures, now, now + delay)
+        log.error(
+            "%s: shard %d failed as token %d (%d time(s) in a row): %s; releasing it and "
+            "acquiring it again in %.1f s",
+            self.worker_id,
+            shard,
+            token,
+            failures,
+            reason,
+            delay,
+        )
+
+    def _gone(self, shard: int) -> None:
+        self.owned.pop(shard, None)
+        WORKER_SHARDS_OWNED.labels(self.worker_id).set(len(self.owned))
+        self._forget_lag(shard)
+
+    def _forget_lag(self, shard: int) -> None:
+        with contextlib.suppress(KeyError):  # never reported
+            WORKER_LAG.remove(self.worker_id, str(shard))
+
+    def report_lag(self) -> None:
+        """Set each owned shard's lag gauge: records past its committed offset."""
+        for shard, owned in list(self.owned.items()):
+            if owned.stopped:
+                continue
+            lag = self.handler.lag(shard, owned.committed)
+            if lag is not None:
+                WORKER_LAG.labels(self.worker_id, str(shard)).set(lag)
 
     async def release_all(self) -> None:
         await self.reconcile((), {})

@@ -122,7 +122,7 @@ def build_consumer(
     options: ConsumeOptions,
     worker_id: str,
     config: ConsumerConfig | None = None,
-    on_stopped: Callable[[int, str, bool], None] | None = None,
+    on_stopped: Callable[[int, int, str, bool], None] | None = None,
 ) -> Consumer:
     """Everything but the etcd side. Raises ConfigError/HandlerError naming the setting."""
     if not options.topics:
@@ -151,6 +151,7 @@ def build_consumer(
             max_in_flight=options.max_in_flight, batch_size=options.batch_size, retry=retry
         ),
         on_stopped=on_stopped,
+        worker_id=worker_id,
     )
 
 
@@ -160,18 +161,13 @@ async def consuming_worker(
 ) -> AsyncIterator[Worker]:
     """A Worker whose shards are consumed by `options.handler`; closes the consumer
     (transport, handler) when the block ends. A shard that fails for a reason other
-    than fencing makes the worker drain, so the shard restarts elsewhere."""
+    than fencing is given up alone (`Worker.fail_shard`): committed, released, and
+    acquired again after a backoff, while the other shards keep flowing."""
     holder: list[Worker] = []
 
-    def stopped(shard: int, reason: str, fenced: bool) -> None:
+    def stopped(shard: int, token: int, reason: str, fenced: bool) -> None:
         if not fenced and holder:
-            log.critical(
-                "%s: shard %d failed (%s); draining this worker",
-                worker_options.worker_id,
-                shard,
-                reason,
-            )
-            holder[0].stop_requested.set()
+            holder[0].fail_shard(shard, token, reason)
 
     consumer = build_consumer(settings, options, worker_options.worker_id, on_stopped=stopped)
     await consumer.open()

@@ -7,7 +7,10 @@
     DRAINING --drain_timeout_s passed (e.g. no coordinator)--> releases all --> DONE
 
 While SERVING the worker reconciles whenever the assignment, the owners/ keys or its
-own record change, and commits handled positions every `commit_interval_s`.
+own record change, or a shard failed (`fail_shard`: that shard alone is released and
+retried after a backoff, see `workers.ownership`), and commits handled positions
+every `commit_interval_s`, updating the lag gauges. With `metrics_port` it serves
+Prometheus /metrics while it runs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+
+from prometheus_client import start_http_server
 
 from shardctl.aio import threadsafe_event, wait_any
 from shardctl.config import Settings
@@ -36,6 +41,7 @@ class WorkerOptions:
     ttl: int = 10
     commit_interval_s: float = 1.0
     drain_timeout_s: float = 60.0
+    metrics_port: int = 0  # serve Prometheus /metrics here while running; 0 = off
 
 
 class Worker:
@@ -46,8 +52,36 @@ class Worker:
         self.keys = Keyspace.of(settings)
         self.stop_requested = asyncio.Event()
         self.sessions = 0  # sessions opened so far; > 1 means the worker recovered a loss
+        self._ownership: Ownership | None = None
+        self._shard_failed = asyncio.Event()
+
+    def fail_shard(self, shard: int, token: int, reason: str) -> None:
+        """A shard broke on its own (not fenced): release it, retry it after a backoff
+        (`Ownership.fail`). Event loop only."""
+        ownership = self._ownership
+        if ownership is None:
+            log.error(
+                "%s: shard %d failed with no session: %s", self.options.worker_id, shard, reason
+            )
+            return
+        ownership.fail(shard, token, reason)
+        self._shard_failed.set()
 
     async def run(self) -> None:
+        server = None
+        if self.options.metrics_port:
+            # Its own server, not shardctl.metrics.serve: it is shut down when the
+            # worker returns, so a process can run workers one after another.
+            server, _thread = start_http_server(self.options.metrics_port)
+            log.info("%s: /metrics on port %d", self.options.worker_id, self.options.metrics_port)
+        try:
+            await self._run()
+        finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+
+    async def _run(self) -> None:
         async with EtcdClient(self.settings.etcd) as client:
             mirrors = _Mirrors(client, self.keys, self.options.worker_id)
             membership = Membership(
@@ -94,6 +128,7 @@ class Worker:
         """Serve one session. True when drained and done, False when the lease was lost."""
         worker_id = self.options.worker_id
         ownership = Ownership(client, self.keys, worker_id, session, self.handler)
+        self._ownership = ownership
         session.on_lost(ownership.abort_all)
         lost = threadsafe_event(session.on_lost)
         registered = False
@@ -156,6 +191,7 @@ class Worker:
                 await ownership.reconcile(assigned, mirrors.owners_by_shard())
                 if time.monotonic() >= next_commit:
                     await ownership.commit_positions()
+                    ownership.report_lag()
                     next_commit = time.monotonic() + self.options.commit_interval_s
                 if membership.draining and not assigned and not ownership.owned:
                     log.info("%s: drained; leaving", worker_id)
@@ -169,7 +205,8 @@ class Worker:
             mirrors.clear()
             wait = max(0.0, next_commit - time.monotonic())
             # Once draining, the stop request stays set: waiting on it would spin.
-            wake = [*mirrors.changed(), lost]
+            self._shard_failed.clear()
+            wake = [*mirrors.changed(), lost, self._shard_failed]
             if not membership.draining:
                 wake.append(self.stop_requested)
             await wait_any(wake, wait)

@@ -137,3 +137,19 @@ def binary_logs(connection: Any) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute("SHOW BINARY LOGS")
         return [str(row[0]) for row in cursor]
+
+
+def binlog_lag_bytes(connection: Any, position: BinlogPosition) -> int | None:
+    """Bytes the server has written to its binlog past `position`: the rest of
+    `position.file` plus every later file. None when the server no longer lists the
+    file (purged, or another server)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW BINARY LOGS")
+        files = [(str(row[0]), int(row[1])) for row in cursor]
+    behind: int | None = None
+    for name, size in files:
+        if behind is not None:
+            behind += size
+        elif name == position.file:
+            behind = max(0, size - position.pos)
+    return behind

@@ -234,3 +234,96 @@ def checkpoint_reset(
         + ("deleted" if target is None else f"set to {target.describe()}")
     )
     sys.stdout.flush()
+
+
+def collect_cdc_status(settings: Settings, source: str) -> dict[str, Any]:
+    """Leader, checkpoint, the server's binlog end and the lag between them.
+
+    The lag is measured from the stored checkpoint, so it includes up to
+    `checkpoint_interval_s` of changes the reader has already published. Lag in
+    seconds is the age of the checkpointed transaction when the server has written
+    past it, else 0.
+    """
+    from cdc.checkpoint import CheckpointStore
+    from cdc.replication.server_check import (
+        binlog_lag_bytes,
+        check_server,
+        current_position,
+    )
+    from shardctl.etcd.client import EtcdClient
+    from shardctl.keyspace import Keyspace
+
+    keyspace = Keyspace.of(settings)
+
+    async def from_etcd() -> tuple[Any, str | None]:
+        async with EtcdClient(settings.etcd) as client:
+            store = CheckpointStore(client, keyspace, source)
+            leader = await client.get(keyspace.cdc_leader(source))
+            return await store.load(), None if leader is None else leader.value.decode()
+
+    checkpoint, leader = asyncio.run(from_etcd())
+    connection = pymysql.connect(**settings.mysql.connect_kwargs())
+    try:
+        # server_id 0 never equals the server's own id: only the binlog settings are checked.
+        info = check_server(connection, 0)
+        end, gtid = current_position(connection, info)
+        behind = None if checkpoint is None else binlog_lag_bytes(connection, checkpoint.position)
+    finally:
+        connection.close()
+    lag_seconds: float | None = None
+    if checkpoint is not None and behind is not None:
+        lag_seconds = 0.0 if behind == 0 else max(0.0, time.time() - checkpoint.ts)
+    return {
+        "source": source,
+        "leader": leader,
+        "checkpoint": None if checkpoint is None else json.loads(checkpoint.to_json()),
+        "server": {"file": end.file, "pos": end.pos, "gtid": gtid, "version": info.version},
+        "lag_bytes": behind,
+        "lag_seconds": lag_seconds,
+        "checkpoint_purged": checkpoint is not None and behind is None,
+    }
+
+
+@app.command("status")
+def status(
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+    source: SourceOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document")] = False,
+) -> None:
+    """Leader, checkpoint position, the server's binlog end, and the lag (bytes, seconds)."""
+    from cdc.checkpoint import CheckpointError
+    from cdc.replication.errors import ServerSettingError
+    from shardctl.etcd.client import EtcdError
+
+    settings, options = _load(config, cluster, {"source": source})
+    try:
+        data = collect_cdc_status(settings, options.source)
+    except (EtcdError, CheckpointError) as exc:
+        raise _fail(f"cdc status of {options.source}: {exc}", 1) from None
+    except ServerSettingError as exc:
+        raise _fail(f"cdc status of {options.source}: {exc}", 2) from None
+    except pymysql.err.MySQLError as exc:
+        where = f"{settings.mysql.host}:{settings.mysql.port}"
+        raise _fail(f"cdc status of {options.source}: MySQL at {where}: {exc}", 1) from None
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    cp = data["checkpoint"]
+    server = data["server"]
+    typer.echo(f"source       {data['source']}")
+    typer.echo(f"leader       {data['leader'] or 'none (no reader running)'}")
+    if cp is None:
+        typer.echo("checkpoint   none (the first reader starts at cdc.start_position)")
+    else:
+        gtid = f" gtid {cp['gtid']}" if cp["gtid"] else ""
+        typer.echo(f"checkpoint   {cp['file']}:{cp['pos']}{gtid} (last event {cp['event_id']})")
+    gtid = f" gtid {server['gtid']}" if server["gtid"] else ""
+    typer.echo(f"server end   {server['file']}:{server['pos']}{gtid}")
+    if data["checkpoint_purged"]:
+        typer.echo(
+            f"lag          unknown: the server no longer has {cp['file']}; see "
+            "`shardctl cdc checkpoint reset` (README: recovering from a purged binlog)"
+        )
+    elif data["lag_bytes"] is not None:
+        typer.echo(f"lag          {data['lag_bytes']:,} bytes, {data['lag_seconds']:.1f} s")

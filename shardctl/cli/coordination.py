@@ -83,6 +83,9 @@ def coordinator_run(
     max_moves: Annotated[
         int | None, typer.Option(help="Churn budget: most shards moved per generation.", min=1)
     ] = None,
+    metrics_port: Annotated[
+        int, typer.Option(help="Serve Prometheus /metrics on this port; 0 = off.", min=0)
+    ] = 0,
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
     log_json: LogJsonOpt = False,
@@ -90,9 +93,14 @@ def coordinator_run(
 ) -> None:
     """Run one coordinator replica. One replica leads and writes the assignment."""
     from coordinator.service import Coordinator, CoordinatorOptions
+    from shardctl import metrics
 
     settings = _settings(config, cluster)
     logs.configure(log_level, json=log_json)
+    try:
+        metrics.serve(metrics_port)
+    except OSError as exc:
+        raise _fail(f"--metrics-port {metrics_port}: cannot listen: {exc}") from None
     options = CoordinatorOptions(
         coordinator_id=check_name("coordinator id", coordinator_id or _default_id()),
         ttl=ttl,
@@ -195,6 +203,9 @@ def worker_run(
         Path | None,
         typer.Option(help="No-op handler: append one JSON line per handled event here."),
     ] = None,
+    metrics_port: Annotated[
+        int, typer.Option(help="Serve Prometheus /metrics on this port; 0 = off.", min=0)
+    ] = 0,
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
     log_json: LogJsonOpt = False,
@@ -218,6 +229,7 @@ def worker_run(
         ttl=ttl,
         commit_interval_s=commit_interval,
         drain_timeout_s=drain_timeout,
+        metrics_port=metrics_port,
     )
 
     async def run(worker: Worker) -> None:
@@ -335,11 +347,28 @@ def _shard_ranges(shards: list[int]) -> str:
 
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="A live view, refreshed until Ctrl-C.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between refreshes with --watch.", min=0.2)
+    ] = 1.0,
+    topic: Annotated[
+        str | None,
+        typer.Option(
+            help="Kafka topic for lag per shard with --watch (default: the only topic "
+            "of the cluster config, if there is exactly one)."
+        ),
+    ] = None,
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
 ) -> None:
-    """Workers, shards per worker, generation and leader."""
+    """Workers, shards per worker, generation and leader; --watch for a live view
+    with lag per shard, events/s and rebalances."""
     settings = _settings(config, cluster)
+    if watch:
+        _run(watch_status(settings, topic, interval))
+        return
     data = _run(collect_status(settings))
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -364,6 +393,28 @@ def status(
             f"{len(row['assigned']):>8} {len(row['owned']):>5}  "
             f"{_shard_ranges(row['owned'])}"
         )
+
+
+async def watch_status(settings: Settings, topic: str | None, interval: float) -> None:
+    """Redraw the live view every `interval` seconds until Ctrl-C."""
+    from rich.live import Live
+
+    from shardctl.cli.live import LiveView, take_snapshot
+
+    if topic is None:
+        keys = Keyspace.of(settings)
+        async with EtcdClient(settings.etcd) as client:
+            kv = await client.get(keys.config)
+        topics = ClusterConfig.decode(kv.key, kv.value).topics if kv else []
+        topic = topics[0] if len(topics) == 1 else None
+    view = LiveView(f"shardctl status --watch ({settings.cluster})")
+    try:
+        with Live(view.update(await take_snapshot(settings, topic)), auto_refresh=False) as live:
+            while True:
+                await asyncio.sleep(interval)
+                live.update(view.update(await take_snapshot(settings, topic)), refresh=True)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return
 
 
 # -- drain ---------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from shardctl.cli import cdc, coordination, dev, tail
+from shardctl.cli import cdc, coordination, demo, dev, doctor, tail
 
 app = typer.Typer(
     name="shardctl",
@@ -20,6 +20,8 @@ app.add_typer(coordination.shards_app, name="shards")
 app.command("status")(coordination.status)
 app.command("drain")(coordination.drain)
 app.command("tail")(tail.tail)
+app.command("doctor")(doctor.doctor)
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

@@ -11,7 +11,8 @@
 A batch is ONE database transaction, which also holds the shard's fence and offsets:
 
     shardctl_fences  (scope, shard) -> token              the newest owner token seen
-    shardctl_offsets (scope, shard, topic) -> position, event_id, token
+    shardctl_offsets (scope, shard, topic) -> position, event_id, token   (one row per
+                                                         source topic of the shard)
 
     BEGIN
       SELECT token FROM shardctl_fences ... FOR UPDATE     -- serializes owners of a shard
@@ -234,7 +235,10 @@ class SqlSink:
                 )
                 stored = {str(t): int(p) for t, p in cur.fetchall()}
                 applied = 0
+                last_ids: dict[str, str] = {}
                 for event in batch.events:
+                    if event.event_id is not None:
+                        last_ids[event.topic] = event.event_id
                     if event.position is not None and event.position < stored.get(event.topic, -1):
                         continue  # applied by an earlier transaction
                     self._apply(cur, event)
@@ -252,7 +256,7 @@ class SqlSink:
                             batch.shard,
                             topic,
                             position,
-                            batch.last_event_id,
+                            last_ids.get(topic),
                             batch.token,
                         ),
                     )

@@ -63,6 +63,11 @@ class Transport(Protocol):
     async def abandon(self, records: Sequence[Record]) -> None:
         """These records will not be handled by this worker; give them back."""
 
+    def high_watermarks(self, shard: int) -> dict[str, int]:
+        """Per topic, the position after the newest record of `shard` the transport has
+        seen (Kafka's high watermark, from the last fetch); {} where there is none (NSQ).
+        Never blocks."""
+
     async def stop_shard(self, shard: int) -> None:
         """Stop fetching `shard` and release it, once none of its records is outstanding."""
 

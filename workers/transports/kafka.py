@@ -17,7 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from workers.transports.base import Record, TransportError
 
@@ -72,7 +79,18 @@ class KafkaTransport:
 
     async def start(self) -> None:
         if self._consumer is None:
-            self._consumer = await self._run(lambda: Consumer(self._config))
+            consumer = await self._run(lambda: Consumer(self._config))
+            self._consumer = consumer
+            # Connect and load the topics' metadata now, not at the first assign: a
+            # shard acquired in a handoff then starts fetching without that delay.
+            try:
+                metadata = await self._run(lambda: consumer.list_topics(timeout=10))
+            except KafkaException as exc:
+                log.warning("kafka: no metadata yet (%s); fetching will retry", exc)
+                return
+            missing = [t for t in self.topics if t not in metadata.topics]
+            if missing:
+                log.warning("kafka: topics %s do not exist (yet); their shards wait", missing)
 
     async def start_shard(self, shard: int, positions: Mapping[str, int]) -> None:
         consumer = self._require()
@@ -86,8 +104,15 @@ class KafkaTransport:
             TopicPartition(topic, shard, positions.get(topic, self._default_offset))
             for topic in self.topics
         ]
+
+        def assign() -> None:
+            consumer.incremental_assign(parts)
+            # librdkafka keeps a partition paused across unassign and assign, so a shard
+            # paused during its last handoff would never flow again here.
+            consumer.resume(parts)
+
         try:
-            await self._run(lambda: consumer.incremental_assign(parts))
+            await self._run(assign)
         except Exception as exc:
             raise TransportError(f"kafka: assigning shard {shard} ({parts}) failed: {exc}") from exc
         self._shards.add(shard)
@@ -115,7 +140,16 @@ class KafkaTransport:
     def _poll_blocking(self, max_records: int, timeout_s: float) -> list[Record]:
         consumer = self._require()
         out: list[Record] = []
-        for msg in consumer.consume(num_messages=max_records, timeout=timeout_s):
+        # consume(n, timeout) waits until n messages are there or the timeout passed,
+        # which at a low rate holds every record for up to the whole timeout. So wait
+        # for the first message only, then take what is already fetched without waiting.
+        first = consumer.poll(timeout_s)
+        if first is None:
+            return out
+        messages = [first]
+        if max_records > 1:
+            messages += consumer.consume(num_messages=max_records - 1, timeout=0)
+        for msg in messages:
             err = msg.error()
             if err is not None:
                 if err.fatal():
@@ -148,6 +182,24 @@ class KafkaTransport:
 
     async def abandon(self, records: Sequence[Record]) -> None:
         """Nothing to do: the next owner re-reads from the committed offset."""
+
+    def high_watermarks(self, shard: int) -> dict[str, int]:
+        """The cached high watermarks of the shard's partitions, as of the last fetch
+        response. Called from the event loop: a cached read takes only librdkafka's
+        partition lock, never a broker round trip, so it need not queue behind a poll."""
+        consumer = self._consumer
+        if consumer is None or shard not in self._shards:
+            return {}
+        out: dict[str, int] = {}
+        for part in self._partitions(shard):
+            try:
+                marks = consumer.get_watermark_offsets(part, cached=True)
+            except KafkaException as exc:
+                log.debug("kafka: no watermark for %s [%d] yet: %s", part.topic, shard, exc)
+                continue
+            if marks is not None and marks[1] >= 0:
+                out[part.topic] = int(marks[1])
+        return out
 
     async def stop_shard(self, shard: int) -> None:
         if shard not in self._shards:

@@ -182,6 +182,10 @@ class NsqTransport:
     def _held_by(self, shard: int) -> list[Any]:
         return [m for s, m in self._outstanding.values() if s == shard]
 
+    def high_watermarks(self, shard: int) -> dict[str, int]:
+        """NSQ has no positions, hence no lag in records."""
+        return {}
+
     async def stop_shard(self, shard: int) -> None:
         readers = self._readers.get(shard)
         if readers is None:
