@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shardctl.event_ids import format_event_id
+
 RowType = Literal["insert", "update", "delete"]
 
 
@@ -61,12 +63,9 @@ class Message:
 
 
 def event_id(ctx: TxnContext, row_index: int) -> str:
-    """Stable id of a row change.
+    """Stable id of a row change (the format is in `shardctl.event_ids`).
 
-    `f"{gtid}#{row_index}"` when the transaction has a GTID, else
-    `f"{file}:{pos}#{row_index}"`. `row_index` counts rows from 0 across the
-    whole transaction, so a replayed transaction yields the same ids.
+    `row_index` counts rows from 0 across the whole transaction, so a replayed
+    transaction yields the same ids.
     """
-    if ctx.gtid:
-        return f"{ctx.gtid}#{row_index}"
-    return f"{ctx.file}:{ctx.pos}#{row_index}"
+    return format_event_id(ctx.gtid, ctx.file, ctx.pos, row_index)

@@ -26,6 +26,7 @@ def maxwell(
     table: str = "items",
     database: str = "shop",
     data: dict[str, Any] | None = None,
+    event_id: str | None = None,
 ) -> bytes:
     doc = {
         "database": database,
@@ -35,7 +36,7 @@ def maxwell(
         "xid": n,
         "commit": True,
         "data": data if data is not None else {"id": n, "name": f"n{n}"},
-        "event_id": f"ev-{shard}-{n}",
+        "event_id": event_id or f"ev-{shard}-{n}",
     }
     return json.dumps(doc).encode()
 

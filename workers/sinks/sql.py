@@ -13,16 +13,21 @@ A batch is ONE database transaction, which also holds the shard's fence and offs
     shardctl_fences  (scope, shard) -> token              the newest owner token seen
     shardctl_offsets (scope, shard, topic) -> position, event_id, token   (one row per
                                                          source topic of the shard)
+    shardctl_applied (scope, shard, topic, stream) -> the newest applied change, as
+                     its place in the source's commit order (shardctl.event_ids)
 
     BEGIN
       SELECT token FROM shardctl_fences ... FOR UPDATE     -- serializes owners of a shard
       stored token > batch token  ->  ROLLBACK, raise Fenced (a zombie is refused)
       skip events below the stored position of their topic   (already applied)
-      apply the rest; write the new positions
+      skip events not after the newest applied change of their topic and stream
+           (the CDC reader published them again after a restart: same event ids)
+      apply the rest; write the new positions and newest changes
     COMMIT
 
-So data and offset commit together, a stale owner cannot write, and a batch applied
-twice has no second effect: the sink's effect is exactly-once. `positions(shard)`
+So data and offset commit together, a stale owner cannot write, a batch applied
+twice has no second effect, and neither has a change the reader published twice:
+the sink's effect is exactly-once per source change. `positions(shard)`
 returns the stored positions, and the consumer resumes from them. `on_assign`
 raises the fence to the new token at once, so a zombie is refused even before the
 new owner's first batch.
@@ -54,6 +59,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shardctl.config import ConfigError
+from shardctl.event_ids import order_key
 from workers.events import Batch, Event
 from workers.handlers import Fenced, HandlerContext
 
@@ -70,6 +76,12 @@ _SCHEMA = (
         scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
         position BIGINT NOT NULL, event_id VARCHAR(255) NULL, token BIGINT NOT NULL,
         PRIMARY KEY (scope, shard, topic)) ENGINE=InnoDB""",
+    # The newest source position applied per topic and source stream (GTID domain or
+    # binlog): a change the reader publishes again after a restart is skipped by it.
+    """CREATE TABLE IF NOT EXISTS shardctl_applied (
+        scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
+        stream VARCHAR(100) NOT NULL, last_key VARCHAR(100) NOT NULL,
+        PRIMARY KEY (scope, shard, topic, stream)) ENGINE=InnoDB""",
 )
 
 
@@ -234,15 +246,38 @@ class SqlSink:
                     (self.scope, batch.shard),
                 )
                 stored = {str(t): int(p) for t, p in cur.fetchall()}
+                newest = self._newest_applied(cur, batch.shard)
+                changed: set[tuple[str, str]] = set()
                 applied = 0
                 last_ids: dict[str, str] = {}
                 for event in batch.events:
                     if event.event_id is not None:
                         last_ids[event.topic] = event.event_id
                     if event.position is not None and event.position < stored.get(event.topic, -1):
-                        continue  # applied by an earlier transaction
+                        continue  # this record was applied by an earlier transaction
+                    place = order_key(event.event_id) if event.event_id else None
+                    if place is not None:
+                        stream, key = place
+                        seen = newest.get((event.topic, stream))
+                        if seen is not None and key <= seen:
+                            continue  # the same change, published again after a restart
+                        newest[(event.topic, stream)] = key
+                        changed.add((event.topic, stream))
                     self._apply(cur, event)
                     applied += 1
+                for topic, stream in changed:
+                    cur.execute(
+                        "INSERT INTO shardctl_applied (scope, shard, topic, stream, last_key) "
+                        "VALUES (%s, %s, %s, %s, %s) "
+                        "ON DUPLICATE KEY UPDATE last_key = VALUES(last_key)",
+                        (
+                            self.scope,
+                            batch.shard,
+                            topic,
+                            stream,
+                            ",".join(map(str, newest[(topic, stream)])),
+                        ),
+                    )
                 for topic, position in batch.next_positions.items():
                     if position <= stored.get(topic, -1):
                         continue
@@ -279,6 +314,17 @@ class SqlSink:
             self.on_revoke(shard)
 
     # -- internals -------------------------------------------------------------------
+
+    def _newest_applied(self, cur: Any, shard: int) -> dict[tuple[str, str], tuple[int, ...]]:
+        """(topic, stream) -> the order key of the newest change applied for it."""
+        cur.execute(
+            "SELECT topic, stream, last_key FROM shardctl_applied WHERE scope=%s AND shard=%s",
+            (self.scope, shard),
+        )
+        return {
+            (str(topic), str(stream)): tuple(int(n) for n in str(key).split(","))
+            for topic, stream, key in cur.fetchall()
+        }
 
     def _check_fence(self, cur: Any, batch: Batch) -> None:
         cur.execute(

@@ -1,0 +1,199 @@
+"""The processes of a chaos run: 2 CDC readers, 2 coordinators, N SQL-sink workers.
+
+Every process is a real `shardctl ... run` subprocess in a cluster (etcd prefix),
+topic and databases of the run's own. `Pipeline` starts them, kills (-9), freezes
+(SIGSTOP) and resumes (SIGCONT) them, tells who leads, and restarts stack services
+through the stack handle. `close()` ends only the processes it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from shardctl.config import Settings
+from shardctl.etcd import EtcdClient, LoopThread
+from shardctl.keyspace import Keyspace
+from tests.chaos.workload import DATA_TABLES
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = "src"
+HANDLER = "tests.chaos.flaky_sink:FlakySqlSink"
+
+
+class Pipeline:
+    def __init__(
+        self,
+        stack: Any,
+        settings: Settings,
+        source_db: str,
+        workdir: Path,
+        *,
+        num_shards: int,
+        ttl: int,
+        poison_modulus: int,
+        flaky_modulus: int,
+    ) -> None:
+        self.stack = stack
+        self.settings = settings
+        self.keys = Keyspace.of(settings)
+        self.source_db = source_db
+        self.sink_db = f"{source_db}_sink"
+        self.topic = f"chaos-{source_db}"
+        self.dlq = f"{self.topic}.dlq"
+        self.workdir = workdir
+        self.num_shards = num_shards
+        self.ttl = ttl
+        self.handler_options = {
+            "poison_table": "accounts",
+            "poison_modulus": str(poison_modulus),
+            "flaky_modulus": str(flaky_modulus),
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.etcd = LoopThread(f"chaos-etcd-{settings.cluster}").start()
+        self.client = self.etcd.run(EtcdClient(settings.etcd).connect())
+        include = ", ".join(f"include: {source_db}.{t}" for t in DATA_TABLES)
+        self.env = {
+            **os.environ,
+            **stack.env(),
+            "SHARDCTL_CLUSTER": settings.cluster,
+            "SHARDCTL_CDC_KAFKA_TOPIC": self.topic,
+            "SHARDCTL_CDC_SOURCE": SOURCE,
+            # One replica server_id per reader: the server evicts duplicates.
+            "SHARDCTL_CDC_FILTER": f"exclude: *.*, {include}",
+            "SHARDCTL_CDC_LEASE_TTL_S": str(ttl),
+            "SHARDCTL_SINK_SQL_HOST": stack.mysql_host,
+            "SHARDCTL_SINK_SQL_PORT": str(stack.mysql_port),
+            "SHARDCTL_SINK_SQL_USER": "root",
+            "SHARDCTL_SINK_SQL_DATABASE": self.sink_db,
+        }
+        self.env.pop("SHARDCTL_SINK_SQL_PASSWORD", None)
+        self.env.pop("SHARDCTL_SINK_SQL_PASSWORD_FILE", None)
+
+    # -- setup -----------------------------------------------------------------------
+
+    def create_topics(self) -> None:
+        admin = AdminClient({"bootstrap.servers": self.stack.kafka_bootstrap})
+        futures = admin.create_topics(
+            [NewTopic(self.topic, self.num_shards, 1), NewTopic(self.dlq, 1, 1)]
+        )
+        for topic, future in futures.items():
+            try:
+                future.result(30)
+            except Exception as exc:
+                raise RuntimeError(f"creating chaos topic {topic}: {exc}") from exc
+
+    def delete_topics(self) -> None:
+        admin = AdminClient({"bootstrap.servers": self.stack.kafka_bootstrap})
+        for topic, future in admin.delete_topics([self.topic, self.dlq]).items():
+            try:
+                future.result(30)
+            except Exception as exc:  # the report names it; cleanup goes on
+                print(f"chaos cleanup: deleting topic {topic}: {exc}", file=sys.stderr)
+
+    def shardctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shardctl.cli.main", *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    # -- processes -------------------------------------------------------------------
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = (self.workdir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "shardctl.cli.main", *args],
+            env=env or self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def start_reader(self, name: str) -> None:
+        server_id = 10_000 + zlib.crc32(f"{self.settings.cluster}/{name}".encode()) % 2_000_000_000
+        env = {**self.env, "SHARDCTL_CDC_SERVER_ID": str(server_id)}
+        args = ["cdc", "run", "--reader-id", name, "--num-shards", str(self.num_shards)]
+        self.spawn(name, args, env)
+
+    def start_coordinator(self, name: str) -> None:
+        args = [
+            "coordinator",
+            "run",
+            "--id",
+            name,
+            "--ttl",
+            str(self.ttl),
+            "--stabilization",
+            "0.3",
+        ]
+        self.spawn(name, args)
+
+    def start_worker(self, name: str) -> None:
+        args = ["worker", "run", "--id", name, "--topic", self.topic, "--handler", HANDLER]
+        args += ["--ttl", str(self.ttl), "--commit-interval", "0.2"]
+        for key, value in self.handler_options.items():
+            args += ["--handler-option", f"{key}={value}"]
+        self.spawn(name, args)
+
+    def restart(self, name: str) -> None:
+        """Start a process again under the same name (after a kill)."""
+        kind = name[0]
+        {"r": self.start_reader, "c": self.start_coordinator, "w": self.start_worker}[kind](name)
+
+    def kill9(self, name: str) -> None:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGCONT)  # a frozen process dies as well
+        proc.kill()
+        proc.wait(10)
+
+    def freeze(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGCONT)
+
+    def dead(self) -> list[str]:
+        """Processes that exited on their own (not killed by the run): each is a finding."""
+        return [name for name, p in self.procs.items() if p.poll() is not None]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(n for n in self.procs if n.startswith(kind))
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    # -- etcd views ------------------------------------------------------------------
+
+    def leader(self, key: str) -> str | None:
+        kv = self.etcd.run(self.client.get(key), timeout=30)
+        return kv.value.decode() if kv is not None else None
+
+    def coordinator_leader(self) -> str | None:
+        return self.leader(self.keys.coordinator_leader)
+
+    def cdc_leader(self) -> str | None:
+        return self.leader(self.keys.cdc_leader(SOURCE))
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait(10)
+        self.etcd.run(self.client.close(), timeout=10)
+        self.etcd.stop()

@@ -1,0 +1,175 @@
+"""The write load of a chaos run, and the tables it writes.
+
+Source tables `accounts`, `orders` (small transactions), `bulk` (large ones) and
+`probe` (recovery probes) share one shape: id, version, name, amount, payload.
+Every insert and update sets a new `version`, so (table, id, version, kind) names
+one row change. Triggers in the source database append each committed change to
+`changes` in the same transaction, so the expected set of changes is exact even
+when a COMMIT's outcome is unknown to the client (MariaDB restarted mid-commit).
+The sink database has the same triggers writing `effects`: comparing the two is
+the exactly-once check.
+
+`Workload.run()` loops until stopped, writing:
+- transactions of 1-5 inserts/updates/deletes spread over `accounts` and `orders`;
+- every `large_every_s` seconds, one transaction inserting `large_rows` rows into
+  `bulk`, and the next time also updating and deleting part of what is there.
+A lost connection is retried with backoff; the loop never gives up while running.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pymysql
+
+log = logging.getLogger(__name__)
+
+DATA_TABLES = ("accounts", "orders", "bulk", "probe")
+SMALL_TABLES = ("accounts", "orders")
+PROBE_ROWS = 24
+ROW_SHAPE = (
+    "(id BIGINT PRIMARY KEY, version INT NOT NULL, name VARCHAR(64) NOT NULL, "
+    "amount DECIMAL(12,2) NOT NULL, payload VARBINARY(8) NULL)"
+)
+LOG_SHAPE = (
+    "(seq BIGINT AUTO_INCREMENT PRIMARY KEY, tbl VARCHAR(16) NOT NULL, id BIGINT NOT NULL, "
+    "version INT NOT NULL, kind CHAR(1) NOT NULL)"
+)
+Connect = Callable[[], "pymysql.connections.Connection[Any]"]
+
+
+def schema(log_table: str) -> list[str]:
+    """DDL of the data tables and of the trigger-fed change log `log_table`."""
+    statements = [f"CREATE TABLE {t} {ROW_SHAPE}" for t in DATA_TABLES]
+    statements.append(f"CREATE TABLE {log_table} {LOG_SHAPE}")
+    for table in DATA_TABLES:
+        for when, row, kind in (
+            ("INSERT", "NEW", "w"),
+            ("UPDATE", "NEW", "w"),
+            ("DELETE", "OLD", "d"),
+        ):
+            statements.append(
+                f"CREATE TRIGGER {table}_{when.lower()} AFTER {when} ON {table} FOR EACH ROW "
+                f"INSERT INTO {log_table} (tbl, id, version, kind) "
+                f"VALUES ('{table}', {row}.id, {row}.version, '{kind}')"
+            )
+    return statements
+
+
+RETRYABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+
+
+@dataclass
+class Workload:
+    connect: Connect
+    seed: int
+    large_rows: int
+    large_every_s: float
+    pause_s: float = 0.02
+    transactions: int = 0
+    large_transactions: int = 0
+    failed_transactions: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    errors: list[str] = field(default_factory=list)
+    _live: dict[str, list[int]] = field(default_factory=dict)
+    _next_id: dict[str, int] = field(default_factory=dict)
+
+    def run(self) -> None:
+        rng = random.Random(self.seed)
+        self._live = {t: [] for t in SMALL_TABLES}
+        self._next_id = {t: 1 for t in SMALL_TABLES}
+        conn: Any = None
+        next_large = time.monotonic() + min(10.0, self.large_every_s)
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = self.connect()
+                if self.large_rows and time.monotonic() >= next_large:
+                    self._large(conn)
+                    next_large = time.monotonic() + self.large_every_s
+                else:
+                    self._small(conn, rng)
+                self.transactions += 1
+            except RETRYABLE as exc:
+                self.failed_transactions += 1
+                log.info("workload: connection lost (%s); reconnecting", exc)
+                _close(conn)
+                conn = None
+                self.stop.wait(0.5)
+                continue
+            except pymysql.err.Error as exc:
+                # Not a lost connection: a bug in the load itself. Record it for the
+                # report (the run fails on it) and carry on with a fresh connection.
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                _close(conn)
+                conn = None
+                continue
+            self.stop.wait(self.pause_s)
+        _close(conn)
+
+    def _small(self, conn: Any, rng: random.Random) -> None:
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            for _ in range(rng.randint(1, 5)):
+                table = rng.choice(SMALL_TABLES)
+                live = self._live[table]
+                op = rng.random()
+                if not live or op < 0.5:
+                    ident = self._next_id[table]
+                    self._next_id[table] += 1
+                    payload = rng.choice([None, rng.randbytes(4)])
+                    cur.execute(
+                        f"INSERT INTO {table} VALUES (%s, 1, %s, %s, %s)",
+                        (ident, f"n{ident}", f"{rng.randint(0, 99999)}.{ident % 100:02d}", payload),
+                    )
+                    live.append(ident)
+                elif op < 0.85:
+                    cur.execute(
+                        f"UPDATE {table} SET version=version+1, name=%s, amount=amount+1 "
+                        "WHERE id=%s",
+                        (f"u{rng.randrange(10**6)}", rng.choice(live)),
+                    )
+                else:
+                    victim = live.pop(rng.randrange(len(live)))
+                    cur.execute(f"DELETE FROM {table} WHERE id=%s", (victim,))
+            cur.execute("COMMIT")
+
+    def _large(self, conn: Any) -> None:
+        """One transaction of `large_rows` inserts into `bulk`, plus (when rows are
+        there) an update of a tenth of them and a delete of another tenth."""
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            # Read the table, not our memory: a COMMIT lost in a restart may have landed.
+            cur.execute("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM bulk")
+            low, high = cur.fetchone()
+            first = int(high) + 1
+            if high:
+                span = max(1, (int(high) - int(low)) // 10)
+                cur.execute(
+                    "UPDATE bulk SET version=version+1, amount=amount+1 WHERE id BETWEEN %s AND %s",
+                    (low + span, low + 2 * span - 1),
+                )
+                cur.execute("DELETE FROM bulk WHERE id BETWEEN %s AND %s", (low, low + span - 1))
+            chunk = 1000
+            for low in range(first, first + self.large_rows, chunk):
+                high = min(low + chunk, first + self.large_rows)
+                rows = [(i, f"b{i}", f"{i % 100000}.{i % 100:02d}") for i in range(low, high)]
+                cur.executemany(
+                    "INSERT INTO bulk (id, version, name, amount) VALUES (%s, 1, %s, %s)", rows
+                )
+            cur.execute("COMMIT")
+        self.large_transactions += 1
+
+
+def _close(conn: Any) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except pymysql.err.Error as exc:
+            log.debug("workload: closing a broken connection: %s", exc)
