@@ -22,6 +22,7 @@ import typer
 
 from shardctl import logs
 from shardctl.aio import install_stop_signals
+from shardctl.cli.live import shard_ranges
 from shardctl.config import ConfigError, Settings, load_settings
 from shardctl.etcd import EtcdClient, EtcdError, ModRevisionIs, Put
 from shardctl.keyspace import Keyspace, check_name
@@ -330,21 +331,6 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _shard_ranges(shards: list[int]) -> str:
-    if not shards:
-        return "-"
-    parts: list[str] = []
-    start = prev = shards[0]
-    for s in [*shards[1:], None]:
-        if s is not None and s == prev + 1:
-            prev = s
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if s is not None:
-            start = prev = s
-    return ",".join(parts)
-
-
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     watch: Annotated[
@@ -383,15 +369,15 @@ def status(
         f"shards      {data['num_shards']} assigned"
         f" / {cfg['num_shards'] if cfg else 'no config'} configured"
     )
-    typer.echo(f"unassigned  {_shard_ranges(data['unassigned'])}")
-    typer.echo(f"in handoff  {_shard_ranges(data['in_handoff'])}")
+    typer.echo(f"unassigned  {shard_ranges(data['unassigned'])}")
+    typer.echo(f"in handoff  {shard_ranges(data['in_handoff'])}")
     typer.echo("")
     typer.echo(f"{'WORKER':<28} {'STATE':<9} {'CAP':>3} {'ASSIGNED':>8} {'OWNED':>5}  SHARDS")
     for row in data["workers"]:
         typer.echo(
             f"{row['id']:<28} {row['state']:<9} {row['capacity']:>3} "
             f"{len(row['assigned']):>8} {len(row['owned']):>5}  "
-            f"{_shard_ranges(row['owned'])}"
+            f"{shard_ranges(row['owned'])}"
         )
 
 

@@ -131,9 +131,9 @@ class LiveView:
         head.add_row("events/s", eps, "total lag", "-" if lag is None else f"{lag:,}")
         head.add_row(
             "unassigned",
-            _ranges(data["unassigned"]),
+            shard_ranges(data["unassigned"]),
             "in handoff",
-            _ranges(data["in_handoff"]),
+            shard_ranges(data["in_handoff"]),
         )
 
         workers = Table(title="workers", expand=False)
@@ -146,7 +146,7 @@ class LiveView:
                 row["state"],
                 str(len(row["assigned"])),
                 str(len(row["owned"])),
-                _ranges(row["owned"]),
+                shard_ranges(row["owned"]),
                 style=style,
             )
 
@@ -169,7 +169,8 @@ class LiveView:
         return Group(*parts)
 
 
-def _ranges(shards: list[int]) -> str:
+def shard_ranges(shards: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8' ('-' when empty)."""
     if not shards:
         return "-"
     parts: list[str] = []
