@@ -42,6 +42,10 @@ ClusterOpt = Annotated[
 ]
 LogJsonOpt = Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")]
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR.")]
+MetricsPortOpt = Annotated[
+    int,
+    typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port; 0 = off.", min=0),
+]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -84,9 +88,7 @@ def coordinator_run(
     max_moves: Annotated[
         int | None, typer.Option(help="Churn budget: most shards moved per generation.", min=1)
     ] = None,
-    metrics_port: Annotated[
-        int, typer.Option(help="Serve Prometheus /metrics on this port; 0 = off.", min=0)
-    ] = 0,
+    metrics_port: MetricsPortOpt = 0,
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
     log_json: LogJsonOpt = False,
@@ -204,9 +206,7 @@ def worker_run(
         Path | None,
         typer.Option(help="No-op handler: append one JSON line per handled event here."),
     ] = None,
-    metrics_port: Annotated[
-        int, typer.Option(help="Serve Prometheus /metrics on this port; 0 = off.", min=0)
-    ] = 0,
+    metrics_port: MetricsPortOpt = 0,
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
     log_json: LogJsonOpt = False,
