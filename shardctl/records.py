@@ -11,7 +11,6 @@ yields a guess.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -87,7 +86,3 @@ class ClusterConfig(_Record):
     num_shards: int = Field(ge=1)
     topics: list[str] = Field(default_factory=list)
     transport: Literal["kafka", "nsq", "both"] = "kafka"
-
-
-def dumps_json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True)
