@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv stack lint typecheck deploy-check pytest unit bench soak down clean
+.PHONY: test demo venv stack lint typecheck deploy-check pytest unit flake-hunt bench soak down clean
 
 test: venv lint typecheck deploy-check stack pytest  ## everything CI runs
 
@@ -38,6 +38,16 @@ pytest: venv stack
 
 unit: venv  ## pure-logic tests only; no services needed
 	$(BIN)/pytest tests/unit
+
+# The whole suite 3 times in a row while a CPU burner keeps one core busy: a test that
+# depends on timing fails here first. Prints each run's result; fails if any run failed.
+flake-hunt: venv stack  ## the suite 3 times under CPU load (about 25 minutes)
+	@$(BIN)/python -c 'while True: pass' & burner=$$!; trap 'kill $$burner' EXIT; \
+	failed=0; for run in 1 2 3; do \
+		echo "== flake-hunt run $$run of 3 (one core busy)"; \
+		if $(BIN)/pytest -q; then echo "== run $$run: passed"; \
+		else echo "== run $$run: FAILED"; failed=1; fi; \
+	done; exit $$failed
 
 demo: venv  ## the whole pipeline under load on the local stack (brings the stack up)
 	$(BIN)/shardctl demo $(DEMO_ARGS)
