@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdc.formatter import FormatterOptions
 from cdc.partitioner import FallbackBy, PartitionBy
-from shardctl.config import config_path, load_section, read_config_file
+from shardctl.config import config_path, load_section, read_config_file, refuse_secret_options
 from shardctl.keyspace import check_name
 
 
@@ -76,6 +76,12 @@ class CdcOptions(BaseSettings):
             return check_name("cdc source or reader id", value)
         except ValueError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("kafka_options")
+    @classmethod
+    def _no_secrets(cls, options: dict[str, str]) -> dict[str, str]:
+        refuse_secret_options("cdc.kafka_options", options)
+        return options
 
     @field_validator("producer_partition_columns", mode="before")
     @classmethod

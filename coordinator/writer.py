@@ -3,7 +3,10 @@
 The write is one txn guarded by the leadership token (the create_revision of
 `coordinator/leader`) and by the mod_revision of the assignment we computed from.
 A deposed leader's write fails with NotLeader; a stale view (someone else wrote in
-between) writes nothing and the caller recomputes.
+between) writes nothing and the caller recomputes. The assignment is one value
+(`Assignment.encode`: a worker table plus one index per shard), so the write stays
+atomic; a value over `ASSIGNMENT_MAX_BYTES` raises AssignmentTooLarge before etcd
+is asked.
 """
 
 from __future__ import annotations

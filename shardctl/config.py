@@ -9,13 +9,18 @@ Nested tables use ``__`` in the environment: ``[etcd.tls] ca_file`` is
 ``SHARDCTL_ETCD_TLS__CA_FILE``.
 
 Secrets are ``SecretStr`` and are read from the environment or from a file
-(``*_file`` settings); they never come from argv and never print.
+(``*_file`` settings); they never come from argv and never print. A secret given in
+the environment in either form (value or ``*_FILE``) beats both forms in the TOML
+file; within one source the value beats the file.
+
+A TOML table or top-level key that no process reads is refused, naming it.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -134,12 +139,7 @@ class KafkaSettings(BaseSettings):
         self.ssl_key_password = _read_secret(
             self.ssl_key_password, self.ssl_key_password_file, "kafka.ssl_key_password"
         )
-        for key in self.options:
-            if _is_secret_option(key):
-                raise ValueError(
-                    f"kafka.options.{key}: secrets go in SHARDCTL_KAFKA_SASL_PASSWORD / "
-                    "SHARDCTL_KAFKA_SSL_KEY_PASSWORD or their *_FILE settings, not in options"
-                )
+        refuse_secret_options("kafka.options", self.options)
         return self
 
     def client_config(self) -> dict[str, str]:
@@ -160,6 +160,18 @@ def _is_secret_option(key: str) -> bool:
         or key.endswith(".key")
         or key in ("ssl.key.pem", "sasl.oauthbearer.config")
     )
+
+
+def refuse_secret_options(setting: str, options: Mapping[str, str]) -> None:
+    """The one rule for every librdkafka option map (`kafka.options`,
+    `cdc.kafka_options`): a secret in it would sit in plain config, so it is refused.
+    ValueError names the option, never its value."""
+    for key in options:
+        if _is_secret_option(key):
+            raise ValueError(
+                f"{setting}.{key}: secrets go in SHARDCTL_KAFKA_SASL_PASSWORD / "
+                "SHARDCTL_KAFKA_SSL_KEY_PASSWORD or their *_FILE settings, not in options"
+            )
 
 
 class MySQLSettings(BaseSettings):
@@ -212,6 +224,10 @@ class NSQSettings(BaseSettings):
 
 
 SECTIONS: tuple[type[BaseSettings], ...] = (EtcdSettings, KafkaSettings, MySQLSettings, NSQSettings)
+# Tables of the TOML file read by a process of its own, not by Settings.
+PROCESS_SECTIONS: tuple[str, ...] = ("cdc",)  # cdc/options.py
+# Top-level settings that are not tables.
+TOP_LEVEL_SETTINGS: tuple[str, ...] = ("cluster",)
 
 
 class Settings(BaseModel):
@@ -250,11 +266,33 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        return tomllib.loads(path.read_text())
+        document = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from exc
+    _refuse_unknown_sections(document, path)
+    return document
+
+
+def _refuse_unknown_sections(document: dict[str, Any], path: Path) -> None:
+    """A misspelt section would be ignored and its process would run on defaults."""
+    sections = [cls.section for cls in SECTIONS] + list(PROCESS_SECTIONS)  # type: ignore[attr-defined]
+    known = ", ".join(f"[{name}]" for name in sorted(sections))
+    for name, value in document.items():
+        if name in TOP_LEVEL_SETTINGS:
+            continue
+        if name not in sections:
+            if isinstance(value, dict):
+                raise ConfigError(
+                    f"config file {path}: unknown section [{name}]; the sections are {known}"
+                )
+            raise ConfigError(
+                f"config file {path}: unknown setting `{name}`; top-level settings are "
+                f"{', '.join(TOP_LEVEL_SETTINGS)} and the sections {known}"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"config file {path}: `{name}` must be a table ([{name}])")
 
 
 SectionT = TypeVar("SectionT", bound=BaseSettings)
@@ -283,6 +321,15 @@ def load_section(
     # A nested table (e.g. [etcd.tls]) set in the environment (SHARDCTL_ETCD_TLS__CA_FILE)
     # is taken from the environment as a whole.
     init = {k: v for k, v in from_file.items() if not _in_environment(f"{prefix}{k}".upper())}
+    # A secret and its `<name>_file` are one setting in two forms: either form in the
+    # environment beats both forms in the file.
+    for name in cls.model_fields:
+        file_form = f"{name}_file"
+        if file_form in cls.model_fields and any(
+            _in_environment(f"{prefix}{n}".upper()) for n in (name, file_form)
+        ):
+            init.pop(name, None)
+            init.pop(file_form, None)
     init.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return cls(**init)

@@ -4,7 +4,7 @@ All keys live under one root, `<etcd.prefix>/<cluster>/` (default `/shardctl/def
 
     workers/<id>              worker record, bound to the worker's lease
     coordinator/leader        coordinator id, bound to the leader's lease
-    assignment                {generation, num_shards, owners: [worker id or null, ...]}
+    assignment                {generation, num_shards, workers: [id, ...], owner_indices}
     owners/<shard>            worker id, bound to the owner's lease; create_revision = token
     offsets/<shard>           transport position, fenced by the owner token
     cdc/<source>/leader       reader id, bound to the reader's lease

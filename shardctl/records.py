@@ -1,7 +1,8 @@
 """The JSON documents stored at the keys of `shardctl.keyspace`.
 
     workers/<id>     WorkerRecord   {host, pid, capacity, labels, state, version, session}
-    assignment       Assignment     {generation, num_shards, owners: [id | null, ...]}
+    assignment       Assignment     {generation, num_shards, workers: [id, ...],
+                                     owner_indices: base64 of one u16 per shard}
     offsets/<shard>  OffsetRecord   {positions: {topic: offset}, event_id, token}
     config           ClusterConfig  {num_shards, topics, transport}
 
@@ -11,6 +12,11 @@ yields a guess.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import sys
+from array import array
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -51,13 +57,132 @@ class WorkerRecord(_Record):
     session: str = ""
 
 
+# The assignment is one etcd value, written in one fenced txn. etcd refuses a request
+# over 1.5 MiB by default (--max-request-bytes); the value stays within 1 MiB, which
+# leaves the rest for the key, the txn's guards and a margin.
+ASSIGNMENT_MAX_BYTES = 1024 * 1024
+# Room kept for the worker table when deciding how many shards fit: about 3,900
+# worker ids of 64 characters.
+ASSIGNMENT_WORKER_TABLE_BYTES = 256 * 1024
+# Everything but the table and the indices: field names, generation, num_shards.
+_ASSIGNMENT_HEADER_BYTES = 128
+_NO_OWNER = 0xFFFF  # the u16 index of a shard without owner; table indices are below it
+
+
+def owner_indices_bytes(num_shards: int) -> int:
+    """Length of `owner_indices` for `num_shards`: base64 of 2 bytes per shard."""
+    return 4 * ((2 * num_shards + 2) // 3)
+
+
+def assignment_bytes_bound(num_shards: int, worker_table_bytes: int) -> int:
+    """The most an encoded assignment takes, given the JSON size of its worker table."""
+    return _ASSIGNMENT_HEADER_BYTES + worker_table_bytes + owner_indices_bytes(num_shards)
+
+
+# The largest shard count whose assignment fits in ASSIGNMENT_MAX_BYTES with a worker
+# table of up to ASSIGNMENT_WORKER_TABLE_BYTES (`shardctl shards set` refuses more).
+MAX_SHARDS = (
+    (ASSIGNMENT_MAX_BYTES - ASSIGNMENT_WORKER_TABLE_BYTES - _ASSIGNMENT_HEADER_BYTES) // 4 * 3
+) // 2
+
+
+class AssignmentTooLarge(RecordError):
+    """The assignment does not fit in one etcd value; the message says why."""
+
+
 class Assignment(_Record):
+    """The owner of every shard, generation by generation.
+
+    Stored compactly, so that 100k shards over 1000 workers fit in one etcd value
+    (see ASSIGNMENT_MAX_BYTES): a table of the owning workers, sorted, and one
+    big-endian u16 per shard, its owner's position in the table (65535: no owner),
+    base64-encoded:
+
+        {"generation": 7, "num_shards": 4, "workers": ["w1", "w2"],
+         "owner_indices": "AAAAAP//AAE="}          # w1, w1, none, w2
+
+    A document of the first layout, `owners: [id | null, ...]`, still decodes.
+    """
+
     generation: int = Field(ge=0)
     num_shards: int = Field(ge=0)
     owners: list[str | None]
 
     def shards_of(self, worker_id: str) -> set[int]:
         return {s for s, owner in enumerate(self.owners) if owner == worker_id}
+
+    def encode(self) -> bytes:
+        """The stored form; AssignmentTooLarge if it would exceed ASSIGNMENT_MAX_BYTES."""
+        table = sorted({owner for owner in self.owners if owner is not None})
+        what = f"assignment generation {self.generation} ({self.num_shards} shards)"
+        if len(table) >= _NO_OWNER:
+            raise AssignmentTooLarge(
+                f"{what}: {len(table)} owning workers; the encoding holds {_NO_OWNER - 1}"
+            )
+        position = {worker: i for i, worker in enumerate(table)}
+        indices = array("H", (_NO_OWNER if o is None else position[o] for o in self.owners))
+        if sys.byteorder == "little":
+            indices.byteswap()
+        document = {
+            "generation": self.generation,
+            "num_shards": self.num_shards,
+            "workers": table,
+            "owner_indices": base64.b64encode(indices.tobytes()).decode("ascii"),
+        }
+        raw = json.dumps(document, separators=(",", ":")).encode()
+        if len(raw) > ASSIGNMENT_MAX_BYTES:
+            table_bytes = len(json.dumps(table, separators=(",", ":")))
+            raise AssignmentTooLarge(
+                f"{what}: encodes to {len(raw)} bytes, over the limit of "
+                f"{ASSIGNMENT_MAX_BYTES} for one etcd value; the table of {len(table)} "
+                f"worker ids takes {table_bytes} bytes and the shards "
+                f"{owner_indices_bytes(len(self.owners))}. Use shorter worker ids, fewer "
+                f"workers or fewer shards (at most {MAX_SHARDS})"
+            )
+        return raw
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_worker_table(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "owner_indices" in data:
+            rest = {k: v for k, v in data.items() if k not in ("workers", "owner_indices")}
+            return {**rest, "owners": _owners_from_table(data)}
+        return data
+
+
+def _owners_from_table(document: dict[str, Any]) -> list[str | None]:
+    """The per-shard owners of a stored assignment; ValueError says what is wrong."""
+    workers, encoded = document.get("workers"), document["owner_indices"]
+    num_shards = document.get("num_shards")
+    if not isinstance(workers, list) or not all(isinstance(w, str) for w in workers):
+        raise ValueError("workers: must be a list of worker ids")
+    if len(workers) >= _NO_OWNER:
+        raise ValueError(f"workers: {len(workers)} entries; at most {_NO_OWNER - 1}")
+    if not isinstance(encoded, str):
+        raise ValueError("owner_indices: must be a base64 string")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"owner_indices: not base64 ({exc})") from None
+    if not isinstance(num_shards, int) or len(raw) != 2 * num_shards:
+        raise ValueError(
+            f"owner_indices: holds {len(raw) / 2:g} shard entries, num_shards is {num_shards}"
+        )
+    indices = array("H")
+    indices.frombytes(raw)
+    if sys.byteorder == "little":
+        indices.byteswap()
+    table: list[str | None] = [*workers, None]
+    owners: list[str | None] = []
+    for shard, index in enumerate(indices):
+        if index == _NO_OWNER:
+            index = len(workers)
+        elif index >= len(workers):
+            raise ValueError(
+                f"owner_indices: shard {shard} names worker #{index}; the table has {len(workers)}"
+            )
+        owners.append(table[index])
+    return owners
 
 
 class OffsetRecord(_Record):

@@ -26,7 +26,15 @@ from shardctl.cli.live import shard_ranges
 from shardctl.config import ConfigError, Settings, load_settings
 from shardctl.etcd import EtcdClient, EtcdError, ModRevisionIs, Put
 from shardctl.keyspace import Keyspace, check_name
-from shardctl.records import Assignment, ClusterConfig, RecordError, WorkerRecord
+from shardctl.records import (
+    ASSIGNMENT_MAX_BYTES,
+    ASSIGNMENT_WORKER_TABLE_BYTES,
+    MAX_SHARDS,
+    Assignment,
+    ClusterConfig,
+    RecordError,
+    WorkerRecord,
+)
 
 coordinator_app = typer.Typer(
     help="The coordinator: leader election and assignment.", no_args_is_help=True
@@ -471,12 +479,20 @@ def set_shards(
     What happens: if the transport is Kafka, every configured topic that exists must
     already have exactly N partitions (partition = shard), or the command refuses and
     changes nothing. Then `config.num_shards` becomes N, in a txn guarded against a
-    concurrent edit. The leading coordinator writes a new generation for N shards:
+    concurrent edit. N is at most 294864, the most shards one assignment (one etcd
+    value) holds. The leading coordinator writes a new generation for N shards:
     shards below min(old, new) keep their owners, new shards are assigned to the
     least-loaded workers, and owners of removed shards release them. A message's
     shard is crc32(key) % N, so keys change shards: stop producers and let workers
     drain first if per-key order must hold across the change.
     """
+    if num_shards > MAX_SHARDS:
+        raise _fail(
+            f"cannot set num_shards to {num_shards}: the assignment holds at most "
+            f"{MAX_SHARDS} shards (one etcd value of at most {ASSIGNMENT_MAX_BYTES} bytes, "
+            f"{ASSIGNMENT_WORKER_TABLE_BYTES} of them kept for worker ids); "
+            "shard count unchanged"
+        )
     settings = _settings(config, cluster)
     keys = Keyspace.of(settings)
 

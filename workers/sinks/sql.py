@@ -119,17 +119,29 @@ def column_value(value: Any, data_type: str) -> Any:
     if data_type in _BINARY and isinstance(value, str):
         return base64.b64decode(value, validate=True)
     if data_type == "json" or isinstance(value, dict):
-        return json.dumps(value, default=_json_default)
+        return json_text(value)
     if data_type == "set" and isinstance(value, list):
         return ",".join(str(v) for v in value)
     if isinstance(value, list):
-        return json.dumps(value, default=_json_default)
+        return json_text(value)
     return value
 
 
-def _json_default(value: Any) -> Any:
+def json_text(value: Any) -> str:
+    """JSON text of a decoded message value. Numbers with a fraction were decoded as
+    Decimal (workers.events); they are written digit for digit, since a float would
+    round 12345678901234567.89 to 1.2345678901234568e+16."""
     if isinstance(value, Decimal):
-        return float(value) if value != value.to_integral_value() else int(value)
+        if not value.is_finite():
+            raise TypeError(f"cannot store {value} as JSON")
+        return str(value)
+    if isinstance(value, dict):
+        items = (f"{json.dumps(str(k))}: {json_text(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(json_text(v) for v in value) + "]"
+    if value is None or isinstance(value, str | int | float | bool):
+        return json.dumps(value)
     raise TypeError(f"cannot store {type(value).__name__} as JSON")
 
 
