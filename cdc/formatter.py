@@ -24,13 +24,13 @@ and ordering).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from json.encoder import encode_basestring as _encode_str
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from cdc.json_text import JsonTextError, ObjectEncoder, ValueKind, compile_object_encoder, encode
-from cdc.rows import Message, RowImage, TxnContext
+from cdc.rows import Message, PrimaryKeyChange, RowImage, TxnContext, split_key_change
 from cdc.schema import DATE_TYPES, INTEGER_TYPES, ColumnDef, ColumnType, TableDef
 from shardctl.event_ids import format_source
 
@@ -39,6 +39,17 @@ BootstrapType = Literal["bootstrap-start", "bootstrap-insert", "bootstrap-comple
 
 class FormatError(ValueError):
     """A row cannot be written as Maxwell JSON."""
+
+
+class _Change(Protocol):
+    @property
+    def table(self) -> Any: ...  # a TableDef
+
+    @property
+    def row(self) -> RowImage: ...
+
+
+ChangeT = TypeVar("ChangeT", bound=_Change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +69,10 @@ class FormatterOptions:
     # Not an output option: the reader's `cdc.source`, the first half of each row
     # message's source identity.
     source: str = "default"
+    # An UPDATE that changes the primary key: `split` publishes a delete of the old
+    # key and an insert of the new key (each on its key's shard); `update` publishes
+    # Maxwell's single update (on the new key's shard).
+    primary_key_change: PrimaryKeyChange = "split"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +207,24 @@ class MaxwellFormatter:
             text = ',"source":' + encode(format_source(self.options.source, server_id))
             self._source_texts[server_id] = text
         return text
+
+    def split_key_changes(self, changes: list[ChangeT]) -> list[ChangeT]:
+        """The transaction's changes as published: with `primary_key_change=split`, an
+        update that changes the primary key becomes a delete and an insert
+        (`cdc.rows.split_key_change`). Row indices (and so event ids) count the
+        published rows, so the two are distinct and in order. Returns `changes`
+        itself when nothing splits."""
+        if self.options.primary_key_change != "split":
+            return changes
+        out: list[ChangeT] | None = None
+        for index, change in enumerate(changes):
+            row = change.row
+            rows = (row,) if row.old is None else split_key_change(row, change.table.primary_key)
+            if len(rows) > 1 and out is None:
+                out = list(changes[:index])
+            if out is not None:
+                out.extend(replace(change, row=r) for r in rows)  # type: ignore[type-var]
+        return changes if out is None else out
 
     def format(
         self,
