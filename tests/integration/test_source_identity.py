@@ -3,6 +3,7 @@ readers on real MariaDB servers, real Kafka, the SQL sink on real MariaDB."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from shardctl.hashing import shard_of
+from tests.e2e.test_pipeline_sql_sink import NUM_SHARDS, Pipeline
+from tests.e2e.test_pipeline_sql_sink import TABLE as PIPELINE_TABLE
 from tests.integration.cdc_support import (
     SHARDCTL,
     PrivateMariaDB,
@@ -18,7 +22,10 @@ from tests.integration.cdc_support import (
     binlog_end,
     private_mariadb,
     reader_env,
+    stored_checkpoint,
+    wait_for,
 )
+from tests.integration.workers_support import create_topic
 from workers.events import Batch, Event, decode_message
 from workers.handlers import HandlerContext, ShardHalted
 from workers.sinks.sql import SqlSink
@@ -322,3 +329,75 @@ def test_a_real_replay_is_skipped_not_halted(
     sink.on_events(Batch.of(0, 1, _events(again, topic_name)))
     rows = _rows(stack, sink_db)
     assert rows == [(i, f"marked{i}") for i in range(18)] + [(100, "new100"), (101, "new101")]
+
+
+def test_a_worker_stops_the_shard_and_resumes_after_forget_stream(
+    stack: Any, settings: Any, mysql_db: str, private: PrivateMariaDB, tmp_path: Path
+) -> None:
+    """The whole pipeline: the reader on a private server, a worker with the SQL sink.
+    After RESET MASTER and the reader's move to the new position, the shard that gets
+    the backward change stops with the error instead of skipping it; after
+    `shardctl worker forget-stream` it applies the change."""
+    unique = mysql_db  # the source database on the private server has the same name
+    p = Pipeline(stack, settings, unique, tmp_path)
+    p.env.update(private.env())  # the reader's source; the sink stays on the shared server
+    with private.root() as conn:
+        _execute(conn, f"CREATE DATABASE `{unique}`", f"USE `{unique}`", PIPELINE_TABLE)
+    p.sql(unique, f"CREATE DATABASE `{p.sink_db}`")
+    p.sql(p.sink_db, PIPELINE_TABLE)
+    create_topic(stack.kafka_bootstrap, p.topic, NUM_SHARDS)
+    try:
+        assert p.shardctl("shards", "set", str(NUM_SHARDS)).returncode == 0
+        p.start_cdc()
+        p.start_coordinator()
+        p.start_worker("w1")
+        wait_for("the reader live", lambda: stored_checkpoint(settings, "src"), timeout=60)
+        with private.root() as conn:
+            for i in range(1, 9):
+                _execute(conn, f"INSERT INTO `{unique}`.items VALUES ({i}, 'before', 1, NULL)")
+        select = "SELECT id, name FROM items ORDER BY id"
+        wait_for("the rows in the sink", lambda: len(p.sql(p.sink_db, select)) == 8, 120)
+
+        reader = p.procs.pop("cdc")
+        reader.terminate()
+        assert reader.wait(30) == 0, p.log("cdc")
+        with private.root() as conn:
+            _execute(conn, "RESET MASTER")
+        assert p.shardctl("cdc", "checkpoint", "reset", "--to", "current").returncode == 0
+        p.start_cdc()
+        with private.root() as conn:
+            _execute(conn, f"UPDATE `{unique}`.items SET name = 'after' WHERE id = 3")
+        stream = "src/7|gtid:0"
+        key = json.dumps({"database": unique, "table": "items"}, separators=(",", ":"))
+        shard = shard_of(f'{key[:-1]},"pk.id":3}}'.encode(), NUM_SHARDS)
+        wait_for(
+            "the worker stopping the shard",
+            lambda: (
+                f"shard {shard} topic {p.topic} stream {stream}: the source position "
+                "went backwards" in p.log("w1")
+            ),
+            timeout=120,
+        )
+        assert p.sql(p.sink_db, "SELECT name FROM items WHERE id = 3") == [("before",)]
+        assert "dead-lettered" not in p.log("w1")
+
+        forget = p.shardctl(
+            "worker",
+            "forget-stream",
+            "--shard",
+            str(shard),
+            "--topic",
+            p.topic,
+            "--stream",
+            stream,
+            "--yes",
+        )
+        assert forget.returncode == 0, forget.stderr
+        wait_for(
+            "the change applied after forget-stream",
+            lambda: p.sql(p.sink_db, "SELECT name FROM items WHERE id = 3") == [("after",)],
+            timeout=120,
+        )
+        assert len(p.sql(p.sink_db, select)) == 8
+    finally:
+        p.close()
