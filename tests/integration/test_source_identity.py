@@ -401,3 +401,30 @@ def test_a_worker_stops_the_shard_and_resumes_after_forget_stream(
         assert len(p.sql(p.sink_db, select)) == 8
     finally:
         p.close()
+
+
+def test_an_older_applied_table_is_widened_for_source_identities(
+    stack: Any, sink_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with stack.mysql_root(sink_db) as conn:
+        _execute(
+            conn,
+            "CREATE TABLE shardctl_applied (scope VARCHAR(190) NOT NULL, shard INT NOT NULL, "
+            "topic VARCHAR(249) NOT NULL, stream VARCHAR(100) NOT NULL, last_key VARCHAR(100) "
+            "NOT NULL, PRIMARY KEY (scope, shard, topic, stream)) ENGINE=InnoDB",
+        )
+    for name, value in _sink_env(stack).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SHARDCTL_SINK_SQL_PASSWORD", raising=False)
+    sink = SqlSink(HandlerContext(options={"database": sink_db, "scope": "identity"}))
+    try:
+        sink.on_assign(0, 1)
+    finally:
+        sink.on_close()
+    with stack.mysql_root(sink_db) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS WHERE "
+            "TABLE_SCHEMA = %s AND TABLE_NAME = 'shardctl_applied' AND COLUMN_NAME = 'stream'",
+            (sink_db,),
+        )
+        assert cur.fetchone() == (200,)

@@ -81,6 +81,9 @@ _BINARY = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
 _UPSERT_TYPES = {"insert", "update", "bootstrap-insert"}
 _ROW_TYPES = {"insert", "update", "delete"}
 
+# Longest stream name the bookkeeping tables hold (source identity plus the id's stream).
+_STREAM_CHARS = 200
+
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS shardctl_fences (
         scope VARCHAR(190) NOT NULL, shard INT NOT NULL, token BIGINT NOT NULL,
@@ -91,15 +94,15 @@ _SCHEMA = (
         PRIMARY KEY (scope, shard, topic)) ENGINE=InnoDB""",
     # The newest source position applied per topic and source stream (GTID domain or
     # binlog): a change the reader publishes again after a restart is skipped by it.
-    """CREATE TABLE IF NOT EXISTS shardctl_applied (
+    f"""CREATE TABLE IF NOT EXISTS shardctl_applied (
         scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
-        stream VARCHAR(200) NOT NULL, last_key VARCHAR(100) NOT NULL,
+        stream VARCHAR({_STREAM_CHARS}) NOT NULL, last_key VARCHAR(100) NOT NULL,
         PRIMARY KEY (scope, shard, topic, stream)) ENGINE=InnoDB""",
     # The newest applied transactions per stream, to tell a replay (same transaction,
     # same fingerprint) from a source whose position went backwards.
-    """CREATE TABLE IF NOT EXISTS shardctl_applied_txns (
+    f"""CREATE TABLE IF NOT EXISTS shardctl_applied_txns (
         scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
-        stream VARCHAR(200) NOT NULL, txn VARCHAR(64) NOT NULL, fingerprint VARCHAR(64)
+        stream VARCHAR({_STREAM_CHARS}) NOT NULL, txn VARCHAR(64) NOT NULL, fingerprint VARCHAR(64)
         NOT NULL, PRIMARY KEY (scope, shard, topic, stream, txn)) ENGINE=InnoDB""",
 )
 
@@ -207,6 +210,7 @@ class SqlSink:
         self._lock = threading.Lock()
         # (shard, topic, stream) -> transactions remembered since the last prune
         self._unpruned: dict[tuple[int, str, str], int] = {}
+        self._streams_checked = False
 
     # -- connections -------------------------------------------------------------
 
@@ -248,6 +252,7 @@ class SqlSink:
         with conn.cursor() as cur:
             for statement in _SCHEMA:
                 cur.execute(statement)
+            self._widen_streams(cur)
             cur.execute(
                 "INSERT INTO shardctl_fences (scope, shard, token) VALUES (%s, %s, %s) "
                 "ON DUPLICATE KEY UPDATE token = GREATEST(token, VALUES(token))",
@@ -309,6 +314,12 @@ class SqlSink:
                     )
                     if place is not None:
                         stream, key = place
+                        if len(stream) > _STREAM_CHARS:
+                            raise ShardHalted(
+                                f"sql sink {self.scope}: {event.describe()}: stream {stream!r} "
+                                f"is longer than {_STREAM_CHARS} characters; shorten the "
+                                "reader's cdc.source"
+                            )
                         seen = newest.get((event.topic, stream))
                         txns = added.setdefault((event.topic, stream), {})
                         if seen is not None and key <= seen:
@@ -384,6 +395,23 @@ class SqlSink:
             (str(topic), str(stream)): tuple(int(n) for n in str(key).split(","))
             for topic, stream, key in cur.fetchall()
         }
+
+    def _widen_streams(self, cur: Any) -> None:
+        """Streams carry the source identity since shardctl_applied was first made with
+        VARCHAR(100): widen an older table once."""
+        if self._streams_checked:
+            return
+        cur.execute(
+            "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS WHERE "
+            "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'shardctl_applied' "
+            "AND COLUMN_NAME = 'stream'"
+        )
+        row = cur.fetchone()
+        if row is not None and int(row[0]) < _STREAM_CHARS:
+            cur.execute(
+                f"ALTER TABLE shardctl_applied MODIFY stream VARCHAR({_STREAM_CHARS}) NOT NULL"
+            )
+        self._streams_checked = True
 
     def _check_replay(
         self,
