@@ -25,9 +25,10 @@ from tests.integration.cdc_support import (
     stored_checkpoint,
     wait_for,
 )
-from tests.integration.workers_support import create_topic
+from tests.integration.workers_support import create_topic, maxwell
 from workers.events import Batch, Event, decode_message
 from workers.handlers import HandlerContext, ShardHalted
+from workers.sinks import sql as sql_sink
 from workers.sinks.sql import SqlSink
 
 pytestmark = pytest.mark.integration
@@ -238,8 +239,8 @@ def test_a_source_position_that_goes_backwards_stops_the_shard(
         "went backwards",
         f"stored seq {last_seq} row 1",
         "new seq 1 row 0",
-        "shardctl worker forget-stream --handler-option scope=identity --shard 0 "
-        f"--topic {topic_name} --stream '{stream}'",
+        f"shardctl worker forget-stream --handler-option scope=identity --handler-option "
+        f"database={sink_db} --shard 0 --topic {topic_name} --stream '{stream}'",
     ):
         assert part in message, f"{part!r} not in {message!r}"
     assert len(_rows(stack, sink_db)) == 10, "nothing of the halted batch is applied"
@@ -428,3 +429,37 @@ def test_an_older_applied_table_is_widened_for_source_identities(
             (sink_db,),
         )
         assert cur.fetchone() == (200,)
+
+
+def test_the_remembered_transactions_are_pruned_to_the_replay_window(
+    stack: Any, sink_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay inside the window is skipped; one older than the window is not
+    silently skipped: it stops the shard, naming replay_window."""
+    monkeypatch.setattr(sql_sink, "_PRUNE_EVERY", 1)
+    for name, value in _sink_env(stack).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SHARDCTL_SINK_SQL_PASSWORD", raising=False)
+    sink = SqlSink(
+        HandlerContext(options={"database": sink_db, "scope": "window", "replay_window": "2"})
+    )
+
+    def change(offset: int, seq: int) -> Event:
+        doc = json.loads(maxwell(offset, 0, data={"id": seq, "name": f"v{seq}"}, xid=seq))
+        doc.update(event_id=f"0-7-{seq}#0", source="main/7")
+        raw = json.dumps(doc).encode()
+        return Event(0, "t", offset, None, raw, decode_message(raw, 0, "t", offset), 1)
+
+    try:
+        sink.on_assign(0, 1)
+        for seq in range(1, 6):
+            sink.on_events(Batch.of(0, 1, (change(seq, seq),)))
+        with stack.mysql_root(sink_db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT txn FROM shardctl_applied_txns WHERE scope = 'window'")
+            assert sorted(int(t) for (t,) in cur.fetchall()) == [4, 5]
+        sink.on_events(Batch.of(0, 1, (change(6, 4), change(7, 5))))  # a replay: skipped
+        assert len(_rows(stack, sink_db)) == 5
+        with pytest.raises(ShardHalted, match="replay_window=2"):
+            sink.on_events(Batch.of(0, 1, (change(8, 3),)))
+    finally:
+        sink.on_close()

@@ -102,8 +102,9 @@ _SCHEMA = (
     # same fingerprint) from a source whose position went backwards.
     f"""CREATE TABLE IF NOT EXISTS shardctl_applied_txns (
         scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
-        stream VARCHAR({_STREAM_CHARS}) NOT NULL, txn VARCHAR(64) NOT NULL, fingerprint VARCHAR(64)
-        NOT NULL, PRIMARY KEY (scope, shard, topic, stream, txn)) ENGINE=InnoDB""",
+        stream VARCHAR({_STREAM_CHARS}) NOT NULL, txn VARCHAR(64) NOT NULL,
+        fingerprint VARCHAR(64) NOT NULL,
+        PRIMARY KEY (scope, shard, topic, stream, txn)) ENGINE=InnoDB""",
 )
 
 # Prune the remembered transactions of a stream once this many were added.
@@ -145,9 +146,13 @@ def _fingerprint(event: Event) -> str:
     return f"{event.message.get('ts')}:{event.message.get('xid')}"[:64]
 
 
-def forget_command(scope: str, shard: int, topic: str, stream: str) -> str:
+def forget_command(
+    scope: str, shard: int, topic: str, stream: str, database: str | None = None
+) -> str:
+    """The command that forgets one stream of a shard's topic (see `SqlSink.forget_stream`)."""
+    where = f" --handler-option database={database}" if database else ""
     return (
-        f"shardctl worker forget-stream --handler-option scope={scope} --shard {shard} "
+        f"shardctl worker forget-stream --handler-option scope={scope}{where} --shard {shard} "
         f"--topic {topic} --stream '{stream}'"
     )
 
@@ -454,7 +459,7 @@ class SqlSink:
             f"than replay_window={self.settings.replay_window} transactions. Nothing from "
             "this event on is applied. Once the source is checked, forget the stream's "
             f"applied record and the shard goes on: "
-            f"{forget_command(self.scope, shard, event.topic, stream)}"
+            f"{forget_command(self.scope, shard, event.topic, stream, self.settings.database)}"
         )
 
     def _remember_txns(
