@@ -3,14 +3,16 @@
 A row message, fields in this order (Maxwell's order; `[..]` = by option):
 
     {"database", "table", "type", "ts", "xid", "xoffset", "commit",
-     ["position"], ["gtid"], ["server_id"], ["thread_id"], "event_id",
+     ["position"], ["gtid"], ["server_id"], ["thread_id"], "event_id", "source",
      ["primary_key"], ["primary_key_columns"], "data", "old" (updates only)}
 
 `xoffset` (row index in the transaction) and `commit` (true on the last row of
 the transaction, false elsewhere) are on every row message; Maxwell omits
 `commit` on all rows but the last and `xoffset` on the last, so consumers that
 test `commit` for truth read both forms alike. `event_id` is ours: the stable id
-of the row change (`cdc.rows.event_id`), the same on a replay.
+of the row change (`cdc.rows.event_id`), the same on a replay. `source` is ours
+too: `<cdc.source>/<server_id>` (`shardctl.event_ids.format_source`), which makes the
+id's order stream unique across sources and servers.
 
 The Kafka key is `{"database":..,"table":..,"pk.<col>":..}` with the primary key
 columns in key order, written byte-stably (`cdc.json_text`): it is also the
@@ -22,20 +24,32 @@ and ordering).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from json.encoder import encode_basestring as _encode_str
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from cdc.json_text import JsonTextError, ObjectEncoder, ValueKind, compile_object_encoder, encode
-from cdc.rows import Message, RowImage, TxnContext
+from cdc.rows import Message, PrimaryKeyChange, RowImage, TxnContext, split_key_change
 from cdc.schema import DATE_TYPES, INTEGER_TYPES, ColumnDef, ColumnType, TableDef
+from shardctl.event_ids import format_source
 
 BootstrapType = Literal["bootstrap-start", "bootstrap-insert", "bootstrap-complete"]
 
 
 class FormatError(ValueError):
     """A row cannot be written as Maxwell JSON."""
+
+
+class _Change(Protocol):
+    @property
+    def table(self) -> Any: ...  # a TableDef
+
+    @property
+    def row(self) -> RowImage: ...
+
+
+ChangeT = TypeVar("ChangeT", bound=_Change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +66,13 @@ class FormatterOptions:
     output_ddl: bool = False
     # DECIMAL as a JSON string ("12.50") instead of a JSON number (12.50).
     decimal_as_string: bool = False
+    # Not an output option: the reader's `cdc.source`, the first half of each row
+    # message's source identity.
+    source: str = "default"
+    # An UPDATE that changes the primary key: `split` publishes a delete of the old
+    # key and an insert of the new key (each on its key's shard); `update` publishes
+    # Maxwell's single update (on the new key's shard).
+    primary_key_change: PrimaryKeyChange = "split"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +117,7 @@ class MaxwellFormatter:
         self._plans: dict[int, tuple[TableDef, _TablePlan]] = {}
         self._plans_by_value: dict[TableDef, _TablePlan] = {}
         self._txn_cache: tuple[TxnContext, str, str] | None = None
+        self._source_texts: dict[int, str] = {}
 
     # --- rows ------------------------------------------------------------------
 
@@ -178,6 +200,32 @@ class MaxwellFormatter:
         self._txn_cache = (ctx, before, after_text)
         return before, after_text
 
+    def _source_text(self, server_id: int) -> str:
+        """`,"source":"<name>/<server_id>"`, per server_id."""
+        text = self._source_texts.get(server_id)
+        if text is None:
+            text = ',"source":' + encode(format_source(self.options.source, server_id))
+            self._source_texts[server_id] = text
+        return text
+
+    def split_key_changes(self, changes: list[ChangeT]) -> list[ChangeT]:
+        """The transaction's changes as published: with `primary_key_change=split`, an
+        update that changes the primary key becomes a delete and an insert
+        (`cdc.rows.split_key_change`). Row indices (and so event ids) count the
+        published rows, so the two are distinct and in order. Returns `changes`
+        itself when nothing splits."""
+        if self.options.primary_key_change != "split":
+            return changes
+        out: list[ChangeT] | None = None
+        for index, change in enumerate(changes):
+            row = change.row
+            rows = (row,) if row.old is None else split_key_change(row, change.table.primary_key)
+            if len(rows) > 1 and out is None:
+                out = list(changes[:index])
+            if out is not None:
+                out.extend(replace(change, row=r) for r in rows)  # type: ignore[type-var]
+        return changes if out is None else out
+
     def format(
         self,
         ctx: TxnContext,
@@ -191,6 +239,7 @@ class MaxwellFormatter:
         data = self._values(plan, row.data) if plan.rewrites_values else row.data
         eid = f"{ctx.gtid}#{row_index}" if ctx.gtid else f"{ctx.file}:{ctx.pos}#{row_index}"
         before, after = self._txn_fields(ctx)
+        source = self._source_text(ctx.server_id)
         try:
             if len(plan.pk_names) == 1:
                 pk_texts = [encode(data[plan.pk_names[0]])]
@@ -215,7 +264,7 @@ class MaxwellFormatter:
         commit = "true" if is_last_in_txn else "false"
         value = (
             f'{plan.head}{row.type}{before},"xoffset":{row_index},"commit":{commit}{after}'
-            f'{_encode_str(eid)}{pk_fields},"data":{data_text}{old_text}}}'
+            f'{_encode_str(eid)}{source}{pk_fields},"data":{data_text}{old_text}}}'
         )
         if len(pk_texts) == 1:
             key = f"{plan.key_head}{plan.pk_key_fields[0]}{pk_texts[0]}}}"

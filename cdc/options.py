@@ -63,6 +63,9 @@ class CdcOptions(BaseSettings):
     output_null_zerodates: bool = False
     output_ddl: bool = False
     decimal_as_string: bool = False
+    # An UPDATE that changes the primary key: "split" (a delete of the old key and an
+    # insert of the new key, each on its key's shard) or "update" (Maxwell's form).
+    primary_key_change: Literal["split", "update"] = "split"
 
     checkpoint_interval_s: float = Field(default=1.0, gt=0)
     lease_ttl_s: int = Field(default=10, ge=2)

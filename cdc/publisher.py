@@ -43,7 +43,7 @@ class Publisher:
     def messages(self, txn: Transaction) -> list[Outgoing]:
         if txn.statement is not None:
             return self._statement(txn)
-        changes = txn.changes
+        changes = self.formatter.split_key_changes(txn.changes)
         last = len(changes) - 1
         ctx = txn.ctx
         fmt = self.formatter.format

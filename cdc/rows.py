@@ -7,12 +7,15 @@ formatter turns both into a `Message` that a producer publishes unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from shardctl.event_ids import format_event_id
 
 RowType = Literal["insert", "update", "delete"]
+# How an UPDATE that changes the primary key is published (`cdc.primary_key_change`).
+PrimaryKeyChange = Literal["split", "update"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +72,21 @@ def event_id(ctx: TxnContext, row_index: int) -> str:
     transaction yields the same ids.
     """
     return format_event_id(ctx.gtid, ctx.file, ctx.pos, row_index)
+
+
+def split_key_change(row: RowImage, primary_key: Sequence[str]) -> tuple[RowImage, ...]:
+    """An update that changes the primary key as a `delete` of the old key followed by
+    an `insert` of the new key (Debezium's design); any other row as it is.
+
+    The old key's earlier changes sit on the old key's shard: the delete goes there,
+    after them, so a consumer that applies that shard late still ends without the
+    old key. The delete carries the whole row before the update.
+    """
+    old = row.old
+    if row.type != "update" or not old:
+        return (row,)
+    data = row.data
+    if not any(pk in old and old[pk] != data.get(pk) for pk in primary_key):
+        return (row,)
+    before = {name: old.get(name, value) for name, value in data.items()}
+    return RowImage("delete", before), RowImage("insert", data)

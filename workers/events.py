@@ -56,6 +56,12 @@ class Event:
         return value if isinstance(value, str) else None
 
     @property
+    def source(self) -> str | None:
+        """The source identity `<source name>/<server_id>` (shardctl.event_ids)."""
+        value = self.message.get("source")
+        return value if isinstance(value, str) else None
+
+    @property
     def type(self) -> str:
         return str(self.message.get("type", ""))
 

@@ -23,7 +23,9 @@ be thread-safe across shards (calls for one shard never overlap).
 
 A handler raises to reject an event; the consumer retries and then dead-letters it
 (see `workers.retry`). `Fenced` is different: it says the owner token is stale, and
-the consumer stops the shard instead of retrying.
+the consumer stops the shard instead of retrying. `ShardHalted` says the shard cannot
+go on until an operator acts: the shard stops (and is retried in place later), and
+the event is neither retried nor dead-lettered.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ class Fenced(Exception):
         super().__init__(message)
         self.shard = shard
         self.token = token
+
+
+class ShardHalted(Exception):
+    """The shard cannot go on until an operator acts; the message says what to do."""
 
 
 def batch_handler(fn: F) -> F:

@@ -10,10 +10,10 @@ For one batch:
                      v
                 DEAD_LETTER (event + error), then next event --> DONE
 
-A single-event batch goes from TRY_BATCH straight to DEAD_LETTER. `Fenced` is never
-retried: it propagates, and the consumer stops the shard. Dead-lettering itself is
-retried until it succeeds (or ownership ends), because a poison event must never be
-lost: the shard waits rather than skip it.
+A single-event batch goes from TRY_BATCH straight to DEAD_LETTER. `Fenced` and
+`ShardHalted` are never retried: they propagate, and the consumer stops the shard.
+Dead-lettering itself is retried until it succeeds (or ownership ends), because a
+poison event must never be lost: the shard waits rather than skip it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from workers.deadletters import DeadLetter, DeadLetterWriter
 from workers.events import Batch, Event
-from workers.handlers import Fenced, Handler
+from workers.handlers import Fenced, Handler, ShardHalted
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ async def _with_retries(
         try:
             await call()
             return None
-        except Fenced:
+        except (Fenced, ShardHalted):
             raise
         except Exception as exc:  # noqa: BLE001 - any handler error is retried, then dead-lettered
             last = exc

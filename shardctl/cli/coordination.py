@@ -276,6 +276,55 @@ def worker_run(
     _run_forever(with_handler(handler) if handler else with_noop_handler())
 
 
+# -- worker forget-stream ----------------------------------------------------------
+
+
+@worker_app.command("forget-stream")
+def forget_stream(
+    shard: Annotated[int, typer.Option(help="The shard the SQL sink stopped.", min=0)],
+    topic: Annotated[str, typer.Option(help="The topic named in the error.")],
+    stream: Annotated[str, typer.Option(help="The stream named in the error.")],
+    handler_option: Annotated[
+        list[str] | None,
+        typer.Option(help="The SQL sink's key=value options, as given to `worker run`."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Make the SQL sink forget what it applied of one source stream of a shard's topic.
+
+    For a shard the sink stopped because the source's position went backwards (RESET
+    MASTER, a restore, binlog renumbering): once the source is checked, the shard
+    applies the stream's changes from its next batch on, whatever their position.
+    """
+    import pymysql
+
+    from workers.handlers import HandlerContext
+    from workers.sinks.sql import SqlSink
+
+    settings = _settings(config, cluster)
+    options = _key_values("--handler-option", handler_option or [])
+    try:
+        sink = SqlSink(HandlerContext(settings=settings, options=options))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    what = f"sql sink {sink.scope}: shard {shard} topic {topic} stream {stream}"
+    if not yes and not typer.confirm(
+        f"{what}: forget the applied record? Changes of the stream at or below its "
+        "stored position are then applied again",
+        default=False,
+    ):
+        raise _fail("nothing changed")
+    try:
+        deleted = sink.forget_stream(shard, topic, stream)
+    except pymysql.MySQLError as exc:
+        raise _fail(f"{what}: {type(exc).__name__}: {exc}") from None
+    finally:
+        sink.on_close()
+    typer.echo(f"{what}: forgot {deleted} record(s)")
+
+
 # -- status --------------------------------------------------------------------
 
 

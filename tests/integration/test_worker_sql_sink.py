@@ -130,6 +130,7 @@ def test_a_change_the_reader_published_again_has_no_second_effect(
             kind="update",
             data={"id": 1, "name": f"v{gtid_seq}.{row}"},
             event_id=f"0-1-{gtid_seq}#{row}",
+            xid=gtid_seq,  # a replay repeats the transaction exactly
         )
 
     sink.on_events(_batch(1, 7, [_event(0, 1, 7, data={"id": 1, "name": "v0"})]))

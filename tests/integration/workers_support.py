@@ -27,13 +27,14 @@ def maxwell(
     database: str = "shop",
     data: dict[str, Any] | None = None,
     event_id: str | None = None,
+    xid: int | None = None,
 ) -> bytes:
     doc = {
         "database": database,
         "table": table,
         "type": kind,
         "ts": 1700000000,
-        "xid": n,
+        "xid": n if xid is None else xid,
         "commit": True,
         "data": data if data is not None else {"id": n, "name": f"n{n}"},
         "event_id": event_id or f"ev-{shard}-{n}",

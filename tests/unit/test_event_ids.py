@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdc.rows import TxnContext, event_id
-from shardctl.event_ids import format_event_id, order_key
+from shardctl.event_ids import describe_key, format_event_id, format_source, order_key
 
 
 def test_the_three_forms() -> None:
@@ -53,3 +53,28 @@ def test_binlog_position_order_is_file_then_pos_then_row(
     key_b = order_key(format_event_id(None, f"binlog.{b[0]:06d}", b[1], b[2]))
     assert key_a is not None and key_b is not None
     assert (key_a[1] < key_b[1]) == (a < b)
+
+
+def test_the_source_identity_separates_streams() -> None:
+    first = format_source("shop", 1)
+    second = format_source("shop-eu", 1)
+    assert first == "shop/1"
+    assert order_key("0-1-57#0", first) == ("shop/1|gtid:0", (57, 0))
+    assert order_key("0-1-57#0", second) == ("shop-eu/1|gtid:0", (57, 0))
+    assert order_key("binlog.000002:4#3", format_source("shop", 7)) == (
+        "shop/7|binlog:binlog",
+        (2, 4, 3),
+    )
+    # A message without a source (written before it existed) keeps the id's own stream.
+    assert order_key("0-1-57#0", None) == ("gtid:0", (57, 0))
+
+
+@given(st.from_regex(r"[A-Za-z0-9_.:@-]{1,40}", fullmatch=True), st.integers(1, 2**32 - 1))
+def test_a_source_identity_reads_back(name: str, server_id: int) -> None:
+    identity = format_source(name, server_id)
+    assert identity.rpartition("/") == (name, "/", str(server_id))
+
+
+def test_positions_read_as_positions() -> None:
+    assert describe_key((57, 3)) == "seq 57 row 3"
+    assert describe_key((2, 4, 0)) == "file 2 pos 4 row 0"

@@ -67,10 +67,12 @@ def test_default_row_message_fields_and_order() -> None:
         "xoffset",
         "commit",
         "event_id",
+        "source",
         "data",
     ]
     doc = json.loads(message.value)
     assert doc["database"] == "shop" and doc["table"] == "orders" and doc["type"] == "insert"
+    assert doc["source"] == "default/11"  # cdc.source / the transaction's server_id
     assert doc["ts"] == 1700000001 and doc["xid"] == 88 and doc["xoffset"] == 0
     assert doc["commit"] is False
     assert doc["event_id"] == "0-11-333#0" == message.event_id
@@ -141,6 +143,7 @@ def test_every_option_on() -> None:
         output_primary_key_columns=True,
         output_null_zerodates=True,
         decimal_as_string=True,
+        source="shop-main",
     )
     message = MaxwellFormatter(options).format(CTX, TABLE, ROW, 2, True)
     assert _fields(message.value) == [
@@ -156,6 +159,7 @@ def test_every_option_on() -> None:
         "server_id",
         "thread_id",
         "event_id",
+        "source",
         "primary_key",
         "primary_key_columns",
         "data",
@@ -164,6 +168,7 @@ def test_every_option_on() -> None:
     assert doc["position"] == "binlog.000004:4567"
     assert doc["gtid"] == "0-11-333"
     assert doc["server_id"] == 11 and doc["thread_id"] == 22
+    assert doc["source"] == "shop-main/11"
     assert doc["primary_key"] == [7, "eu"]
     assert doc["primary_key_columns"] == ["id", "region"]
     assert doc["data"]["day"] is None  # zero date -> null

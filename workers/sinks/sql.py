@@ -15,13 +15,23 @@ A batch is ONE database transaction, which also holds the shard's fence and offs
                                                          source topic of the shard)
     shardctl_applied (scope, shard, topic, stream) -> the newest applied change, as
                      its place in the source's commit order (shardctl.event_ids)
+    shardctl_applied_txns (scope, shard, topic, stream, txn) -> fingerprint (ts, xid)
+                     of each applied transaction, the newest `replay_window` of them
+
+A stream is the message's `source` identity (source name and server_id) plus the
+id's own order stream (GTID domain, MySQL server uuid, or binlog file name), so two
+sources, or two servers of one source, never share one.
 
     BEGIN
       SELECT token FROM shardctl_fences ... FOR UPDATE     -- serializes owners of a shard
       stored token > batch token  ->  ROLLBACK, raise Fenced (a zombie is refused)
       skip events below the stored position of their topic   (already applied)
-      skip events not after the newest applied change of their topic and stream
-           (the CDC reader published them again after a restart: same event ids)
+      an event not after the newest applied change of its topic and stream:
+           its transaction was applied with the same fingerprint -> skip it (the CDC
+           reader published it again after a restart: same event ids)
+           else -> ROLLBACK, raise ShardHalted: the source's position went backwards
+           (RESET MASTER, a restore, binlog renumbering); the message names the shard,
+           topic, stream, both positions and `shardctl worker forget-stream`
       apply the rest; write the new positions and newest changes
     COMMIT
 
@@ -40,7 +50,9 @@ JSON text, SET lists -> comma lists.
 
 Settings (environment `SHARDCTL_SINK_SQL_*`, or handler options, except the password
 which is environment/file only): host, port, user, password / password_file,
-database, scope (default: the cluster name).
+database, scope (default: the cluster name), replay_window (transactions remembered
+per shard, topic and stream to recognise a replay; a reader replay deeper than that
+stops the shard as a backward position would).
 """
 
 from __future__ import annotations
@@ -59,14 +71,18 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shardctl.config import ConfigError
-from shardctl.event_ids import order_key
+from shardctl.event_ids import describe_key, order_key
 from workers.events import Batch, Event
-from workers.handlers import Fenced, HandlerContext
+from workers.handlers import Fenced, HandlerContext, ShardHalted
 
 log = logging.getLogger(__name__)
 
 _BINARY = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
 _UPSERT_TYPES = {"insert", "update", "bootstrap-insert"}
+_ROW_TYPES = {"insert", "update", "delete"}
+
+# Longest stream name the bookkeeping tables hold (source identity plus the id's stream).
+_STREAM_CHARS = 200
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS shardctl_fences (
@@ -78,11 +94,21 @@ _SCHEMA = (
         PRIMARY KEY (scope, shard, topic)) ENGINE=InnoDB""",
     # The newest source position applied per topic and source stream (GTID domain or
     # binlog): a change the reader publishes again after a restart is skipped by it.
-    """CREATE TABLE IF NOT EXISTS shardctl_applied (
+    f"""CREATE TABLE IF NOT EXISTS shardctl_applied (
         scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
-        stream VARCHAR(100) NOT NULL, last_key VARCHAR(100) NOT NULL,
+        stream VARCHAR({_STREAM_CHARS}) NOT NULL, last_key VARCHAR(100) NOT NULL,
         PRIMARY KEY (scope, shard, topic, stream)) ENGINE=InnoDB""",
+    # The newest applied transactions per stream, to tell a replay (same transaction,
+    # same fingerprint) from a source whose position went backwards.
+    f"""CREATE TABLE IF NOT EXISTS shardctl_applied_txns (
+        scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
+        stream VARCHAR({_STREAM_CHARS}) NOT NULL, txn VARCHAR(64) NOT NULL,
+        fingerprint VARCHAR(64) NOT NULL,
+        PRIMARY KEY (scope, shard, topic, stream, txn)) ENGINE=InnoDB""",
 )
+
+# Prune the remembered transactions of a stream once this many were added.
+_PRUNE_EVERY = 1000
 
 
 class SqlSinkSettings(BaseSettings):
@@ -95,6 +121,7 @@ class SqlSinkSettings(BaseSettings):
     password_file: Path | None = None
     database: str | None = None  # where the bookkeeping tables live, and the target
     scope: str | None = None
+    replay_window: int = Field(default=10_000, ge=1)
 
     @model_validator(mode="after")
     def _secret(self) -> SqlSinkSettings:
@@ -106,6 +133,28 @@ class SqlSinkSettings(BaseSettings):
                     f"sink.sql.password_file: cannot read {self.password_file}: {exc.strerror}"
                 ) from exc
         return self
+
+
+def _txn_text(key: tuple[int, ...]) -> str:
+    """The transaction part of an order key (all but the row), as sortable text."""
+    return ".".join(f"{n:020d}" for n in key[:-1])
+
+
+def _fingerprint(event: Event) -> str:
+    """What a replay repeats exactly and a different transaction does not: the binlog
+    timestamp and XID (the same on every row of the transaction)."""
+    return f"{event.message.get('ts')}:{event.message.get('xid')}"[:64]
+
+
+def forget_command(
+    scope: str, shard: int, topic: str, stream: str, database: str | None = None
+) -> str:
+    """The command that forgets one stream of a shard's topic (see `SqlSink.forget_stream`)."""
+    where = f" --handler-option database={database}" if database else ""
+    return (
+        f"shardctl worker forget-stream --handler-option scope={scope}{where} --shard {shard} "
+        f"--topic {topic} --stream '{stream}'"
+    )
 
 
 def quote(name: str) -> str:
@@ -176,6 +225,9 @@ class SqlSink:
         self._tokens: dict[int, int] = {}
         self._tables: dict[tuple[str, str], _Table] = {}
         self._lock = threading.Lock()
+        # (shard, topic, stream) -> transactions remembered since the last prune
+        self._unpruned: dict[tuple[int, str, str], int] = {}
+        self._streams_checked = False
 
     # -- connections -------------------------------------------------------------
 
@@ -217,6 +269,7 @@ class SqlSink:
         with conn.cursor() as cur:
             for statement in _SCHEMA:
                 cur.execute(statement)
+            self._widen_streams(cur)
             cur.execute(
                 "INSERT INTO shardctl_fences (scope, shard, token) VALUES (%s, %s, %s) "
                 "ON DUPLICATE KEY UPDATE token = GREATEST(token, VALUES(token))",
@@ -260,6 +313,9 @@ class SqlSink:
                 stored = {str(t): int(p) for t, p in cur.fetchall()}
                 newest = self._newest_applied(cur, batch.shard)
                 changed: set[tuple[str, str]] = set()
+                # (topic, stream) -> {txn: fingerprint} applied by this batch
+                added: dict[tuple[str, str], dict[str, str]] = {}
+                known: dict[tuple[str, str, str], str | None] = {}  # looked up
                 applied = 0
                 last_ids: dict[str, str] = {}
                 for event in batch.events:
@@ -267,17 +323,36 @@ class SqlSink:
                         last_ids[event.topic] = event.event_id
                     if event.position is not None and event.position < stored.get(event.topic, -1):
                         continue  # this record was applied by an earlier transaction
-                    place = order_key(event.event_id) if event.event_id else None
+                    # Only the row changes it applies are ordered (DDL carries no source).
+                    place = (
+                        order_key(event.event_id, event.source)
+                        if event.event_id and event.type in _ROW_TYPES
+                        else None
+                    )
                     if place is not None:
                         stream, key = place
+                        if len(stream) > _STREAM_CHARS:
+                            raise ShardHalted(
+                                f"sql sink {self.scope}: {event.describe()}: stream {stream!r} "
+                                f"is longer than {_STREAM_CHARS} characters; shorten the "
+                                "reader's cdc.source"
+                            )
                         seen = newest.get((event.topic, stream))
+                        txns = added.setdefault((event.topic, stream), {})
                         if seen is not None and key <= seen:
-                            continue  # the same change, published again after a restart
+                            # The same change published again after a reader restart,
+                            # or a source that went backwards: never skip the latter.
+                            self._check_replay(
+                                cur, batch.shard, event, stream, key, seen, txns, known
+                            )
+                            continue
                         newest[(event.topic, stream)] = key
                         changed.add((event.topic, stream))
+                        txns[_txn_text(key)] = _fingerprint(event)
                     self._apply(cur, event)
                     applied += 1
                 for topic, stream in changed:
+                    self._remember_txns(cur, batch.shard, topic, stream, added[(topic, stream)])
                     cur.execute(
                         "INSERT INTO shardctl_applied (scope, shard, topic, stream, last_key) "
                         "VALUES (%s, %s, %s, %s, %s) "
@@ -337,6 +412,118 @@ class SqlSink:
             (str(topic), str(stream)): tuple(int(n) for n in str(key).split(","))
             for topic, stream, key in cur.fetchall()
         }
+
+    def _widen_streams(self, cur: Any) -> None:
+        """Streams carry the source identity since shardctl_applied was first made with
+        VARCHAR(100): widen an older table once."""
+        if self._streams_checked:
+            return
+        cur.execute(
+            "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS WHERE "
+            "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'shardctl_applied' "
+            "AND COLUMN_NAME = 'stream'"
+        )
+        row = cur.fetchone()
+        if row is not None and int(row[0]) < _STREAM_CHARS:
+            cur.execute(
+                f"ALTER TABLE shardctl_applied MODIFY stream VARCHAR({_STREAM_CHARS}) NOT NULL"
+            )
+        self._streams_checked = True
+
+    def _check_replay(
+        self,
+        cur: Any,
+        shard: int,
+        event: Event,
+        stream: str,
+        key: tuple[int, ...],
+        seen: tuple[int, ...],
+        added: dict[str, str],
+        known: dict[tuple[str, str, str], str | None],
+    ) -> None:
+        """Return if `event` repeats an applied transaction; else raise ShardHalted."""
+        txn = _txn_text(key)
+        fingerprint = _fingerprint(event)
+        remembered = added.get(txn)
+        if remembered is None:
+            where = (event.topic, stream, txn)
+            if where not in known:
+                cur.execute(
+                    "SELECT fingerprint FROM shardctl_applied_txns WHERE scope=%s AND "
+                    "shard=%s AND topic=%s AND stream=%s AND txn=%s",
+                    (self.scope, shard, *where),
+                )
+                row = cur.fetchone()
+                known[where] = None if row is None else str(row[0])
+            remembered = known[where]
+        if remembered == fingerprint:
+            return
+        why = (
+            "no transaction at that position was applied"
+            if remembered is None
+            else f"the transaction applied there differs (ts:xid {remembered}, now {fingerprint})"
+        )
+        raise ShardHalted(
+            f"sql sink {self.scope}: shard {shard} topic {event.topic} stream {stream}: "
+            f"the source position went backwards: stored {describe_key(seen)}, new "
+            f"{describe_key(key)} ({event.describe()}); {why}. The source was reset "
+            "(RESET MASTER, a restore, binlog renumbering), or the reader replayed more "
+            f"than replay_window={self.settings.replay_window} transactions. Nothing from "
+            "this event on is applied. Once the source is checked, forget the stream's "
+            f"applied record and the shard goes on: "
+            f"{forget_command(self.scope, shard, event.topic, stream, self.settings.database)}"
+        )
+
+    def _remember_txns(
+        self, cur: Any, shard: int, topic: str, stream: str, txns: dict[str, str]
+    ) -> None:
+        """Store the fingerprints of the batch's applied transactions; prune now and then."""
+        if not txns:
+            return
+        cur.executemany(
+            "INSERT INTO shardctl_applied_txns (scope, shard, topic, stream, txn, fingerprint)"
+            " VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON DUPLICATE KEY UPDATE fingerprint = VALUES(fingerprint)",
+            [(self.scope, shard, topic, stream, txn, fp) for txn, fp in txns.items()],
+        )
+        counter = (shard, topic, stream)
+        count = self._unpruned.get(counter, 0) + len(txns)
+        if count < _PRUNE_EVERY:
+            self._unpruned[counter] = count
+            return
+        self._unpruned[counter] = 0
+        where = "scope=%s AND shard=%s AND topic=%s AND stream=%s"
+        args = (self.scope, shard, topic, stream)
+        cur.execute(
+            f"SELECT txn FROM shardctl_applied_txns WHERE {where} ORDER BY txn DESC "
+            "LIMIT 1 OFFSET %s",
+            (*args, self.settings.replay_window),
+        )
+        row = cur.fetchone()
+        if row is not None:
+            cur.execute(
+                f"DELETE FROM shardctl_applied_txns WHERE {where} AND txn <= %s", (*args, row[0])
+            )
+
+    def forget_stream(self, shard: int, topic: str, stream: str) -> int:
+        """Delete what the sink remembers of one stream of a shard's topic (after the
+        source went backwards). Returns the rows deleted."""
+        conn = self._conn(shard)
+        deleted = 0
+        try:
+            with conn.cursor() as cur:
+                conn.begin()
+                for table in ("shardctl_applied", "shardctl_applied_txns"):
+                    deleted += cur.execute(
+                        f"DELETE FROM {table} WHERE scope=%s AND shard=%s AND topic=%s "
+                        "AND stream=%s",
+                        (self.scope, shard, topic, stream),
+                    )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return deleted
 
     def _check_fence(self, cur: Any, batch: Batch) -> None:
         cur.execute(
