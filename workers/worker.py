@@ -54,6 +54,9 @@ class Worker:
         self.sessions = 0  # sessions opened so far; > 1 means the worker recovered a loss
         self._ownership: Ownership | None = None
         self._shard_failed = asyncio.Event()
+        # The local views of etcd while running (None before and after): what this
+        # worker has seen, for status and tests.
+        self.mirrors: _Mirrors | None = None
 
     def fail_shard(self, shard: int, token: int, reason: str) -> None:
         """A shard broke on its own (not fenced): release it, retry it after a backoff
@@ -84,6 +87,7 @@ class Worker:
     async def _run(self) -> None:
         async with EtcdClient(self.settings.etcd) as client:
             mirrors = _Mirrors(client, self.keys, self.options.worker_id)
+            self.mirrors = mirrors
             membership = Membership(
                 client,
                 self.keys,
@@ -106,6 +110,7 @@ class Worker:
                     if done:
                         return
             finally:
+                self.mirrors = None
                 await mirrors.stop()
 
     async def _open_session(self) -> Session:
@@ -136,6 +141,12 @@ class Worker:
         drain_since: float | None = None
         next_commit = time.monotonic() + self.options.commit_interval_s
         while True:
+            # Clear the wake-ups before reading any state, never after: a change that
+            # lands while this pass runs (an owners/ delete during the reconcile's
+            # awaits) then stays set and wakes the wait below at once. Clearing after
+            # the pass would erase it, and the shard would wait for the commit tick.
+            mirrors.clear()
+            self._shard_failed.clear()
             if lost.is_set() or not session.is_valid():
                 ownership.abort_all(session.lost_reason or "lease unconfirmed past its TTL")
                 return False
@@ -155,7 +166,6 @@ class Worker:
                         "%s: id still registered by %s; waiting for it to expire", worker_id, holder
                     )
                     waiting_logged = True
-                mirrors.clear()
                 await wait_any(
                     [*mirrors.changed(), lost, self.stop_requested], self.options.commit_interval_s
                 )
@@ -202,10 +212,8 @@ class Worker:
             except (EtcdError, RecordError) as exc:
                 log.error("%s: %s", worker_id, exc)
                 await asyncio.sleep(0.5)
-            mirrors.clear()
             wait = max(0.0, next_commit - time.monotonic())
             # Once draining, the stop request stays set: waiting on it would spin.
-            self._shard_failed.clear()
             wake = [*mirrors.changed(), lost, self._shard_failed]
             if not membership.draining:
                 wake.append(self.stop_requested)
