@@ -24,7 +24,16 @@ from prometheus_client import start_http_server
 
 from shardctl.aio import threadsafe_event, wait_any
 from shardctl.config import Settings
-from shardctl.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyValue, Mirror, Session
+from shardctl.etcd import (
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    KeyValue,
+    Mirror,
+    Session,
+    open_session,
+    revoke_stale_lease,
+)
 from shardctl.keyspace import Keyspace
 from shardctl.records import Assignment, RecordError
 from workers.membership import Membership, WorkerIdInUse
@@ -95,37 +104,61 @@ class Worker:
                 self.options.capacity,
                 self.options.labels,
             )
+            name = f"worker-{self.options.worker_id}"
             try:
-                await mirrors.ready()
+                if not await self._until_ready(mirrors):
+                    log.info(
+                        "%s: stop requested before etcd answered; nothing held, leaving",
+                        self.options.worker_id,
+                    )
+                    return
+                stale_leases: list[int] = []  # of lost sessions whose revoke failed
                 while True:
-                    session = await self._open_session()
+                    session = await open_session(
+                        self.settings.etcd, self.options.ttl, name, self.stop_requested
+                    )
+                    if session is None:
+                        log.info(
+                            "%s: stop requested while etcd is unavailable; nothing held, leaving",
+                            self.options.worker_id,
+                        )
+                        return
+                    self.sessions += 1
                     done = False
                     try:
+                        # Before registering: their owners/ keys block our shards,
+                        # and etcd renewed them if it restarted meanwhile.
+                        for lease in list(stale_leases):
+                            if await revoke_stale_lease(
+                                client, lease, session, self.stop_requested
+                            ):
+                                stale_leases.remove(lease)
                         done = await self._serve(client, session, membership, mirrors)
                     finally:
                         # Done: revoke, which deletes our keys at once. Lost: the lease
                         # may still exist if etcd was only unreachable; revoking it frees
-                        # our old owners/ keys for the next owner sooner.
-                        await session.close(revoke=True)
+                        # our old owners/ keys for the next owner sooner. If that fails
+                        # (etcd down), the next session revokes it.
+                        if not await session.close(revoke=True):
+                            stale_leases.append(session.lease_id)
                     if done:
+                        return
+                    if self.stop_requested.is_set():
+                        # The lease was lost while stopping: every shard was aborted
+                        # with it, so there is nothing left to hand over.
+                        log.info("%s: stop requested and lease lost; leaving", name)
                         return
             finally:
                 self.mirrors = None
                 await mirrors.stop()
 
-    async def _open_session(self) -> Session:
-        backoff = 0.2
-        while True:
-            try:
-                session = await Session.open(
-                    self.settings.etcd, self.options.ttl, name=f"worker-{self.options.worker_id}"
-                )
-                self.sessions += 1
-                return session
-            except EtcdUnavailable as exc:
-                log.warning("%s: cannot open a session yet: %s", self.options.worker_id, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+    async def _until_ready(self, mirrors: _Mirrors) -> bool:
+        """Wait for the first listing of every mirror; False if a stop came first."""
+        for ready in mirrors.ready_events():
+            await wait_any([ready, self.stop_requested], None)
+            if self.stop_requested.is_set():
+                return False
+        return True
 
     async def _serve(
         self, client: EtcdClient, session: Session, membership: Membership, mirrors: _Mirrors
@@ -232,9 +265,8 @@ class _Mirrors:
         self._last: Assignment | None = None
         self._bad_revision = 0
 
-    async def ready(self) -> None:
-        for m in (self.assignment, self.owners, self.me):
-            await m.ready.wait()
+    def ready_events(self) -> list[asyncio.Event]:
+        return [m.ready for m in (self.assignment, self.owners, self.me)]
 
     def check(self) -> None:
         for m in (self.assignment, self.owners, self.me):
