@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,18 @@ def cluster(stack: Any, settings: Settings, tmp_path: Path) -> Iterator[Cluster]
         c.close()
 
 
+def lease_ttl(cluster: Cluster, lease: int) -> int:
+    """The lease's remaining TTL (-1: gone), once the test's connection is back."""
+
+    def read() -> tuple[int] | None:
+        try:
+            return (cluster.loop.run(cluster.client.lease_ttl(lease)),)
+        except EtcdUnavailable:
+            return None
+
+    return wait_for(f"etcd to answer about lease {lease:x}", read)[0]
+
+
 def first_events_after(path: Path, since: float) -> dict[int, float]:
     """Per shard, the time of the first event handled at or after `since`."""
     first: dict[int, float] = {}
@@ -66,10 +79,13 @@ def test_after_an_outage_longer_than_the_ttl_old_leases_are_revoked_and_every_sh
     stack.stop("etcd")
     # Down longer than the TTL: each worker declared its lease lost, and its one
     # revoke attempt failed because etcd was not there.
+    def revoke_failed(name: str, lease: int) -> bool:
+        return f"revoking lease {lease:x} failed" in cluster.log_text(name)
+
     for name, lease in old_leases.items():
         wait_for(
             f"{name} to give up lease {lease:x}",
-            lambda n=name, le=lease: f"revoking lease {le:x} failed" in cluster.log_text(n),
+            partial(revoke_failed, name, lease),
             timeout=OUTAGE_TTL + 30,
         )
     stack.start("etcd")
@@ -83,9 +99,9 @@ def test_after_an_outage_longer_than_the_ttl_old_leases_are_revoked_and_every_sh
         return record is not None and int(record.session, 16) != old_leases[name]
 
     for name, lease in old_leases.items():
-        wait_for(f"{name} registered under a new lease", lambda n=name: registered_again(n))
+        wait_for(f"{name} registered under a new lease", partial(registered_again, name))
         # The old lease went before the new registration, not by expiry a TTL later.
-        remaining = cluster.loop.run(cluster.client.lease_ttl(lease))
+        remaining = lease_ttl(cluster, lease)
         assert remaining == -1, f"{name}'s old lease {lease:x} still has {remaining}s left"
 
     def every_shard_resumed() -> dict[int, float] | None:
@@ -101,4 +117,42 @@ def test_after_an_outage_longer_than_the_ttl_old_leases_are_revoked_and_every_sh
         f"recovery: every shard processed again {recovery:.2f}s after etcd was started "
         f"(TTL {OUTAGE_TTL}s)"
     )
+    assert cluster.recorder.overlaps == []
+
+
+def test_a_worker_killed_before_an_etcd_restart_loses_its_shards_once_its_renewed_lease_ends(
+    stack: Any, cluster: Cluster
+) -> None:
+    """kill -9, then etcd restarts before the dead worker's lease expired: etcd renews
+    that lease when it starts, so its shards move one TTL after etcd is back, not
+    TTL·2/3 to TTL after the kill. Nobody can revoke a dead process's lease early."""
+    cluster.set_shards(SHARDS)
+    cluster.start_coordinator("c1", "--ttl", str(OUTAGE_TTL))
+    for name in WORKERS:
+        cluster.start_worker(name, "--ttl", str(OUTAGE_TTL))
+    before = wait_for("8 shards over 2 workers", lambda: cluster.settled(set(WORKERS), SHARDS))
+    victim_shards = {s for s, w in enumerate(before.owners) if w == "w2"}
+    dead_lease = int(cluster.workers()["w2"].session, 16)
+
+    killed_at = time.monotonic()
+    cluster.kill9("w2")
+    stack.restart("etcd")
+    back_at = time.monotonic()
+    # etcd is back and the dead worker's lease survived the restart.
+    assert lease_ttl(cluster, dead_lease) > 0
+
+    def moved() -> bool:
+        try:
+            owners = cluster.owners()
+        except EtcdUnavailable:
+            return False
+        return all(owners.get(s, ("", 0))[0] == "w1" for s in victim_shards)
+
+    wait_for("w2's shards owned by w1", moved, timeout=OUTAGE_TTL * 3 + 30)
+    done_at = time.monotonic()
+    print(
+        f"kill -9 then etcd restart: w2's shards owned again {done_at - killed_at:.2f}s after "
+        f"the kill, {done_at - back_at:.2f}s after etcd was back (TTL {OUTAGE_TTL}s)"
+    )
+    assert lease_ttl(cluster, dead_lease) == -1
     assert cluster.recorder.overlaps == []
