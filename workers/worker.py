@@ -3,6 +3,7 @@
     STARTING --session open, registered--> SERVING --lease lost--> STARTING (new
         session, new registration, new tokens; every shard was stopped at once)
     SERVING --stop requested (SIGTERM, `shardctl drain`)--> DRAINING
+    DRAINING --`shardctl undrain` (not after a stop request)--> SERVING
     DRAINING --assignment gives us nothing and every shard is released--> DONE
     DRAINING --drain_timeout_s passed (e.g. no coordinator)--> releases all --> DONE
 
@@ -213,6 +214,20 @@ class Worker:
                 if requested and not membership.draining:
                     log.info("%s: drain requested through %s", worker_id, membership.key)
                     membership.draining = True
+                elif own is not None and membership.undrain_requested(own):
+                    if self.stop_requested.is_set():
+                        log.warning(
+                            "%s: undrain through %s refused: the worker is stopping",
+                            worker_id,
+                            membership.key,
+                        )
+                        await membership.register(session)  # writes "draining" back
+                    else:
+                        log.info(
+                            "%s: undrain requested through %s; serving", worker_id, membership.key
+                        )
+                        membership.draining = False
+                        drain_since = None
                 if not registered or own is None or own.lease != session.lease_id:
                     await membership.register(session)
                     registered = True
