@@ -76,12 +76,12 @@ def test_after_an_outage_longer_than_the_ttl_old_leases_are_revoked_and_every_sh
     wait_for("8 shards over 2 workers", lambda: cluster.settled(set(WORKERS), SHARDS))
     old_leases = {name: int(record.session, 16) for name, record in cluster.workers().items()}
 
-    stack.stop("etcd")
-    # Down longer than the TTL: each worker declared its lease lost, and its one
-    # revoke attempt failed because etcd was not there.
     def revoke_failed(name: str, lease: int) -> bool:
         return f"revoking lease {lease:x} failed" in cluster.log_text(name)
 
+    stack.stop("etcd")
+    # Down longer than the TTL: each worker declared its lease lost, and its one
+    # revoke attempt failed because etcd was not there.
     for name, lease in old_leases.items():
         wait_for(
             f"{name} to give up lease {lease:x}",
