@@ -21,7 +21,9 @@ handled it last before the step differs from the one handling it at the end. Pri
 p50/p99/max of those gaps for moved and unmoved shards, and for the kill step the
 time until the dead consumer's shards all flowed again. The lease TTL of the workers
 and the session timeout of the group are both `--timeout` seconds (6 by default, the
-broker's minimum session timeout). Not a test: it asserts nothing about speed.
+broker's minimum session timeout). The workers commit offsets every
+`--commit-interval` seconds (1 by default, the worker's default); a handoff does not
+wait for that tick. Not a test: it asserts nothing about speed.
 
     .venv/bin/python bench/rebalance_pause.py
 """
@@ -215,6 +217,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--timeout", type=int, default=6, help="lease TTL / session timeout, s")
     parser.add_argument("--window", type=float, default=10.0, help="seconds measured per step")
+    parser.add_argument(
+        "--commit-interval",
+        type=float,
+        default=1.0,
+        help="workers' --commit-interval, s (default: the worker's own default; a "
+        "handoff does not wait for it)",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="shardctl-rebalance-"))
@@ -243,7 +252,7 @@ def main() -> None:
                 "--ttl",
                 str(args.timeout),
                 "--commit-interval",
-                "0.2",
+                str(args.commit_interval),
                 "--handler",
                 "rebalance_pause:BatchClock",
                 "--handler-option",
@@ -313,7 +322,10 @@ def main() -> None:
     print(
         f"\n64 shards, {SHARDS / SEND_EVERY_S:.0f} messages/s ({1 / SEND_EVERY_S:.0f}/s per shard)"
     )
-    print(f"lease TTL = session timeout = {args.timeout} s; gaps in seconds")
+    print(
+        f"lease TTL = session timeout = {args.timeout} s; workers' commit interval "
+        f"{args.commit_interval} s; gaps in seconds"
+    )
     report("shardctl workers (fenced handoff, assign())", read_timeline(worker_files), ours)
     report("baseline: consumer group, cooperative-sticky", read_timeline(group_files), theirs)
 

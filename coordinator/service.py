@@ -40,6 +40,8 @@ from shardctl.etcd import (
     NotLeader,
     Session,
     SessionLost,
+    open_session,
+    revoke_stale_lease,
 )
 from shardctl.keyspace import Keyspace
 from shardctl.metrics import COORD_GENERATION, COORD_LEADER, COORD_MOVES, COORD_REBALANCES
@@ -76,28 +78,30 @@ class Coordinator:
         self.generations_written = 0
 
     async def run(self) -> None:
+        me = self.options.coordinator_id
         async with EtcdClient(self.settings.etcd) as client:
             election = Election(client, self.keys.coordinator_leader)
+            stale_leases: list[int] = []  # of lost sessions whose revoke failed
             while not self.stop_requested.is_set():
-                session = await self._open_session()
-                try:
-                    await self._campaign_and_lead(client, election, session)
-                finally:
-                    await session.close(revoke=True)
-
-    async def _open_session(self) -> Session:
-        backoff = 0.2
-        while True:
-            try:
-                return await Session.open(
+                session = await open_session(
                     self.settings.etcd,
                     self.options.ttl,
-                    name=f"coordinator-{self.options.coordinator_id}",
+                    f"coordinator-{me}",
+                    self.stop_requested,
                 )
-            except EtcdUnavailable as exc:
-                log.warning("%s: cannot open a session yet: %s", self.options.coordinator_id, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                if session is None:
+                    break
+                try:
+                    # A leader key under an old lease (renewed by an etcd restart)
+                    # would hold every replica off for a full TTL.
+                    for lease in list(stale_leases):
+                        if await revoke_stale_lease(client, lease, session, self.stop_requested):
+                            stale_leases.remove(lease)
+                    await self._campaign_and_lead(client, election, session)
+                finally:
+                    if not await session.close(revoke=True):
+                        stale_leases.append(session.lease_id)
+            log.info("%s: stop requested; leaving", me)
 
     async def _campaign_and_lead(
         self, client: EtcdClient, election: Election, session: Session
@@ -140,7 +144,9 @@ class Coordinator:
         watcher = asyncio.ensure_future(self._watch_leadership(leadership, deposed))
         try:
             for m in mirrors:
-                await m.ready.wait()
+                await wait_any([m.ready, lost, deposed, self.stop_requested], None)
+            if not all(m.ready.is_set() for m in mirrors):
+                return  # lost, deposed or stopping before etcd answered
             log.info("%s: leading with token %d", me, leadership.token)
             COORD_LEADER.set(1)
             applied: dict[str, Member] | None = None  # members of the last computation

@@ -15,6 +15,12 @@ Draining can be requested from outside (`shardctl drain <id>`): `request_drain`
 rewrites the record with state "draining", keeping the worker's lease, and only if
 the record did not change in between. The worker watches its own record, sees the
 request, and keeps the state across re-registrations.
+
+`request_undrain` (`shardctl undrain <id>`) flips the state back to "active" the same
+way. A worker still draining sees a record it did not write (a newer mod_revision
+than its own last write) with state "active", and serves again: the drain timeout is
+cancelled and the coordinator assigns it shards. A worker that drains because it was
+told to stop (SIGTERM) keeps stopping and writes "draining" back.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import os
 import socket
 
-from shardctl.etcd import EtcdClient, EtcdError, ModRevisionIs, Put, Session
+from shardctl.etcd import EtcdClient, EtcdError, KeyValue, ModRevisionIs, Put, Session
 from shardctl.keyspace import Keyspace
 from shardctl.records import RecordError, WorkerRecord
 
@@ -44,6 +50,7 @@ class Membership:
         self.draining = False
         self.key = keys.worker(worker_id)
         self.leases: set[int] = set()  # every lease this process registered under
+        self.revision = 0  # mod_revision of our own last write of the record
 
     def record(self, session: Session) -> WorkerRecord:
         return WorkerRecord(
@@ -60,7 +67,9 @@ class Membership:
         left by an earlier session of this worker)."""
         session.check()
         self.leases.add(session.lease_id)
-        await self.client.put(self.key, self.record(session).encode(), lease=session.lease_id)
+        self.revision = await self.client.put(
+            self.key, self.record(session).encode(), lease=session.lease_id
+        )
 
     def describe(self, raw: bytes) -> str:
         """Who a worker record belongs to, for error messages."""
@@ -78,6 +87,14 @@ class Membership:
         """Whether our record (as seen by a watch) asks us to drain."""
         record: WorkerRecord = WorkerRecord.decode(self.key, raw)
         return record.state == "draining"
+
+    def undrain_requested(self, kv: KeyValue) -> bool:
+        """Whether our record (as seen by a watch), written by someone else after our
+        own last write, cancels our drain."""
+        if not self.draining or kv.mod_revision <= self.revision:
+            return False
+        record: WorkerRecord = WorkerRecord.decode(self.key, kv.value)
+        return record.state == "active"
 
 
 class WorkerIdInUse(EtcdError):
@@ -106,3 +123,23 @@ async def request_drain(client: EtcdClient, keys: Keyspace, worker_id: str) -> b
         if ok:
             return True
     raise EtcdError(f"drain {worker_id}: {key} kept changing; try again")
+
+
+async def request_undrain(client: EtcdClient, keys: Keyspace, worker_id: str) -> bool:
+    """Cancel the drain of a running worker. Returns False if it was not draining."""
+    key = keys.worker(worker_id)
+    for _attempt in range(5):
+        kv = await client.get(key)
+        if kv is None:
+            raise WorkerNotFound(f"undrain {worker_id}: no worker registered at {key}")
+        record: WorkerRecord = WorkerRecord.decode(key, kv.value)
+        if record.state != "draining":
+            return False
+        active = record.model_copy(update={"state": "active"})
+        ok, _ = await client.txn(
+            [ModRevisionIs(key, kv.mod_revision)],
+            [Put(key, active.encode(), lease=kv.lease)],
+        )
+        if ok:
+            return True
+    raise EtcdError(f"undrain {worker_id}: {key} kept changing; try again")

@@ -3,6 +3,7 @@
     STARTING --session open, registered--> SERVING --lease lost--> STARTING (new
         session, new registration, new tokens; every shard was stopped at once)
     SERVING --stop requested (SIGTERM, `shardctl drain`)--> DRAINING
+    DRAINING --`shardctl undrain` (not after a stop request)--> SERVING
     DRAINING --assignment gives us nothing and every shard is released--> DONE
     DRAINING --drain_timeout_s passed (e.g. no coordinator)--> releases all --> DONE
 
@@ -24,7 +25,16 @@ from prometheus_client import start_http_server
 
 from shardctl.aio import threadsafe_event, wait_any
 from shardctl.config import Settings
-from shardctl.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyValue, Mirror, Session
+from shardctl.etcd import (
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    KeyValue,
+    Mirror,
+    Session,
+    open_session,
+    revoke_stale_lease,
+)
 from shardctl.keyspace import Keyspace
 from shardctl.records import Assignment, RecordError
 from workers.membership import Membership, WorkerIdInUse
@@ -54,6 +64,9 @@ class Worker:
         self.sessions = 0  # sessions opened so far; > 1 means the worker recovered a loss
         self._ownership: Ownership | None = None
         self._shard_failed = asyncio.Event()
+        # The local views of etcd while running (None before and after): what this
+        # worker has seen, for status and tests.
+        self.mirrors: _Mirrors | None = None
 
     def fail_shard(self, shard: int, token: int, reason: str) -> None:
         """A shard broke on its own (not fenced): release it, retry it after a backoff
@@ -84,6 +97,7 @@ class Worker:
     async def _run(self) -> None:
         async with EtcdClient(self.settings.etcd) as client:
             mirrors = _Mirrors(client, self.keys, self.options.worker_id)
+            self.mirrors = mirrors
             membership = Membership(
                 client,
                 self.keys,
@@ -91,36 +105,61 @@ class Worker:
                 self.options.capacity,
                 self.options.labels,
             )
+            name = f"worker-{self.options.worker_id}"
             try:
-                await mirrors.ready()
+                if not await self._until_ready(mirrors):
+                    log.info(
+                        "%s: stop requested before etcd answered; nothing held, leaving",
+                        self.options.worker_id,
+                    )
+                    return
+                stale_leases: list[int] = []  # of lost sessions whose revoke failed
                 while True:
-                    session = await self._open_session()
+                    session = await open_session(
+                        self.settings.etcd, self.options.ttl, name, self.stop_requested
+                    )
+                    if session is None:
+                        log.info(
+                            "%s: stop requested while etcd is unavailable; nothing held, leaving",
+                            self.options.worker_id,
+                        )
+                        return
+                    self.sessions += 1
                     done = False
                     try:
+                        # Before registering: their owners/ keys block our shards,
+                        # and etcd renewed them if it restarted meanwhile.
+                        for lease in list(stale_leases):
+                            if await revoke_stale_lease(
+                                client, lease, session, self.stop_requested
+                            ):
+                                stale_leases.remove(lease)
                         done = await self._serve(client, session, membership, mirrors)
                     finally:
                         # Done: revoke, which deletes our keys at once. Lost: the lease
                         # may still exist if etcd was only unreachable; revoking it frees
-                        # our old owners/ keys for the next owner sooner.
-                        await session.close(revoke=True)
+                        # our old owners/ keys for the next owner sooner. If that fails
+                        # (etcd down), the next session revokes it.
+                        if not await session.close(revoke=True):
+                            stale_leases.append(session.lease_id)
                     if done:
                         return
+                    if self.stop_requested.is_set():
+                        # The lease was lost while stopping: every shard was aborted
+                        # with it, so there is nothing left to hand over.
+                        log.info("%s: stop requested and lease lost; leaving", name)
+                        return
             finally:
+                self.mirrors = None
                 await mirrors.stop()
 
-    async def _open_session(self) -> Session:
-        backoff = 0.2
-        while True:
-            try:
-                session = await Session.open(
-                    self.settings.etcd, self.options.ttl, name=f"worker-{self.options.worker_id}"
-                )
-                self.sessions += 1
-                return session
-            except EtcdUnavailable as exc:
-                log.warning("%s: cannot open a session yet: %s", self.options.worker_id, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+    async def _until_ready(self, mirrors: _Mirrors) -> bool:
+        """Wait for the first listing of every mirror; False if a stop came first."""
+        for ready in mirrors.ready_events():
+            await wait_any([ready, self.stop_requested], None)
+            if self.stop_requested.is_set():
+                return False
+        return True
 
     async def _serve(
         self, client: EtcdClient, session: Session, membership: Membership, mirrors: _Mirrors
@@ -136,6 +175,12 @@ class Worker:
         drain_since: float | None = None
         next_commit = time.monotonic() + self.options.commit_interval_s
         while True:
+            # Clear the wake-ups before reading any state, never after: a change that
+            # lands while this pass runs (an owners/ delete during the reconcile's
+            # awaits) then stays set and wakes the wait below at once. Clearing after
+            # the pass would erase it, and the shard would wait for the commit tick.
+            mirrors.clear()
+            self._shard_failed.clear()
             if lost.is_set() or not session.is_valid():
                 ownership.abort_all(session.lost_reason or "lease unconfirmed past its TTL")
                 return False
@@ -155,7 +200,6 @@ class Worker:
                         "%s: id still registered by %s; waiting for it to expire", worker_id, holder
                     )
                     waiting_logged = True
-                mirrors.clear()
                 await wait_any(
                     [*mirrors.changed(), lost, self.stop_requested], self.options.commit_interval_s
                 )
@@ -170,6 +214,20 @@ class Worker:
                 if requested and not membership.draining:
                     log.info("%s: drain requested through %s", worker_id, membership.key)
                     membership.draining = True
+                elif own is not None and membership.undrain_requested(own):
+                    if self.stop_requested.is_set():
+                        log.warning(
+                            "%s: undrain through %s refused: the worker is stopping",
+                            worker_id,
+                            membership.key,
+                        )
+                        await membership.register(session)  # writes "draining" back
+                    else:
+                        log.info(
+                            "%s: undrain requested through %s; serving", worker_id, membership.key
+                        )
+                        membership.draining = False
+                        drain_since = None
                 if not registered or own is None or own.lease != session.lease_id:
                     await membership.register(session)
                     registered = True
@@ -202,10 +260,8 @@ class Worker:
             except (EtcdError, RecordError) as exc:
                 log.error("%s: %s", worker_id, exc)
                 await asyncio.sleep(0.5)
-            mirrors.clear()
             wait = max(0.0, next_commit - time.monotonic())
             # Once draining, the stop request stays set: waiting on it would spin.
-            self._shard_failed.clear()
             wake = [*mirrors.changed(), lost, self._shard_failed]
             if not membership.draining:
                 wake.append(self.stop_requested)
@@ -225,9 +281,8 @@ class _Mirrors:
         self._last_revision = 0  # decode each written value once: 100k shards take ~10 ms
         self._bad_revision = 0
 
-    async def ready(self) -> None:
-        for m in (self.assignment, self.owners, self.me):
-            await m.ready.wait()
+    def ready_events(self) -> list[asyncio.Event]:
+        return [m.ready for m in (self.assignment, self.owners, self.me)]
 
     def check(self) -> None:
         for m in (self.assignment, self.owners, self.me):

@@ -4,6 +4,7 @@ shardctl coordinator run     one coordinator replica (one of them leads)
 shardctl worker run          one worker running a handler or a built-in sink
 shardctl status [--json]     workers, shards per worker, generation, leader
 shardctl drain <worker>      move a worker's shards away, then it exits
+shardctl undrain <worker>    cancel a drain still in progress; the worker stays
 shardctl shards set N        change the shard count (see `set_shards`)
 """
 
@@ -498,6 +499,31 @@ def drain(
         f"{worker}: {'draining' if changed else 'already draining'}"
         f"{'; it has left' if wait else ''}"
     )
+
+
+def undrain(
+    worker: Annotated[str, typer.Argument(help="Worker id, as in `shardctl status`.")],
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Cancel a drain still in progress: the worker becomes active again and keeps (or
+    gets back) shards. A drained worker has already exited; a worker stopping on
+    SIGTERM keeps stopping."""
+    from workers.membership import request_undrain
+
+    settings = _settings(config, cluster)
+    keys = Keyspace.of(settings)
+    try:
+        keys.worker(worker)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+    async def main() -> bool:
+        async with EtcdClient(settings.etcd) as client:
+            return await request_undrain(client, keys, worker)
+
+    changed = _run(main())
+    typer.echo(f"{worker}: {'active again' if changed else 'was not draining'}")
 
 
 # -- shards set ------------------------------------------------------------------

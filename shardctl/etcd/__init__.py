@@ -13,7 +13,8 @@ client.py
       create_if_absent(key, value, lease=0) -> CreateResult(created, kv)
       put_if_created_at(fence_key, create_revision, key, value, lease=0) -> bool
       delete_if_created_at(key, create_revision) -> bool
-      grant_lease / refresh_lease / revoke_lease, compact(revision=None)
+      grant_lease / refresh_lease / revoke_lease, lease_ttl (-1 once gone),
+      compact(revision=None)
     Ops: Put(key, value, lease=0), Delete(key)
     Guards: CreateRevisionIs(key, rev), Absent(key), ValueIs(key, value), ModRevisionIs
     Errors: EtcdError (names op and key) > EtcdUnavailable (retry later), EtcdAuthError,
@@ -27,6 +28,13 @@ session.py
       close(revoke=True)                                  (blocking: close_blocking)
     The keepalive runs on its own thread and connection; a busy caller cannot starve
     it. Loss is final; a new lease is a new Session.
+    open_session(settings, ttl, name, stop) -> Session | None   retries while etcd is
+      unavailable; None once `stop` (an asyncio.Event) is set
+    revoke_stale_lease(client, lease_id, session, stop) -> bool  revoke an earlier
+      session's lease whose revoke failed (close() returned False)
+
+backoff.py
+    Backoff(): next() -> seconds (0.2 doubling to 2), reset(); every etcd retry uses it
 
 election.py
     Election(client, key)
@@ -54,6 +62,7 @@ Example, a fenced checkpoint writer:
         await lead.guarded_put(keys.cdc_checkpoint("src"), b"mysql-bin.000003:4")
 """
 
+from shardctl.etcd.backoff import Backoff
 from shardctl.etcd.client import (
     Absent,
     CreateResult,
@@ -73,11 +82,12 @@ from shardctl.etcd.client import (
 )
 from shardctl.etcd.election import Election, LeaderInfo, Leadership, NotLeader
 from shardctl.etcd.loop_thread import LoopThread
-from shardctl.etcd.session import Session, SessionLost
+from shardctl.etcd.session import Session, SessionLost, open_session, revoke_stale_lease
 from shardctl.etcd.watch import Mirror, WatchUpdate, watch_key, watch_updates
 
 __all__ = [
     "Absent",
+    "Backoff",
     "CreateResult",
     "CreateRevisionIs",
     "Delete",
@@ -101,6 +111,8 @@ __all__ = [
     "ValueIs",
     "WatchEvent",
     "WatchUpdate",
+    "open_session",
+    "revoke_stale_lease",
     "watch_key",
     "watch_updates",
 ]

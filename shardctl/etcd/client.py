@@ -505,6 +505,15 @@ class EtcdClient:
             if "lease not found" not in str(exc):
                 raise
 
+    async def lease_ttl(self, lease_id: int) -> int:
+        """Seconds left on a lease as etcd sees it; -1 once it is gone (expired or revoked)."""
+        reply = await self._call(
+            "lease-timetolive",
+            f"lease={lease_id:x}",
+            lambda c: c.get_lease_info(lease_id, keys=False),
+        )
+        return int(reply.TTL)
+
     # -- watch -------------------------------------------------------------------
 
     async def watch_events(

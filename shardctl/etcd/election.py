@@ -22,6 +22,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from shardctl.etcd.backoff import Backoff
 from shardctl.etcd.client import (
     CreateRevisionIs,
     EtcdClient,
@@ -130,7 +131,7 @@ class Election:
 
         etcd outages are retried: the campaign resumes when etcd answers again.
         """
-        backoff = 0.2
+        backoff = Backoff()
         while True:
             session.check()
             try:
@@ -147,11 +148,10 @@ class Election:
                         self.client, session, self.key, candidate, res.kv.create_revision
                     )
                 await self._wait_vacant(session, res.kv.create_revision)
-                backoff = 0.2
+                backoff.reset()
             except EtcdUnavailable as exc:
                 log.warning("%s: campaign for %s waits for etcd: %s", candidate, self.key, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await asyncio.sleep(backoff.next())
 
     async def _wait_vacant(self, session: Session, seen_token: int) -> None:
         lost = asyncio.ensure_future(session.wait_lost())

@@ -16,6 +16,13 @@ have passed since the *send* time of the last keepalive that etcd confirmed. etc
 cannot expire the lease earlier than that, so a holder that stops at the local
 signal stops before anybody else can take its keys over. Observe loss with
 `is_lost`, `check()`, `on_lost(callback)` or `await wait_lost()`.
+
+Long-running processes open sessions with `open_session`, which retries while etcd
+is unavailable and gives up at once when the process is asked to stop. A session
+whose revoke failed (etcd was down when it ended) leaves its lease behind, and etcd
+renews every lease when it restarts: its keys would then block others for a full
+TTL after etcd returns. `revoke_stale_lease` revokes it through the next session,
+retrying with the same `Backoff`.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from shardctl.aio import wait_any
 from shardctl.config import EtcdSettings
-from shardctl.etcd.client import EtcdClient, EtcdError
+from shardctl.etcd.backoff import Backoff
+from shardctl.etcd.client import EtcdClient, EtcdError, EtcdUnavailable
 from shardctl.etcd.loop_thread import LoopThread
 
 log = logging.getLogger(__name__)
@@ -206,16 +215,19 @@ class Session:
         finally:
             await client.close()
 
-    def close_blocking(self, revoke: bool = True) -> None:
-        """Stop the keepalive and (by default) revoke the lease, deleting its keys."""
+    def close_blocking(self, revoke: bool = True) -> bool:
+        """Stop the keepalive and (by default) revoke the lease, deleting its keys.
+        False if the revoke failed: the lease then still exists until it expires."""
         with self._lock:
             if self._closed:
-                return
+                return True
             self._closed = True
         try:
             self._thread.run(self._shutdown(revoke), timeout=self.settings.timeout_s + 1)
+            return True
         except (EtcdError, TimeoutError) as exc:
-            # The lease then ends by expiry within its TTL; say so, do not hide it.
+            # The lease then ends by expiry within its TTL, or earlier through
+            # revoke_stale_lease; say so, do not hide it.
             log.warning(
                 "%s: revoking lease %x failed, it will expire within %ss: %s",
                 self.name,
@@ -223,8 +235,73 @@ class Session:
                 self.ttl,
                 exc,
             )
+            return False
         finally:
             self._thread.stop()
 
-    async def close(self, revoke: bool = True) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.close_blocking, revoke)
+    async def close(self, revoke: bool = True) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(None, self.close_blocking, revoke)
+
+
+async def open_session(
+    settings: EtcdSettings, ttl: int, name: str, stop: asyncio.Event
+) -> Session | None:
+    """Open a session, retrying with `Backoff` while etcd is unavailable. None once
+    `stop` is set: a pending attempt is cancelled, so a stop request is never held up
+    by an etcd that does not answer."""
+    backoff = Backoff()
+    while not stop.is_set():
+        attempt = asyncio.ensure_future(Session.open(settings, ttl, name))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            await asyncio.gather(stopped, return_exceptions=True)
+        if not attempt.done():
+            attempt.cancel()
+            await asyncio.gather(attempt, return_exceptions=True)
+            return None
+        try:
+            return attempt.result()
+        except EtcdUnavailable as exc:
+            delay = backoff.next()
+            log.warning("%s: cannot open a session yet, retry in %.1fs: %s", name, delay, exc)
+            await wait_any([stop], delay)
+    return None
+
+
+async def revoke_stale_lease(
+    client: EtcdClient, lease_id: int, session: Session, stop: asyncio.Event
+) -> bool:
+    """Revoke `lease_id`, left by an earlier session whose own revoke failed, now that
+    `session` shows etcd answers again. Retries with `Backoff` while etcd is
+    unavailable, as long as `session` is valid and `stop` is not set; True once the
+    lease is gone (a lease that already expired counts)."""
+    backoff = Backoff()
+    while not stop.is_set() and session.is_valid():
+        try:
+            await client.revoke_lease(lease_id)
+        except EtcdUnavailable as exc:
+            delay = backoff.next()
+            log.warning(
+                "%s: revoking lease %x of the previous session failed, retry in %.1fs: %s",
+                session.name,
+                lease_id,
+                delay,
+                exc,
+            )
+            await wait_any([stop], delay)
+            continue
+        except EtcdError as exc:
+            log.error(
+                "%s: revoking lease %x of the previous session failed; it expires within "
+                "its TTL: %s",
+                session.name,
+                lease_id,
+                exc,
+            )
+            return False
+        log.info("%s: revoked lease %x of the previous session", session.name, lease_id)
+        return True
+    return False
