@@ -84,6 +84,9 @@ def main() -> int:
     parser.add_argument(
         "--gap", type=float, nargs=2, default=(10.0, 30.0), help="seconds between faults"
     )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=None, help="seconds the sink may take to catch up"
+    )
     parser.add_argument("--kinds", default="all", help="comma list of kinds, or all")
     parser.add_argument("--list-kinds", action="store_true", help="print the kinds and exit")
     parser.add_argument("--private-stack", action="store_true")
@@ -126,7 +129,11 @@ def main() -> int:
         ttl=args.ttl,
         pause_s=args.pause,
         gap_s=(args.gap[0], args.gap[1]),
-        drain_timeout_s=max(180.0, args.large_rows / 200),
+        drain_timeout_s=(
+            args.drain_timeout
+            if args.drain_timeout is not None
+            else max(180.0, args.large_rows / 200)
+        ),
         kinds=kinds,
         load_kinds=load_kinds,
     )

@@ -25,12 +25,19 @@ Faults beyond process kills and service restarts:
                      setting and `position=<P>`; the run then does the operator's
                      fix: stop the readers, `cdc checkpoint skip --position <P>`,
                      `cdc bootstrap <db>.sessions`, start the readers
+    DDL step         in turn: ADD COLUMN note<n>, RENAME it to memo<n>, MODIFY it
+                     to JSON (after turning its non-JSON values into JSON objects),
+                     on `evolving`, with the load paused. The SQL sink skips DDL,
+                     so the run applies the same ALTER to the sink table as an
+                     operator would, once the sink has applied every earlier change
+                     of the table; the sink must then write the new columns.
 Load kinds: primary-key updates; a second source (`mariadb2`, reader `q1`) into the
 same topic; a topic with a small max.message.bytes and rows over it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
@@ -240,6 +247,9 @@ class ChaosRun:
         self._started_services: list[str] = []  # optional services this run brought up
         self._skipped: list[ChangeKey] = []  # changes of transactions the operator skipped
         self._session_next = 1
+        self._loads: list[Workload] = []
+        self._ddl_steps = 0
+        self._json_columns: set[str] = set()
 
     # -- SQL --------------------------------------------------------------------------
 
@@ -420,6 +430,8 @@ class ChaosRun:
             )
         if kind is FaultKind.SESSION_BINLOG:
             return self._session_binlog(fault, started)
+        if kind is FaultKind.DDL:
+            return self._ddl_step(fault, started)
         service = {
             FaultKind.RESTART_ETCD: "etcd",
             FaultKind.RESTART_KAFKA: "kafka",
@@ -439,16 +451,52 @@ class ChaosRun:
         return target, seconds
 
     def _bootstrap_during_failover(self, fault: Fault, started: float) -> Recovery:
-        """A bootstrap of a small table, and the CDC leader killed while it runs: the
-        checkpoint must not pass a transaction Kafka has not acknowledged (P4)."""
+        """A bootstrap of a small table while large transactions stream, and the CDC
+        leader killed (-9) as soon as it stores a checkpoint after the bootstrap was
+        published: the checkpoint must not pass a transaction Kafka has not yet
+        acknowledged (P4), or that transaction is lost.
+
+        The load pauses meanwhile, so every transaction the bootstrap can be emitted
+        before is a large one (a long window between sending it and its acks)."""
         p = self.pipeline
         table = BOOTSTRAP_TABLES[fault.pick % len(BOOTSTRAP_TABLES)]
-        command = p.background(
-            "cdc", "bootstrap", f"{p.source_db}.{table}", "--source", SOURCE, "--timeout", "300"
-        )
-        time.sleep(0.2 + (fault.pick % 10) / 10)  # seeded: into the bootstrap, not after it
-        target, seconds = self._kill_cdc_leader(started)
-        self._finish(command, f"bootstrap of {table} across the kill -9 of {target}")
+        main = self._loads[0]
+        burst_rows = max(1000, min(self.config.large_rows, 20_000))
+        stop_burst = threading.Event()
+
+        def burst() -> None:
+            conn: Any = None
+            while not stop_burst.is_set():
+                try:
+                    conn = conn or self.stack.mysql_root(p.source_db)
+                    main.large_once(conn, burst_rows)
+                except RETRYABLE:
+                    conn = None
+                    stop_burst.wait(0.5)
+            if conn is not None:
+                conn.close()
+
+        with main.gate:
+            command = p.background(
+                "cdc", "bootstrap", f"{p.source_db}.{table}", "--source", SOURCE, "--timeout", "300"
+            )
+            assert command.stdout is not None
+            first_line = command.stdout.readline()  # "bootstrap <id> of <table> requested ..."
+            streamer = threading.Thread(target=burst, name="chaos-burst", daemon=True)
+            streamer.start()
+            request = first_line.split()[1] if first_line.startswith("bootstrap ") else ""
+            key = p.keys.cdc_bootstrap_prefix(SOURCE) + request
+            checkpoint_key = p.keys.cdc_checkpoint(SOURCE)
+            deadline = time.monotonic() + 120
+            while request and p.leader(key) is not None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            published_at = p.leader(checkpoint_key)
+            while p.leader(checkpoint_key) == published_at and time.monotonic() < deadline:
+                time.sleep(0.005)
+            target, seconds = self._kill_cdc_leader(started)
+            stop_burst.set()
+            streamer.join(300)
+        self._finish(command, f"bootstrap {request} of {table} across the kill -9 of {target}")
         return Recovery(fault, f"bootstrap {table} + kill -9 {target}", seconds)
 
     def _finish(self, command: subprocess.Popen[str], what: str, timeout: float = 330) -> bool:
@@ -561,6 +609,53 @@ class ChaosRun:
             fault, f"{what}: {reader} stopped at {position}", self._recovered(started, version)
         )
 
+    def _evolving_caught_up(self) -> bool:
+        p = self.pipeline
+        committed = self.sql(
+            p.source_db,
+            "SELECT COUNT(DISTINCT id, version, kind) FROM changes WHERE tbl='evolving'",
+        )[0][0]
+        applied = self.sink_sql(
+            "SELECT COUNT(DISTINCT id, version, kind) FROM effects WHERE tbl='evolving'"
+        )[0][0]
+        return int(applied) >= int(committed)
+
+    def _ddl_step(self, fault: Fault, started: float) -> Recovery:
+        """The next DDL of the cycle add -> rename -> modify to JSON, on source and sink
+        while the load is paused and the sink has applied every earlier change."""
+        p = self.pipeline
+        main = self._loads[0]
+        step = self._ddl_steps
+        self._ddl_steps += 1
+        cycle, stage = divmod(step, 3)
+        note, memo = f"note{cycle}", f"memo{cycle}"
+        before: list[str] = []
+        if stage == 0:
+            ddl = f"ALTER TABLE evolving ADD COLUMN `{note}` VARCHAR(64) NULL"
+            columns = [*main.extra_columns, (note, False)]
+        elif stage == 1:
+            ddl = f"ALTER TABLE evolving RENAME COLUMN `{note}` TO `{memo}`"
+            columns = [(memo if n == note else n, j) for n, j in main.extra_columns]
+        else:
+            before = [
+                f"UPDATE evolving SET version=version+1, `{memo}`=JSON_OBJECT('was', `{memo}`) "
+                f"WHERE `{memo}` IS NOT NULL AND NOT JSON_VALID(`{memo}`)"
+            ]
+            ddl = f"ALTER TABLE evolving MODIFY `{memo}` JSON NULL"
+            columns = [(n, j or n == memo) for n, j in main.extra_columns]
+        with main.gate:
+            for statement in before:
+                self.sql(p.source_db, statement)
+            try:
+                self._wait("the sink to apply evolving", self._evolving_caught_up, 90)
+            except AssertionError as exc:
+                self.report.findings.append(f"DDL step {ddl!r}: {exc}")
+            self.sql(p.source_db, ddl)
+            self.sink_sql(ddl)  # what an operator does: the SQL sink skips DDL events
+            main.extra_columns = columns
+            self._json_columns = {n for n, j in columns if j}
+        return Recovery(fault, ddl, self._recovered(started, self._probe()))
+
     def _leader_moved(self, started: float, leader: Any, candidates: list[str]) -> float | None:
         deadline = started + self.config.recovery_timeout_s
         while time.monotonic() < deadline:
@@ -589,6 +684,7 @@ class ChaosRun:
                 pk_updates=pk,
                 oversized_every=cfg.oversized_every if oversized else 0,
                 keep_in_place=keep,
+                evolving=FaultKind.DDL in cfg.kinds,
             )
         ]
         second = p.second_source
@@ -609,7 +705,7 @@ class ChaosRun:
 
     def load_and_faults(self) -> None:
         cfg = self.config
-        workloads = self._workloads()
+        workloads = self._loads = self._workloads()
         threads = [
             threading.Thread(target=w.run, name=f"chaos-workload-{i}", daemon=True)
             for i, w in enumerate(workloads)
@@ -718,6 +814,9 @@ class ChaosRun:
         if p.second_source is not None:
             tables += [(t, p.second_source) for t in SECOND_SOURCE_TABLES]
         for table, server in tables:
+            if table == "evolving":
+                self.report.tables_equal[table] = self._evolving_equal()
+                continue
             columns = "id, version, name, amount, payload" + (", body" if table == "wide" else "")
             select = f"SELECT {columns} FROM {table} ORDER BY id"
             source = [
@@ -728,6 +827,34 @@ class ChaosRun:
             self.report.tables_equal[table] = source == self.sink_sql(select)
         self.report.owner_records = len(self.owners.records)
         self.report.overlap = max_overlap(self.owners.records)
+
+    def _evolving_equal(self) -> bool:
+        """`evolving` on both sides: the same columns, and the same rows, JSON columns
+        compared as parsed documents (the sink writes its own JSON text)."""
+        p = self.pipeline
+        source = self.sql(p.source_db, "SELECT * FROM evolving ORDER BY id")
+        sink = self.sink_sql("SELECT * FROM evolving ORDER BY id")
+        shape = (
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA=%s AND TABLE_NAME='evolving' ORDER BY ORDINAL_POSITION"
+        )
+        names = [r[0] for r in self.sql(None, shape, (p.source_db,))]
+        if names != [r[0] for r in self.sql(None, shape, (p.sink_db,), server=self.sink_server)]:
+            return False
+
+        def parsed(rows: list[Any]) -> list[list[Any]]:
+            return [
+                [
+                    json.loads(v) if n in self._json_columns and v is not None else v
+                    for n, v in zip(names, row, strict=True)
+                ]
+                for row in rows
+            ]
+
+        try:
+            return parsed(source) == parsed(sink)
+        except json.JSONDecodeError:
+            return False
 
     def run(self) -> Report:
         began = self._began = time.monotonic()

@@ -27,6 +27,7 @@ class FaultKind(StrEnum):
     BOOTSTRAP = "bootstrap a table, kill -9 cdc leader while it runs"
     SINK_OUTAGE = "sink MariaDB down past the retry window"
     SESSION_BINLOG = "one transaction with a session binlog_format/binlog_row_image"
+    DDL = "DDL step: add a column, rename it, modify it to JSON"
 
 
 class LoadKind(StrEnum):
@@ -49,6 +50,7 @@ KIND_NAMES: dict[str, FaultKind | LoadKind] = {
     "bootstrap": FaultKind.BOOTSTRAP,
     "sink-outage": FaultKind.SINK_OUTAGE,
     "binlog-session": FaultKind.SESSION_BINLOG,
+    "ddl": FaultKind.DDL,
     "pk-update": LoadKind.PK_UPDATES,
     "second-source": LoadKind.SECOND_SOURCE,
     "oversized-rows": LoadKind.OVERSIZED_ROWS,

@@ -4,7 +4,8 @@ Source tables `accounts`, `orders` (small transactions), `bulk` (large ones),
 `probe` (recovery probes), `sessions` (transactions under session binlog settings,
 written by the run) and `wide` (rows with a text body, some over the topic's
 max.message.bytes) share one shape: id, version, name, amount, payload (`wide`
-adds `body`). A second source server gets `accounts2` and `orders2`.
+adds `body`; `evolving` gains columns through the run's DDL steps). A second source
+server gets `accounts2` and `orders2`.
 Every insert and update sets a new `version`, so (table, id, version, kind) names
 one row change. Triggers in the source database append each committed change to
 `changes` in the same transaction, so the expected set of changes is exact even
@@ -20,6 +21,9 @@ the exactly-once check.
 - with `oversized_every` > 0, every that many transactions one insert into `wide`,
   whose body is over `OVERSIZED_BYTES` when its id is a multiple of
   `OVERSIZED_MODULUS` (a fixed rule the verifier knows);
+- with `evolving`, every third transaction one insert or update of `evolving`,
+  setting its added columns (`extra_columns`, changed by the DDL steps while they
+  hold `gate`): JSON columns get JSON objects, text columns plain text or JSON text;
 - every `large_every_s` seconds, one transaction inserting `large_rows` rows into
   `bulk`, and the next time also updating and deleting part of what is there.
 A lost connection is retried with backoff; the loop never gives up while running.
@@ -27,6 +31,7 @@ A lost connection is retried with backoff; the loop never gives up while running
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -39,7 +44,7 @@ import pymysql
 
 log = logging.getLogger(__name__)
 
-DATA_TABLES = ("accounts", "orders", "bulk", "probe", "sessions", "wide")
+DATA_TABLES = ("accounts", "orders", "bulk", "probe", "sessions", "wide", "evolving")
 SMALL_TABLES = ("accounts", "orders")
 SECOND_SOURCE_TABLES = ("accounts2", "orders2")
 PROBE_ROWS = 24
@@ -106,12 +111,16 @@ class Workload:
     oversized_every: int = 0  # every this many transactions one insert into `wide`
     # Rows a primary-key update must neither leave nor reach (the handler's poison rule).
     keep_in_place: Callable[[str, int], bool] = lambda _table, _ident: False
+    evolving: bool = False
+    extra_columns: list[tuple[str, bool]] = field(default_factory=list)  # (name, is JSON)
     transactions: int = 0
     pk_moves: int = 0
     wide_rows: int = 0
     large_transactions: int = 0
     failed_transactions: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
+    # Held around each transaction: a fault that needs the load paused takes it.
+    gate: threading.Lock = field(default_factory=threading.Lock)
     errors: list[str] = field(default_factory=list)
     _live: dict[str, list[int]] = field(default_factory=dict)
     _next_id: dict[str, int] = field(default_factory=dict)
@@ -119,20 +128,23 @@ class Workload:
     def run(self) -> None:
         rng = random.Random(self.seed)
         self._live = {t: [] for t in self.tables}
-        self._next_id = {t: 1 for t in (*self.tables, "wide")}
+        self._next_id = {t: 1 for t in (*self.tables, "wide", "evolving")}
         conn: Any = None
         next_large = time.monotonic() + min(10.0, self.large_every_s)
         while not self.stop.is_set():
             try:
                 if conn is None:
                     conn = self.connect()
-                if self.large_rows and time.monotonic() >= next_large:
-                    self._large(conn)
-                    next_large = time.monotonic() + self.large_every_s
-                elif self.oversized_every and self.transactions % self.oversized_every == 0:
-                    self._wide(conn, rng)
-                else:
-                    self._small(conn, rng)
+                with self.gate:
+                    if self.large_rows and time.monotonic() >= next_large:
+                        self._large(conn)
+                        next_large = time.monotonic() + self.large_every_s
+                    elif self.oversized_every and self.transactions % self.oversized_every == 0:
+                        self._wide(conn, rng)
+                    elif self.evolving and self.transactions % 3 == 1:
+                        self._evolve(conn, rng)
+                    else:
+                        self._small(conn, rng)
                 self.transactions += 1
             except RETRYABLE as exc:
                 self.failed_transactions += 1
@@ -211,9 +223,40 @@ class Workload:
             )
         self.wide_rows += 1
 
-    def _large(self, conn: Any) -> None:
+    def large_once(self, conn: Any, rows: int) -> None:
+        """One large transaction of `rows` inserts (see `_large`), for a fault."""
+        self._large(conn, rows)
+
+    def _evolve(self, conn: Any, rng: random.Random) -> None:
+        """One insert or update of `evolving`, with values for its added columns."""
+        top = self._next_id["evolving"]
+        columns = list(self.extra_columns)
+        values = [
+            json.dumps({"n": rng.randrange(1000)})
+            if is_json or rng.random() < 0.5
+            else f"text {rng.randrange(1000)}"
+            for _name, is_json in columns
+        ]
+        sets = "".join(f", `{name}`=%s" for name, _j in columns)
+        with conn.cursor() as cur:
+            if top > 1 and rng.random() < 0.5:
+                cur.execute(
+                    f"UPDATE evolving SET version=version+1, amount=amount+1{sets} WHERE id=%s",
+                    (*values, rng.randrange(1, top)),
+                )
+                return
+            self._next_id["evolving"] = top + 1
+            names = "".join(f", `{name}`" for name, _j in columns)
+            cur.execute(
+                f"INSERT INTO evolving (id, version, name, amount{names}) "
+                f"VALUES (%s, 1, %s, 0{', %s' * len(columns)})",
+                (top, f"e{top}", *values),
+            )
+
+    def _large(self, conn: Any, count: int | None = None) -> None:
         """One transaction of `large_rows` inserts into `bulk`, plus (when rows are
         there) an update of a tenth of them and a delete of another tenth."""
+        count = self.large_rows if count is None else count
         with conn.cursor() as cur:
             cur.execute("BEGIN")
             # Read the table, not our memory: a COMMIT lost in a restart may have landed.
@@ -228,8 +271,8 @@ class Workload:
                 )
                 cur.execute("DELETE FROM bulk WHERE id BETWEEN %s AND %s", (low, low + span - 1))
             chunk = 1000
-            for low in range(first, first + self.large_rows, chunk):
-                high = min(low + chunk, first + self.large_rows)
+            for low in range(first, first + count, chunk):
+                high = min(low + chunk, first + count)
                 rows = [(i, f"b{i}", f"{i % 100000}.{i % 100:02d}") for i in range(low, high)]
                 cur.executemany(
                     "INSERT INTO bulk (id, version, name, amount) VALUES (%s, 1, %s, %s)", rows
