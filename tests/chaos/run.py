@@ -584,7 +584,7 @@ class ChaosRun:
             return Recovery(fault, what, self._recovered(started, version))
         match = ERROR_POSITION.search(line)
         assert match is not None
-        position = match.group(1).rstrip(",;)")
+        position = match.group(1).strip("'\"").rstrip(",;)'\"")
         for name in p.names("r"):  # the operator stops every reader of the source first
             if name not in p.dead():
                 p.kill9(name)
