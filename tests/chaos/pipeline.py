@@ -104,7 +104,8 @@ class Pipeline:
             [
                 NewTopic(self.topic, self.num_shards, 1, config=limit),
                 NewTopic(self.dlq, 1, 1),
-                NewTopic(self.reader_dlq, 1, 1),
+                # The reader writes a dead letter to its shard's partition.
+                NewTopic(self.reader_dlq, self.num_shards, 1),
             ]
         )
         for topic, future in futures.items():

@@ -789,7 +789,7 @@ class ChaosRun:
         poison, oversized = poison_rule(cfg), oversized_rule(cfg)
         published_raw = read_topic(self.stack.kafka_bootstrap, p.topic, cfg.num_shards)
         dead_raw = read_topic(self.stack.kafka_bootstrap, p.dlq, 1)
-        reader_dead_raw = read_topic(self.stack.kafka_bootstrap, p.reader_dlq, 1)
+        reader_dead_raw = read_topic(self.stack.kafka_bootstrap, p.reader_dlq, cfg.num_shards)
         published = Published.of(published_raw)
         dead = DeadLetters.of(dead_raw)
         reader_dead = ReaderDeadLetters.of(reader_dead_raw)
