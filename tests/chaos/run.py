@@ -179,6 +179,14 @@ class Report:
                 f"-> exact: {v.reader_dlq_exact}",
                 f"row messages with a partial row: {len(v.partial_rows)}",
             ]
+            for name, keys in (
+                ("lost", v.lost),
+                ("duplicated", v.duplicated),
+                ("never published", v.unpublished),
+                ("unexpected in the reader DLQ", v.oversized_unexpected),
+            ):
+                if keys:
+                    lines.append(f"{name} (first 5): {keys[:5]}")
         lines.append(
             f"largest owner overlap: {self.overlap} ({self.owner_records} owners/ records)"
         )
