@@ -51,14 +51,14 @@ def _cut_streams(stack: Any, user: str, cuts: int) -> int:
     has reconnected (a new stream exists), so that no cut lands in a reconnect backoff
     and is wasted. Returns the number of streams cut."""
     cut: set[int] = set()
+
+    def new_stream() -> set[int] | None:
+        return _binlog_streams(stack, user) - cut or None
+
     for n in range(cuts):
-        fresh = wait_for(
-            f"the reader's stream after cut {n}",
-            lambda: _binlog_streams(stack, user) - cut or None,
-            timeout=60,
-        )
+        fresh = wait_for(f"the reader's stream after cut {n}", new_stream, timeout=60)
         _kill_connections(stack, user)
-        cut |= fresh
+        cut.update(fresh)
     return len(cut)
 
 
