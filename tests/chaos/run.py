@@ -469,7 +469,7 @@ class ChaosRun:
         p = self.pipeline
         table = BOOTSTRAP_TABLES[fault.pick % len(BOOTSTRAP_TABLES)]
         main = self._loads[0]
-        burst_rows = max(1000, min(self.config.large_rows, 20_000))
+        burst_rows = max(1000, min(self.config.large_rows // 2, 20_000))
         stop_burst = threading.Event()
 
         def burst() -> None:
