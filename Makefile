@@ -60,11 +60,14 @@ bench: venv stack  ## every benchmark, one after the other (about 15 minutes)
 	@set -a; eval "$$($(BIN)/shardctl dev env | sed 's/^export //')"; set +a; \
 	for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b; done
 
-# 30 minutes of seeded faults under load with 100k-row transactions; prints the chaos
-# report. It restarts the stack's etcd, Kafka and MariaDB (SOAK_ARGS=--private-stack
-# runs its own). Replay a run with SOAK_ARGS='--seed N'.
+# 30 minutes of seeded faults under load with 100k-row transactions and every chaos
+# kind (bench/chaos.py --list-kinds); prints the chaos report. It restarts the stack's
+# etcd, Kafka and MariaDB and starts the optional mariadb2 and mariadb_sink services
+# (SOAK_ARGS=--private-stack runs its own). Replay a run with SOAK_ARGS='--seed N';
+# choose kinds with SOAK_ARGS='--kinds bootstrap,pk-update'.
 soak: venv stack  ## 30-minute chaos run; not part of `make test`
-	$(BIN)/python bench/chaos.py --duration 1800 --large-rows 100000 --large-every 300 $(SOAK_ARGS)
+	$(BIN)/python bench/chaos.py --duration 1800 --large-rows 100000 --large-every 300 \
+		--kinds all $(SOAK_ARGS)
 
 down:
 	$(BIN)/shardctl dev down

@@ -1,19 +1,26 @@
 """The chaos run as a benchmark: seeded faults under load, then the report.
 
-    python bench/chaos.py [--seed N] [--duration S] [--large-rows N] [--private-stack]
+    python bench/chaos.py [--seed N] [--duration S] [--large-rows N] [--kinds K,K]
+                          [--private-stack]
 
 Runs the whole pipeline (MariaDB -> 2 CDC readers -> Kafka -> workers with the SQL
 sink behind a failing-rule handler; 2 coordinators) under a steady write load with
 multi-table and large transactions, injects the seeded fault schedule (kill -9 of
 workers, of the coordinator leader and of the CDC leader, SIGSTOP past the TTL,
-restarts of etcd, Kafka and MariaDB), and prints: faults by kind, recovery time per
+restarts of etcd, Kafka and MariaDB; bootstraps across a CDC failover, sink MariaDB
+outages past the retry window, a transaction under session binlog settings and the
+operator's fix), with primary-key updates, a second source into the same topic and
+rows over the topic's max.message.bytes in the load, and prints: faults by kind,
+recovery time per
 fault, events processed, lost and duplicated, the DLQ check and the largest owner
 overlap. The same seed gives the same schedule. It exits 1 if anything was lost,
 duplicated or overlapped.
 
 By default it uses the local stack (`shardctl dev up`) and restarts its services;
-`--private-stack` starts its own etcd, MariaDB and Kafka on free ports instead.
-`make soak` runs it for 30 minutes with 100k-row transactions.
+`--private-stack` starts its own etcd, MariaDB and Kafka on free ports instead. The
+optional `mariadb2` and `mariadb_sink` services start when a kind needs them.
+`--kinds` selects kinds by short name (default `all`); `--list-kinds` names them.
+`make soak` runs it for 30 minutes with 100k-row transactions and every kind.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shardctl.cli.dev import load_devstack
 from tests.chaos.run import ChaosConfig, ChaosRun, Report
+from tests.chaos.schedule import KIND_NAMES, parse_kinds
 from tests.conftest import StackHandle
 
 
@@ -50,11 +58,16 @@ def passed(report: Report) -> bool:
         and not v.poison_applied
         and not v.unpublished
         and v.dlq_exact
+        and v.reader_dlq_exact
+        and not v.oversized_applied
+        and not v.partial_rows
+        and not v.sink_duplicated
         and report.overlap == 0
         and all(report.tables_equal.values())
         and all(r.seconds is not None for r in report.recoveries)
         and not report.crashed
         and not report.workload_errors
+        and not report.findings
     )
 
 
@@ -71,10 +84,23 @@ def main() -> int:
     parser.add_argument(
         "--gap", type=float, nargs=2, default=(10.0, 30.0), help="seconds between faults"
     )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=None, help="seconds the sink may take to catch up"
+    )
+    parser.add_argument("--kinds", default="all", help="comma list of kinds, or all")
+    parser.add_argument("--list-kinds", action="store_true", help="print the kinds and exit")
     parser.add_argument("--private-stack", action="store_true")
     args = parser.parse_args()
+    if args.list_kinds:
+        for short, kind in KIND_NAMES.items():
+            print(f"{short:<18} {kind.value}")
+        return 0
+    try:
+        kinds, load_kinds = parse_kinds(args.kinds)
+    except ValueError as exc:
+        parser.error(str(exc))
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    print(f"chaos seed {seed}", flush=True)
+    print(f"chaos seed {seed}, kinds {args.kinds}", flush=True)
 
     devstack = load_devstack()
     state = Path(tempfile.mkdtemp(prefix="chaos-"))
@@ -103,7 +129,13 @@ def main() -> int:
         ttl=args.ttl,
         pause_s=args.pause,
         gap_s=(args.gap[0], args.gap[1]),
-        drain_timeout_s=max(180.0, args.large_rows / 200),
+        drain_timeout_s=(
+            args.drain_timeout
+            if args.drain_timeout is not None
+            else max(180.0, args.large_rows / 200)
+        ),
+        kinds=kinds,
+        load_kinds=load_kinds,
     )
     run = ChaosRun(stack, stack.settings(cluster=name), name, state, config)
     try:

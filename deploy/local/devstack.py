@@ -14,13 +14,17 @@ Each service moves through these states:
 * healthy: one real request answers (etcd /health, a MariaDB query, Kafka
   metadata, NSQ /ping). Never a sleep.
 
-`up` is idempotent: a healthy service is left alone.
+`up` is idempotent: a healthy service is left alone. With no names it starts the
+five services above; the optional ones (`mariadb2`, a second source with the same
+binlog settings and CDC user; `mariadb_sink`, a server of its own for sinks) start
+only when named: `up(["mariadb2"])`, `shardctl dev up mariadb2`.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import getpass
 import json
 import os
@@ -42,6 +46,13 @@ REPO = HERE.parent.parent
 KAFKA_VERSION = "4.1.1"
 NSQ_VERSION = "1.3.0"
 SERVICES = ("etcd", "mariadb", "kafka", "nsqlookupd", "nsqd")
+# Started only when named (`shardctl dev up mariadb2`): a second source server, and a
+# sink server that tests can stop without touching the source.
+OPTIONAL_SERVICES = ("mariadb2", "mariadb_sink")
+ALL_SERVICES = SERVICES + OPTIONAL_SERVICES
+# Each MariaDB: its port field in Ports, and its server_id. Same binlog settings and
+# the same GTID domain: two sources that only their identity tells apart.
+MARIADB_SERVERS = {"mariadb": 1, "mariadb2": 2, "mariadb_sink": 3}
 CDC_USER = "shardctl_cdc"
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 
@@ -63,18 +74,27 @@ class Ports:
     nsqd_http: int = 14151
     lookupd_tcp: int = 14160
     lookupd_http: int = 14161
+    # 0: the MariaDB port + 1 (+ 2), so a stack whose ports moved keeps them together.
+    mariadb2: int = 0
+    mariadb_sink: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.mariadb2:
+            self.mariadb2 = self.mariadb + 1
+        if not self.mariadb_sink:
+            self.mariadb_sink = self.mariadb + 2
 
     @classmethod
     def from_env(cls) -> Ports:
         """Each port can be moved with SHARDCTL_DEV_<NAME>_PORT, e.g. SHARDCTL_DEV_KAFKA_PORT."""
-        ports = cls()
-        for name in asdict(ports):
+        moved: dict[str, int] = {}
+        for name in asdict(cls()):
             raw = os.environ.get(f"SHARDCTL_DEV_{name.upper()}_PORT")
             if raw is not None:
                 if not raw.isdigit() or not 0 < int(raw) < 65536:
                     raise StackError(f"SHARDCTL_DEV_{name.upper()}_PORT: {raw!r} is not a port")
-                setattr(ports, name, int(raw))
-        return ports
+                moved[name] = int(raw)
+        return cls(**moved)
 
 
 @dataclass
@@ -252,15 +272,18 @@ class Stack:
                 self._etcd_cmd,
                 self._etcd_healthy,
             ),
-            "mariadb": Service(
-                "mariadb",
-                "mariadbd",
-                self._install_mariadb,
-                self._prepare_mariadb,
-                self._mariadb_cmd,
-                self._mariadb_healthy,
-                self._mariadb_users,
-            ),
+            **{
+                name: Service(
+                    name,
+                    "mariadbd",
+                    self._install_mariadb,
+                    functools.partial(self._prepare_mariadb, name),
+                    functools.partial(self._mariadb_cmd, name),
+                    functools.partial(self._mariadb_healthy, name),
+                    functools.partial(self._mariadb_users, name),
+                )
+                for name in MARIADB_SERVERS
+            },
             "kafka": Service(
                 "kafka",
                 "java",
@@ -304,7 +327,14 @@ class Stack:
 
     @property
     def mariadb_socket(self) -> Path:
-        return self.state / "run" / "mariadb.sock"
+        return self.socket_of("mariadb")
+
+    def socket_of(self, mariadb: str) -> Path:
+        return self.state / "run" / f"{mariadb}.sock"
+
+    def mariadb_port(self, mariadb: str) -> int:
+        """The TCP port of one of the MARIADB_SERVERS."""
+        return int(getattr(self.ports, mariadb))
 
     # --------------------------------------------------------------- installs
     def _apt_install(self, packages: list[str]) -> None:
@@ -472,8 +502,8 @@ class Stack:
                 raise StackError(f"etcd auth {path}: HTTP {exc.code}: {detail}") from exc
 
     # --------------------------------------------------------------- MariaDB
-    def _prepare_mariadb(self) -> None:
-        datadir = self.data("mariadb")
+    def _prepare_mariadb(self, name: str = "mariadb") -> None:
+        datadir = self.data(name)
         if (datadir / "mysql").is_dir():
             return
         datadir.mkdir(parents=True, exist_ok=True)
@@ -489,19 +519,20 @@ class Stack:
             "mariadb: initialising the data directory",
         )
 
-    def _mariadb_cmd(self) -> list[str]:
-        d = self.data("mariadb")
+    def _mariadb_cmd(self, name: str = "mariadb") -> list[str]:
+        d = self.data(name)
+        internal_pid = "mariadbd" if name == "mariadb" else name
         return [
             shutil.which("mariadbd", path=SBIN_PATH) or "mariadbd",
             "--no-defaults",
             f"--datadir={d}",
-            f"--socket={self.mariadb_socket}",
-            f"--port={self.ports.mariadb}",
+            f"--socket={self.socket_of(name)}",
+            f"--port={self.mariadb_port(name)}",
             "--bind-address=127.0.0.1",
             f"--user={getpass.getuser()}",
             "--skip-name-resolve",
-            f"--pid-file={self.state / 'run' / 'mariadbd.internal.pid'}",
-            "--server-id=1",
+            f"--pid-file={self.state / 'run' / f'{internal_pid}.internal.pid'}",
+            f"--server-id={MARIADB_SERVERS[name]}",
             f"--log-bin={d / 'binlog'}",
             "--binlog-format=ROW",
             "--binlog-row-image=FULL",
@@ -524,12 +555,12 @@ class Stack:
             ),
         ]
 
-    def _mariadb_query(self, sql: str, via_socket: bool = False) -> None:
+    def _mariadb_query(self, sql: str, via_socket: bool = False, name: str = "mariadb") -> None:
         import pymysql
 
         if via_socket:
             conn = pymysql.connect(
-                unix_socket=str(self.mariadb_socket),
+                unix_socket=str(self.socket_of(name)),
                 user="root",
                 password="",
                 connect_timeout=2,
@@ -538,7 +569,7 @@ class Stack:
         else:
             conn = pymysql.connect(
                 host="127.0.0.1",
-                port=self.ports.mariadb,
+                port=self.mariadb_port(name),
                 user="root",
                 password="",
                 connect_timeout=2,
@@ -551,17 +582,18 @@ class Stack:
         finally:
             conn.close()
 
-    def _mariadb_healthy(self) -> bool:
+    def _mariadb_healthy(self, name: str = "mariadb") -> bool:
         import pymysql
 
         try:
-            self._mariadb_query("SELECT 1", via_socket=True)
+            self._mariadb_query("SELECT 1", via_socket=True, name=name)
         except (pymysql.MySQLError, OSError):
             return False
         return True
 
-    def _mariadb_users(self) -> None:
-        """Root over TCP for tests, and a CDC user with only what a binlog reader needs."""
+    def _mariadb_users(self, name: str = "mariadb") -> None:
+        """Root over TCP for tests, and a CDC user with only what a binlog reader needs
+        (the same user and password on every MariaDB of the stack)."""
         pw_file = self.cdc_password_file
         if not pw_file.exists():
             pw_file.parent.mkdir(parents=True, exist_ok=True)
@@ -578,6 +610,7 @@ class Stack:
             f"GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* "
             f"TO '{CDC_USER}'@'127.0.0.1'",
             via_socket=True,
+            name=name,
         )
 
     # ----------------------------------------------------------------- Kafka
@@ -727,11 +760,11 @@ class Stack:
         return pid
 
     def _names(self, only: list[str] | None) -> list[str]:
-        names = list(only or SERVICES)
+        names = list(only or SERVICES)  # optional services only when named
         unknown = [n for n in names if n not in self.services]
         if unknown:
-            raise StackError(f"unknown service {unknown[0]!r}; services: {', '.join(SERVICES)}")
-        return [n for n in SERVICES if n in names]  # dependency order
+            raise StackError(f"unknown service {unknown[0]!r}; services: {', '.join(ALL_SERVICES)}")
+        return [n for n in ALL_SERVICES if n in names]  # dependency order
 
     def up(self, only: list[str] | None = None, echo: Callable[[str], None] = print) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
@@ -825,14 +858,17 @@ class Stack:
         self.start(name, echo)
 
     def down(self, echo: Callable[[str], None] = print) -> None:
-        for name in reversed(SERVICES):
+        for name in reversed(ALL_SERVICES):
             if self.stop(name):
                 echo(f"{name}: stopped")
 
     def status(self) -> Iterator[tuple[str, int | None, bool, str]]:
-        """(service, pid or None, healthy, endpoint) for each service."""
-        for name in SERVICES:
+        """(service, pid or None, healthy, endpoint) for each service, and for each
+        optional service that runs."""
+        for name in ALL_SERVICES:
             pid = self.pid(name)
+            if pid is None and name in OPTIONAL_SERVICES:
+                continue
             yield (
                 name,
                 pid,
@@ -848,6 +884,8 @@ class Stack:
             "kafka": f"127.0.0.1:{p.kafka}",
             "nsqlookupd": f"http://127.0.0.1:{p.lookupd_http}",
             "nsqd": f"127.0.0.1:{p.nsqd_tcp} (http 127.0.0.1:{p.nsqd_http})",
+            "mariadb2": f"127.0.0.1:{p.mariadb2}",
+            "mariadb_sink": f"127.0.0.1:{p.mariadb_sink}",
         }
 
     def env(self) -> dict[str, str]:

@@ -19,7 +19,11 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-SERVICE_HELP = "Services to act on (etcd, mariadb, kafka, nsqlookupd, nsqd); default: all."
+SERVICE_HELP = (
+    "Services to act on (etcd, mariadb, kafka, nsqlookupd, nsqd); default: those five. "
+    "Optional ones start only when named: mariadb2 (a second source MariaDB), "
+    "mariadb_sink (a MariaDB of its own for sinks)."
+)
 
 
 def load_devstack() -> ModuleType:

@@ -3,7 +3,8 @@
 By default the chaos run uses the session `stack` (in CI nothing else runs
 concurrently). With SHARDCTL_CHAOS_PRIVATE_STACK=1 it starts its own etcd, MariaDB
 and Kafka on free ports in a temporary state folder, so restarting them disturbs
-no one else, and stops them afterwards.
+no one else, and stops them afterwards. Either way the run itself starts the optional
+`mariadb2` and `mariadb_sink` services through the stack when its kinds need them.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
-"""The processes of a chaos run: 2 CDC readers, 2 coordinators, N SQL-sink workers.
+"""The processes of a chaos run: 2 CDC readers, 2 coordinators, N SQL-sink workers
+(and, with a second source, one reader of it: `q1`).
 
 Every process is a real `shardctl ... run` subprocess in a cluster (etcd prefix),
-topic and databases of the run's own. `Pipeline` starts them, kills (-9), freezes
-(SIGSTOP) and resumes (SIGCONT) them, tells who leads, and restarts stack services
-through the stack handle. `close()` ends only the processes it started.
+topic and databases of the run's own. The sink database lives on `sink_server`
+(the source MariaDB, or `mariadb_sink` when the run stops the sink's server).
+`Pipeline` starts them, kills (-9), freezes (SIGSTOP) and resumes (SIGCONT) them,
+tells who leads, and restarts stack services through the stack handle. `close()`
+ends only the processes it started.
 """
 
 from __future__ import annotations
@@ -22,11 +25,17 @@ from confluent_kafka.cimpl import NewTopic
 from shardctl.config import Settings
 from shardctl.etcd import EtcdClient, LoopThread
 from shardctl.keyspace import Keyspace
-from tests.chaos.workload import DATA_TABLES
+from tests.chaos.workload import DATA_TABLES, SECOND_SOURCE_TABLES
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = "src"
+SOURCE2 = "src2"
 HANDLER = "tests.chaos.flaky_sink:FlakySqlSink"
+
+
+def port_of(stack: Any, mariadb: str) -> int:
+    """The port of one MariaDB of the devstack (`mariadb`, `mariadb2`, `mariadb_sink`)."""
+    return int(stack._stack.mariadb_port(mariadb))
 
 
 class Pipeline:
@@ -41,6 +50,9 @@ class Pipeline:
         ttl: int,
         poison_modulus: int,
         flaky_modulus: int,
+        sink_server: str = "mariadb",
+        second_source: str | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.stack = stack
         self.settings = settings
@@ -49,6 +61,10 @@ class Pipeline:
         self.sink_db = f"{source_db}_sink"
         self.topic = f"chaos-{source_db}"
         self.dlq = f"{self.topic}.dlq"
+        self.reader_dlq = f"{self.topic}.cdc-dlq"
+        self.sink_server = sink_server
+        self.second_source = second_source  # the devstack MariaDB of SOURCE2, if any
+        self.max_message_bytes = max_message_bytes
         self.workdir = workdir
         self.num_shards = num_shards
         self.ttl = ttl
@@ -70,8 +86,9 @@ class Pipeline:
             # One replica server_id per reader: the server evicts duplicates.
             "SHARDCTL_CDC_FILTER": f"exclude: *.*, {include}",
             "SHARDCTL_CDC_LEASE_TTL_S": str(ttl),
+            "SHARDCTL_CDC_DEAD_LETTER_TOPIC": self.reader_dlq,
             "SHARDCTL_SINK_SQL_HOST": stack.mysql_host,
-            "SHARDCTL_SINK_SQL_PORT": str(stack.mysql_port),
+            "SHARDCTL_SINK_SQL_PORT": str(port_of(stack, sink_server)),
             "SHARDCTL_SINK_SQL_USER": "root",
             "SHARDCTL_SINK_SQL_DATABASE": self.sink_db,
         }
@@ -82,8 +99,14 @@ class Pipeline:
 
     def create_topics(self) -> None:
         admin = AdminClient({"bootstrap.servers": self.stack.kafka_bootstrap})
+        limit = {"max.message.bytes": str(self.max_message_bytes)} if self.max_message_bytes else {}
         futures = admin.create_topics(
-            [NewTopic(self.topic, self.num_shards, 1), NewTopic(self.dlq, 1, 1)]
+            [
+                NewTopic(self.topic, self.num_shards, 1, config=limit),
+                NewTopic(self.dlq, 1, 1),
+                # The reader writes a dead letter to its shard's partition.
+                NewTopic(self.reader_dlq, self.num_shards, 1),
+            ]
         )
         for topic, future in futures.items():
             try:
@@ -93,21 +116,33 @@ class Pipeline:
 
     def delete_topics(self) -> None:
         admin = AdminClient({"bootstrap.servers": self.stack.kafka_bootstrap})
-        for topic, future in admin.delete_topics([self.topic, self.dlq]).items():
+        for topic, future in admin.delete_topics([self.topic, self.dlq, self.reader_dlq]).items():
             try:
                 future.result(30)
             except Exception as exc:  # the report names it; cleanup goes on
                 print(f"chaos cleanup: deleting topic {topic}: {exc}", file=sys.stderr)
 
-    def shardctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def shardctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "shardctl.cli.main", *args],
             env=self.env,
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
             check=False,
+        )
+
+    def background(self, *args: str) -> subprocess.Popen[str]:
+        """A `shardctl` command left running (e.g. a bootstrap that waits); its output,
+        stderr included, comes back from `communicate()`."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "shardctl.cli.main", *args],
+            env=self.env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
 
     # -- processes -------------------------------------------------------------------
@@ -126,6 +161,23 @@ class Pipeline:
     def start_reader(self, name: str) -> None:
         server_id = 10_000 + zlib.crc32(f"{self.settings.cluster}/{name}".encode()) % 2_000_000_000
         env = {**self.env, "SHARDCTL_CDC_SERVER_ID": str(server_id)}
+        args = ["cdc", "run", "--reader-id", name, "--num-shards", str(self.num_shards)]
+        self.spawn(name, args, env)
+
+    def source2_env(self) -> dict[str, str]:
+        assert self.second_source is not None
+        include = ", ".join(f"include: {self.source_db}.{t}" for t in SECOND_SOURCE_TABLES)
+        return {
+            **self.env,
+            "SHARDCTL_MYSQL_PORT": str(port_of(self.stack, self.second_source)),
+            "SHARDCTL_CDC_SOURCE": SOURCE2,
+            "SHARDCTL_CDC_FILTER": f"exclude: *.*, {include}",
+        }
+
+    def start_reader2(self, name: str) -> None:
+        """A reader of the second source, publishing into the same topic."""
+        server_id = 10_000 + zlib.crc32(f"{self.settings.cluster}/{name}".encode()) % 2_000_000_000
+        env = {**self.source2_env(), "SHARDCTL_CDC_SERVER_ID": str(server_id)}
         args = ["cdc", "run", "--reader-id", name, "--num-shards", str(self.num_shards)]
         self.spawn(name, args, env)
 
@@ -151,8 +203,13 @@ class Pipeline:
 
     def restart(self, name: str) -> None:
         """Start a process again under the same name (after a kill)."""
-        kind = name[0]
-        {"r": self.start_reader, "c": self.start_coordinator, "w": self.start_worker}[kind](name)
+        starts = {
+            "r": self.start_reader,
+            "q": self.start_reader2,
+            "c": self.start_coordinator,
+            "w": self.start_worker,
+        }
+        starts[name[0]](name)
 
     def kill9(self, name: str) -> None:
         proc = self.procs[name]

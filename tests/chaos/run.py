@@ -11,11 +11,35 @@
     VERIFIED  trigger logs, topic, DLQ and owners log compared (`verify.py`)
 
 Every restarted stack service is healthy again before the next step (`restart`
-returns once it is). `ChaosConfig.seed` fixes the schedule and the load.
+returns once it is). `ChaosConfig.seed` fixes the schedule and the load;
+`ChaosConfig.kinds` and `load_kinds` select what the run injects and writes.
+
+Faults beyond process kills and service restarts:
+    bootstrap        `cdc bootstrap` of a small table, and the CDC leader killed
+                     (-9) while it runs
+    sink outage      the sink's own MariaDB (`mariadb_sink`) stopped for longer
+                     than the workers' old retry window, then started
+    binlog session   one transaction of inserts/updates into `sessions` under
+                     `SET SESSION binlog_format=STATEMENT` or
+                     `binlog_row_image=MINIMAL`. The reader must exit naming the
+                     setting and `position=<P>`; the run then does the operator's
+                     fix: stop the readers, `cdc checkpoint skip --position <P>`,
+                     `cdc bootstrap <db>.sessions`, start the readers
+    DDL step         in turn: ADD COLUMN note<n>, RENAME it to memo<n>, MODIFY it
+                     to JSON (after turning its non-JSON values into JSON objects),
+                     on `evolving`, with the load paused. The SQL sink skips DDL,
+                     so the run applies the same ALTER to the sink table as an
+                     operator would, once the sink has applied every earlier change
+                     of the table; the sink must then write the new columns.
+Load kinds: primary-key updates; a second source (`mariadb2`, reader `q1`) into the
+same topic; a topic with a small max.message.bytes and rows over it.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -23,14 +47,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pymysql
+
 from shardctl.config import Settings
 from tests.chaos.flaky_sink import is_poison
 from tests.chaos.owners_log import OwnersLog, max_overlap, owned_shards
-from tests.chaos.pipeline import SOURCE, Pipeline
-from tests.chaos.schedule import Fault, FaultKind, make_schedule
+from tests.chaos.pipeline import SOURCE, SOURCE2, Pipeline, port_of
+from tests.chaos.schedule import (
+    ALL_KINDS,
+    ALL_LOAD_KINDS,
+    Fault,
+    FaultKind,
+    LoadKind,
+    make_schedule,
+)
 from tests.chaos.topics import read_topic
-from tests.chaos.verify import ChangeKey, DeadLetters, Published, Verdict, verdict
-from tests.chaos.workload import DATA_TABLES, PROBE_ROWS, RETRYABLE, Workload, schema
+from tests.chaos.verify import (
+    ChangeKey,
+    DeadLetters,
+    Published,
+    ReaderDeadLetters,
+    Verdict,
+    verdict,
+)
+from tests.chaos.workload import (
+    DATA_TABLES,
+    PROBE_ROWS,
+    RETRYABLE,
+    SECOND_SOURCE_TABLES,
+    SMALL_TABLES,
+    Workload,
+    is_oversized,
+    schema,
+)
 
 POISON_TABLE = "accounts"
 
@@ -51,6 +100,11 @@ class ChaosConfig:
     pause_s: float = 0.1  # between small transactions of the workload
     recovery_timeout_s: float = 120.0
     drain_timeout_s: float = 180.0
+    kinds: tuple[FaultKind, ...] = ALL_KINDS
+    load_kinds: tuple[LoadKind, ...] = ALL_LOAD_KINDS
+    sink_outage_s: tuple[float, float] = (6.0, 12.0)  # the old retry window was ~3-5 s
+    max_message_bytes: int = 20_000
+    oversized_every: int = 15  # transactions between inserts into `wide`
 
 
 @dataclass
@@ -76,6 +130,11 @@ class Report:
     workload_errors: list[str] = field(default_factory=list)
     tables_equal: dict[str, bool] = field(default_factory=dict)
     crashed: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)  # what a fault's own check saw
+    pk_moves: int = 0
+    wide_rows: int = 0
+    second_source_transactions: int = 0
+    operator_fixes: int = 0
     elapsed_s: float = 0.0
     drain_s: float | None = None  # load stopped -> sink caught up; None: it did not
 
@@ -109,7 +168,25 @@ class Report:
                 f"repeated {v.dlq_repeated}) -> exact: {v.dlq_exact}",
                 f"changes never published: {len(v.unpublished)}; "
                 f"published under two event ids: {len(v.split_event_ids)}",
+                f"primary-key moves: {self.pk_moves}; second-source transactions: "
+                f"{self.second_source_transactions}; bootstrap applications: "
+                f"{v.bootstrap_applied}",
+                f"operator fixes (skip + bootstrap): {self.operator_fixes}, "
+                f"changes skipped by them: {v.skipped_by_operator}",
+                f"wide rows: {self.wide_rows}, oversized: {v.oversized} (missing from the "
+                f"reader DLQ {len(v.oversized_missing)}, unexpected there "
+                f"{len(v.oversized_unexpected)}, in the sink {len(v.oversized_applied)}) "
+                f"-> exact: {v.reader_dlq_exact}",
+                f"row messages with a partial row: {len(v.partial_rows)}",
             ]
+            for name, keys in (
+                ("lost", v.lost),
+                ("duplicated", v.duplicated),
+                ("never published", v.unpublished),
+                ("unexpected in the reader DLQ", v.oversized_unexpected),
+            ):
+                if keys:
+                    lines.append(f"{name} (first 5): {keys[:5]}")
         lines.append(
             f"largest owner overlap: {self.overlap} ({self.owner_records} owners/ records)"
         )
@@ -120,11 +197,25 @@ class Report:
             lines.append(f"processes that exited on their own: {self.crashed}")
         if self.workload_errors:
             lines.append(f"workload errors: {self.workload_errors[:5]}")
+        for finding in self.findings:
+            lines.append(f"finding: {finding}")
         return "\n".join(lines)
 
 
 def poison_rule(config: ChaosConfig) -> Any:
     return lambda key: is_poison(key[0], key[1], POISON_TABLE, config.poison_modulus)
+
+
+def oversized_rule(config: ChaosConfig) -> Any:
+    enabled = LoadKind.OVERSIZED_ROWS in config.load_kinds
+    return lambda key: enabled and is_oversized(key[0], key[1])
+
+
+ERROR_POSITION = re.compile(r"position=(\S+)")
+SOURCE_SERVER = "mariadb"
+SECOND_SERVER = "mariadb2"
+SINK_SERVER = "mariadb_sink"
+BOOTSTRAP_TABLES = ("accounts", "orders")
 
 
 class ChaosRun:
@@ -133,6 +224,9 @@ class ChaosRun:
     ) -> None:
         self.stack = stack
         self.config = config
+        self.sink_server = SINK_SERVER if FaultKind.SINK_OUTAGE in config.kinds else SOURCE_SERVER
+        second = LoadKind.SECOND_SOURCE in config.load_kinds
+        oversized = LoadKind.OVERSIZED_ROWS in config.load_kinds
         self.pipeline = Pipeline(
             stack,
             settings,
@@ -142,24 +236,57 @@ class ChaosRun:
             ttl=config.ttl,
             poison_modulus=config.poison_modulus,
             flaky_modulus=config.flaky_modulus,
+            sink_server=self.sink_server,
+            second_source=SECOND_SERVER if second else None,
+            max_message_bytes=config.max_message_bytes if oversized else None,
         )
         self.owners = OwnersLog(self.pipeline.keys)
         self.schedule = make_schedule(
-            config.seed, config.duration_s, gap_s=config.gap_s, rounds=config.rounds
+            config.seed,
+            config.duration_s,
+            kinds=config.kinds,
+            gap_s=config.gap_s,
+            rounds=config.rounds,
         )
         self.report = Report(seed=config.seed, schedule=self.schedule)
         self._probe_version = 1
         self._began = time.monotonic()
         self._stopped_services: list[str] = []
+        self._started_services: list[str] = []  # optional services this run brought up
+        self._skipped: list[ChangeKey] = []  # changes of transactions the operator skipped
+        self._session_next = 1
+        self._loads: list[Workload] = []
+        self._ddl_steps = 0
+        self._json_columns: set[str] = set()
 
     # -- SQL --------------------------------------------------------------------------
 
-    def sql(self, db: str, statement: str, args: Any = None, deadline_s: float = 120.0) -> Any:
+    def connect(self, server: str, db: str | None = None) -> Any:
+        if server == SOURCE_SERVER:
+            return self.stack.mysql_root(db)
+        return pymysql.connect(
+            host="127.0.0.1",
+            port=port_of(self.stack, server),
+            user="root",
+            password="",
+            database=db,
+            autocommit=True,
+            charset="utf8mb4",
+        )
+
+    def sql(
+        self,
+        db: str | None,
+        statement: str,
+        args: Any = None,
+        deadline_s: float = 120.0,
+        server: str = SOURCE_SERVER,
+    ) -> Any:
         """Run one statement, retrying while MariaDB restarts."""
         deadline = time.monotonic() + deadline_s
         while True:
             try:
-                conn = self.stack.mysql_root(db)
+                conn = self.connect(server, db)
                 try:
                     with conn.cursor() as cur:
                         cur.execute(statement, args)
@@ -171,15 +298,34 @@ class ChaosRun:
                     raise
                 time.sleep(0.5)
 
+    def sink_sql(self, statement: str, args: Any = None) -> Any:
+        return self.sql(self.pipeline.sink_db, statement, args, server=self.sink_server)
+
     # -- phases -----------------------------------------------------------------------
+
+    def _optional_servers(self) -> list[str]:
+        p = self.pipeline
+        wanted = [s for s in (p.second_source, self.sink_server) if s and s != SOURCE_SERVER]
+        return wanted
 
     def setup(self) -> None:
         p = self.pipeline
+        devstack = self.stack._stack
+        for server in self._optional_servers():
+            if devstack.pid(server) is None:
+                self._started_services.append(server)
+            devstack.up([server], echo=lambda _m: None)  # through devstack, as tests must
         for statement in schema("changes"):
             self.sql(p.source_db, statement)
-        self.sql(p.source_db, f"CREATE DATABASE `{p.sink_db}`")
-        for statement in schema("effects"):
-            self.sql(p.sink_db, statement)
+        sink_tables = DATA_TABLES
+        if p.second_source is not None:
+            sink_tables = DATA_TABLES + SECOND_SOURCE_TABLES
+            self.sql(None, f"CREATE DATABASE `{p.source_db}`", server=p.second_source)
+            for statement in schema("changes", SECOND_SOURCE_TABLES):
+                self.sql(p.source_db, statement, server=p.second_source)
+        self.sql(None, f"CREATE DATABASE `{p.sink_db}`", server=self.sink_server)
+        for statement in schema("effects", sink_tables):
+            self.sink_sql(statement)
         p.create_topics()
         done = p.shardctl("shards", "set", str(self.config.num_shards))
         if done.returncode != 0:
@@ -187,6 +333,8 @@ class ChaosRun:
         p.etcd.submit(self.owners.run(p.client))
         for name in ("r1", "r2"):
             p.start_reader(name)
+        if p.second_source is not None:
+            p.start_reader2("q1")
         for name in ("c1", "c2"):
             p.start_coordinator(name)
         for i in range(1, self.config.workers + 1):
@@ -205,10 +353,10 @@ class ChaosRun:
 
     def _settled(self) -> bool:
         p = self.pipeline
-        checkpoint = p.leader(p.keys.cdc_checkpoint(SOURCE))
+        sources = [SOURCE] + ([SOURCE2] if p.second_source is not None else [])
         return (
             p.cdc_leader() is not None
-            and checkpoint is not None
+            and all(p.leader(p.keys.cdc_checkpoint(s)) is not None for s in sources)
             and len(owned_shards(self.owners.records)) == self.config.num_shards
         )
 
@@ -235,7 +383,7 @@ class ChaosRun:
         return version
 
     def _probe_applied(self, version: int) -> bool:
-        rows = self.sql(self.pipeline.sink_db, "SELECT COUNT(*), MIN(version) FROM probe")
+        rows = self.sink_sql("SELECT COUNT(*), MIN(version) FROM probe")
         count, lowest = rows[0]
         return int(count) == PROBE_ROWS and lowest is not None and int(lowest) >= version
 
@@ -275,13 +423,23 @@ class ChaosRun:
                 p.restart(target)
             return Recovery(fault, target, seconds)
         if kind is FaultKind.KILL_CDC_LEADER:
-            target = p.cdc_leader() or "none"
-            if target in p.procs:
-                p.kill9(target)
-            seconds = self._recovered(started, self._probe())
-            if target in p.procs:
-                p.restart(target)
-            return Recovery(fault, target, seconds)
+            return Recovery(fault, *self._kill_cdc_leader(started))
+        if kind is FaultKind.BOOTSTRAP:
+            return self._bootstrap_during_failover(fault, started)
+        if kind is FaultKind.SINK_OUTAGE:
+            low, high = self.config.sink_outage_s
+            outage = low + (high - low) * (fault.pick % 1000) / 1000
+            self.stack.stop(SINK_SERVER)
+            version = self._probe()
+            time.sleep(outage)  # the outage itself: longer than the old retry window
+            self.stack.start(SINK_SERVER)
+            return Recovery(
+                fault, f"{SINK_SERVER} {outage:.1f}s", self._recovered(started, version)
+            )
+        if kind is FaultKind.SESSION_BINLOG:
+            return self._session_binlog(fault, started)
+        if kind is FaultKind.DDL:
+            return self._ddl_step(fault, started)
         service = {
             FaultKind.RESTART_ETCD: "etcd",
             FaultKind.RESTART_KAFKA: "kafka",
@@ -289,6 +447,222 @@ class ChaosRun:
         }[kind]
         self.stack.restart(service)  # returns once the service is healthy again
         return Recovery(fault, service, self._recovered(started, self._probe()))
+
+    def _kill_cdc_leader(self, started: float) -> tuple[str, float | None]:
+        p = self.pipeline
+        target = p.cdc_leader() or "none"
+        if target in p.procs:
+            p.kill9(target)
+        seconds = self._recovered(started, self._probe())
+        if target in p.procs:
+            p.restart(target)
+        return target, seconds
+
+    def _bootstrap_during_failover(self, fault: Fault, started: float) -> Recovery:
+        """A bootstrap of a small table while large transactions stream, and the CDC
+        leader killed (-9) as soon as it stores a checkpoint after the bootstrap was
+        published: the checkpoint must not pass a transaction Kafka has not yet
+        acknowledged (P4), or that transaction is lost.
+
+        The load pauses meanwhile, so every transaction the bootstrap can be emitted
+        before is a large one (a long window between sending it and its acks)."""
+        p = self.pipeline
+        table = BOOTSTRAP_TABLES[fault.pick % len(BOOTSTRAP_TABLES)]
+        main = self._loads[0]
+        burst_rows = max(1000, min(self.config.large_rows // 2, 20_000))
+        stop_burst = threading.Event()
+
+        def burst() -> None:
+            conn: Any = None
+            while not stop_burst.is_set():
+                try:
+                    conn = conn or self.stack.mysql_root(p.source_db)
+                    main.large_once(conn, burst_rows)
+                except RETRYABLE:
+                    conn = None
+                    stop_burst.wait(0.5)
+            if conn is not None:
+                conn.close()
+
+        with main.gate:
+            command = p.background(
+                "cdc", "bootstrap", f"{p.source_db}.{table}", "--source", SOURCE, "--timeout", "300"
+            )
+            assert command.stdout is not None
+            first_line = command.stdout.readline()  # "bootstrap <id> of <table> requested ..."
+            streamer = threading.Thread(target=burst, name="chaos-burst", daemon=True)
+            streamer.start()
+            request = first_line.split()[1] if first_line.startswith("bootstrap ") else ""
+            key = p.keys.cdc_bootstrap_prefix(SOURCE) + request
+            checkpoint_key = p.keys.cdc_checkpoint(SOURCE)
+            deadline = time.monotonic() + 120
+            while request and p.leader(key) is not None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            published_at = p.leader(checkpoint_key)
+            while p.leader(checkpoint_key) == published_at and time.monotonic() < deadline:
+                time.sleep(0.005)
+            target, seconds = self._kill_cdc_leader(started)
+            stop_burst.set()
+            streamer.join(300)
+        self._finish(command, f"bootstrap {request} of {table} across the kill -9 of {target}")
+        return Recovery(fault, f"bootstrap {table} + kill -9 {target}", seconds)
+
+    def _finish(self, command: subprocess.Popen[str], what: str, timeout: float = 330) -> bool:
+        try:
+            out, _ = command.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            command.kill()
+            out, _ = command.communicate()
+            self.report.findings.append(f"{what}: did not finish in {timeout:.0f}s: {out[-300:]}")
+            return False
+        if command.returncode != 0:
+            self.report.findings.append(f"{what}: exit {command.returncode}: {out[-300:]}")
+            return False
+        return True
+
+    def _session_binlog(self, fault: Fault, started: float) -> Recovery:
+        """One transaction of inserts and updates under a session binlog setting the
+        reader cannot follow; then the operator's fix when the reader stops."""
+        p = self.pipeline
+        setting, value = (
+            ("binlog_format", "STATEMENT")
+            if fault.pick % 2 == 0
+            else ("binlog_row_image", "MINIMAL")
+        )
+        before = self.sql(
+            p.source_db, "SELECT COALESCE(MAX(seq), 0) FROM changes WHERE tbl='sessions'"
+        )[0][0]
+        first = self._session_next
+        self._session_next += 3
+        conn = self.stack.mysql_root(p.source_db)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SET SESSION {setting}='{value}'")
+                cur.execute("BEGIN")
+                cur.executemany(
+                    "INSERT INTO sessions (id, version, name, amount) VALUES (%s, 1, %s, 0)",
+                    [(i, f"s{i}") for i in range(first, first + 3)],
+                )
+                # Rows of this and earlier such transactions: the bootstrap re-copies them.
+                cur.execute(
+                    "UPDATE sessions SET version=version+1, amount=amount+1 WHERE id IN (%s, %s)",
+                    (first, max(1, first - 2)),
+                )
+                cur.execute("COMMIT")
+        finally:
+            conn.close()
+        rows = self.sql(
+            p.source_db,
+            "SELECT tbl, id, version, kind FROM changes WHERE tbl='sessions' AND seq > %s",
+            (before,),
+        )
+        changes = [(str(t), int(i), int(v), str(k)) for t, i, v, k in rows]
+        what = f"session {setting}={value}"
+        version = self._probe()  # behind the transaction in the binlog
+        stopped: list[str] = []
+        deadline = started + self.config.recovery_timeout_s
+        while time.monotonic() < deadline:
+            stopped = [n for n in p.dead() if n.startswith("r")]
+            if stopped or self._probe_applied(version):
+                break
+            time.sleep(0.2)
+        if not stopped:
+            self.report.findings.append(
+                f"{what}: the reader went on past the transaction without stopping"
+            )
+            return Recovery(fault, what, self._recovered(started, version))
+        reader = stopped[0]
+        line = next(
+            (
+                ln
+                for ln in p.log_tail(reader, 20_000).splitlines()
+                if setting in ln and ERROR_POSITION.search(ln)
+            ),
+            None,
+        )
+        code = p.procs[reader].returncode
+        if line is None or code != 1:
+            self.report.findings.append(
+                f"{what}: reader {reader} exited {code} without an error naming {setting} "
+                f"and position=: {p.log_tail(reader, 600)!r}"
+            )
+            for name in p.names("r"):
+                if name in p.dead():
+                    p.restart(name)
+            return Recovery(fault, what, self._recovered(started, version))
+        match = ERROR_POSITION.search(line)
+        assert match is not None
+        position = match.group(1).strip("'\"").rstrip(",;)'\"")
+        for name in p.names("r"):  # the operator stops every reader of the source first
+            if name not in p.dead():
+                p.kill9(name)
+        skip = p.shardctl("cdc", "checkpoint", "skip", "--source", SOURCE, "--position", position)
+        if skip.returncode != 0:
+            self.report.findings.append(
+                f"{what}: `cdc checkpoint skip --position {position}` exit {skip.returncode}: "
+                f"{(skip.stdout + skip.stderr)[-300:]}"
+            )
+        command = p.background(
+            "cdc", "bootstrap", f"{p.source_db}.sessions", "--source", SOURCE, "--timeout", "300"
+        )
+        for name in p.names("r"):
+            p.restart(name)
+        if skip.returncode == 0 and self._finish(command, f"{what}: bootstrap of sessions"):
+            self._skipped.extend(changes)
+            self.report.operator_fixes += 1
+        elif command.poll() is None:
+            command.kill()
+            command.communicate()
+        return Recovery(
+            fault, f"{what}: {reader} stopped at {position}", self._recovered(started, version)
+        )
+
+    def _evolving_caught_up(self) -> bool:
+        p = self.pipeline
+        committed = self.sql(
+            p.source_db,
+            "SELECT COUNT(DISTINCT id, version, kind) FROM changes WHERE tbl='evolving'",
+        )[0][0]
+        applied = self.sink_sql(
+            "SELECT COUNT(DISTINCT id, version, kind) FROM effects WHERE tbl='evolving'"
+        )[0][0]
+        return int(applied) >= int(committed)
+
+    def _ddl_step(self, fault: Fault, started: float) -> Recovery:
+        """The next DDL of the cycle add -> rename -> modify to JSON, on source and sink
+        while the load is paused and the sink has applied every earlier change."""
+        p = self.pipeline
+        main = self._loads[0]
+        step = self._ddl_steps
+        self._ddl_steps += 1
+        cycle, stage = divmod(step, 3)
+        note, memo = f"note{cycle}", f"memo{cycle}"
+        before: list[str] = []
+        if stage == 0:
+            ddl = f"ALTER TABLE evolving ADD COLUMN `{note}` VARCHAR(64) NULL"
+            columns = [*main.extra_columns, (note, False)]
+        elif stage == 1:
+            ddl = f"ALTER TABLE evolving RENAME COLUMN `{note}` TO `{memo}`"
+            columns = [(memo if n == note else n, j) for n, j in main.extra_columns]
+        else:
+            before = [
+                f"UPDATE evolving SET version=version+1, `{memo}`=JSON_OBJECT('was', `{memo}`) "
+                f"WHERE `{memo}` IS NOT NULL AND NOT JSON_VALID(`{memo}`)"
+            ]
+            ddl = f"ALTER TABLE evolving MODIFY `{memo}` JSON NULL"
+            columns = [(n, j or n == memo) for n, j in main.extra_columns]
+        with main.gate:
+            for statement in before:
+                self.sql(p.source_db, statement)
+            try:
+                self._wait("the sink to apply evolving", self._evolving_caught_up, 90)
+            except AssertionError as exc:
+                self.report.findings.append(f"DDL step {ddl!r}: {exc}")
+            self.sql(p.source_db, ddl)
+            self.sink_sql(ddl)  # what an operator does: the SQL sink skips DDL events
+            main.extra_columns = columns
+            self._json_columns = {n for n, j in columns if j}
+        return Recovery(fault, ddl, self._recovered(started, self._probe()))
 
     def _leader_moved(self, started: float, leader: Any, candidates: list[str]) -> float | None:
         deadline = started + self.config.recovery_timeout_s
@@ -298,18 +672,55 @@ class ChaosRun:
             time.sleep(0.1)
         return None
 
+    def _workloads(self) -> list[Workload]:
+        cfg = self.config
+        p = self.pipeline
+        pk = LoadKind.PK_UPDATES in cfg.load_kinds
+        oversized = LoadKind.OVERSIZED_ROWS in cfg.load_kinds
+
+        def keep(table: str, ident: int) -> bool:
+            return bool(is_poison(table, ident, POISON_TABLE, cfg.poison_modulus))
+
+        loads = [
+            Workload(
+                connect=lambda: self.stack.mysql_root(p.source_db),
+                seed=cfg.seed,
+                large_rows=cfg.large_rows,
+                large_every_s=cfg.large_every_s,
+                pause_s=cfg.pause_s,
+                tables=SMALL_TABLES,
+                pk_updates=pk,
+                oversized_every=cfg.oversized_every if oversized else 0,
+                keep_in_place=keep,
+                evolving=FaultKind.DDL in cfg.kinds,
+            )
+        ]
+        second = p.second_source
+        if second is not None:
+            loads.append(
+                Workload(
+                    connect=lambda: self.connect(second, p.source_db),
+                    seed=cfg.seed + 1,
+                    large_rows=0,
+                    large_every_s=cfg.large_every_s,
+                    pause_s=cfg.pause_s,
+                    tables=SECOND_SOURCE_TABLES,
+                    pk_updates=pk,
+                    keep_in_place=keep,
+                )
+            )
+        return loads
+
     def load_and_faults(self) -> None:
         cfg = self.config
-        workload = Workload(
-            connect=lambda: self.stack.mysql_root(self.pipeline.source_db),
-            seed=cfg.seed,
-            large_rows=cfg.large_rows,
-            large_every_s=cfg.large_every_s,
-            pause_s=cfg.pause_s,
-        )
-        thread = threading.Thread(target=workload.run, name="chaos-workload", daemon=True)
+        workloads = self._loads = self._workloads()
+        threads = [
+            threading.Thread(target=w.run, name=f"chaos-workload-{i}", daemon=True)
+            for i, w in enumerate(workloads)
+        ]
         start = time.monotonic()
-        thread.start()
+        for thread in threads:
+            thread.start()
         try:
             for fault in self.schedule:
                 # A run bounded by rounds injects all of them; one bounded by time stops.
@@ -327,26 +738,44 @@ class ChaosRun:
             if rest > 0:
                 time.sleep(rest)
         finally:
-            workload.stop.set()
-            thread.join(120)
-        self.report.transactions = workload.transactions
-        self.report.large_transactions = workload.large_transactions
-        self.report.interrupted_transactions = workload.failed_transactions
-        self.report.workload_errors = workload.errors
+            for w in workloads:
+                w.stop.set()
+            for thread in threads:
+                thread.join(120)
+        main = workloads[0]
+        self.report.transactions = sum(w.transactions for w in workloads)
+        self.report.large_transactions = main.large_transactions
+        self.report.interrupted_transactions = sum(w.failed_transactions for w in workloads)
+        self.report.workload_errors = [e for w in workloads for e in w.errors]
+        self.report.pk_moves = sum(w.pk_moves for w in workloads)
+        self.report.wide_rows = main.wide_rows
+        if len(workloads) > 1:
+            self.report.second_source_transactions = workloads[1].transactions
 
     def say(self, line: str) -> None:
         print(f"[chaos +{time.monotonic() - self._began:6.1f}s] {line}", flush=True)
 
-    def drain(self) -> None:
-        """Until the sink applied as many non-poison changes as were committed (or the
-        drain timeout; the verdict then counts what is missing)."""
+    def _committed(self) -> list[ChangeKey]:
         p = self.pipeline
-        rule = poison_rule(self.config)
-        committed = [k for k in self._changes(p.source_db, "changes") if not rule(k)]
+        changes = self._changes(p.source_db, "changes")
+        if p.second_source is not None:
+            changes += self._changes(p.source_db, "changes", p.second_source)
+        return changes
+
+    def drain(self) -> None:
+        """Until the sink applied every change it should (or the drain timeout; the
+        verdict then counts what is missing)."""
+        poison, oversized = poison_rule(self.config), oversized_rule(self.config)
+        skipped = set(self._skipped)
+        expected = {
+            k for k in self._committed() if not poison(k) and not oversized(k) and k not in skipped
+        }
 
         def caught_up() -> bool:
-            count = self.sql(p.sink_db, "SELECT COUNT(*) FROM effects")[0][0]
-            return int(count) >= len(committed)
+            count = self.sink_sql("SELECT COUNT(DISTINCT tbl, id, version, kind) FROM effects")[0][
+                0
+            ]
+            return int(count) >= len(expected)
 
         started = time.monotonic()
         try:
@@ -358,33 +787,82 @@ class ChaosRun:
             self.say(f"drain: {exc}")
         time.sleep(2 * self.config.ttl)  # late duplicates, if any, land before we count
 
-    def _changes(self, db: str, table: str) -> list[ChangeKey]:
-        rows = self.sql(db, f"SELECT tbl, id, version, kind FROM {table}")
+    def _changes(self, db: str, table: str, server: str = SOURCE_SERVER) -> list[ChangeKey]:
+        rows = self.sql(db, f"SELECT tbl, id, version, kind FROM {table}", server=server)
         return [(str(t), int(i), int(v), str(k)) for t, i, v, k in rows]
 
     def verify(self) -> None:
         p = self.pipeline
         cfg = self.config
-        rule = poison_rule(cfg)
+        poison, oversized = poison_rule(cfg), oversized_rule(cfg)
         published_raw = read_topic(self.stack.kafka_bootstrap, p.topic, cfg.num_shards)
         dead_raw = read_topic(self.stack.kafka_bootstrap, p.dlq, 1)
+        reader_dead_raw = read_topic(self.stack.kafka_bootstrap, p.reader_dlq, cfg.num_shards)
         published = Published.of(published_raw)
         dead = DeadLetters.of(dead_raw)
+        reader_dead = ReaderDeadLetters.of(reader_dead_raw)
+        if reader_dead.unreadable:
+            self.report.findings.append(
+                f"reader dead letters naming no row: {len(reader_dead.unreadable)}, "
+                f"first {reader_dead.unreadable[0]}"
+            )
         self.report.published_messages = published.messages
         self.report.dead_letters = sum(dead.event_ids.values())
         self.report.verdict = verdict(
-            self._changes(p.source_db, "changes"),
-            self._changes(p.sink_db, "effects"),
+            self._committed(),
+            self._changes(p.sink_db, "effects", self.sink_server),
             published,
             dead,
-            rule,
+            poison,
+            skipped=self._skipped,
+            is_oversized=oversized,
+            reader_dead=reader_dead,
         )
-        for table in DATA_TABLES:
-            select = f"SELECT id, version, name, amount, payload FROM {table} ORDER BY id"
-            source = [r for r in self.sql(p.source_db, select) if not rule((table, r[0], 0, ""))]
-            self.report.tables_equal[table] = source == self.sql(p.sink_db, select)
+        tables = [(t, SOURCE_SERVER) for t in DATA_TABLES]
+        if p.second_source is not None:
+            tables += [(t, p.second_source) for t in SECOND_SOURCE_TABLES]
+        for table, server in tables:
+            if table == "evolving":
+                self.report.tables_equal[table] = self._evolving_equal()
+                continue
+            columns = "id, version, name, amount, payload" + (", body" if table == "wide" else "")
+            select = f"SELECT {columns} FROM {table} ORDER BY id"
+            source = [
+                r
+                for r in self.sql(p.source_db, select, server=server)
+                if not poison((table, r[0], 0, "")) and not oversized((table, r[0], 0, ""))
+            ]
+            self.report.tables_equal[table] = source == self.sink_sql(select)
         self.report.owner_records = len(self.owners.records)
         self.report.overlap = max_overlap(self.owners.records)
+
+    def _evolving_equal(self) -> bool:
+        """`evolving` on both sides: the same columns, and the same rows, JSON columns
+        compared as parsed documents (the sink writes its own JSON text)."""
+        p = self.pipeline
+        source = self.sql(p.source_db, "SELECT * FROM evolving ORDER BY id")
+        sink = self.sink_sql("SELECT * FROM evolving ORDER BY id")
+        shape = (
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA=%s AND TABLE_NAME='evolving' ORDER BY ORDINAL_POSITION"
+        )
+        names = [r[0] for r in self.sql(None, shape, (p.source_db,))]
+        if names != [r[0] for r in self.sql(None, shape, (p.sink_db,), server=self.sink_server)]:
+            return False
+
+        def parsed(rows: list[Any]) -> list[list[Any]]:
+            return [
+                [
+                    json.loads(v) if n in self._json_columns and v is not None else v
+                    for n, v in zip(names, row, strict=True)
+                ]
+                for row in rows
+            ]
+
+        try:
+            return parsed(source) == parsed(sink)
+        except json.JSONDecodeError:
+            return False
 
     def run(self) -> Report:
         began = self._began = time.monotonic()
@@ -408,5 +886,11 @@ class ChaosRun:
             # A failed run may have left a service stopped: bring it back regardless.
             for service in ("etcd", "kafka", "mariadb"):
                 self.stack.start(service)
+            for server in self._optional_servers():
+                self.stack.start(server)
+            if p.second_source is not None:
+                self.sql(None, f"DROP DATABASE IF EXISTS `{p.source_db}`", server=p.second_source)
             p.delete_topics()
-            self.sql(p.source_db, f"DROP DATABASE IF EXISTS `{p.sink_db}`")
+            self.sql(None, f"DROP DATABASE IF EXISTS `{p.sink_db}`", server=self.sink_server)
+            for server in self._started_services:
+                self.stack.stop(server)  # leave the stack as the run found it

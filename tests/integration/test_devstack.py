@@ -103,3 +103,37 @@ def test_cli_env_prints_exports_for_every_service(stack: StackHandle) -> None:
     assert exported["SHARDCTL_KAFKA_BOOTSTRAP_SERVERS"] == stack.kafka_bootstrap
     assert exported["SHARDCTL_MYSQL_PORT"] == str(stack.mysql_port)
     assert exported["SHARDCTL_NSQ_NSQD_TCP_ADDRESSES"] == stack.nsqd_tcp
+
+
+def test_optional_services_start_only_when_named() -> None:
+    ports = devstack.Ports(mariadb=40000)
+    assert (ports.mariadb2, ports.mariadb_sink) == (40001, 40002)  # they move together
+    stack = devstack.Stack(state_dir=Path("/nonexistent-never-created"), ports=ports)
+    assert stack._names(None) == list(devstack.SERVICES)
+    assert stack._names(["mariadb_sink", "etcd"]) == ["etcd", "mariadb_sink"]
+    assert not set(devstack.OPTIONAL_SERVICES) & set(devstack.SERVICES)
+
+
+def test_second_mariadb_is_a_binlog_source_like_the_first(private_stack: Any) -> None:
+    private_stack.up(["mariadb2"], echo=lambda _m: None)
+    assert private_stack.pid("mariadb2") is not None
+    assert private_stack.pid("mariadb") is None  # only what was named
+    names = [row[0] for row in private_stack.status()]
+    assert "mariadb2" in names and "mariadb_sink" not in names
+    import pymysql
+
+    conn = pymysql.connect(
+        host="127.0.0.1",
+        port=private_stack.ports.mariadb2,
+        user=devstack.CDC_USER,
+        password=private_stack.cdc_password_file.read_text().strip(),
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT @@server_id, @@gtid_domain_id, @@log_bin, @@binlog_format, "
+                "@@binlog_row_image"
+            )
+            assert cur.fetchone() == (2, 0, 1, "ROW", "FULL")
+    finally:
+        conn.close()
