@@ -456,7 +456,7 @@ class SqlSink:
     def on_revoke(self, shard: int) -> None:
         self._tokens.pop(shard, None)
         conn = self._conns.pop(shard, None)
-        if conn is not None and conn.open:
+        if conn is not None and self.dialect.is_open(conn):
             conn.close()
 
     def on_close(self) -> None:
