@@ -52,7 +52,12 @@ Settings (environment `SHARDCTL_SINK_SQL_*`, or handler options, except the pass
 which is environment/file only): host, port, user, password / password_file,
 database, scope (default: the cluster name), replay_window (transactions remembered
 per shard, topic and stream to recognise a replay; a reader replay deeper than that
-stops the shard as a backward position would).
+stops the shard as a backward position would). TLS, from the environment only:
+SHARDCTL_SINK_SQL_TLS__CA_FILE (required TLS, certificate and host name verified),
+..._TLS__CERT_FILE and ..._TLS__KEY_FILE (a client certificate).
+
+The engine is written against a `Dialect` (workers.sinks.sql_common): MariaDB's is
+here, PostgreSQL's in workers.sinks.postgres.
 """
 
 from __future__ import annotations
