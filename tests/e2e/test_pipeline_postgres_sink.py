@@ -9,6 +9,7 @@ no change was applied twice.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tests.e2e.test_pipeline_sql_sink import (
 )
 from tests.integration.postgres_support import count_effects, pg_query, postgres_up
 from tests.integration.workers_support import create_topic
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -77,6 +79,13 @@ class PostgresPipeline(Pipeline):
             pg_query(self.admin, f'DROP DATABASE IF EXISTS "{self.sink_db}" WITH (FORCE)')
 
 
+def owned_shards(p: Pipeline) -> dict[str, list[int]]:
+    """worker id -> the shards it owns now (`shardctl status --json`)."""
+    status = p.shardctl("status", "--json")
+    assert status.returncode == 0, status.stderr
+    return {w["id"]: w["owned"] for w in json.loads(status.stdout)["workers"]}
+
+
 @pytest.fixture
 def pipeline(
     stack: StackHandle, settings: Settings, mysql_db: str, tmp_path: Path
@@ -95,17 +104,25 @@ def test_exactly_once_into_postgres_while_a_worker_is_killed(pipeline: PostgresP
     for name in ("w1", "w2"):
         pipeline.start_worker(name)
     _settle_in(pipeline)
+    # Both workers own shards before the kill, so the kill interrupts a live owner.
+    wait_for(
+        "both workers own shards", lambda: all(owned_shards(pipeline).get(w) for w in ("w1", "w2"))
+    )
     killed: list[int] = []
 
     def chaos(txn: int) -> None:
         if txn == 40:
+            killed.extend(owned_shards(pipeline)["w2"])
             pipeline.procs["w2"].kill()  # kill -9, mid-batch or not
             pipeline.procs["w2"].wait(10)
-            killed.append(txn)
 
     changes = random_writes(pipeline, 600, seed=13, between=chaos)
     assert killed, "the run ended before the worker was killed"
     wait_for_sink(pipeline, changes)
-    rows = pipeline.sql(pipeline.sink_db, "SELECT count(*) FROM items")
-    assert rows[0][0] > 0
+    # The killed worker's shards were taken over by the survivor.
+    wait_for(
+        "w1 owns every shard",
+        lambda: set(owned_shards(pipeline).get("w1", [])) == set(range(NUM_SHARDS)),
+    )
+    assert pipeline.sql(pipeline.sink_db, "SELECT count(*) FROM items")[0][0] > 0
     assert "dead-lettered" not in pipeline.log("w1")

@@ -215,10 +215,10 @@ class MariaDBDialect(Dialect):
     def connect(self, settings: Any) -> pymysql.connections.Connection[Any]:
         s: SqlSinkSettings = settings
         # The source's connection settings own the TLS options (verified, required).
-        tls = MySQLSettings.model_construct(
+        kwargs = MySQLSettings.model_construct(
             host=s.host, port=s.port, user=s.user, password=s.password, tls=s.tls
         ).connect_kwargs()
-        return pymysql.connect(**tls, database=s.database, autocommit=False, charset="utf8mb4")
+        return pymysql.connect(**kwargs, database=s.database, autocommit=False, charset="utf8mb4")
 
     def is_open(self, conn: Any) -> bool:
         return bool(conn.open)
