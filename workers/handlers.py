@@ -84,6 +84,7 @@ class HandlerContext:
 BUILTIN_SINKS = {
     "stdout": "workers.sinks.stdout:Stdout",
     "sql": "workers.sinks.sql:SqlSink",
+    "postgres": "workers.sinks.postgres:PostgresSink",
     "kafka": "workers.sinks.kafka:KafkaSink",
 }
 

@@ -47,8 +47,8 @@ KAFKA_VERSION = "4.1.1"
 NSQ_VERSION = "1.3.0"
 SERVICES = ("etcd", "mariadb", "kafka", "nsqlookupd", "nsqd")
 # Started only when named (`shardctl dev up mariadb2`): a second source server, and a
-# sink server that tests can stop without touching the source.
-OPTIONAL_SERVICES = ("mariadb2", "mariadb_sink")
+# sink server that tests can stop without touching the source; PostgreSQL for its sink.
+OPTIONAL_SERVICES = ("mariadb2", "mariadb_sink", "postgres")
 ALL_SERVICES = SERVICES + OPTIONAL_SERVICES
 # Each MariaDB: its port field in Ports, and its server_id. Same binlog settings and
 # the same GTID domain: two sources that only their identity tells apart.
@@ -83,6 +83,8 @@ class Ports:
             self.mariadb2 = self.mariadb + 1
         if not self.mariadb_sink:
             self.mariadb_sink = self.mariadb + 2
+
+    postgres: int = 15432
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -260,7 +262,8 @@ class Stack:
         self.cache = cache_dir or default_cache_dir()
         saved = self.state / "ports.json"
         if ports is None and saved.exists():
-            ports = Ports(**json.loads(saved.read_text()))
+            # A port added since the file was written takes its default or env value.
+            ports = Ports(**{**asdict(Ports.from_env()), **json.loads(saved.read_text())})
         self.ports = ports or Ports.from_env()
         self._apt_updated = False
         self.services: dict[str, Service] = {
@@ -310,6 +313,7 @@ class Stack:
                 self._nsqd_healthy,
             ),
         }
+        self.services["postgres"] = Postgres(self).service()
 
     # ------------------------------------------------------------------ paths
     def data(self, name: str) -> Path:
@@ -886,6 +890,7 @@ class Stack:
             "nsqd": f"127.0.0.1:{p.nsqd_tcp} (http 127.0.0.1:{p.nsqd_http})",
             "mariadb2": f"127.0.0.1:{p.mariadb2}",
             "mariadb_sink": f"127.0.0.1:{p.mariadb_sink}",
+            "postgres": f"127.0.0.1:{p.postgres}",
         }
 
     def env(self) -> dict[str, str]:
@@ -901,4 +906,145 @@ class Stack:
             "SHARDCTL_NSQ_NSQD_TCP_ADDRESSES": f"127.0.0.1:{p.nsqd_tcp}",
             "SHARDCTL_NSQ_NSQD_HTTP_ADDRESS": f"127.0.0.1:{p.nsqd_http}",
             "SHARDCTL_NSQ_LOOKUPD_HTTP_ADDRESSES": f"127.0.0.1:{p.lookupd_http}",
+            **Postgres(self).env(),
+        }
+
+
+class Postgres:
+    """PostgreSQL from Debian, its own cluster in `<state>/data/postgres` on 127.0.0.1
+    only (no Unix socket), with a password user `shardctl`. PostgreSQL refuses to run
+    as root: then the server runs as the `postgres` system user (setpriv, no fork, so
+    the pid file names the server itself)."""
+
+    USER = "shardctl"
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    def service(self) -> Service:
+        return Service(
+            "postgres", "postgres", self.install, self.prepare, self.command, self.healthy
+        )
+
+    @property
+    def password_file(self) -> Path:
+        return self.stack.state / "secrets" / "postgres_password"
+
+    @property
+    def datadir(self) -> Path:
+        return self.stack.data("postgres")
+
+    def _bin(self, name: str) -> str:
+        found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+        return str(found[-1]) if found else (shutil.which(name) or name)
+
+    def install(self) -> None:
+        if not Path(self._bin("postgres")).exists():
+            self.stack._apt_install(["postgresql"])
+
+    def _as_server_user(self) -> list[str]:
+        if os.geteuid() != 0:
+            return []
+        return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+
+    def _own(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(path, "postgres", "postgres")
+
+    def prepare(self) -> None:
+        if not self.password_file.exists():
+            self.password_file.parent.mkdir(parents=True, exist_ok=True)
+            self.password_file.touch(mode=0o600)
+            self.password_file.write_text(secrets.token_urlsafe(18))
+        if self.stack.tls is not None:
+            self._copy_certificates(self.stack.tls)
+        if (self.datadir / "PG_VERSION").exists():
+            return
+        self.datadir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._own(self.datadir)
+        # initdb reads the password from a file its own user can read; removed at once.
+        initial = self.datadir.parent / "postgres-initial-password"
+        initial.touch(mode=0o600)
+        initial.write_text(self.password_file.read_text().strip())
+        self._own(initial)
+        try:
+            _run(
+                [
+                    *self._as_server_user(),
+                    self._bin("initdb"),
+                    f"--pgdata={self.datadir}",
+                    f"--username={self.USER}",
+                    f"--pwfile={initial}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                ],
+                "postgres: initialising the cluster",
+            )
+        finally:
+            initial.unlink(missing_ok=True)
+
+    @property
+    def _tls_dir(self) -> Path:
+        return self.stack.data("postgres-tls")
+
+    def _copy_certificates(self, certs: Certificates) -> None:
+        """The server refuses a key others can read or its user does not own."""
+        self._tls_dir.mkdir(parents=True, exist_ok=True)
+        self._own(self._tls_dir)
+        for source in (certs.ca, certs.server_cert, certs.server_key):
+            target = self._tls_dir / source.name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            self._own(target)
+
+    def command(self) -> list[str]:
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.stack.ports.postgres),
+            "unix_socket_directories": "",
+            "max_connections": "200",
+        }
+        certs = self.stack.tls
+        if certs is not None:
+            settings |= {
+                "ssl": "on",
+                "ssl_ca_file": str(self._tls_dir / certs.ca.name),
+                "ssl_cert_file": str(self._tls_dir / certs.server_cert.name),
+                "ssl_key_file": str(self._tls_dir / certs.server_key.name),
+            }
+        return [
+            *self._as_server_user(),
+            self._bin("postgres"),
+            "-D",
+            str(self.datadir),
+            *(arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")),
+        ]
+
+    def connect_args(self) -> dict[str, object]:
+        return {
+            "host": "127.0.0.1",
+            "port": self.stack.ports.postgres,
+            "user": self.USER,
+            "password": self.password_file.read_text().strip(),
+            "dbname": "postgres",
+            "connect_timeout": 2,
+        }
+
+    def healthy(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(**self.connect_args()) as conn:  # type: ignore[arg-type]
+                return conn.execute("SELECT 1").fetchone() == (1,)
+        except (psycopg.Error, OSError):
+            return False
+
+    def env(self) -> dict[str, str]:
+        return {
+            "SHARDCTL_SINK_POSTGRES_HOST": "127.0.0.1",
+            "SHARDCTL_SINK_POSTGRES_PORT": str(self.stack.ports.postgres),
+            "SHARDCTL_SINK_POSTGRES_USER": self.USER,
+            "SHARDCTL_SINK_POSTGRES_PASSWORD_FILE": str(self.password_file),
         }

@@ -176,7 +176,7 @@ def worker_run(
         str | None,
         typer.Option(
             help="What runs on each event: `module:callable` (a function or a class with "
-            "on_event/on_events), or a built-in sink: stdout, sql, kafka. Without it the "
+            "on_event/on_events), or a built-in sink: stdout, sql, postgres, kafka. Without it the "
             "worker runs a synthetic no-op handler that exercises ownership only."
         ),
     ] = None,

@@ -15,14 +15,14 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(
-    help="Run real etcd, MariaDB, Kafka and NSQ on 127.0.0.1 for development and tests.",
+    help="Run real etcd, MariaDB, Kafka, NSQ (and PostgreSQL) on 127.0.0.1 for development.",
     no_args_is_help=True,
 )
 
 SERVICE_HELP = (
     "Services to act on (etcd, mariadb, kafka, nsqlookupd, nsqd); default: those five. "
     "Optional ones start only when named: mariadb2 (a second source MariaDB), "
-    "mariadb_sink (a MariaDB of its own for sinks)."
+    "mariadb_sink (a MariaDB of its own for sinks), postgres (PostgreSQL for its sink)."
 )
 
 

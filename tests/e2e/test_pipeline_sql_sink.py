@@ -38,6 +38,8 @@ TABLE = (
 
 
 class Pipeline:
+    handler = "sql"  # the workers' --handler
+
     def __init__(self, stack: StackHandle, settings: Settings, source_db: str, workdir: Path):
         self.stack = stack
         self.settings = settings
@@ -150,7 +152,7 @@ class Pipeline:
                 "--topic",
                 self.topic,
                 "--handler",
-                "sql",
+                self.handler,
                 "--ttl",
                 str(TTL),
                 "--commit-interval",

@@ -52,7 +52,12 @@ Settings (environment `SHARDCTL_SINK_SQL_*`, or handler options, except the pass
 which is environment/file only): host, port, user, password / password_file,
 database, scope (default: the cluster name), replay_window (transactions remembered
 per shard, topic and stream to recognise a replay; a reader replay deeper than that
-stops the shard as a backward position would).
+stops the shard as a backward position would). TLS, from the environment only:
+SHARDCTL_SINK_SQL_TLS__CA_FILE (required TLS, certificate and host name verified),
+..._TLS__CERT_FILE and ..._TLS__KEY_FILE (a client certificate).
+
+The engine is written against a `Dialect` (workers.sinks.sql_common): MariaDB's is
+here, PostgreSQL's in workers.sinks.postgres.
 """
 
 from __future__ import annotations
@@ -70,10 +75,11 @@ import pymysql
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shardctl.config import ConfigError
+from shardctl.config import ConfigError, MySQLSettings, TLSSettings
 from shardctl.event_ids import describe_key, order_key
 from workers.events import Batch, Event
 from workers.handlers import Fenced, HandlerContext, ShardHalted
+from workers.sinks.sql_common import STREAM_CHARS, Dialect, TargetTable
 
 log = logging.getLogger(__name__)
 
@@ -82,37 +88,16 @@ _UPSERT_TYPES = {"insert", "update", "bootstrap-insert"}
 _ROW_TYPES = {"insert", "update", "delete"}
 
 # Longest stream name the bookkeeping tables hold (source identity plus the id's stream).
-_STREAM_CHARS = 200
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS shardctl_fences (
-        scope VARCHAR(190) NOT NULL, shard INT NOT NULL, token BIGINT NOT NULL,
-        PRIMARY KEY (scope, shard)) ENGINE=InnoDB""",
-    """CREATE TABLE IF NOT EXISTS shardctl_offsets (
-        scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
-        position BIGINT NOT NULL, event_id VARCHAR(255) NULL, token BIGINT NOT NULL,
-        PRIMARY KEY (scope, shard, topic)) ENGINE=InnoDB""",
-    # The newest source position applied per topic and source stream (GTID domain or
-    # binlog): a change the reader publishes again after a restart is skipped by it.
-    f"""CREATE TABLE IF NOT EXISTS shardctl_applied (
-        scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
-        stream VARCHAR({_STREAM_CHARS}) NOT NULL, last_key VARCHAR(100) NOT NULL,
-        PRIMARY KEY (scope, shard, topic, stream)) ENGINE=InnoDB""",
-    # The newest applied transactions per stream, to tell a replay (same transaction,
-    # same fingerprint) from a source whose position went backwards.
-    f"""CREATE TABLE IF NOT EXISTS shardctl_applied_txns (
-        scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
-        stream VARCHAR({_STREAM_CHARS}) NOT NULL, txn VARCHAR(64) NOT NULL,
-        fingerprint VARCHAR(64) NOT NULL,
-        PRIMARY KEY (scope, shard, topic, stream, txn)) ENGINE=InnoDB""",
-)
+_STREAM_CHARS = STREAM_CHARS
 
 # Prune the remembered transactions of a stream once this many were added.
 _PRUNE_EVERY = 1000
 
 
 class SqlSinkSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SHARDCTL_SINK_SQL_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="SHARDCTL_SINK_SQL_", env_nested_delimiter="__", extra="forbid"
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=3306, gt=0, lt=65536)
@@ -122,6 +107,8 @@ class SqlSinkSettings(BaseSettings):
     database: str | None = None  # where the bookkeeping tables live, and the target
     scope: str | None = None
     replay_window: int = Field(default=10_000, ge=1)
+    # Required, verified TLS when tls.ca_file is set (SHARDCTL_SINK_SQL_TLS__CA_FILE...).
+    tls: TLSSettings = TLSSettings()
 
     @model_validator(mode="after")
     def _secret(self) -> SqlSinkSettings:
@@ -194,62 +181,133 @@ def json_text(value: Any) -> str:
     raise TypeError(f"cannot store {type(value).__name__} as JSON")
 
 
-class _Table:
-    def __init__(self, name: str, types: dict[str, str], primary_key: list[str]) -> None:
-        self.name = name
-        self.types = types
-        self.primary_key = primary_key
+_Table = TargetTable
+
+
+class MariaDBDialect(Dialect):
+    """MariaDB and MySQL, through PyMySQL."""
+
+    connection_errors = (pymysql.err.Error,)
+
+    def __init__(self) -> None:
+        self._streams_checked = False
+
+    def schema(self) -> tuple[str, ...]:
+        return tuple(f"{statement} ENGINE=InnoDB" for statement in super().schema())
+
+    def upgrade_schema(self, cur: Any) -> None:
+        """Streams carry the source identity since shardctl_applied was first made with
+        VARCHAR(100): widen an older table once."""
+        if self._streams_checked:
+            return
+        cur.execute(
+            "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS WHERE "
+            "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'shardctl_applied' "
+            "AND COLUMN_NAME = 'stream'"
+        )
+        row = cur.fetchone()
+        if row is not None and int(row[0]) < _STREAM_CHARS:
+            cur.execute(
+                f"ALTER TABLE shardctl_applied MODIFY stream VARCHAR({_STREAM_CHARS}) NOT NULL"
+            )
+        self._streams_checked = True
+
+    def connect(self, settings: Any) -> pymysql.connections.Connection[Any]:
+        s: SqlSinkSettings = settings
+        # The source's connection settings own the TLS options (verified, required).
+        kwargs = MySQLSettings.model_construct(
+            host=s.host, port=s.port, user=s.user, password=s.password, tls=s.tls
+        ).connect_kwargs()
+        return pymysql.connect(**kwargs, database=s.database, autocommit=False, charset="utf8mb4")
+
+    def is_open(self, conn: Any) -> bool:
+        return bool(conn.open)
+
+    def ping(self, conn: Any) -> None:
+        conn.ping(reconnect=False)
+
+    def begin(self, conn: Any) -> None:
+        conn.begin()
+
+    def quote(self, name: str) -> str:
+        return quote(name)
+
+    def on_conflict(self, keys: Sequence[str]) -> str:
+        return "ON DUPLICATE KEY UPDATE"
+
+    def new_value(self, column: str) -> str:
+        return f"VALUES({quote(column)})"
+
+    def old_value(self, table: str, column: str) -> str:
+        return quote(column)
+
+    def target_table(self, cur: Any, namespace: str, table: str) -> TargetTable:
+        cur.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_KEY FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s ORDER BY ORDINAL_POSITION",
+            (namespace, table),
+        )
+        rows = cur.fetchall()
+        if not rows:
+            raise LookupError(f"sql sink: target table {namespace}.{table} does not exist")
+        types = {str(name): str(kind).lower() for name, kind, _k in rows}
+        primary = [str(name) for name, _t, k in rows if k == "PRI"]
+        return TargetTable(f"{quote(namespace)}.{quote(table)}", types, primary)
 
 
 class SqlSink:
+    # What a subclass for another database changes (see workers.sinks.postgres).
+    settings_class: type[BaseSettings] = SqlSinkSettings
+    section = "sql"  # the settings' name: sink.<section>.<field>, SHARDCTL_SINK_<SECTION>_*
+
     def __init__(self, context: HandlerContext | None = None) -> None:
         context = context or HandlerContext()
-        allowed = set(SqlSinkSettings.model_fields) - {"password", "password_file"}
+        allowed = set(self.settings_class.model_fields) - {"password", "password_file"}
         overrides: dict[str, Any] = {k: v for k, v in context.options.items() if k in allowed}
         secret_options = {"password", "password_file"} & set(context.options)
+        env = f"SHARDCTL_SINK_{self.section.upper()}_PASSWORD"
         if secret_options:
             raise ConfigError(
-                "sink.sql.password: give it in SHARDCTL_SINK_SQL_PASSWORD or "
-                "SHARDCTL_SINK_SQL_PASSWORD_FILE, never as an option"
+                f"sink.{self.section}.password: give it in {env} or {env}_FILE, never as an option"
             )
         try:
-            self.settings = SqlSinkSettings(**overrides)
+            made: Any = self.settings_class(**overrides)
         except ValidationError as exc:
             problems = "; ".join(
-                f"sink.sql.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+                f"sink.{self.section}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors()
             )
             raise ConfigError(problems) from None
+        self.settings = made
+        self.dialect = self.make_dialect()
         cluster = context.settings.cluster if context.settings is not None else "default"
         self.scope = self.settings.scope or cluster
-        self._conns: dict[int, pymysql.connections.Connection[Any]] = {}
+        self._conns: dict[int, Any] = {}
         self._tokens: dict[int, int] = {}
         self._tables: dict[tuple[str, str], _Table] = {}
         self._lock = threading.Lock()
         # (shard, topic, stream) -> transactions remembered since the last prune
         self._unpruned: dict[tuple[int, str, str], int] = {}
-        self._streams_checked = False
+
+    def make_dialect(self) -> Dialect:
+        return MariaDBDialect()
+
+    def target_namespace(self, event: Event) -> str:
+        """Where the event's table is: the `database` setting, else the event's own."""
+        return str(self.settings.database or event.database)
 
     # -- connections -------------------------------------------------------------
 
-    def _connect(self) -> pymysql.connections.Connection[Any]:
-        s = self.settings
-        return pymysql.connect(
-            host=s.host,
-            port=s.port,
-            user=s.user,
-            password=s.password.get_secret_value() if s.password else "",
-            database=s.database,
-            autocommit=False,
-            charset="utf8mb4",
-        )
+    def _connect(self) -> Any:
+        return self.dialect.connect(self.settings)
 
-    def _conn(self, shard: int) -> pymysql.connections.Connection[Any]:
+    def _conn(self, shard: int) -> Any:
         conn = self._conns.get(shard)
-        if conn is not None and conn.open:
+        if conn is not None and self.dialect.is_open(conn):
             try:
-                conn.ping(reconnect=False)
+                self.dialect.ping(conn)
                 return conn
-            except pymysql.err.Error as exc:
+            except self.dialect.connection_errors as exc:
                 log.warning(
                     "sql sink: shard %d: connection to %s:%s lost, reconnecting: %s",
                     shard,
@@ -267,12 +325,17 @@ class SqlSink:
         """Create the bookkeeping tables if needed and raise the shard's fence to `token`."""
         conn = self._conn(shard)
         with conn.cursor() as cur:
-            for statement in _SCHEMA:
+            for statement in self.dialect.schema():
                 cur.execute(statement)
-            self._widen_streams(cur)
+            self.dialect.upgrade_schema(cur)
             cur.execute(
-                "INSERT INTO shardctl_fences (scope, shard, token) VALUES (%s, %s, %s) "
-                "ON DUPLICATE KEY UPDATE token = GREATEST(token, VALUES(token))",
+                self.dialect.upsert(
+                    "shardctl_fences",
+                    ("scope", "shard", "token"),
+                    ("scope", "shard"),
+                    (),
+                    greatest=("token",),
+                ),
                 (self.scope, shard, token),
             )
             cur.execute(
@@ -304,7 +367,7 @@ class SqlSink:
         conn = self._conn(batch.shard)
         try:
             with conn.cursor() as cur:
-                conn.begin()
+                self.dialect.begin(conn)
                 self._check_fence(cur, batch)
                 cur.execute(
                     "SELECT topic, position FROM shardctl_offsets WHERE scope=%s AND shard=%s",
@@ -354,9 +417,12 @@ class SqlSink:
                 for topic, stream in changed:
                     self._remember_txns(cur, batch.shard, topic, stream, added[(topic, stream)])
                     cur.execute(
-                        "INSERT INTO shardctl_applied (scope, shard, topic, stream, last_key) "
-                        "VALUES (%s, %s, %s, %s, %s) "
-                        "ON DUPLICATE KEY UPDATE last_key = VALUES(last_key)",
+                        self.dialect.upsert(
+                            "shardctl_applied",
+                            ("scope", "shard", "topic", "stream", "last_key"),
+                            ("scope", "shard", "topic", "stream"),
+                            ("last_key",),
+                        ),
                         (
                             self.scope,
                             batch.shard,
@@ -369,10 +435,12 @@ class SqlSink:
                     if position <= stored.get(topic, -1):
                         continue
                     cur.execute(
-                        "INSERT INTO shardctl_offsets (scope, shard, topic, position, event_id,"
-                        " token) VALUES (%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
-                        "position=VALUES(position), event_id=VALUES(event_id), "
-                        "token=VALUES(token)",
+                        self.dialect.upsert(
+                            "shardctl_offsets",
+                            ("scope", "shard", "topic", "position", "event_id", "token"),
+                            ("scope", "shard", "topic"),
+                            ("position", "event_id", "token"),
+                        ),
                         (
                             self.scope,
                             batch.shard,
@@ -393,7 +461,7 @@ class SqlSink:
     def on_revoke(self, shard: int) -> None:
         self._tokens.pop(shard, None)
         conn = self._conns.pop(shard, None)
-        if conn is not None and conn.open:
+        if conn is not None and self.dialect.is_open(conn):
             conn.close()
 
     def on_close(self) -> None:
@@ -412,23 +480,6 @@ class SqlSink:
             (str(topic), str(stream)): tuple(int(n) for n in str(key).split(","))
             for topic, stream, key in cur.fetchall()
         }
-
-    def _widen_streams(self, cur: Any) -> None:
-        """Streams carry the source identity since shardctl_applied was first made with
-        VARCHAR(100): widen an older table once."""
-        if self._streams_checked:
-            return
-        cur.execute(
-            "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS WHERE "
-            "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'shardctl_applied' "
-            "AND COLUMN_NAME = 'stream'"
-        )
-        row = cur.fetchone()
-        if row is not None and int(row[0]) < _STREAM_CHARS:
-            cur.execute(
-                f"ALTER TABLE shardctl_applied MODIFY stream VARCHAR({_STREAM_CHARS}) NOT NULL"
-            )
-        self._streams_checked = True
 
     def _check_replay(
         self,
@@ -481,9 +532,12 @@ class SqlSink:
         if not txns:
             return
         cur.executemany(
-            "INSERT INTO shardctl_applied_txns (scope, shard, topic, stream, txn, fingerprint)"
-            " VALUES (%s, %s, %s, %s, %s, %s) "
-            "ON DUPLICATE KEY UPDATE fingerprint = VALUES(fingerprint)",
+            self.dialect.upsert(
+                "shardctl_applied_txns",
+                ("scope", "shard", "topic", "stream", "txn", "fingerprint"),
+                ("scope", "shard", "topic", "stream", "txn"),
+                ("fingerprint",),
+            ),
             [(self.scope, shard, topic, stream, txn, fp) for txn, fp in txns.items()],
         )
         counter = (shard, topic, stream)
@@ -512,13 +566,14 @@ class SqlSink:
         deleted = 0
         try:
             with conn.cursor() as cur:
-                conn.begin()
+                self.dialect.begin(conn)
                 for table in ("shardctl_applied", "shardctl_applied_txns"):
-                    deleted += cur.execute(
+                    cur.execute(
                         f"DELETE FROM {table} WHERE scope=%s AND shard=%s AND topic=%s "
                         "AND stream=%s",
                         (self.scope, shard, topic, stream),
                     )
+                    deleted += max(cur.rowcount, 0)
             conn.commit()
         except BaseException:
             conn.rollback()
@@ -542,8 +597,9 @@ class SqlSink:
             )
         if stored != batch.token:
             cur.execute(
-                "INSERT INTO shardctl_fences (scope, shard, token) VALUES (%s, %s, %s) "
-                "ON DUPLICATE KEY UPDATE token = VALUES(token)",
+                self.dialect.upsert(
+                    "shardctl_fences", ("scope", "shard", "token"), ("scope", "shard"), ("token",)
+                ),
                 (self.scope, batch.shard, batch.token),
             )
 
@@ -553,17 +609,7 @@ class SqlSink:
             found = self._tables.get(key)
         if found is not None:
             return found
-        cur.execute(
-            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_KEY FROM information_schema.COLUMNS "
-            "WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s ORDER BY ORDINAL_POSITION",
-            (database, table),
-        )
-        rows = cur.fetchall()
-        if not rows:
-            raise LookupError(f"sql sink: target table {database}.{table} does not exist")
-        types = {str(name): str(kind).lower() for name, kind, _k in rows}
-        primary = [str(name) for name, _t, k in rows if k == "PRI"]
-        found = _Table(f"{quote(database)}.{quote(table)}", types, primary)
+        found = self.dialect.target_table(cur, database, table)
         with self._lock:
             self._tables[key] = found
         return found
@@ -571,8 +617,7 @@ class SqlSink:
     def _apply(self, cur: Any, event: Event) -> None:
         if event.type not in _UPSERT_TYPES and event.type != "delete":
             return
-        database = self.settings.database or event.database
-        table = self._table(cur, database, event.table)
+        table = self._table(cur, self.target_namespace(event), event.table)
         pk = _primary_key(event, table)
         data = event.data
         if event.type == "delete":
@@ -589,12 +634,7 @@ class SqlSink:
         cols = list(data)
         values = [column_value(data[c], table.types[c]) for c in cols]
         updates = [c for c in cols if c not in pk] or cols[:1]
-        cur.execute(
-            f"INSERT INTO {table.name} ({', '.join(quote(c) for c in cols)}) "
-            f"VALUES ({', '.join(['%s'] * len(cols))}) ON DUPLICATE KEY UPDATE "
-            + ", ".join(f"{quote(c)}=VALUES({quote(c)})" for c in updates),
-            values,
-        )
+        cur.execute(self.dialect.upsert(table.name, cols, pk, updates), values)
 
     def _delete(
         self, cur: Any, table: _Table, pk: Sequence[str], row: dict[str, Any], event: Event
@@ -606,7 +646,8 @@ class SqlSink:
                 f"absent from the event"
             )
         cur.execute(
-            f"DELETE FROM {table.name} WHERE " + " AND ".join(f"{quote(c)}=%s" for c in pk),
+            f"DELETE FROM {table.name} WHERE "
+            + " AND ".join(f"{self.dialect.quote(c)}=%s" for c in pk),
             [column_value(row[c], table.types.get(c, "")) for c in pk],
         )
 

@@ -1,0 +1,206 @@
+"""The PostgreSQL sink on real PostgreSQL: data and offsets in one transaction, stale
+tokens refused, a batch or a change applied twice has one effect."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import StackHandle
+from tests.integration.postgres_support import count_effects, fresh_database, pg_query
+from tests.integration.workers_support import maxwell
+from workers.events import Batch, Event, decode_message
+from workers.handlers import Fenced, HandlerContext, ShardHalted
+from workers.sinks.postgres import PostgresSink
+
+pytestmark = pytest.mark.integration
+
+
+def _event(n: int, shard: int, token: int, topic: str = "orders", **kwargs: Any) -> Event:
+    raw = maxwell(n, shard, **kwargs)
+    return Event(
+        shard=shard,
+        topic=topic,
+        position=n,
+        key=None,
+        raw=raw,
+        message=decode_message(raw, shard, topic, n),
+        token=token,
+    )
+
+
+def _batch(shard: int, token: int, events: list[Event]) -> Batch:
+    return Batch.of(shard, token, tuple(events))
+
+
+@pytest.fixture
+def pg(stack: StackHandle, unique: str) -> Iterator[dict[str, Any]]:
+    with fresh_database(stack, unique) as args:
+        pg_query(
+            args,
+            "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(50), "
+            "payload BYTEA NULL, doc JSONB NULL, amount NUMERIC(30, 2) NULL)",
+        )
+        count_effects(args, "items")
+        yield args
+
+
+def _sink(pg: dict[str, Any], scope: str = "test") -> PostgresSink:
+    return PostgresSink(
+        HandlerContext(
+            options={"database": pg["dbname"], "target_schema": "public", "scope": scope}
+        )
+    )
+
+
+@pytest.fixture
+def sink(
+    stack: StackHandle, pg: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[PostgresSink]:
+    for key, value in stack.env().items():
+        if key.startswith("SHARDCTL_SINK_POSTGRES_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SHARDCTL_SINK_POSTGRES_PASSWORD", raising=False)
+    made = _sink(pg)
+    yield made
+    made.on_close()
+
+
+def test_rows_and_offsets_commit_together_and_a_replayed_batch_has_no_effect(
+    pg: dict[str, Any], sink: PostgresSink
+) -> None:
+    sink.on_assign(2, 100)
+    assert sink.resume_positions(2) == {}
+    first = _batch(
+        2,
+        100,
+        [
+            _event(0, 2, 100),
+            _event(
+                1,
+                2,
+                100,
+                data={
+                    "id": 1,
+                    "name": "b",
+                    "payload": "AAEC",
+                    "doc": {"a": [1]},
+                    "amount": 1234567890.12,
+                },
+            ),
+            _event(2, 2, 100),
+            _event(3, 2, 100, kind="update", data={"id": 0, "name": "renamed"}),
+            _event(4, 2, 100, kind="delete", data={"id": 2, "name": "n2"}),
+        ],
+    )
+    sink.on_events(first)
+    assert pg_query(pg, "SELECT n FROM effects") == [(5,)]
+    rows = pg_query(pg, "SELECT id, name, payload, doc, amount::text FROM items ORDER BY id")
+    assert rows == [
+        (0, "renamed", None, None, None),
+        (1, "b", b"\x00\x01\x02", {"a": [1]}, "1234567890.12"),
+    ]
+    assert sink.resume_positions(2) == {"orders": 5}
+    assert pg_query(pg, "SELECT position, event_id, token FROM shardctl_offsets") == [
+        (5, "ev-2-4", 100)
+    ]
+
+    # The same batch again (a redelivery after a crash), then one that overlaps it.
+    sink.on_events(first)
+    sink.on_events(
+        _batch(
+            2,
+            100,
+            [_event(4, 2, 100, kind="delete", data={"id": 2, "name": "n2"}), _event(5, 2, 100)],
+        )
+    )
+    assert pg_query(pg, "SELECT n FROM effects") == [(6,)], "a duplicate applied"
+    assert sink.resume_positions(2) == {"orders": 6}
+
+
+def _change(offset: int, gtid_seq: int, row: int, topic: str = "orders", xid: int = 0) -> Event:
+    return _event(
+        offset,
+        1,
+        7,
+        topic=topic,
+        kind="update",
+        data={"id": 1, "name": f"v{gtid_seq}.{row}"},
+        event_id=f"0-1-{gtid_seq}#{row}",
+        xid=xid or gtid_seq,  # a replay repeats the transaction exactly
+    )
+
+
+def test_a_change_the_reader_published_again_has_no_second_effect(
+    pg: dict[str, Any], sink: PostgresSink
+) -> None:
+    """After a CDC failover the reader publishes its tail again, at new offsets but with
+    the same event ids: the sink applies each source change once."""
+    sink.on_assign(1, 7)
+    sink.on_events(_batch(1, 7, [_event(0, 1, 7, data={"id": 1, "name": "v0"})]))
+    sink.on_events(_batch(1, 7, [_change(1, 10, 0), _change(2, 11, 0), _change(3, 11, 1)]))
+    assert pg_query(pg, "SELECT n FROM effects") == [(4,)]
+    # The tail again (offsets 4-5 repeat gtid 11), then a new change.
+    sink.on_events(_batch(1, 7, [_change(4, 11, 0), _change(5, 11, 1), _change(6, 12, 0)]))
+    assert pg_query(pg, "SELECT n FROM effects") == [(5,)], "a replayed change applied"
+    assert pg_query(pg, "SELECT name FROM items WHERE id = 1") == [("v12.0",)]
+    # Another topic of the same shard has its own order: an older GTID there still applies.
+    sink.on_events(_batch(1, 7, [_change(0, 9, 0, topic="customers")]))
+    assert pg_query(pg, "SELECT n FROM effects") == [(6,)]
+
+
+def test_a_source_that_went_backwards_stops_the_shard_and_writes_nothing(
+    pg: dict[str, Any], sink: PostgresSink
+) -> None:
+    sink.on_assign(1, 7)
+    sink.on_events(_batch(1, 7, [_change(0, 10, 0), _change(1, 11, 0)]))
+    # GTID 11 again, but another transaction (another xid): the source was reset.
+    with pytest.raises(ShardHalted, match="went backwards"):
+        sink.on_events(_batch(1, 7, [_change(2, 12, 0), _change(3, 11, 0, xid=99)]))
+    assert pg_query(pg, "SELECT n, (SELECT name FROM items) FROM effects") == [(2, "v11.0")]
+    assert sink.resume_positions(1) == {"orders": 2}
+    [(stream,)] = pg_query(pg, "SELECT stream FROM shardctl_applied")
+    # The newest applied change and both applied transactions.
+    assert sink.forget_stream(1, "orders", stream) == 3
+    # Forgotten: the reset source's changes apply from the next batch on.
+    sink.on_events(_batch(1, 7, [_change(2, 11, 0, xid=99), _change(3, 12, 0, xid=100)]))
+    assert pg_query(pg, "SELECT name FROM items") == [("v12.0",)]
+    assert pg_query(pg, "SELECT n FROM effects") == [(4,)]
+
+
+def test_a_stale_token_is_refused_and_writes_nothing(
+    pg: dict[str, Any], sink: PostgresSink
+) -> None:
+    sink.on_assign(1, 7)
+    sink.on_events(_batch(1, 7, [_event(0, 1, 7)]))
+    # A new owner (token 9) takes the shard; the old one is now a zombie.
+    newer = _sink(pg)
+    try:
+        newer.on_assign(1, 9)
+        assert newer.resume_positions(1) == {"orders": 1}
+        with pytest.raises(Fenced, match="token 7 is older than 9"):
+            sink.on_events(_batch(1, 7, [_event(1, 1, 7), _event(2, 1, 7)]))
+        assert pg_query(pg, "SELECT id FROM items") == [(0,)]
+        assert pg_query(pg, "SELECT n FROM effects") == [(1,)]
+        newer.on_events(_batch(1, 9, [_event(1, 1, 9)]))
+        assert pg_query(pg, "SELECT token, position FROM shardctl_offsets") == [(9, 2)]
+        # An old owner assigned again is refused at once, before any batch.
+        with pytest.raises(Fenced, match="already fenced at token 9 > 8"):
+            _sink(pg).on_assign(1, 8)
+    finally:
+        newer.on_close()
+    assert pg_query(pg, "SELECT id FROM items ORDER BY id") == [(0,), (1,)]
+
+
+def test_a_failing_event_rolls_back_its_whole_batch(pg: dict[str, Any], sink: PostgresSink) -> None:
+    sink.on_assign(0, 5)
+    bad = _event(1, 0, 5, data={"id": 1, "no_such_column": 1})
+    with pytest.raises(LookupError, match="no column"):
+        sink.on_events(_batch(0, 5, [_event(0, 0, 5), bad]))
+    assert pg_query(pg, "SELECT COUNT(*) FROM items") == [(0,)]
+    assert sink.resume_positions(0) == {}
+    # The connection is usable after the rollback.
+    sink.on_events(_batch(0, 5, [_event(0, 0, 5)]))
+    assert pg_query(pg, "SELECT id FROM items") == [(0,)]

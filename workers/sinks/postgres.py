@@ -1,0 +1,159 @@
+"""The PostgreSQL sink: materialize rows into PostgreSQL, exactly once per event.
+
+`--handler postgres` (or `workers.sinks.postgres:PostgresSink`). The same engine as
+the MariaDB sink (`workers.sinks.sql`), spoken in PostgreSQL: a batch is one
+transaction that takes the shard's fence row lock (`SELECT ... FOR UPDATE`), refuses
+a stale token, skips what was applied (offsets, and the applied-change record per
+source stream), writes the data with `INSERT ... ON CONFLICT (primary key) DO UPDATE`
+and `DELETE`, and stores the offsets and the newest applied changes, then commits.
+
+Target: schema `target_schema` (default: the event's own database name, as a schema),
+table = the event's table; the tables must exist, with a primary key (or the event
+names its `primary_key_columns`). The bookkeeping tables (shardctl_fences,
+shardctl_offsets, shardctl_applied, shardctl_applied_txns) are made in the first
+schema of the user's search_path (`public` by default). Maxwell values are converted
+by the target column's type: base64 -> bytes for bytea, JSON values -> JSON text for
+json/jsonb.
+
+Settings (environment `SHARDCTL_SINK_POSTGRES_*`, or handler options, except the
+password which is environment/file only): host, port, user, password /
+password_file, database (the database connected to), target_schema, scope (default:
+the cluster name), replay_window, and TLS: `SHARDCTL_SINK_POSTGRES_TLS__CA_FILE`
+(then TLS is required and the server's certificate and host name are verified:
+sslmode verify-full), `..._TLS__CERT_FILE` and `..._TLS__KEY_FILE` (a client
+certificate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shardctl.config import TLSSettings
+from workers.events import Event
+from workers.sinks.sql import SqlSink
+from workers.sinks.sql_common import Dialect, TargetTable
+
+# PostgreSQL type names -> the names `workers.sinks.sql.column_value` converts by.
+_COLUMN_KINDS = {"bytea": "varbinary", "json": "json", "jsonb": "json"}
+
+
+class PostgresSinkSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SHARDCTL_SINK_POSTGRES_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5432, gt=0, lt=65536)
+    user: str = "postgres"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    database: str = "postgres"  # the database connected to
+    target_schema: str | None = None
+    scope: str | None = None
+    replay_window: int = Field(default=10_000, ge=1)
+    tls: TLSSettings = TLSSettings()
+
+    @model_validator(mode="after")
+    def _secret(self) -> PostgresSinkSettings:
+        if self.password is None and self.password_file is not None:
+            try:
+                self.password = SecretStr(self.password_file.read_text().rstrip("\n"))
+            except OSError as exc:
+                raise ValueError(
+                    f"sink.postgres.password_file: cannot read {self.password_file}: {exc.strerror}"
+                ) from exc
+        return self
+
+
+def connect_kwargs(settings: PostgresSinkSettings) -> dict[str, Any]:
+    """Keyword arguments for psycopg.connect; never log the result."""
+    kwargs: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "user": settings.user,
+        "password": settings.password.get_secret_value() if settings.password else "",
+        "dbname": settings.database,
+    }
+    tls = settings.tls
+    if tls.enabled:
+        # Required TLS, verifying the certificate chain and the host name.
+        kwargs["sslmode"] = "verify-full"
+        kwargs["sslrootcert"] = str(tls.ca_file)
+        if tls.cert_file is not None and tls.key_file is not None:
+            kwargs["sslcert"] = str(tls.cert_file)
+            kwargs["sslkey"] = str(tls.key_file)
+    return kwargs
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL, through psycopg 3 (a transaction begins with the first statement)."""
+
+    connection_errors = (psycopg.Error,)
+
+    def connect(self, settings: Any) -> psycopg.Connection[Any]:
+        return psycopg.connect(**connect_kwargs(settings), autocommit=False)
+
+    def is_open(self, conn: Any) -> bool:
+        return not (conn.closed or conn.broken)
+
+    def ping(self, conn: Any) -> None:
+        conn.execute("SELECT 1")
+        conn.rollback()
+
+    def begin(self, conn: Any) -> None:
+        """psycopg opens the transaction at the first statement."""
+
+    def quote(self, name: str) -> str:
+        return quote(name)
+
+    def on_conflict(self, keys: Sequence[str]) -> str:
+        return f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET"
+
+    def new_value(self, column: str) -> str:
+        return f"EXCLUDED.{quote(column)}"
+
+    def old_value(self, table: str, column: str) -> str:
+        return f"{table}.{quote(column)}"
+
+    def target_table(self, cur: Any, namespace: str, table: str) -> TargetTable:
+        cur.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+            (namespace, table),
+        )
+        rows = cur.fetchall()
+        if not rows:
+            raise LookupError(f"postgres sink: target table {namespace}.{table} does not exist")
+        types = {str(name): _COLUMN_KINDS.get(str(kind), str(kind)) for name, kind in rows}
+        cur.execute(
+            "SELECT k.column_name FROM information_schema.table_constraints t "
+            "JOIN information_schema.key_column_usage k ON k.constraint_schema = "
+            "t.constraint_schema AND k.constraint_name = t.constraint_name "
+            "WHERE t.table_schema = %s AND t.table_name = %s "
+            "AND t.constraint_type = 'PRIMARY KEY' ORDER BY k.ordinal_position",
+            (namespace, table),
+        )
+        primary = [str(name) for (name,) in cur.fetchall()]
+        return TargetTable(f"{quote(namespace)}.{quote(table)}", types, primary)
+
+
+class PostgresSink(SqlSink):
+    settings_class = PostgresSinkSettings
+    section = "postgres"
+
+    def make_dialect(self) -> Dialect:
+        return PostgresDialect()
+
+    def target_namespace(self, event: Event) -> str:
+        """The `target_schema` setting, else the event's database name as a schema."""
+        return str(self.settings.target_schema or event.database)

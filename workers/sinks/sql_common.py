@@ -1,0 +1,116 @@
+"""What the SQL sinks share beside their engine (`workers.sinks.sql.SqlSink`): the
+bookkeeping tables, the upsert statement, and the dialect interface that tells one
+database from another (MariaDB/MySQL in `workers.sinks.sql`, PostgreSQL in
+`workers.sinks.postgres`).
+
+The engine itself (fence, offsets, applied-event dedupe, one transaction per batch)
+is written once against a `Dialect`; a dialect only says how to connect, how to spell
+an upsert and a name, and how to read a target table's columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+# Longest stream name the bookkeeping tables hold (source identity plus the id's stream).
+STREAM_CHARS = 200
+
+# The bookkeeping tables in portable SQL; a dialect may append table options.
+BOOKKEEPING_TABLES = (
+    """CREATE TABLE IF NOT EXISTS shardctl_fences (
+        scope VARCHAR(190) NOT NULL, shard INT NOT NULL, token BIGINT NOT NULL,
+        PRIMARY KEY (scope, shard))""",
+    """CREATE TABLE IF NOT EXISTS shardctl_offsets (
+        scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
+        position BIGINT NOT NULL, event_id VARCHAR(255) NULL, token BIGINT NOT NULL,
+        PRIMARY KEY (scope, shard, topic))""",
+    # The newest source position applied per topic and source stream (GTID domain or
+    # binlog): a change the reader publishes again after a restart is skipped by it.
+    f"""CREATE TABLE IF NOT EXISTS shardctl_applied (
+        scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
+        stream VARCHAR({STREAM_CHARS}) NOT NULL, last_key VARCHAR(100) NOT NULL,
+        PRIMARY KEY (scope, shard, topic, stream))""",
+    # The newest applied transactions per stream, to tell a replay (same transaction,
+    # same fingerprint) from a source whose position went backwards.
+    f"""CREATE TABLE IF NOT EXISTS shardctl_applied_txns (
+        scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
+        stream VARCHAR({STREAM_CHARS}) NOT NULL, txn VARCHAR(64) NOT NULL,
+        fingerprint VARCHAR(64) NOT NULL,
+        PRIMARY KEY (scope, shard, topic, stream, txn))""",
+)
+
+
+class TargetTable:
+    """A target table: its quoted full name, column types (as `column_value` knows
+    them) and primary key."""
+
+    def __init__(self, name: str, types: dict[str, str], primary_key: list[str]) -> None:
+        self.name = name
+        self.types = types
+        self.primary_key = primary_key
+
+
+class Dialect:
+    """How one database is spoken to. Subclasses fill in every method that raises."""
+
+    #: Driver errors that mean the connection is unusable (a reconnect may help).
+    connection_errors: tuple[type[BaseException], ...] = ()
+
+    def schema(self) -> Sequence[str]:
+        return BOOKKEEPING_TABLES
+
+    def upgrade_schema(self, cur: Any) -> None:
+        """Bring bookkeeping tables made by an older release up to date."""
+
+    def connect(self, settings: Any) -> Any:
+        raise NotImplementedError
+
+    def is_open(self, conn: Any) -> bool:
+        raise NotImplementedError
+
+    def ping(self, conn: Any) -> None:
+        """Raise one of `connection_errors` if `conn` no longer reaches the server."""
+        raise NotImplementedError
+
+    def begin(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    def quote(self, name: str) -> str:
+        raise NotImplementedError
+
+    def on_conflict(self, keys: Sequence[str]) -> str:
+        """The clause after INSERT ... VALUES (...) that turns it into an upsert."""
+        raise NotImplementedError
+
+    def new_value(self, column: str) -> str:
+        """In the upsert's update list: the value the INSERT tried to write."""
+        raise NotImplementedError
+
+    def old_value(self, table: str, column: str) -> str:
+        """In the upsert's update list: the value stored in the row."""
+        raise NotImplementedError
+
+    def target_table(self, cur: Any, namespace: str, table: str) -> TargetTable:
+        """Read a target table's columns; LookupError naming it if it does not exist."""
+        raise NotImplementedError
+
+    def upsert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        updates: Sequence[str],
+        greatest: Sequence[str] = (),
+    ) -> str:
+        """INSERT `columns` (placeholders), on a key conflict set `updates` to the new
+        values, and each of `greatest` to the larger of the stored and the new value."""
+        q = self.quote
+        assignments = [f"{q(c)} = {self.new_value(c)}" for c in updates] + [
+            f"{q(c)} = GREATEST({self.old_value(table, c)}, {self.new_value(c)})" for c in greatest
+        ]
+        return (
+            f"INSERT INTO {table} ({', '.join(q(c) for c in columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(columns))}) {self.on_conflict(keys)} "
+            + ", ".join(assignments)
+        )
