@@ -251,6 +251,9 @@ class Reader:
         else:
             log.info("source %s: resuming at checkpoint %s", options.source, checkpoint.describe())
         self.last_end = checkpoint
+        # End of the last transaction registered with the ack tracker: the only
+        # checkpoint that messages published after it (a bootstrap) may vouch for.
+        published = checkpoint
         num_shards = self._num_shards(loop, client)
         row_filter = Filter(options.filter)
         json_columns = CheckConstraintJsonColumns(lambda: pymysql.connect(**connect))
@@ -305,8 +308,11 @@ class Reader:
                 check_leadership()
                 if isinstance(item, Transaction):
                     if bootstrap.due(item.ctx):
-                        bootstrap.emit(producer, tracker, source.boundary, leadership)
-                    self._publish(item, publisher, producer, tracker)
+                        # The bootstrap stands between the last published transaction
+                        # and this one: its acks may checkpoint the former, never this
+                        # one (source.boundary is already this one's end).
+                        bootstrap.emit(producer, tracker, published, leadership)
+                    published = self._publish(item, publisher, producer, tracker)
                     producer.poll(0)
                     while tracker.in_flight > options.max_in_flight:
                         producer.poll(0.05)
@@ -314,7 +320,7 @@ class Reader:
                 else:
                     producer.poll(0)
                     if bootstrap.due(None):
-                        bootstrap.emit(producer, tracker, source.boundary, leadership)
+                        bootstrap.emit(producer, tracker, published, leadership)
                 now = time.monotonic()
                 if now >= next_save:
                     next_save = now + options.checkpoint_interval_s
@@ -358,7 +364,8 @@ class Reader:
         publisher: Publisher,
         producer: Producer,
         tracker: AckTracker[Checkpoint],
-    ) -> None:
+    ) -> Checkpoint:
+        """Send the transaction's messages; returns the end registered with `tracker`."""
         messages = publisher.messages(txn)
         end = txn.end
         if messages:
@@ -375,6 +382,7 @@ class Reader:
         self.messages += len(messages)
         CDC_ROWS.labels(self.options.source).inc(len(messages))
         CDC_LAG_SECONDS.labels(self.options.source).set(max(0.0, time.time() - txn.ctx.ts))
+        return end
 
     def _last_acked(self, ack: Callable[[], None], committed_at: float) -> None:
         ack()
