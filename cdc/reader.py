@@ -52,6 +52,7 @@ from cdc.producers import build_producer
 from cdc.producers.base import Producer
 from cdc.publisher import Publisher
 from cdc.replication.decoding import FilteredDecoding
+from cdc.replication.errors import SessionSettingError
 from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.replication.server_check import binlog_lag_bytes, check_server, current_position
 from cdc.replication.source import BinlogSource, SourceOptions
@@ -341,6 +342,13 @@ class Reader:
                     break
         except (NotLeader, SessionLost) as exc:
             raise LeadershipLost(str(exc)) from exc
+        except SessionSettingError:
+            # Stop at the boundary just before the transaction: everything before it
+            # delivered and checkpointed, so `checkpoint skip` finds the checkpoint
+            # sitting at that transaction. A delivery failure here is raised instead.
+            producer.flush(60)
+            self._advance(loop, store, leadership, tracker, saved)
+            raise
         finally:
             CDC_LEADER.labels(options.source).set(0)
             source.close()
