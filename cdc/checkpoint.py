@@ -19,10 +19,12 @@ rows); it reads that transaction from the server to name the tables it changed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cdc.decoding.json_columns import JsonSchemaModel
 from cdc.replication.errors import SessionSettingError
 from cdc.replication.position import Checkpoint, CheckpointFormatError
 from cdc.replication.source import BinlogSource, SourceOptions
@@ -80,6 +82,17 @@ class SkippedTransaction:
     @property
     def start(self) -> str:
         return f"{self.transaction.ctx.file}:{self.transaction.ctx.pos}"
+
+    def next_checkpoint(self, current: Checkpoint) -> Checkpoint:
+        """The transaction's end, with the schema model carried past it."""
+        end = self.transaction.end
+        if current.json_columns is None:
+            return end
+        model = JsonSchemaModel(current.json_columns)
+        statement = self.transaction.statement
+        if statement is not None:
+            model.apply_ddl(statement.sql, statement.database, self.start)
+        return dataclasses.replace(end, json_columns=model.state)
 
 
 class _TableRecorder:

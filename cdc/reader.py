@@ -42,7 +42,8 @@ import pymysql
 from cdc.acks import AckTracker
 from cdc.bootstrap import BootstrapRunner
 from cdc.checkpoint import CheckpointStore
-from cdc.decoding import BinlogDecoder, CheckConstraintJsonColumns
+from cdc.decoding import BinlogDecoder
+from cdc.decoding.json_columns import JsonSchemaModel
 from cdc.etcd_calls import call_with_retry
 from cdc.filtering import Filter
 from cdc.formatter import MaxwellFormatter
@@ -132,6 +133,8 @@ class Reader:
         self.transactions = 0
         self.messages = 0
         self.last_end: Checkpoint | None = None  # end of the last transaction read
+        # Which MariaDB LONGTEXT columns hold JSON, as of the stream's position.
+        self._json_model = JsonSchemaModel(())
 
     # -- control --------------------------------------------------------------
 
@@ -243,22 +246,35 @@ class Reader:
         timeout = self.settings.etcd.timeout_s + 1
         connect = self.settings.mysql.connect_kwargs()
         checkpoint = call_with_retry(loop, store.load, f"reading {store.key}", timeout_s=timeout)
+        connect_now = partial(pymysql.connect, **connect)
         if checkpoint is None:
             checkpoint = resolve_start(options, connect)
+            json_model = JsonSchemaModel.from_server(connect_now)
+            checkpoint = dataclasses.replace(checkpoint, json_columns=json_model.state)
             self._save(loop, store, leadership, checkpoint)
             log.info(
                 "source %s: no checkpoint; starting at %s", options.source, checkpoint.describe()
             )
         else:
             log.info("source %s: resuming at checkpoint %s", options.source, checkpoint.describe())
+            if checkpoint.json_columns is not None:
+                json_model = JsonSchemaModel(checkpoint.json_columns, connect_now)
+            else:
+                log.warning(
+                    "source %s: the checkpoint carries no schema model (written by an older "
+                    "version or by checkpoint reset); JSON columns are taken from the "
+                    "server's current schema",
+                    options.source,
+                )
+                json_model = JsonSchemaModel.from_server(connect_now)
+        self._json_model = json_model
         self.last_end = checkpoint
         # End of the last transaction registered with the ack tracker: the only
         # checkpoint that messages published after it (a bootstrap) may vouch for.
         published = checkpoint
         num_shards = self._num_shards(loop, client)
         row_filter = Filter(options.filter)
-        json_columns = CheckConstraintJsonColumns(lambda: pymysql.connect(**connect))
-        decoding = FilteredDecoding(BinlogDecoder(json_columns), row_filter)
+        decoding = FilteredDecoding(BinlogDecoder(json_model), row_filter)
         publisher = Publisher(
             MaxwellFormatter(options.formatter_options()),
             Partitioner(
@@ -374,10 +390,18 @@ class Reader:
         tracker: AckTracker[Checkpoint],
     ) -> Checkpoint:
         """Send the transaction's messages; returns the end registered with `tracker`."""
+        if txn.statement is not None:
+            # The schema model follows the stream: this boundary and every later
+            # event see the schema as this statement left it.
+            self._json_model.apply_ddl(
+                txn.statement.sql, txn.statement.database, f"{txn.ctx.file}:{txn.ctx.pos}"
+            )
         messages = publisher.messages(txn)
-        end = txn.end
-        if messages:
-            end = dataclasses.replace(end, event_id=messages[-1].event_id)
+        end = dataclasses.replace(
+            txn.end,
+            event_id=messages[-1].event_id if messages else txn.end.event_id,
+            json_columns=self._json_model.state,
+        )
         seq = tracker.open(end, len(messages))
         if messages:
             ack = partial(tracker.ack, seq)

@@ -249,6 +249,7 @@ def checkpoint_skip(
     """Move the checkpoint past the one transaction it sits at (only while no reader
     runs), and print the tables that transaction changed, to re-copy with bootstrap."""
     from cdc.checkpoint import CheckpointError, CheckpointStore, transaction_at_checkpoint
+    from cdc.decoding.json_columns import UnknownDdl
     from cdc.replication.errors import SourceError
     from shardctl.etcd.client import EtcdClient, EtcdError
     from shardctl.keyspace import Keyspace
@@ -286,9 +287,14 @@ def checkpoint_skip(
         where = f"{settings.mysql.host}:{settings.mysql.port}"
         raise _fail(f"checkpoint skip: MySQL at {where}: {exc}", 1) from None
 
+    try:
+        target = skipped.next_checkpoint(checkpoint)
+    except UnknownDdl as exc:
+        raise _fail(f"checkpoint skip: {exc}", 1) from None
+
     async def move() -> None:
         async with EtcdClient(settings.etcd) as client:
-            await CheckpointStore(client, keyspace, options.source).reset(skipped.transaction.end)
+            await CheckpointStore(client, keyspace, options.source).reset(target)
 
     try:
         asyncio.run(move())
@@ -298,7 +304,7 @@ def checkpoint_skip(
     gtid = f" (gtid {txn.ctx.gtid})" if txn.ctx.gtid else ""
     typer.echo(
         f"skipped the transaction at {skipped.start}{gtid} of source {options.source}; "
-        f"checkpoint now at {txn.end.describe()}"
+        f"checkpoint now at {target.describe()}"
     )
     for finding in skipped.findings:
         typer.echo(f"  why the reader stopped: {str(finding).splitlines()[0]}")
