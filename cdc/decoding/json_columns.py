@@ -173,6 +173,12 @@ def _unquote_ident(name: str) -> str:
     return name[1:-1].replace("``", "`") if name.startswith("`") else name
 
 
+def _is_mariadb(cursor: Any) -> bool:
+    """MySQL needs no model: its JSON is a type of its own, named in the TABLE_MAP."""
+    cursor.execute("SELECT VERSION()")
+    return "mariadb" in str(cursor.fetchone()[0]).lower()
+
+
 class UnknownDdl(Exception):
     """A DDL statement whose effect on JSON columns this model cannot work out."""
 
@@ -252,6 +258,8 @@ class JsonSchemaModel:
         conn = connect()
         try:
             with conn.cursor() as cursor:
+                if not _is_mariadb(cursor):
+                    return cls((), connect, explicit)
                 cursor.execute(
                     "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE "
                     "FROM information_schema.CHECK_CONSTRAINTS"
@@ -384,17 +392,19 @@ class JsonSchemaModel:
     def _from_server(self, key: tuple[str, str], where: str, why: str) -> None:
         if self._connect is None:
             raise UnknownDdl(f"{key[0]}.{key[1]} at {where}: {why}")
-        log.warning(
-            "DDL on %s.%s at %s: %s; its JSON columns are read from the server's current "
-            "schema, which is exact only if no later DDL changed them",
-            key[0],
-            key[1],
-            where,
-            why,
-        )
         conn = self._connect()
         try:
             with conn.cursor() as cursor:
+                if not _is_mariadb(cursor):
+                    return
+                log.warning(
+                    "DDL on %s.%s at %s: %s; its JSON columns are read from the server's "
+                    "current schema, which is exact only if no later DDL changed them",
+                    key[0],
+                    key[1],
+                    where,
+                    why,
+                )
                 cursor.execute(_QUERY, key)
                 rows = cursor.fetchall()
         finally:

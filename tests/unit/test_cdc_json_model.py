@@ -83,3 +83,58 @@ def test_checkpoint_document_carries_the_model() -> None:
     plain = Checkpoint("binlog.000001", 400, None, 1, 1)
     assert b"json_columns" not in plain.to_json()
     assert Checkpoint.from_json(plain.to_json()).json_columns is None
+
+
+class FakeServer:
+    """A DB-API connection answering VERSION() and the CHECK constraint queries."""
+
+    def __init__(self, version: str, checks: list[tuple[str, str, str]]) -> None:
+        self.version = version
+        self.checks = checks
+        self.rows: list[tuple[str, ...]] = []
+
+    def __call__(self) -> FakeServer:
+        return self
+
+    def cursor(self) -> FakeServer:
+        return self
+
+    def __enter__(self) -> FakeServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def execute(self, sql: str, args: tuple[str, str] | None = None) -> None:
+        if "VERSION()" in sql:
+            self.rows = [(self.version,)]
+        elif args is None:
+            self.rows = list(self.checks)
+        else:
+            self.rows = [(c,) for db, t, c in self.checks if (db, t) == args]
+
+    def fetchone(self) -> tuple[str, ...]:
+        return self.rows[0]
+
+    def fetchall(self) -> list[tuple[str, ...]]:
+        return self.rows
+
+
+def test_model_from_mariadb_and_fallback_for_unreadable_ddl() -> None:
+    server = FakeServer(
+        "10.11.6-MariaDB",
+        [("db", "t", "json_valid(`a`)"), ("db", "t", "`n` > 0"), ("db", "s", "json_valid(`j`)")],
+    )
+    m = JsonSchemaModel.from_server(server)
+    assert m.state == (("db", "s", ("j",)), ("db", "t", ("a",)))
+    server.checks.append(("db", "copy", "json_valid(`j`)"))
+    assert after(m, "CREATE TABLE copy AS SELECT * FROM s")["db.copy"] == ["j"]
+
+
+def test_mysql_needs_no_model() -> None:
+    m = JsonSchemaModel.from_server(FakeServer("8.0.36", [("db", "t", "json_valid(`a`)")]))
+    assert m.state == ()
+    assert after(m, "CREATE TABLE t2 AS SELECT 1") == {}
