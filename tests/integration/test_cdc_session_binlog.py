@@ -31,12 +31,13 @@ def _rows(records: list[Record], kind: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize(
-    ("setting", "value", "statement"),
+    ("setting", "value", "statement", "mode"),
     [
-        ("binlog_format", "STATEMENT", "INSERT INTO t VALUES (2, 'two', 'x')"),
-        ("binlog_format", "MIXED", "UPDATE t SET v = 'changed' WHERE id = 1"),
-        ("binlog_row_image", "MINIMAL", "UPDATE t SET v = 'changed' WHERE id = 1"),
-        ("binlog_row_image", "NOBLOB", "UPDATE t SET v = 'changed' WHERE id = 1"),
+        ("binlog_format", "STATEMENT", "INSERT INTO t VALUES (2, 'two', 'x')", "file_pos"),
+        ("binlog_format", "STATEMENT", "INSERT INTO t VALUES (2, 'two', 'x')", "gtid"),
+        ("binlog_format", "MIXED", "UPDATE t SET v = 'changed' WHERE id = 1", "file_pos"),
+        ("binlog_row_image", "MINIMAL", "UPDATE t SET v = 'changed' WHERE id = 1", "file_pos"),
+        ("binlog_row_image", "NOBLOB", "UPDATE t SET v = 'changed' WHERE id = 1", "gtid"),
     ],
 )
 def test_session_setting_stops_the_reader_and_skip_recovers(
@@ -48,6 +49,7 @@ def test_session_setting_stops_the_reader_and_skip_recovers(
     setting: str,
     value: str,
     statement: str,
+    mode: str,
 ) -> None:
     conn = stack.mysql_root(mysql_db)
     with conn.cursor() as cur:
@@ -63,7 +65,8 @@ def test_session_setting_stops_the_reader_and_skip_recovers(
         kafka_topic=f"{unique}_%{{table}}",
         dead_letter_topic=f"{unique}_dlq",
         filter=f"exclude: *.*, include: {mysql_db}.*",
-        start_position=start,
+        start_position=start if mode == "file_pos" else "current",
+        mode=mode,
     )
     topic = TopicReader(stack.kafka_bootstrap, f"{unique}_t", SHARDS)
     reader = ReaderProcess(env, tmp_path, "reader")
