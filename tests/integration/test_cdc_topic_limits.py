@@ -50,10 +50,10 @@ def _set_limit(admin: AdminClient, topic: str, limit: int) -> None:
         future.result()
 
 
-def _start(stack: Any, tmp_path: Path, unique: str, db: str, **cdc: Any) -> ReaderProcess:
+def _env(stack: Any, unique: str, db: str, **cdc: Any) -> dict[str, str]:
     with stack.mysql_root() as conn:
         start = binlog_end(conn)
-    env = reader_env(
+    return reader_env(
         stack,
         unique,
         "main",
@@ -64,7 +64,10 @@ def _start(stack: Any, tmp_path: Path, unique: str, db: str, **cdc: Any) -> Read
         start_position=start,
         **cdc,
     )
-    return ReaderProcess(env, tmp_path, "reader")
+
+
+def _start(stack: Any, tmp_path: Path, unique: str, db: str, **cdc: Any) -> ReaderProcess:
+    return ReaderProcess(_env(stack, unique, db, **cdc), tmp_path, "reader")
 
 
 def _insert_rows(conn: Any, first: int, count: int, size: int = 400) -> None:
@@ -143,3 +146,50 @@ def test_a_lowered_topic_limit_is_read_while_running(
         assert reader.terminate() == 0, reader.stderr()
         main.close()
     assert sorted(r.value["data"]["id"] for r in rows) == list(range(310))
+
+
+def test_a_batch_refused_after_an_unseen_lowering_stops_then_resumes_whole(
+    stack: Any, settings: Any, unique: str, mysql_db: str, tmp_path: Path
+) -> None:
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    _create_topic(admin, f"{unique}_t", {})
+    conn = stack.mysql_root(mysql_db)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (id INT PRIMARY KEY, body LONGTEXT)")
+    # The reader does not read the limit again while this test runs.
+    env = _env(stack, unique, mysql_db, kafka_topic_config_refresh_s=3600)
+    reader = ReaderProcess(env, tmp_path, "reader")
+    main = TopicReader(stack.kafka_bootstrap, f"{unique}_t", SHARDS)
+    try:
+        wait_for("initial checkpoint", lambda: stored_checkpoint(settings, "main"))
+        _insert_rows(conn, 0, 10)
+        main.read_until(lambda rs: len(rs) >= 10)
+        before = wait_for(
+            "checkpoint past the first rows",
+            lambda: (
+                (cp := stored_checkpoint(settings, "main")) is not None
+                and cp.event_id is not None
+                and cp
+            ),
+        )
+        _set_limit(admin, f"{unique}_t", LIMIT)
+        _insert_rows(conn, 10, 300)
+        assert reader.wait(120) == 1
+        error = reader.stderr()
+        assert "refused the batch" in error and "max.message.bytes" in error, error
+        after = stored_checkpoint(settings, "main")
+        assert after is not None and after.position == before.position
+        again = ReaderProcess(env, tmp_path, "again")
+        try:
+            rows = main.read_until(
+                lambda rs: {r.value["data"]["id"] for r in rs} >= set(range(310)), timeout=120
+            )
+        finally:
+            assert again.terminate() == 0, again.stderr()
+    finally:
+        if reader.proc.poll() is None:
+            reader.terminate()
+        main.close()
+    assert {r.value["data"]["id"] for r in rows} == set(range(310))
+    for log in (error, again.stderr()):
+        assert "sending it to dead-letter topic" not in log
