@@ -44,6 +44,8 @@ class CdcOptions(BaseSettings):
     dead_letter_topic: str = "maxwell_dead_letter"
     kafka_replication_factor: int = -1
     kafka_options: dict[str, str] = Field(default_factory=dict)
+    # How often each topic's max.message.bytes is read again (batches are sized to it).
+    kafka_topic_config_refresh_s: float = Field(default=30.0, gt=0)
     nsq_topic: str = "maxwell"
     nsq_max_message_bytes: int = Field(default=1024 * 1024, gt=0)
 

@@ -42,7 +42,8 @@ import pymysql
 from cdc.acks import AckTracker
 from cdc.bootstrap import BootstrapRunner
 from cdc.checkpoint import CheckpointStore
-from cdc.decoding import BinlogDecoder, CheckConstraintJsonColumns
+from cdc.decoding import BinlogDecoder
+from cdc.decoding.json_columns import JsonSchemaModel
 from cdc.etcd_calls import call_with_retry
 from cdc.filtering import Filter
 from cdc.formatter import MaxwellFormatter
@@ -52,6 +53,7 @@ from cdc.producers import build_producer
 from cdc.producers.base import Producer
 from cdc.publisher import Publisher
 from cdc.replication.decoding import FilteredDecoding
+from cdc.replication.errors import SessionSettingError
 from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.replication.server_check import binlog_lag_bytes, check_server, current_position
 from cdc.replication.source import BinlogSource, SourceOptions
@@ -131,6 +133,8 @@ class Reader:
         self.transactions = 0
         self.messages = 0
         self.last_end: Checkpoint | None = None  # end of the last transaction read
+        # Which MariaDB LONGTEXT columns hold JSON, as of the stream's position.
+        self._json_model = JsonSchemaModel(())
 
     # -- control --------------------------------------------------------------
 
@@ -242,19 +246,35 @@ class Reader:
         timeout = self.settings.etcd.timeout_s + 1
         connect = self.settings.mysql.connect_kwargs()
         checkpoint = call_with_retry(loop, store.load, f"reading {store.key}", timeout_s=timeout)
+        connect_now = partial(pymysql.connect, **connect)
         if checkpoint is None:
             checkpoint = resolve_start(options, connect)
+            json_model = JsonSchemaModel.from_server(connect_now)
+            checkpoint = dataclasses.replace(checkpoint, json_columns=json_model.state)
             self._save(loop, store, leadership, checkpoint)
             log.info(
                 "source %s: no checkpoint; starting at %s", options.source, checkpoint.describe()
             )
         else:
             log.info("source %s: resuming at checkpoint %s", options.source, checkpoint.describe())
+            if checkpoint.json_columns is not None:
+                json_model = JsonSchemaModel(checkpoint.json_columns, connect_now)
+            else:
+                log.warning(
+                    "source %s: the checkpoint carries no schema model (written by an older "
+                    "version or by checkpoint reset); JSON columns are taken from the "
+                    "server's current schema",
+                    options.source,
+                )
+                json_model = JsonSchemaModel.from_server(connect_now)
+        self._json_model = json_model
         self.last_end = checkpoint
+        # End of the last transaction registered with the ack tracker: the only
+        # checkpoint that messages published after it (a bootstrap) may vouch for.
+        published = checkpoint
         num_shards = self._num_shards(loop, client)
         row_filter = Filter(options.filter)
-        json_columns = CheckConstraintJsonColumns(lambda: pymysql.connect(**connect))
-        decoding = FilteredDecoding(BinlogDecoder(json_columns), row_filter)
+        decoding = FilteredDecoding(BinlogDecoder(json_model), row_filter)
         publisher = Publisher(
             MaxwellFormatter(options.formatter_options()),
             Partitioner(
@@ -305,8 +325,11 @@ class Reader:
                 check_leadership()
                 if isinstance(item, Transaction):
                     if bootstrap.due(item.ctx):
-                        bootstrap.emit(producer, tracker, source.boundary, leadership)
-                    self._publish(item, publisher, producer, tracker)
+                        # The bootstrap stands between the last published transaction
+                        # and this one: its acks may checkpoint the former, never this
+                        # one (source.boundary is already this one's end).
+                        bootstrap.emit(producer, tracker, published, leadership)
+                    published = self._publish(item, publisher, producer, tracker)
                     producer.poll(0)
                     while tracker.in_flight > options.max_in_flight:
                         producer.poll(0.05)
@@ -314,7 +337,7 @@ class Reader:
                 else:
                     producer.poll(0)
                     if bootstrap.due(None):
-                        bootstrap.emit(producer, tracker, source.boundary, leadership)
+                        bootstrap.emit(producer, tracker, published, leadership)
                 now = time.monotonic()
                 if now >= next_save:
                     next_save = now + options.checkpoint_interval_s
@@ -335,6 +358,13 @@ class Reader:
                     break
         except (NotLeader, SessionLost) as exc:
             raise LeadershipLost(str(exc)) from exc
+        except SessionSettingError:
+            # Stop at the boundary just before the transaction: everything before it
+            # delivered and checkpointed, so `checkpoint skip` finds the checkpoint
+            # sitting at that transaction. A delivery failure here is raised instead.
+            producer.flush(60)
+            self._advance(loop, store, leadership, tracker, saved)
+            raise
         finally:
             CDC_LEADER.labels(options.source).set(0)
             source.close()
@@ -358,11 +388,20 @@ class Reader:
         publisher: Publisher,
         producer: Producer,
         tracker: AckTracker[Checkpoint],
-    ) -> None:
+    ) -> Checkpoint:
+        """Send the transaction's messages; returns the end registered with `tracker`."""
+        if txn.statement is not None:
+            # The schema model follows the stream: this boundary and every later
+            # event see the schema as this statement left it.
+            self._json_model.apply_ddl(
+                txn.statement.sql, txn.statement.database, f"{txn.ctx.file}:{txn.ctx.pos}"
+            )
         messages = publisher.messages(txn)
-        end = txn.end
-        if messages:
-            end = dataclasses.replace(end, event_id=messages[-1].event_id)
+        end = dataclasses.replace(
+            txn.end,
+            event_id=messages[-1].event_id if messages else txn.end.event_id,
+            json_columns=self._json_model.state,
+        )
         seq = tracker.open(end, len(messages))
         if messages:
             ack = partial(tracker.ack, seq)
@@ -375,6 +414,7 @@ class Reader:
         self.messages += len(messages)
         CDC_ROWS.labels(self.options.source).inc(len(messages))
         CDC_LAG_SECONDS.labels(self.options.source).set(max(0.0, time.time() - txn.ctx.ts))
+        return end
 
     def _last_acked(self, ack: Callable[[], None], committed_at: float) -> None:
         ack()

@@ -22,6 +22,7 @@ def build_producer(settings: Settings, options: CdcOptions, num_shards: int) -> 
                     options.dead_letter_topic,
                     replication_factor=options.kafka_replication_factor,
                     options=options.kafka_options,
+                    topic_config_refresh_s=options.kafka_topic_config_refresh_s,
                 )
             )
         elif name == "nsq":

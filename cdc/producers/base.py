@@ -15,6 +15,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 Ack = Callable[[], None]
 
@@ -50,19 +51,47 @@ def render_topic(template: str, database: str, table: str) -> str:
     return _TEMPLATE_VAR.sub(lambda m: database if m.group(1) == "database" else table, template)
 
 
-def dead_letter_document(message: Outgoing, destination: str, error: str) -> bytes:
-    """The record that stands in for a message the broker will not take."""
+def _primary_key_of(message: Outgoing) -> dict[str, Any]:
+    """The primary key columns, from the message key `{"database","table","pk.<col>"...}`."""
+    try:
+        key = json.loads(message.key)
+    except ValueError:
+        return {}
+    if not isinstance(key, dict):
+        return {}
+    return {name[3:]: value for name, value in key.items() if name.startswith("pk.")}
+
+
+def _type_of(message: Outgoing) -> str | None:
+    try:
+        value = json.loads(message.value)
+    except ValueError:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def dead_letter_document(
+    message: Outgoing, destination: str, error: str, reason: str | None = None
+) -> bytes:
+    """The record that stands in for a message the broker will not take.
+
+    Maxwell's skeleton (`database`, `table`, `type`, `reason`, and `data` with only the
+    primary key columns), with where the message was and why it failed beside it."""
     return json.dumps(
         {
-            "event_id": message.event_id,
-            "position": message.position,
             "database": message.database,
             "table": message.table,
+            "type": _type_of(message),
+            "reason": reason or error,
+            "data": _primary_key_of(message),
+            "event_id": message.event_id,
+            "position": message.position,
+            "shard": message.shard,
+            "error": error,
             "key": message.key.decode("utf-8", errors="backslashreplace"),
             "destination": destination,
-            "shard": message.shard,
             "size": len(message.value),
-            "error": error,
         },
         separators=(",", ":"),
     ).encode()

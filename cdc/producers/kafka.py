@@ -5,11 +5,23 @@ must have exactly `num_shards` partitions, because partition = shard: a topic
 that does not exist is created with `num_shards` partitions, and a topic with
 any other count stops the reader with an error naming the topic and both counts.
 
-A record the broker (or the client's `message.max.bytes`) refuses as too large
-is not dropped: a dead-letter record with its key, event id, binlog position,
-size and the error goes to the dead-letter topic, to the same shard, and the
-original counts as delivered once that record is. Any other delivery failure is
-raised from `poll()`/`flush()` and the message is never acknowledged.
+Topic size limits: the broker refuses a whole record batch larger than the
+topic's `max.message.bytes`, and librdkafka does not split a refused batch. So
+the reader reads each topic's real `max.message.bytes` (describe_configs) when
+it first writes to it, and again every `kafka_topic_config_refresh_s`, and sets
+the client's `batch.size` and `message.max.bytes` to the smallest limit less a
+framing margin: batches never exceed any topic's limit. When that changes, the
+producer is flushed (every message so far delivered and acknowledged) and
+rebuilt with the new sizes, so order per partition holds.
+
+A single record over its topic's limit is not dropped: a dead-letter record in
+Maxwell's form (database, table, type, reason, and data with only the primary
+key columns) with its key, event id, binlog position, shard, size and the error
+goes to the dead-letter topic, to the same shard, and the original counts as
+delivered once that record is. Any other delivery failure, including a batch
+refused as too large while the message alone fits (the limit was lowered
+since it was read), is raised from `poll()`/`flush()`; the message is never
+acknowledged and the reader stops before its checkpoint passes it.
 
 Delivery reports are served by `poll()` on the caller's thread; the producer
 batches (`linger.ms`) and is never flushed per message.
@@ -25,7 +37,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import Producer as RdKafkaProducer
-from confluent_kafka.admin import AdminClient
+
+# The documented import; the package's stubs do not re-export these names.
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
 from confluent_kafka.cimpl import NewTopic
 
 from cdc.producers.base import (
@@ -52,6 +66,19 @@ _DEFAULTS = {
     "compression.type": "lz4",
     "message.timeout.ms": "120000",
 }
+
+
+# librdkafka's defaults for the two size settings the topic limits may lower.
+_CLIENT_MAX_MESSAGE_BYTES = 1_000_000
+_CLIENT_BATCH_SIZE = 1_000_000
+# Record-batch framing the broker counts against max.message.bytes: the batch
+# header (61 bytes), one record's own header, and up to 1% that compression may add
+# to data it cannot compress.
+_FRAMING_BYTES = 128
+
+
+def framing_margin(limit: int) -> int:
+    return _FRAMING_BYTES + limit // 100
 
 
 class TopicPartitionsMismatch(ConfigError):
@@ -108,6 +135,29 @@ class TopicManager:
             raise DeliveryError(f"kafka topic {topic}: metadata error: {found.error}")
         return len(found.partitions)
 
+    def max_message_bytes(self, topics: list[str]) -> dict[str, int]:
+        """Each topic's effective `max.message.bytes` (its own or the broker's default)."""
+        if not topics:
+            return {}
+        try:
+            futures = self._admin.describe_configs(
+                [ConfigResource(ResourceType.TOPIC, t) for t in topics],
+                request_timeout=self._timeout_s,
+            )
+            found: dict[str, int] = {}
+            for resource, future in futures.items():
+                entry = future.result().get("max.message.bytes")
+                if entry is None or entry.value is None:
+                    raise DeliveryError(
+                        f"kafka topic {resource.name}: describe_configs gave no max.message.bytes"
+                    )
+                found[resource.name] = int(entry.value)
+            return found
+        except KafkaException as exc:
+            raise DeliveryError(
+                f"kafka topics {', '.join(topics)}: cannot read max.message.bytes: {exc}"
+            ) from exc
+
     def _create(self, topic: str) -> None:
         futures = self._admin.create_topics(
             [NewTopic(topic, self._num_shards, self._replication_factor)],
@@ -139,6 +189,7 @@ class KafkaProducer(Producer):
         dead_letter_topic: str,
         replication_factor: int = -1,
         options: dict[str, str] | None = None,
+        topic_config_refresh_s: float = 30.0,
     ) -> None:
         conf: dict[str, Any] = {**_DEFAULTS, **settings.client_config(), **(options or {})}
         for key, value in _REQUIRED.items():
@@ -148,7 +199,17 @@ class KafkaProducer(Producer):
                     f"with an idempotent producer and acks=all), got {conf[key]!r}"
                 )
             conf[key] = value
+        self._conf = conf
+        # What the operator allows; topic limits may only lower them.
+        self._client_max = int(conf.get("message.max.bytes", _CLIENT_MAX_MESSAGE_BYTES))
+        self._batch_max = int(conf.get("batch.size", _CLIENT_BATCH_SIZE))
+        self._sizes = (self._client_max, self._batch_max)
         self._producer = RdKafkaProducer(conf)
+        # max.message.bytes of every topic written to (the dead-letter topic's is
+        # read only to judge its own records, which are small).
+        self._limits: dict[str, int] = {}
+        self._refresh_s = topic_config_refresh_s
+        self._next_refresh = time.monotonic() + topic_config_refresh_s
         admin_conf: dict[str, str | int | float | bool] = {
             k: v
             for k, v in settings.client_config().items()
@@ -173,6 +234,9 @@ class KafkaProducer(Producer):
         if topic is None:
             topic = render_topic(*where)
             self._topics.ensure(topic)
+            if topic not in self._limits:
+                self._limits.update(self._topics.max_message_bytes([topic]))
+                self._apply_limits()
             if len(self._topic_cache) > 100_000:
                 self._topic_cache.clear()
             self._topic_cache[where] = topic
@@ -211,23 +275,78 @@ class KafkaProducer(Producer):
                     and error.code() == KafkaError.MSG_SIZE_TOO_LARGE
                     and topic != self._dead_letter_topic
                 ):
-                    # Refused locally: same treatment as a broker refusal, at once.
+                    # Refused locally (over the client's message.max.bytes, which is
+                    # at most the topic's limit): a single message too large.
                     callback(error, None)
                     return
                 raise DeliveryError(
                     f"kafka: cannot produce {message.event_id} to {topic}[{shard}]: {exc}"
                 ) from exc
 
+    def _alone_over_limit(self, message: Outgoing, topic: str) -> bool:
+        """Too large on its own: over the client's message.max.bytes, or over the topic's
+        limit once framed (else only the batch it was in was too large)."""
+        limit = self._limits.get(topic)
+        size = len(message.key) + len(message.value)
+        return limit is None or size > self._sizes[0] or size + framing_margin(limit) > limit
+
     def _delivered(self, message: Outgoing, topic: str, on_ack: Ack, err: Any, _msg: Any) -> None:
         if err is None:
             on_ack()
             return
         if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and topic != self._dead_letter_topic:
-            self._dead_letter(message, topic, on_ack, str(err))
+            if self._alone_over_limit(message, topic):
+                self._dead_letter(message, topic, on_ack, str(err))
+                return
+            self._fail(
+                f"kafka: the broker refused the batch holding {message.event_id} as too large "
+                f"for {topic}[{message.shard}] ({err}), but the message alone "
+                f"({len(message.value)} bytes) fits its max.message.bytes as last read "
+                f"({self._limits.get(topic)} bytes): the topic's limit was lowered since. "
+                "Nothing was dead-lettered; the reader stops before its checkpoint passes "
+                "the message and reads the new limit when it starts again"
+            )
             return
         self._fail(
             f"kafka: delivery of {message.event_id} to {topic}[{message.shard}] failed: {err}"
         )
+
+    def _apply_limits(self) -> None:
+        """Size batches and messages for the smallest topic limit; rebuild the client
+        (after delivering everything queued) when that changes."""
+        if not self._limits:
+            return
+        topic, limit = min(self._limits.items(), key=lambda item: item[1])
+        client_max = max(1000, min(self._client_max, limit - framing_margin(limit)))
+        sizes = (client_max, max(1, min(self._batch_max, client_max)))
+        if sizes == self._sizes:
+            return
+        log.info(
+            "kafka: smallest max.message.bytes is %d bytes (topic %s); producer "
+            "message.max.bytes=%d, batch.size=%d",
+            limit,
+            topic,
+            sizes[0],
+            sizes[1],
+        )
+        self.flush(max(120.0, int(self._conf.get("message.timeout.ms", 120000)) / 1000 + 10))
+        self._producer = RdKafkaProducer(
+            {**self._conf, "message.max.bytes": sizes[0], "batch.size": sizes[1]}
+        )
+        self._sizes = sizes
+
+    def _refresh_limits(self) -> None:
+        try:
+            found = self._topics.max_message_bytes(sorted(self._limits))
+        except DeliveryError as exc:
+            # Not fatal: a lowered limit not yet seen shows as a refused batch, which stops.
+            log.warning("kafka: topic limits not refreshed: %s", exc)
+            return
+        if found != self._limits:
+            changed = {t: v for t, v in found.items() if self._limits.get(t) != v}
+            log.info("kafka: max.message.bytes changed: %s", changed)
+            self._limits.update(found)
+            self._apply_limits()
 
     def _dead_letter(self, message: Outgoing, topic: str, on_ack: Ack, error: str) -> None:
         log.error(
@@ -245,7 +364,15 @@ class KafkaProducer(Producer):
         except (DeliveryError, ConfigError) as exc:
             self._fail(f"kafka: dead-letter topic for {message.event_id}: {exc}")
             return
-        doc = dead_letter_document(message, topic, error)
+        limit = self._limits.get(topic)
+        reason = (
+            f"message of {len(message.value)} bytes does not fit in {topic}: its "
+            f"max.message.bytes is {limit} bytes (less {framing_margin(limit)} bytes the "
+            "reader keeps for batch framing)"
+            if limit is not None
+            else f"message of {len(message.value)} bytes too large for {topic}"
+        )
+        doc = dead_letter_document(message, topic, error, reason)
 
         def dead_letter_delivered(err: Any, _msg: Any) -> None:
             if err is None:
@@ -279,6 +406,9 @@ class KafkaProducer(Producer):
     def poll(self, timeout: float = 0.0) -> None:
         self._producer.poll(timeout)
         self._raise_failure()
+        if self._limits and time.monotonic() >= self._next_refresh:
+            self._next_refresh = time.monotonic() + self._refresh_s
+            self._refresh_limits()
 
     def flush(self, timeout: float) -> None:
         remaining = self._producer.flush(timeout)

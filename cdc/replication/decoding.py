@@ -13,7 +13,45 @@ from typing import Any
 
 from cdc.decoding import BinlogDecoder
 from cdc.filtering import Filter
+from cdc.replication.errors import PartialRowImage
 from cdc.replication.transaction import RowChange
+
+# MySQL's PARTIAL_UPDATE_ROWS_EVENT (binlog_row_value_options=PARTIAL_JSON).
+PARTIAL_UPDATE_ROWS_EVENT = 39
+
+
+def _missing_columns(bitmap: bytes, count: int) -> list[int]:
+    return [i for i in range(count) if i >> 3 >= len(bitmap) or not bitmap[i >> 3] >> (i & 7) & 1]
+
+
+def check_full_image(event: Any) -> None:
+    """Raise PartialRowImage unless the rows event carries every column of the row
+    (before and after image): a session with binlog_row_image=MINIMAL or NOBLOB, or
+    binlog_row_value_options=PARTIAL_JSON, writes events that do not."""
+    table = f"{event.schema}.{event.table}"
+    if int(event.event_type) == PARTIAL_UPDATE_ROWS_EVENT:
+        raise PartialRowImage(
+            "binlog_row_value_options",
+            "''",
+            table,
+            "binlog_row_value_options=PARTIAL_JSON: a partial JSON update "
+            "(PARTIAL_UPDATE_ROWS_EVENT)",
+        )
+    count = int(event.number_of_columns)
+    bitmaps = [bytes(event.columns_present_bitmap)]
+    after = getattr(event, "columns_present_bitmap2", None)
+    if after is not None:
+        bitmaps.append(bytes(after))
+    for bitmap in bitmaps:
+        missing = _missing_columns(bitmap, count)
+        if missing:
+            raise PartialRowImage(
+                "binlog_row_image",
+                "FULL",
+                table,
+                f"binlog_row_image=MINIMAL or NOBLOB: a rows event without {len(missing)} of "
+                f"its {count} columns",
+            )
 
 
 class FilteredDecoding:
@@ -38,6 +76,7 @@ class FilteredDecoding:
     def decode_rows(self, event: Any, where: str) -> Sequence[RowChange]:
         if not self._wanted(event):
             return ()
+        check_full_image(event)
         table, rows = self.decoder.decode(event, self._file)
         database, name = table.database, table.table
         include, by_column = self.filter.table_decision(database, name)

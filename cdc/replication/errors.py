@@ -40,3 +40,52 @@ class StartPositionMismatch(SourceError):
 
 class TransactionOrderError(SourceError):
     """The stream delivered events in an order no transaction boundary can explain."""
+
+
+def skip_command(source: str, position: str) -> str:
+    return f"shardctl cdc checkpoint skip --source {source} --position {position}"
+
+
+class SessionSettingError(SourceError):
+    """A transaction was written under a session setting whose events carry no
+    full rows (binlog_format, binlog_row_image, binlog_row_value_options). Nothing
+    of the transaction is published; the message gives the setting to fix and
+    the commands that skip the transaction and re-copy its tables."""
+
+    def __init__(
+        self,
+        source: str,
+        setting: str,
+        wanted: str,
+        position: str,
+        gtid: str | None,
+        table: str,
+        detail: str,
+    ) -> None:
+        self.source = source
+        self.setting = setting
+        self.position = position
+        self.gtid = gtid
+        self.table = table
+        self.recovery = (
+            f"{skip_command(source, position)}\n  shardctl cdc bootstrap {table} --source {source}"
+        )
+        super().__init__(
+            f"source {source!r}: {setting}: the transaction at position={position} "
+            f"gtid={gtid or 'none'} changes {table} under {detail}; none of it is published. "
+            f"Set {setting}={wanted} for every session (SET GLOBAL, the server configuration, "
+            f"and no session that changes it), then skip this one transaction and re-copy "
+            f"the tables it touched (the skip command lists them):\n  {self.recovery}"
+        )
+
+
+class PartialRowImage(Exception):
+    """A rows event without every column (raised by row decoding; the transaction
+    assembler turns it into a SessionSettingError with the transaction's position)."""
+
+    def __init__(self, setting: str, wanted: str, table: str, detail: str) -> None:
+        self.setting = setting
+        self.wanted = wanted
+        self.table = table
+        self.detail = detail
+        super().__init__(f"{table}: {detail}")

@@ -8,7 +8,13 @@ it never starts inside a transaction.
 The document stored in etcd is JSON:
 
     {"file": "mysql-bin.000003", "pos": 1234, "gtid": "0-1-57", "ts": 1700000000,
-     "server_id": 1, "event_id": "0-1-57#3"}
+     "server_id": 1, "event_id": "0-1-57#3",
+     "json_columns": [["shop", "docs", ["attrs"]]]}
+
+`json_columns` is the schema model's part the binlog does not carry: which
+MariaDB LONGTEXT columns hold JSON (a CHECK json_valid constraint), as of this
+boundary (see `cdc.decoding.json_columns.JsonSchemaModel`). It is absent in
+documents written before the model existed.
 
 `gtid` is MariaDB's `gtid_binlog_pos` form (`domain-server-seq`, one per domain,
 comma separated) or MySQL's executed GTID set (`uuid:1-57`); it is null when the
@@ -109,6 +115,8 @@ class Checkpoint:
     ts: int
     server_id: int
     event_id: str | None = None
+    # (database, table, JSON columns) of every table with one, as of this boundary.
+    json_columns: tuple[tuple[str, str, tuple[str, ...]], ...] | None = None
 
     @property
     def position(self) -> BinlogPosition:
@@ -120,7 +128,10 @@ class Checkpoint:
         return f"{text} (gtid {self.gtid})" if self.gtid else text
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+        doc = asdict(self)
+        if self.json_columns is None:
+            del doc["json_columns"]
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Checkpoint:
@@ -135,6 +146,14 @@ class Checkpoint:
             if gtid is not None and not isinstance(gtid, str):
                 raise TypeError("gtid must be a string or null")
             event = doc.get("event_id")
+            model = doc.get("json_columns")
+            json_columns = (
+                None
+                if model is None
+                else tuple(
+                    (str(db), str(table), tuple(str(c) for c in cols)) for db, table, cols in model
+                )
+            )
             return cls(
                 file=file,
                 pos=pos,
@@ -142,6 +161,7 @@ class Checkpoint:
                 ts=int(doc.get("ts", 0)),
                 server_id=int(doc.get("server_id", 0)),
                 event_id=event if isinstance(event, str) else None,
+                json_columns=json_columns,
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise CheckpointFormatError(f"checkpoint document is invalid: {exc}") from exc

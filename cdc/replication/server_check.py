@@ -2,8 +2,11 @@
 
 The reader refuses to start unless the server writes complete, self-describing,
 uncompressed row events: `log_bin=ON`, `binlog_format=ROW`,
-`binlog_row_image=FULL`, `binlog_row_metadata=FULL`, and `log_bin_compress` /
-`binlog_transaction_compression` OFF. Without the last one the TABLE_MAP events carry no
+`binlog_row_image=FULL`, `binlog_row_metadata=FULL`, `log_bin_compress` /
+`binlog_transaction_compression` OFF, and (MySQL) no `PARTIAL_JSON` in
+`binlog_row_value_options`. These are global values; a session may still change
+`binlog_format` or `binlog_row_image`, which the transaction assembler detects
+in the events themselves. Without the last one the TABLE_MAP events carry no
 column names, charsets or ENUM/SET values, and rows cannot be decoded
 faithfully. Each refusal names the setting.
 """
@@ -57,6 +60,7 @@ def check_server(connection: Any, reader_server_id: int) -> ServerInfo:
                 "gtid_mode",
                 "log_bin_compress",
                 "binlog_transaction_compression",
+                "binlog_row_value_options",
             ],
         )
     version = values["version"] or ""
@@ -97,6 +101,14 @@ def check_server(connection: Any, reader_server_id: int) -> ServerInfo:
                 "OFF",
                 "compressed binlog events cannot be read by the replication library",
             )
+    # MySQL only: PARTIAL_JSON writes JSON updates as diffs, not whole values.
+    if "PARTIAL_JSON" in (values["binlog_row_value_options"] or "").upper():
+        raise ServerSettingError(
+            "binlog_row_value_options",
+            values["binlog_row_value_options"],
+            "'' (empty)",
+            "PARTIAL_JSON logs JSON updates as diffs, without the whole new value",
+        )
     server_id = int(values["server_id"] or 0)
     if server_id == reader_server_id:
         raise ServerSettingError(

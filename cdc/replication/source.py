@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pymysql
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import (
+    ExecuteLoadQueryEvent,
     FormatDescriptionEvent,
     GtidEvent,
     HeartbeatLogEvent,
@@ -50,6 +51,7 @@ from pymysqlreplication.event import (
 from pymysqlreplication.gtid import Gtid, GtidSet
 from pymysqlreplication.row_event import (
     DeleteRowsEvent,
+    PartialUpdateRowsEvent,
     TableMapEvent,
     UpdateRowsEvent,
     WriteRowsEvent,
@@ -57,6 +59,7 @@ from pymysqlreplication.row_event import (
 
 from cdc.replication.errors import (
     PurgedBinlogError,
+    SessionSettingError,
     SourceError,
     StartPositionMismatch,
     TransactionOrderError,
@@ -87,6 +90,10 @@ _EVENTS = [
     WriteRowsEvent,
     UpdateRowsEvent,
     DeleteRowsEvent,
+    # Listed so that the library hands them over instead of dropping them: the
+    # assembler stops on both (session binlog settings without full rows).
+    PartialUpdateRowsEvent,
+    ExecuteLoadQueryEvent,
 ]
 
 # Server error "fatal error reading binlog": purged files, unknown GTID state.
@@ -109,6 +116,9 @@ class SourceOptions:
     heartbeat_s: float = 1.0
     reconnect_backoff_s: tuple[float, float] = (0.2, 5.0)
     recovery_command: str = ""
+    # Called instead of raising for a transaction written under a bad session
+    # setting (see TransactionAssembler); only the checkpoint skip command sets it.
+    on_session_setting: Callable[[SessionSettingError], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -264,7 +274,13 @@ class BinlogSource:
             slave_heartbeat=self._options.heartbeat_s,
             enable_logging=False,
         )
-        assembler = TransactionAssembler(self._decoding, gtid_state, start.file)
+        assembler = TransactionAssembler(
+            self._decoding,
+            gtid_state,
+            start.file,
+            source=self._options.source,
+            on_session_setting=self._options.on_session_setting,
+        )
         verified_rotate = False
         # gtid mode: domains whose first GTID has not been checked against the start.
         start_state = MariadbGtidState(start.gtid) if info.flavor == "mariadb" else None
@@ -303,6 +319,9 @@ class BinlogSource:
                 continue
             if isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
                 assembler.rows(event)
+                continue
+            if isinstance(event, ExecuteLoadQueryEvent):
+                assembler.load_query(event)
                 continue
             if isinstance(event, XAPrepareEvent):
                 raise SourceError(

@@ -23,11 +23,17 @@ so that the caller restarts the stream at the start of the open transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cdc.replication.errors import SourceError, TransactionOrderError
+from cdc.replication.errors import (
+    PartialRowImage,
+    SessionSettingError,
+    SourceError,
+    TransactionOrderError,
+)
 from cdc.replication.position import Checkpoint
 from cdc.rows import RowImage, TxnContext
 
@@ -35,6 +41,44 @@ from cdc.rows import RowImage, TxnContext
 _FL_STANDALONE = 1
 _FL_PREPARED_XA = 64
 _FL_COMPLETED_XA = 128
+
+# A statement that changes rows. Logged as a QUERY event only under
+# binlog_format=STATEMENT or MIXED (a session may set either).
+_LEADING_COMMENTS = re.compile(r"^\s*(?:/\*.*?\*/\s*|(?:--|#)[^\n]*\n\s*)*", re.DOTALL)
+_DML_WORDS = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD", "WITH"})
+_NAME = r"(?:`(?:[^`]|``)+`|[\w$]+)"
+_DML_TABLE = re.compile(
+    r"^(?:INSERT|REPLACE)(?:\s+(?:LOW_PRIORITY|DELAYED|HIGH_PRIORITY|IGNORE))*(?:\s+INTO)?"
+    r"|^UPDATE(?:\s+(?:LOW_PRIORITY|IGNORE))*"
+    r"|^DELETE(?:\s+(?:LOW_PRIORITY|QUICK|IGNORE))*\s+FROM",
+    re.IGNORECASE,
+)
+_QUALIFIED = re.compile(rf"\s+({_NAME})(?:\s*\.\s*({_NAME}))?")
+
+
+def dml_statement(sql: str) -> str | None:
+    """`sql` without leading comments when it is a row-changing statement, else None."""
+    body = sql[_LEADING_COMMENTS.match(sql).end() :]  # type: ignore[union-attr]
+    word = body.split(None, 1)[0].upper() if body.strip() else ""
+    return body if word in _DML_WORDS else None
+
+
+def dml_table(sql: str, database: str) -> str:
+    """The `database.table` a DML statement names first, or `<database>.<table>`."""
+    head = _DML_TABLE.match(sql)
+    if head is not None:
+        name = _QUALIFIED.match(sql, head.end())
+        if name is not None:
+            first, second = (_unquote(n) if n else None for n in name.groups())
+            if second is not None:
+                return f"{first}.{second}"
+            if database:
+                return f"{database}.{first}"
+    return "<database>.<table>"
+
+
+def _unquote(name: str) -> str:
+    return name[1:-1].replace("``", "`") if name.startswith("`") else name
 
 
 @dataclass(slots=True)
@@ -104,11 +148,40 @@ def event_end(event: Any) -> int:
 class TransactionAssembler:
     """Feeds on events of one stream connection; see the module docstring."""
 
-    def __init__(self, decoding: RowsDecoding, gtid_state: GtidTracker | None, file: str) -> None:
+    def __init__(
+        self,
+        decoding: RowsDecoding,
+        gtid_state: GtidTracker | None,
+        file: str,
+        source: str = "",
+        on_session_setting: Callable[[SessionSettingError], None] | None = None,
+    ) -> None:
         self._decoding = decoding
         self._gtid_state = gtid_state
         self.file = file
         self._open: _Open | None = None
+        self._source = source
+        # Without a handler a change written under a bad session setting raises;
+        # the checkpoint skip command passes one to read past that transaction.
+        self._on_session_setting = on_session_setting
+
+    def _session_setting(
+        self, event: Any, setting: str, wanted: str, table: str, detail: str
+    ) -> None:
+        opened = self._open
+        position = f"{opened.file}:{opened.pos}" if opened else self.where(event)
+        error = SessionSettingError(
+            self._source,
+            setting,
+            wanted,
+            position,
+            opened.gtid if opened else None,
+            table,
+            f"{detail} at {self.where(event)}",
+        )
+        if self._on_session_setting is None:
+            raise error
+        self._on_session_setting(error)
 
     @property
     def in_transaction(self) -> bool:
@@ -165,7 +238,23 @@ class TransactionAssembler:
     def rows(self, event: Any) -> None:
         if self._open is None or not self._open.begun:
             raise TransactionOrderError(f"rows event at {self.where(event)} outside a transaction")
-        self._open.changes.extend(self._decoding.decode_rows(event, self.where(event)))
+        try:
+            changes = self._decoding.decode_rows(event, self.where(event))
+        except PartialRowImage as exc:
+            self._session_setting(event, exc.setting, exc.wanted, exc.table, exc.detail)
+            return
+        self._open.changes.extend(changes)
+
+    def load_query(self, event: Any) -> None:
+        """LOAD DATA logged as a statement (EXECUTE_LOAD_QUERY): no rows to publish."""
+        schema = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema)
+        self._session_setting(
+            event,
+            "binlog_format",
+            "ROW",
+            f"{schema or '<database>'}.<table>",
+            "binlog_format=STATEMENT or MIXED: LOAD DATA logged as a statement",
+        )
 
     def xid(self, event: Any) -> Transaction:
         if self._open is None:
@@ -185,11 +274,26 @@ class TransactionAssembler:
             return None
         if word in ("COMMIT", "ROLLBACK") and self._open is not None and self._open.begun:
             return self._close(event, xid=None, statement=None)
+        schema = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema)
+        dml = dml_statement(sql)
+        if dml is not None:
+            # Rows changed by a statement the server logged as text: a session ran
+            # with binlog_format=STATEMENT or MIXED. No row values to publish.
+            opened = self._open_at_query(event)
+            self._session_setting(
+                event,
+                "binlog_format",
+                "ROW",
+                dml_table(dml, schema),
+                f"binlog_format=STATEMENT or MIXED: DML logged as the statement {dml[:200]!r}",
+            )
+            if opened.begun:
+                return None
+            return self._close(event, xid=None, statement=None)
         if self._open is not None and self._open.begun:
             # A statement logged inside a row transaction (SAVEPOINT and the like)
             # changes no rows; the transaction goes on.
             return None
-        schema = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema)
         self._open_at_query(event)
         return self._close(event, xid=None, statement=Statement(database=schema, sql=sql))
 

@@ -236,6 +236,89 @@ def checkpoint_reset(
     sys.stdout.flush()
 
 
+@checkpoint_app.command("skip")
+def checkpoint_skip(
+    position: Annotated[
+        str,
+        typer.Option(help="the transaction the checkpoint sits at: its file:pos or its GTID"),
+    ],
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+    source: SourceOpt = None,
+) -> None:
+    """Move the checkpoint past the one transaction it sits at (only while no reader
+    runs), and print the tables that transaction changed, to re-copy with bootstrap."""
+    from cdc.checkpoint import CheckpointError, CheckpointStore, transaction_at_checkpoint
+    from cdc.decoding.json_columns import UnknownDdl
+    from cdc.replication.errors import SourceError
+    from shardctl.etcd.client import EtcdClient, EtcdError
+    from shardctl.keyspace import Keyspace
+
+    settings, options = _load(config, cluster, {"source": source})
+    keyspace = Keyspace.of(settings)
+
+    async def stored() -> Any:
+        async with EtcdClient(settings.etcd) as client:
+            leader = await client.get(keyspace.cdc_leader(options.source))
+            if leader is not None:
+                raise CheckpointError(
+                    f"{leader.value.decode()} leads source {options.source!r}; stop every "
+                    "reader of the source before skipping a transaction"
+                )
+            return await CheckpointStore(client, keyspace, options.source).load()
+
+    try:
+        checkpoint = asyncio.run(stored())
+        if checkpoint is None:
+            raise CheckpointError(f"source {options.source!r} has no checkpoint")
+        skipped = transaction_at_checkpoint(
+            options.source,
+            settings.mysql.connect_kwargs(),
+            options.server_id,
+            options.mode,
+            checkpoint,
+            position,
+        )
+    except (CheckpointError, EtcdError, SourceError) as exc:
+        raise _fail(f"checkpoint skip: {exc}", 1) from None
+    except ConfigError as exc:
+        raise _fail(f"checkpoint skip: {exc}", 2) from None
+    except pymysql.err.MySQLError as exc:
+        where = f"{settings.mysql.host}:{settings.mysql.port}"
+        raise _fail(f"checkpoint skip: MySQL at {where}: {exc}", 1) from None
+
+    try:
+        target = skipped.next_checkpoint(checkpoint)
+    except UnknownDdl as exc:
+        raise _fail(f"checkpoint skip: {exc}", 1) from None
+
+    async def move() -> None:
+        async with EtcdClient(settings.etcd) as client:
+            await CheckpointStore(client, keyspace, options.source).reset(target)
+
+    try:
+        asyncio.run(move())
+    except (CheckpointError, EtcdError) as exc:
+        raise _fail(f"checkpoint skip: {exc}", 1) from None
+    txn = skipped.transaction
+    gtid = f" (gtid {txn.ctx.gtid})" if txn.ctx.gtid else ""
+    typer.echo(
+        f"skipped the transaction at {skipped.start}{gtid} of source {options.source}; "
+        f"checkpoint now at {target.describe()}"
+    )
+    for finding in skipped.findings:
+        typer.echo(f"  why the reader stopped: {str(finding).splitlines()[0]}")
+    if txn.statement is not None:
+        typer.echo(f"it was the statement: {txn.statement.sql}")
+    if skipped.tables:
+        typer.echo("tables it changed (re-copy each with the command shown):")
+        for table in skipped.tables:
+            typer.echo(f"  {table}    shardctl cdc bootstrap {table} --source {options.source}")
+    else:
+        typer.echo("it changed no table rows")
+    sys.stdout.flush()
+
+
 def collect_cdc_status(settings: Settings, source: str) -> dict[str, Any]:
     """Leader, checkpoint, the server's binlog end and the lag between them.
 
