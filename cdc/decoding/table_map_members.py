@@ -239,6 +239,8 @@ def with_decoded_members(table: TableDef, event: Any, position: str) -> TableDef
                 texts.append(decode_member(raw, charset))
             except (ValueError, UnicodeDecodeError) as exc:
                 reason = exc.reason if isinstance(exc, UnicodeDecodeError) else str(exc)
+                if charset == BINARY_CHARSET:
+                    reason += " (a binary column's members are published as UTF-8 text)"
                 raise DecodeError(
                     f"member {number} ({raw!r}) does not decode in character set "
                     f"{charset}: {reason}",

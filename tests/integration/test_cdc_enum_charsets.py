@@ -10,6 +10,7 @@ stops the reader with the binlog position, the table and the column.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from pymysqlreplication.row_event import TableMapEvent, WriteRowsEvent
 
 from cdc.decoding import BinlogDecoder, DecodeError
 from tests.conftest import StackHandle
+from tests.integration.cdc_support import ReaderProcess, reader_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +141,29 @@ def test_a_member_that_does_not_decode_stops_the_reader_naming_it(
     file, _, pos = error.position.partition(":")
     assert file == start[0] and int(pos) >= start[1]
     assert "member 1" in error.reason and "binary" in error.reason
+
+
+def test_the_running_reader_stops_on_an_undecodable_member(
+    stack: StackHandle, mysql_db: str, unique: str, tmp_path: Path
+) -> None:
+    env = reader_env(stack, unique, "main", producer="stdout", num_shards=1)
+    reader = ReaderProcess(env, tmp_path, "r1")
+    try:
+        wait_for("the reader to lead", lambda: "leads source main" in reader.stderr())
+        _execute(
+            stack,
+            [
+                f"CREATE TABLE `{mysql_db}`.raw (id INT PRIMARY KEY, "
+                "bad ENUM(X'E9', 'b') CHARACTER SET binary NULL)",
+                f"INSERT INTO `{mysql_db}`.raw VALUES (1, 'b')",
+            ],
+        )
+        assert reader.wait(60) == 1
+    finally:
+        if reader.proc.poll() is None:
+            reader.kill9()
+    err = reader.stderr()
+    assert f"table {mysql_db}.raw, column 'bad'" in err
+    assert "cannot decode row (binlog binlog." in err
+    assert "Traceback" not in err
+    assert '"bad"' not in (tmp_path / "r1.out").read_text()
