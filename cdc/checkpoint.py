@@ -58,10 +58,19 @@ class CheckpointStore:
         """Write `checkpoint` while `leadership` holds; raises NotLeader otherwise."""
         await leadership.guarded_put(self.key, checkpoint.to_json())
 
-    async def reset(self, checkpoint: Checkpoint | None) -> None:
-        """Set (or, with None, delete) the checkpoint; refused while a reader leads."""
+    async def reset(self, checkpoint: Checkpoint | None, *, replace: bool = True) -> None:
+        """Set (or, with None, delete) the checkpoint; refused while a reader leads,
+        and, with `replace=False`, when the source already has one."""
         op = Delete(self.key) if checkpoint is None else Put(self.key, checkpoint.to_json())
-        ok, _ = await self._client.txn([Absent(self.leader_key)], [op])
+        guards = (
+            [Absent(self.leader_key)] if replace else [Absent(self.leader_key), Absent(self.key)]
+        )
+        ok, _ = await self._client.txn(guards, [op])
+        if not ok and not replace and await self._client.get(self.key) is not None:
+            raise CheckpointError(
+                f"{self.key}: source {self.source!r} already has a checkpoint; "
+                "replacing it needs --force"
+            )
         if not ok:
             leader = await self._client.get(self.leader_key)
             who = leader.value.decode() if leader is not None else "a reader"

@@ -31,8 +31,10 @@ class CdcOptions(BaseSettings):
     source: str = Field(default="default", description="name of the source; etcd keys use it")
     reader_id: str = Field(default_factory=default_reader_id)
     # Our replica server_id; readers of one source share it, so the server itself
-    # drops a deposed leader's connection when a new leader connects.
-    server_id: int = Field(default=6379, ge=1, lt=2**32)
+    # drops a deposed leader's connection when a new leader connects. The default
+    # is outside the ids replicas and other binlog readers usually take (Maxwell's
+    # 6379, Debezium's 5400-6400, small numbers for replicas).
+    server_id: int = Field(default=1_870_453, ge=1, lt=2**32)
     mode: Literal["file_pos", "gtid"] = "file_pos"
     # Where to start when no checkpoint exists: "current", "file:pos" or "gtid:<state>".
     start_position: str = "current"

@@ -12,6 +12,7 @@ from typing import Any
 from cdc.decoding.errors import DecodeError
 from cdc.decoding.json_columns import JsonColumnSource, StaticJsonColumns
 from cdc.decoding.row_decoder import DecoderCache, resolve_where
+from cdc.decoding.table_map_members import with_decoded_members
 from cdc.rows import RowImage
 from cdc.schema import SchemaError, TableDef, table_def_from_table_map
 
@@ -25,13 +26,16 @@ class BinlogDecoder:
         self._cache = DecoderCache()
 
     def on_table_map(self, event: Any, where: str | None = None) -> TableDef:
-        """Record a library TableMapEvent; raises SchemaError when it is incomplete.
+        """Record a library TableMapEvent; raises SchemaError when it is incomplete,
+        DecodeError when an ENUM/SET member does not decode in its charset.
 
         `where` is the event's "file:pos" (or just the file), for error messages.
         """
         position = resolve_where(event, where)
         json_cols = self._json_columns.json_columns(str(event.schema), str(event.table))
         table = table_def_from_table_map(event, json_columns=json_cols, position=position)
+        # The library's ENUM/SET member names are UTF-8 only: read them again.
+        table = with_decoded_members(table, event, position)
         self._tables[table.table_id] = table
         return table
 

@@ -9,10 +9,14 @@ uncompressed row events: `log_bin=ON`, `binlog_format=ROW`,
 in the events themselves. Without the last one the TABLE_MAP events carry no
 column names, charsets or ENUM/SET values, and rows cannot be decoded
 faithfully. Each refusal names the setting.
+
+It also refuses a `cdc.server_id` that a registered replica of the server uses
+(see `check_replica_conflict`).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,8 +24,11 @@ import pymysql
 
 from cdc.replication.errors import ServerSettingError
 from cdc.replication.position import BinlogPosition
+from shardctl.config import ConfigError
 
 Flavor = Literal["mariadb", "mysql"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,3 +172,83 @@ def binlog_lag_bytes(connection: Any, position: BinlogPosition) -> int | None:
         elif name == position.file:
             behind = max(0, size - position.pos)
     return behind
+
+
+# --- other replicas with our server_id ------------------------------------------
+#
+# The server lists the replicas that registered (COM_REGISTER_SLAVE): MySQL and
+# MariaDB replicas and most binlog clients do. Our readers do not register, on
+# purpose: readers of one source share a server_id so that a new leader's
+# connection cuts off a deposed leader's, and they must not see each other as
+# a conflict. Any registered replica with our server_id is therefore something
+# else, and the two would cut each other off again and again.
+
+
+class ServerIdConflict(ConfigError):
+    """A registered replica of the server (not one of our readers) has our server_id."""
+
+    def __init__(self, server_id: int, source: str, others: list[str]) -> None:
+        self.server_id = server_id
+        self.others = others
+        hosts = ", ".join(repr(h) for h in others)
+        super().__init__(
+            f"cdc.server_id: another replica of the source server is connected with "
+            f"server_id {server_id} (report host {hosts}); it is not a reader of source "
+            f"{source!r}, which never registers as a replica. Two replicas with one server_id "
+            "cut each other off (the server drops the older connection, again and again). "
+            "Set cdc.server_id to a value no other replica of this server uses "
+            "(Maxwell's default is 6379)."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaHost:
+    server_id: int
+    host: str
+
+
+def registered_replicas(connection: Any) -> list[ReplicaHost]:
+    """The replicas that registered with the server.
+
+    MariaDB needs the REPLICATION MASTER ADMIN privilege for this; MySQL 8.4
+    only knows SHOW REPLICAS. Raises pymysql's OperationalError when denied.
+    """
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute("SHOW REPLICAS")
+        except pymysql.err.ProgrammingError:
+            # MariaDB and MySQL before 8.0.22 only know the old spelling.
+            cursor.execute("SHOW SLAVE HOSTS")
+        names = [str(d[0]).lower() for d in cursor.description or ()]
+        rows = cursor.fetchall()
+    id_at, host_at = names.index("server_id"), names.index("host")
+    return [ReplicaHost(int(row[id_at]), str(row[host_at] or "")) for row in rows]
+
+
+def check_replica_conflict(connection: Any, server_id: int, source: str) -> bool:
+    """Refuse (ServerIdConflict) when a registered replica has `server_id`.
+
+    Returns False, after a warning naming the privilege, when the server does
+    not let this user list replicas; True when the check ran.
+    """
+    try:
+        replicas = registered_replicas(connection)
+    except pymysql.err.OperationalError as exc:
+        if exc.args and exc.args[0] in (_ER_SPECIFIC_ACCESS_DENIED, _ER_ACCESS_DENIED):
+            log.warning(
+                "cdc.server_id: cannot check for another replica with server_id %d: "
+                "the server refused SHOW SLAVE HOSTS (%s); grant REPLICATION MASTER ADMIN "
+                "(MariaDB) to the reader's user to enable the check",
+                server_id,
+                exc.args[1] if len(exc.args) > 1 else exc,
+            )
+            return False
+        raise
+    others = sorted({r.host for r in replicas if r.server_id == server_id})
+    if others:
+        raise ServerIdConflict(server_id, source, others)
+    return True
+
+
+_ER_SPECIFIC_ACCESS_DENIED = 1227
+_ER_ACCESS_DENIED = 1045

@@ -65,7 +65,12 @@ from cdc.replication.errors import (
     TransactionOrderError,
 )
 from cdc.replication.position import Checkpoint, MariadbGtidState, parse_mariadb_gtid
-from cdc.replication.server_check import ServerInfo, binary_logs, check_server
+from cdc.replication.server_check import (
+    ServerInfo,
+    binary_logs,
+    check_replica_conflict,
+    check_server,
+)
 from cdc.replication.transaction import (
     RowsDecoding,
     Transaction,
@@ -226,6 +231,7 @@ class BinlogSource:
         connection = pymysql.connect(**self._connect_settings())
         try:
             info = check_server(connection, self._options.server_id)
+            check_replica_conflict(connection, self._options.server_id, self._options.source)
             if self._options.mode == "file_pos" or not self.boundary.gtid:
                 files = binary_logs(connection)
                 if self.boundary.file not in files:

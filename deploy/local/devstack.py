@@ -610,8 +610,9 @@ class Stack:
             f"CREATE USER IF NOT EXISTS '{CDC_USER}'@'127.0.0.1' IDENTIFIED BY '{password}';"
             f"ALTER USER '{CDC_USER}'@'127.0.0.1' IDENTIFIED BY '{password}';"
             # SELECT: schema and bootstrap reads; REPLICATION SLAVE: the binlog dump;
-            # REPLICATION CLIENT (BINLOG MONITOR): SHOW MASTER STATUS / SHOW BINARY LOGS.
-            f"GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* "
+            # REPLICATION CLIENT (BINLOG MONITOR): SHOW MASTER STATUS / SHOW BINARY LOGS;
+            # REPLICATION MASTER ADMIN: SHOW SLAVE HOSTS (the server_id conflict check).
+            f"GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT, REPLICATION MASTER ADMIN ON *.* "
             f"TO '{CDC_USER}'@'127.0.0.1'",
             via_socket=True,
             name=name,
