@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from coordinator.assignment import Member
 from coordinator.writer import Current, members_from, next_assignment, write_assignment
+from shardctl import health
 from shardctl.aio import threadsafe_event, wait_any
 from shardctl.config import Settings
 from shardctl.etcd import (
@@ -80,6 +81,7 @@ class Coordinator:
             election = Election(client, self.keys.coordinator_leader)
             while not self.stop_requested.is_set():
                 session = await self._open_session()
+                health.update("standby", session)
                 try:
                     await self._campaign_and_lead(client, election, session)
                 finally:
@@ -143,6 +145,7 @@ class Coordinator:
                 await m.ready.wait()
             log.info("%s: leading with token %d", me, leadership.token)
             COORD_LEADER.set(1)
+            health.update("leading")
             applied: dict[str, Member] | None = None  # members of the last computation
             last_seen: dict[str, Member] | None = None
             last_change, pending_since = time.monotonic(), float("inf")
@@ -202,6 +205,7 @@ class Coordinator:
                 )
         finally:
             COORD_LEADER.set(0)
+            health.update("standby")
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             for m in mirrors:
