@@ -6,6 +6,7 @@ pom, a Go module) live beside its code, not in the installed package.
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import sys
 from pathlib import Path
@@ -17,9 +18,20 @@ import typer
 app = typer.Typer(
     help="Run real etcd, MariaDB, Kafka and NSQ on 127.0.0.1 for development and tests.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
-SERVICE_HELP = "Services to act on (etcd, mariadb, kafka, nsqlookupd, nsqd); default: all."
+SERVICE_HELP = "Services to act on; default: all."
+
+
+class Service(enum.StrEnum):
+    """The services of the local stack (deploy/local/devstack.py: SERVICES)."""
+
+    etcd = "etcd"
+    mariadb = "mariadb"
+    kafka = "kafka"
+    nsqlookupd = "nsqlookupd"
+    nsqd = "nsqd"
 
 
 def load_devstack() -> ModuleType:
@@ -49,7 +61,9 @@ def _fail(exc: Exception) -> None:
 
 
 @app.command()
-def up(services: Annotated[list[str] | None, typer.Argument(help=SERVICE_HELP)] = None) -> None:
+def up(
+    services: Annotated[list[Service] | None, typer.Argument(help=SERVICE_HELP)] = None,
+) -> None:
     """Install what is missing, start every service, wait until each answers a real request.
 
     A second `up` changes nothing. State lives in .shardctl/ (SHARDCTL_DEV_STATE);
@@ -59,7 +73,7 @@ def up(services: Annotated[list[str] | None, typer.Argument(help=SERVICE_HELP)] 
     mod = load_devstack()
     stack = mod.Stack()
     try:
-        stack.up(services or None)
+        stack.up([s.value for s in services] if services else None)
     except mod.StackError as exc:
         _fail(exc)
     status()
@@ -93,19 +107,19 @@ def env() -> None:
 
 
 @app.command()
-def restart(service: Annotated[str, typer.Argument(help="the service to restart")]) -> None:
+def restart(service: Annotated[Service, typer.Argument(help="the service to restart")]) -> None:
     """Stop one service and start it again (its data is kept)."""
     mod = load_devstack()
     try:
-        mod.Stack().restart(service)
+        mod.Stack().restart(service.value)
     except (mod.StackError, KeyError) as exc:
         _fail(exc)
 
 
 @app.command()
 def logs(
-    service: Annotated[str, typer.Argument(help="the service")],
+    service: Annotated[Service, typer.Argument(help="the service")],
     lines: Annotated[int, typer.Option(help="how many lines")] = 40,
 ) -> None:
     """Show the last lines of a service's log."""
-    typer.echo(load_devstack().Stack().log_tail(service, lines))
+    typer.echo(load_devstack().Stack().log_tail(service.value, lines))

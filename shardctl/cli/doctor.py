@@ -8,7 +8,8 @@ Checks, in order (a check whose prerequisite failed is reported as skipped):
 4. Every Kafka topic of the cluster config and of `cdc.kafka_topic` has exactly
    `num_shards` partitions (partition = shard).
 
-Exit code: 0 when nothing is wrong (warnings allowed), 1 otherwise.
+Exit code: 0 when nothing is wrong (warnings allowed), 1 when a check found a
+problem, 2 when the settings themselves are invalid.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import asyncio
 import json
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import pymysql
 import typer
 
-from shardctl.config import ConfigError, Settings, load_settings
-from shardctl.records import ClusterConfig, RecordError
+from shardctl.cli.common import EXIT_FAILURE, EXIT_USAGE, ClusterOpt, ConfigOpt
+
+if TYPE_CHECKING:
+    from shardctl.config import Settings
+    from shardctl.records import ClusterConfig
 
 Level = Literal["ok", "warning", "problem", "skipped"]
 
@@ -44,6 +46,7 @@ def check_etcd(settings: Settings) -> tuple[list[Finding], ClusterConfig | None,
     """Findings, the cluster config (if any), and whether etcd answered."""
     from shardctl.etcd import EtcdClient, EtcdError
     from shardctl.keyspace import Keyspace
+    from shardctl.records import ClusterConfig, RecordError
 
     keys = Keyspace.of(settings)
     endpoints = settings.etcd.endpoints
@@ -76,7 +79,7 @@ def check_etcd(settings: Settings) -> tuple[list[Finding], ClusterConfig | None,
                 "problem",
                 f"cluster {settings.cluster!r} has no {keys.config} key, so the coordinator "
                 "assigns nothing and the reader does not know num_shards",
-                "run `shardctl shards set N` (N = the partitions of your topics)",
+                "run `shardctl cluster init --shards N --topic T` (N = partitions per topic)",
             )
         )
         return found, None, True
@@ -140,6 +143,8 @@ def missing_privileges(grant_lines: list[str]) -> tuple[list[str], list[str]]:
 
 
 def check_mysql(settings: Settings, reader_server_id: int) -> list[Finding]:
+    import pymysql
+
     from cdc.replication.errors import ServerSettingError
     from cdc.replication.server_check import check_server
 
@@ -210,20 +215,18 @@ def check_mysql(settings: Settings, reader_server_id: int) -> list[Finding]:
 
 
 def check_topics(settings: Settings, num_shards: int, topics: list[str]) -> list[Finding]:
-    from confluent_kafka import KafkaException
-
-    from shardctl.cli.coordination import kafka_partition_counts
+    from shardctl.cli.kafka_admin import KafkaUnavailable, partition_counts
 
     if not topics:
         return [Finding("topics", "skipped", "no Kafka topic to check")]
     try:
-        counts = kafka_partition_counts(settings, topics)
-    except (KafkaException, ValueError, TypeError) as exc:
+        counts = partition_counts(settings, topics)
+    except KafkaUnavailable as exc:
         return [
             Finding(
                 "kafka",
                 "problem",
-                f"Kafka at {settings.kafka.bootstrap_servers} does not answer: {exc}",
+                str(exc),
                 "start Kafka, or set kafka.bootstrap_servers (SHARDCTL_KAFKA_BOOTSTRAP_SERVERS) "
                 "and the SASL/SSL options in kafka.options",
             )
@@ -291,23 +294,20 @@ def doctor(
         list[str] | None, typer.Option(help="Another Kafka topic to check; repeatable.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="TOML config file (or SHARDCTL_CONFIG).")
-    ] = None,
-    cluster: Annotated[
-        str | None, typer.Option("--cluster", help="Cluster name (or SHARDCTL_CLUSTER).")
-    ] = None,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
 ) -> None:
     """Check etcd, the cluster config, the source's binlog settings, the CDC user's
     grants and the topics' partitions; for each problem, say how to fix it."""
     from cdc.options import load_cdc_options
+    from shardctl.config import ConfigError, load_settings
 
     try:
         settings = load_settings(config, cluster=cluster)
         options = load_cdc_options(config, {})
     except ConfigError as exc:
         typer.secho(f"FAIL settings: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_USAGE) from None
     findings = run_checks(settings, options.server_id, options.kafka_topic, topic or [])
     problems = sum(f.level == "problem" for f in findings)
     if as_json:
@@ -320,4 +320,4 @@ def doctor(
                 typer.echo(f"     fix: {f.fix}")
         typer.echo(f"\n{problems} problem(s)" if problems else "\nno problems found")
     if problems:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)
