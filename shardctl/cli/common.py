@@ -65,6 +65,7 @@ MetricsPortOpt = Annotated[
     int,
     typer.Option(
         "--metrics-port",
+        envvar="SHARDCTL_METRICS_PORT",
         help="Serve /metrics, /healthz and /readyz on this port; 0 = off.",
         min=0,
         max=65535,
