@@ -20,6 +20,7 @@ import pytest
 
 from shardctl.config import Settings
 from tests.conftest import StackHandle
+from tests.integration.cdc_support import ReaderProcess, reader_env
 from tests.integration.workers_support import delete_cluster
 from tests.polling import wait_for
 
@@ -141,3 +142,31 @@ def test_without_etcd_a_process_is_alive_but_not_ready(procs: Processes) -> None
     assert ready is not None and ready[0] == 503
     assert isinstance(ready[1], dict)
     assert ready[1]["ok"] is False and "no etcd lease yet" in ready[1]["problems"]
+
+
+def test_reader_readiness_through_a_leader_kill(
+    stack: StackHandle, settings: Settings, unique: str, mysql_db: str, tmp_path: Path
+) -> None:
+    """The CDC reader runs its main loop on a thread, not an event loop: it ticks
+    health from the loop that reads the binlog or waits for leadership."""
+    env = reader_env(
+        stack, unique, "health", kafka_topic=f"{unique}-health", num_shards=2,
+        producer="stdout", filter=f"exclude: *.*, include: {mysql_db}.*",
+    )  # fmt: skip
+    first, second = free_port(), free_port()
+    r1 = ReaderProcess(env, tmp_path, "r1", "--metrics-port", str(first))
+    r2: ReaderProcess | None = None
+    try:
+        leading = wait_for("r1 ready as leader", lambda: ready_as(first, "leading"), 60)
+        assert leading["role"] == "cdc"
+        r2 = ReaderProcess(env, tmp_path, "r2", "--metrics-port", str(second))
+        wait_for("r2 ready as standby", lambda: ready_as(second, "standby"), 60)
+        r1.kill9()
+        wait_for("r2 ready as leader after r1 died", lambda: ready_as(second, "leading"), 60)
+        alive = probe(second, "/healthz")
+        assert alive is not None and alive[0] == 200
+    finally:
+        for reader in (r1, r2):
+            if reader is not None and reader.proc.poll() is None:
+                reader.kill9()
+        asyncio.run(delete_cluster(settings))
