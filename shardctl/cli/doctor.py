@@ -7,6 +7,9 @@ Checks, in order (a check whose prerequisite failed is reported as skipped):
 3. The grants of the CDC user (`mysql.user`).
 4. Every Kafka topic of the cluster config and of `cdc.kafka_topic` has exactly
    `num_shards` partitions (partition = shard).
+5. What runs: a coordinator leads; a reader leads each source (the configured
+   `cdc.source` and every source with a checkpoint); workers are registered; every
+   shard of the assignment is owned.
 
 Exit code: 0 when nothing is wrong (warnings allowed), 1 when a check found a
 problem, 2 when the settings themselves are invalid.
@@ -264,25 +267,135 @@ def check_topics(settings: Settings, num_shards: int, topics: list[str]) -> list
     return found
 
 
+# -- what runs --------------------------------------------------------------------------
+
+
+def check_running(settings: Settings, config: ClusterConfig, source: str) -> list[Finding]:
+    """Leaders, workers and owners, read from etcd (which answered a moment ago)."""
+    from shardctl.cli.live import shard_ranges
+    from shardctl.etcd import EtcdClient, EtcdError
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import Assignment, RecordError, WorkerRecord
+
+    keys = Keyspace.of(settings)
+
+    async def read() -> tuple[Any, Any, Any, Any, Any]:
+        async with EtcdClient(settings.etcd) as client:
+            return (
+                await client.get(keys.coordinator_leader),
+                await client.get_prefix(f"{keys.root}cdc/"),
+                await client.get_prefix(keys.workers_prefix),
+                await client.get_prefix(keys.owners_prefix),
+                await client.get(keys.assignment),
+            )
+
+    try:
+        leader, cdc, workers, owners, assignment_kv = asyncio.run(
+            asyncio.wait_for(read(), settings.etcd.timeout_s * 4)
+        )
+    except (EtcdError, TimeoutError, OSError) as exc:
+        return [Finding("running", "problem", f"cannot read the cluster's state: {exc}")]
+    found: list[Finding] = []
+    if leader is None:
+        found.append(
+            Finding(
+                "coordinator",
+                "problem",
+                f"no coordinator leads cluster {settings.cluster!r}: nothing assigns shards",
+                "start `shardctl coordinator run` (two replicas: one stands by)",
+            )
+        )
+    else:
+        found.append(
+            Finding(
+                "coordinator",
+                "ok",
+                f"{leader.value.decode()} leads (token {leader.create_revision})",
+            )
+        )
+    prefix = f"{keys.root}cdc/"
+    leaders: dict[str, str] = {}
+    sources = {source}
+    for kv in cdc.items:
+        name, _, rest = kv.key[len(prefix) :].partition("/")
+        if rest == "leader":
+            leaders[name] = kv.value.decode()
+        if rest in ("leader", "checkpoint"):
+            sources.add(name)
+    for name in sorted(sources):
+        if name in leaders:
+            found.append(Finding("cdc reader", "ok", f"source {name}: {leaders[name]} leads"))
+        else:
+            found.append(
+                Finding(
+                    "cdc reader",
+                    "problem",
+                    f"source {name}: no reader leads, so its binlog is not published",
+                    f"start `shardctl cdc run --source {name}` (two: one stands by)",
+                )
+            )
+    try:
+        records = [WorkerRecord.decode(kv.key, kv.value) for kv in workers.items]
+        assignment = (
+            Assignment.decode(assignment_kv.key, assignment_kv.value) if assignment_kv else None
+        )
+    except RecordError as exc:
+        return [*found, Finding("workers", "problem", str(exc))]
+    draining = sum(r.state == "draining" for r in records)
+    if not records:
+        found.append(
+            Finding(
+                "workers",
+                "problem",
+                "no worker is registered: nothing consumes the shards",
+                "start `shardctl worker run --handler ...`",
+            )
+        )
+    else:
+        found.append(Finding("workers", "ok", f"{len(records)} registered ({draining} draining)"))
+    owned = {keys.shard_of_owner_key(kv.key) for kv in owners.items}
+    num_shards = assignment.num_shards if assignment is not None else config.num_shards
+    unowned = sorted(set(range(num_shards)) - owned)
+    if unowned:
+        found.append(
+            Finding(
+                "shards",
+                "problem",
+                f"{len(unowned)} of {num_shards} shards have no owner: {shard_ranges(unowned)}",
+                "start workers, and check that a coordinator leads and that "
+                "`shardctl status` shows no shard stuck in handoff",
+            )
+        )
+    else:
+        found.append(Finding("shards", "ok", f"all {num_shards} shards are owned"))
+    return found
+
+
 # -- the command ------------------------------------------------------------------------
 
 
 def run_checks(
-    settings: Settings, reader_server_id: int, cdc_topic: str | None, extra_topics: list[str]
+    settings: Settings,
+    reader_server_id: int,
+    cdc_topic: str | None,
+    extra_topics: list[str],
+    source: str = "default",
 ) -> list[Finding]:
     findings, config, etcd_ok = check_etcd(settings)
     findings += check_mysql(settings, reader_server_id)
     if config is None:
         reason = "etcd does not answer" if not etcd_ok else "the cluster has no config"
         findings.append(Finding("topics", "skipped", f"num_shards unknown: {reason}"))
+        findings.append(Finding("running", "skipped", reason))
         return findings
     if config.transport == "nsq":
         findings.append(Finding("topics", "skipped", "transport is nsq: no Kafka partitions"))
-        return findings
-    topics = list(dict.fromkeys([*config.topics, *extra_topics]))
-    if cdc_topic is not None and "%{" not in cdc_topic and cdc_topic not in topics:
-        topics.append(cdc_topic)
-    findings += check_topics(settings, config.num_shards, topics)
+    else:
+        topics = list(dict.fromkeys([*config.topics, *extra_topics]))
+        if cdc_topic is not None and "%{" not in cdc_topic and cdc_topic not in topics:
+            topics.append(cdc_topic)
+        findings += check_topics(settings, config.num_shards, topics)
+    findings += check_running(settings, config, source)
     return findings
 
 
@@ -298,7 +411,8 @@ def doctor(
     cluster: ClusterOpt = None,
 ) -> None:
     """Check etcd, the cluster config, the source's binlog settings, the CDC user's
-    grants and the topics' partitions; for each problem, say how to fix it."""
+    grants, the topics' partitions, and what runs (leaders, workers, shard owners);
+    for each problem, say how to fix it."""
     from cdc.options import load_cdc_options
     from shardctl.config import ConfigError, load_settings
 
@@ -308,7 +422,9 @@ def doctor(
     except ConfigError as exc:
         typer.secho(f"FAIL settings: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    findings = run_checks(settings, options.server_id, options.kafka_topic, topic or [])
+    findings = run_checks(
+        settings, options.server_id, options.kafka_topic, topic or [], options.source
+    )
     problems = sum(f.level == "problem" for f in findings)
     if as_json:
         typer.echo(json.dumps([asdict(f) for f in findings], indent=2))
