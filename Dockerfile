@@ -9,11 +9,17 @@ COPY cdc ./cdc
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 shardctl
+RUN useradd --create-home --uid 10001 --user-group shardctl
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-USER shardctl
-# Metrics for Prometheus.
+USER 10001:10001
+# Every long-running role serves /metrics, /healthz and /readyz on this port
+# (SHARDCTL_METRICS_PORT is the default of --metrics-port; 0 turns it off).
+ENV SHARDCTL_METRICS_PORT=9400 PYTHONDONTWRITEBYTECODE=1
 EXPOSE 9400
+# Alive: the process's main loop ticks and its etcd lease keepalive is not stuck.
+# One-shot commands (cluster init) serve nothing; compose disables the check for them.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SHARDCTL_METRICS_PORT', '9400'), timeout=3)"]
 ENTRYPOINT ["shardctl"]
 CMD ["--help"]

@@ -78,7 +78,7 @@ class Run:
         )
 
     def worker(self, name: str) -> None:
-        self.spawn(name, "worker", "run", "--id", name, "--ttl", str(self.ttl))
+        self.spawn(name, "worker", "run", "--handler", "noop", "--id", name, "--ttl", str(self.ttl))
 
     def coordinator(self) -> None:
         self.spawn(

@@ -58,6 +58,7 @@ from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.replication.server_check import binlog_lag_bytes, check_server, current_position
 from cdc.replication.source import BinlogSource, SourceOptions
 from cdc.replication.transaction import Transaction
+from shardctl import health
 from shardctl.config import ConfigError, Settings
 from shardctl.etcd.client import EtcdClient, EtcdUnavailable
 from shardctl.etcd.election import Election, Leadership, NotLeader
@@ -155,6 +156,7 @@ class Reader:
             client = loop.run(EtcdClient(self.settings.etcd).connect())
             store = CheckpointStore(client, self.keyspace, self.options.source)
             while not self.stopping:
+                health.beat()
                 try:
                     session = Session.open_blocking(
                         self.settings.etcd,
@@ -165,6 +167,7 @@ class Reader:
                     log.warning("reader %s: no etcd session yet: %s", self.options.reader_id, exc)
                     self._stop.wait(1.0)
                     continue
+                health.update("standby", session)
                 try:
                     leadership = self._campaign(loop, client, session)
                     if leadership is None:
@@ -198,6 +201,7 @@ class Reader:
             try:
                 leadership = future.result(timeout=0.5)
             except concurrent.futures.TimeoutError:
+                health.beat()
                 if self.stopping:
                     future.cancel()
                     return None
@@ -316,10 +320,12 @@ class Reader:
         clean = False
 
         def check_leadership() -> None:
+            health.beat()
             if lost.done() or not leadership.session.is_valid():
                 raise LeadershipLost(self._lost_reason(lost, leadership))
 
         CDC_LEADER.labels(options.source).set(1)
+        health.update("leading")
         try:
             for item in source:
                 check_leadership()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from coordinator.assignment import Member
 from coordinator.writer import Current, members_from, next_assignment, write_assignment
+from shardctl import health
 from shardctl.aio import threadsafe_event, wait_any
 from shardctl.config import Settings
 from shardctl.etcd import (
@@ -91,6 +92,7 @@ class Coordinator:
                 )
                 if session is None:
                     break
+                health.update("standby", session)
                 try:
                     # A leader key under an old lease (renewed by an etcd restart)
                     # would hold every replica off for a full TTL.
@@ -148,6 +150,7 @@ class Coordinator:
             if not all(m.ready.is_set() for m in mirrors):
                 return  # lost, deposed or stopping before etcd answered
             log.info("%s: leading with token %d", me, leadership.token)
+            health.update("leading")
             COORD_LEADER.set(1)
             applied: dict[str, Member] | None = None  # members of the last computation
             last_seen: dict[str, Member] | None = None
@@ -208,6 +211,7 @@ class Coordinator:
                 )
         finally:
             COORD_LEADER.set(0)
+            health.update("standby")
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             for m in mirrors:

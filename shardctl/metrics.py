@@ -1,12 +1,31 @@
 """Prometheus metrics of every shardctl process, defined in one place.
 
 Each process calls `serve(port)` once and updates the metrics of its own role. The
-names are a contract with the Grafana dashboard in deploy/grafana/.
+names are a contract with the Grafana dashboard in deploy/grafana/. The same port
+serves /healthz and /readyz (`shardctl.health`); any other path is a 404.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import json
+import platform
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+
+from shardctl import __version__, health
+
+# The usual `*_build_info` gauge: always 1, the facts are in the labels.
+BUILD_INFO = Gauge(
+    "shardctl_build_info",
+    "Version of shardctl and of Python this process runs",
+    ["version", "python"],
+)
+BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 
 # --- CDC reader -------------------------------------------------------------
 CDC_ROWS = Counter("shardctl_cdc_rows_total", "Row changes published", ["source"])
@@ -53,7 +72,56 @@ COORD_MOVES = Counter("shardctl_coordinator_moves_total", "Shards moved between 
 COORD_LEADER = Gauge("shardctl_coordinator_leader", "1 while this replica leads")
 
 
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds would flood the log."""
+
+
+def _probe(verdict: health.Verdict, start_response: StartResponse) -> Iterable[bytes]:
+    body = json.dumps({"ok": verdict.ok, **verdict.detail}).encode()
+    status = "200 OK" if verdict.ok else "503 Service Unavailable"
+    start_response(status, [("Content-Type", "application/json"), ("Cache-Control", "no-store")])
+    return [body]
+
+
+def make_app() -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+    """The WSGI app: /metrics, /healthz, /readyz, and 404 for anything else."""
+    metrics_app = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            result: Iterable[bytes] = metrics_app(environ, start_response)
+            return result
+        if path == "/healthz":
+            return _probe(health.PROCESS.alive(), start_response)
+        if path == "/readyz":
+            return _probe(health.PROCESS.ready(), start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics, /healthz or /readyz\n"]
+
+    return app
+
+
+def start_server(port: int, addr: str = "0.0.0.0") -> WSGIServer:
+    """Serve /metrics, /healthz and /readyz on `port` from a daemon thread; the caller
+    may `shutdown()` and `server_close()` it. OSError if the port is taken."""
+    server = make_server(
+        addr, port, make_app(), server_class=_ThreadingServer, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return server
+
+
 def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Serve /metrics on `port` (0 disables) from a background thread."""
+    """Serve /metrics, /healthz and /readyz on `port` (0 disables) for the process's life."""
     if port:
-        start_http_server(port, addr=addr)
+        start_server(port, addr)

@@ -126,7 +126,10 @@ def build_consumer(
 ) -> Consumer:
     """Everything but the etcd side. Raises ConfigError/HandlerError naming the setting."""
     if not options.topics:
-        raise ConfigError("topics: no topic to consume (set them in the cluster config)")
+        raise ConfigError(
+            "topics: no topic to consume: pass --topic, or set the cluster's topics with "
+            "`shardctl cluster init --shards N --topic T`"
+        )
     context = HandlerContext(
         worker_id=worker_id,
         settings=settings,

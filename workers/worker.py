@@ -21,8 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import start_http_server
-
+from shardctl import health, metrics
 from shardctl.aio import threadsafe_event, wait_any
 from shardctl.config import Settings
 from shardctl.etcd import (
@@ -85,7 +84,7 @@ class Worker:
         if self.options.metrics_port:
             # Its own server, not shardctl.metrics.serve: it is shut down when the
             # worker returns, so a process can run workers one after another.
-            server, _thread = start_http_server(self.options.metrics_port)
+            server = metrics.start_server(self.options.metrics_port)
             log.info("%s: /metrics on port %d", self.options.worker_id, self.options.metrics_port)
         try:
             await self._run()
@@ -231,6 +230,7 @@ class Worker:
                 if not registered or own is None or own.lease != session.lease_id:
                     await membership.register(session)
                     registered = True
+                    health.update("serving", session)
                 if membership.draining and drain_since is None:
                     drain_since = time.monotonic()
 

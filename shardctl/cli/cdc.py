@@ -1,10 +1,10 @@
 """`shardctl cdc`: run the binlog reader, request bootstraps, inspect or reset checkpoints.
 
-Exit codes of `cdc run`: 0 after a clean stop (SIGTERM/SIGINT), 2 for bad
-configuration or server settings (the message names the setting), 3 when the
-checkpoint points into purged binlogs (the message gives the recovery
-commands), 1 for any other failure (decode or delivery error, with the binlog
-position).
+Exit codes (the policy of every command, `shardctl.cli.common`): 0 after a clean
+stop (SIGTERM/SIGINT), 2 for bad usage, configuration or server settings (the
+message names the setting), 3 when the checkpoint points into purged binlogs (the
+message gives the recovery commands), 1 for any other failure (decode or delivery
+error, with the binlog position).
 """
 
 from __future__ import annotations
@@ -16,24 +16,34 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pymysql
 import typer
 
-from shardctl.config import ConfigError, Settings, load_settings
+from shardctl.cli.common import (
+    ClusterOpt,
+    ConfigOpt,
+    LogJsonOpt,
+    LogLevel,
+    LogLevelOpt,
+    MetricsPortOpt,
+    start_process,
+)
 
-app = typer.Typer(help="The Maxwell-compatible binlog reader.", no_args_is_help=True)
-checkpoint_app = typer.Typer(help="Show or reset a source's checkpoint.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from shardctl.config import Settings
+
+app = typer.Typer(
+    help="The Maxwell-compatible binlog reader.", no_args_is_help=True, rich_markup_mode=None
+)
+checkpoint_app = typer.Typer(
+    help="Show or reset a source's checkpoint.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(checkpoint_app, name="checkpoint")
 
 log = logging.getLogger(__name__)
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML file ([etcd], [mysql], [cdc], ...)")
-]
 SourceOpt = Annotated[str | None, typer.Option("--source", help="source name (cdc.source)")]
-ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="cluster name (etcd prefix)")]
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -41,15 +51,34 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _mysql_error() -> type[Exception]:
+    import pymysql
+
+    return pymysql.err.MySQLError
+
+
 def _load(
     config: Path | None, cluster: str | None, overrides: dict[str, Any]
 ) -> tuple[Settings, Any]:
     from cdc.options import load_cdc_options
+    from shardctl.config import ConfigError, load_settings
 
     try:
         return load_settings(config, cluster=cluster), load_cdc_options(config, overrides)
     except ConfigError as exc:
         raise _fail(str(exc), 2) from None
+
+
+PRODUCERS = ("kafka", "nsq", "stdout")
+
+
+def _producers(value: str | None) -> str | None:
+    """--producer: checked when the command line is parsed (a bad one exits 2)."""
+    if value is not None:
+        bad = [p for p in value.split(",") if p.strip() not in PRODUCERS]
+        if bad or not value:
+            raise typer.BadParameter(f"{bad[0] if bad else value!r}: use kafka, nsq, stdout")
+    return value
 
 
 @app.command("run")
@@ -58,25 +87,31 @@ def run(
     cluster: ClusterOpt = None,
     source: SourceOpt = None,
     reader_id: Annotated[str | None, typer.Option(help="this reader's id (cdc.reader_id)")] = None,
-    producer: Annotated[str | None, typer.Option(help="kafka, nsq, stdout or a comma list")] = None,
+    producer: Annotated[
+        str | None,
+        typer.Option(
+            help="kafka, nsq, stdout or a comma list of them",
+            callback=_producers,
+            autocompletion=lambda: list(PRODUCERS),
+        ),
+    ] = None,
     num_shards: Annotated[int | None, typer.Option(help="cdc.num_shards")] = None,
     filter_rules: Annotated[str | None, typer.Option("--filter", help="Maxwell filter")] = None,
     start_position: Annotated[
         str | None, typer.Option(help="without a checkpoint: current, file:pos or gtid:<state>")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
-    log_json: Annotated[bool, typer.Option(help="JSON log lines")] = False,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus port, 0 = off")] = 0,
+    log_level: LogLevelOpt = LogLevel.INFO,
+    log_json: LogJsonOpt = False,
+    metrics_port: MetricsPortOpt = 0,
 ) -> None:
     """Follow the source as a replica and publish every committed row change."""
     from cdc.decoding import DecodeError
     from cdc.producers.base import DeliveryError
     from cdc.reader import Reader
     from cdc.replication.errors import PurgedBinlogError, SourceError
-    from shardctl import logs, metrics
+    from shardctl.config import ConfigError
     from shardctl.etcd.client import EtcdError
 
-    logs.configure(log_level, json=log_json)
     settings, options = _load(
         config,
         cluster,
@@ -89,7 +124,7 @@ def run(
             "start_position": start_position,
         },
     )
-    metrics.serve(metrics_port)
+    start_process("cdc", log_level, log_json, metrics_port)
     reader = Reader(settings, options)
     signals = {"count": 0}
 
@@ -110,7 +145,7 @@ def run(
         raise _fail(str(exc), 3) from None
     except (SourceError, DecodeError, DeliveryError, EtcdError) as exc:
         raise _fail(str(exc), 1) from None
-    except pymysql.err.MySQLError as exc:
+    except _mysql_error() as exc:
         where = f"{settings.mysql.host}:{settings.mysql.port}"
         raise _fail(f"source {options.source!r}: MySQL at {where}: {exc}", 1) from None
 
@@ -202,6 +237,7 @@ def checkpoint_reset(
     from cdc.checkpoint import CheckpointError, CheckpointStore
     from cdc.reader import resolve_start
     from cdc.replication.position import Checkpoint
+    from shardctl.config import ConfigError
     from shardctl.etcd.client import EtcdClient, EtcdError
     from shardctl.keyspace import Keyspace
 
@@ -248,9 +284,12 @@ def checkpoint_skip(
 ) -> None:
     """Move the checkpoint past the one transaction it sits at (only while no reader
     runs), and print the tables that transaction changed, to re-copy with bootstrap."""
+    import pymysql
+
     from cdc.checkpoint import CheckpointError, CheckpointStore, transaction_at_checkpoint
     from cdc.decoding.json_columns import UnknownDdl
     from cdc.replication.errors import SourceError
+    from shardctl.config import ConfigError
     from shardctl.etcd.client import EtcdClient, EtcdError
     from shardctl.keyspace import Keyspace
 
@@ -344,6 +383,8 @@ def collect_cdc_status(settings: Settings, source: str) -> dict[str, Any]:
             leader = await client.get(keyspace.cdc_leader(source))
             return await store.load(), None if leader is None else leader.value.decode()
 
+    import pymysql
+
     checkpoint, leader = asyncio.run(from_etcd())
     connection = pymysql.connect(**settings.mysql.connect_kwargs())
     try:
@@ -386,7 +427,7 @@ def status(
         raise _fail(f"cdc status of {options.source}: {exc}", 1) from None
     except ServerSettingError as exc:
         raise _fail(f"cdc status of {options.source}: {exc}", 2) from None
-    except pymysql.err.MySQLError as exc:
+    except _mysql_error() as exc:
         where = f"{settings.mysql.host}:{settings.mysql.port}"
         raise _fail(f"cdc status of {options.source}: MySQL at {where}: {exc}", 1) from None
     if as_json:

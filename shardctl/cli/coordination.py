@@ -17,64 +17,63 @@ import socket
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shardctl import logs
-from shardctl.aio import install_stop_signals
-from shardctl.cli.live import shard_ranges
-from shardctl.config import ConfigError, Settings, load_settings
-from shardctl.etcd import EtcdClient, EtcdError, ModRevisionIs, Put
-from shardctl.keyspace import Keyspace, check_name
-from shardctl.records import (
-    ASSIGNMENT_MAX_BYTES,
-    ASSIGNMENT_WORKER_TABLE_BYTES,
-    MAX_SHARDS,
-    Assignment,
-    ClusterConfig,
-    RecordError,
-    WorkerRecord,
+from shardctl.cli.common import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    ClusterOpt,
+    ConfigOpt,
+    LogJsonOpt,
+    LogLevel,
+    LogLevelOpt,
+    MetricsPortOpt,
+    Transport,
+    fail,
+    load,
+    start_process,
 )
+
+if TYPE_CHECKING:
+    from shardctl.config import Settings
 
 coordinator_app = typer.Typer(
-    help="The coordinator: leader election and assignment.", no_args_is_help=True
+    help="The coordinator: leader election and assignment.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
-worker_app = typer.Typer(help="Shard workers.", no_args_is_help=True)
-shards_app = typer.Typer(help="The shard count.", no_args_is_help=True)
-
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="TOML config file (or SHARDCTL_CONFIG).")
-]
-ClusterOpt = Annotated[
-    str | None, typer.Option("--cluster", help="Cluster name (or SHARDCTL_CLUSTER).")
-]
-LogJsonOpt = Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")]
-LogLevelOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR.")]
-MetricsPortOpt = Annotated[
-    int,
-    typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port; 0 = off.", min=0),
-]
+worker_app = typer.Typer(help="Shard workers.", no_args_is_help=True, rich_markup_mode=None)
+shards_app = typer.Typer(help="The shard count.", no_args_is_help=True, rich_markup_mode=None)
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(1)
+def _fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
+    return fail(message, code)
 
 
 def _settings(config: Path | None, cluster: str | None) -> Settings:
-    try:
-        return load_settings(path=config, cluster=cluster)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+    return load(config, cluster)
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a command's coroutine; etcd and record errors end the command with exit 1."""
+    from shardctl.etcd import EtcdError
+    from shardctl.records import RecordError
+
     try:
         return asyncio.run(coro)
     except (EtcdError, RecordError) as exc:
         raise _fail(str(exc)) from None
+
+
+def _check_name(what: str, name: str) -> str:
+    from shardctl.keyspace import check_name
+
+    try:
+        return check_name(what, name)
+    except ValueError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
 
 
 def _default_id() -> str:
@@ -101,31 +100,33 @@ def coordinator_run(
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
     log_json: LogJsonOpt = False,
-    log_level: LogLevelOpt = "INFO",
+    log_level: LogLevelOpt = LogLevel.INFO,
 ) -> None:
-    """Run one coordinator replica. One replica leads and writes the assignment."""
+    """Run one coordinator replica. One replica leads and writes the assignment;
+    the others stand by (both are ready on /readyz)."""
     from coordinator.service import Coordinator, CoordinatorOptions
-    from shardctl import metrics
+    from shardctl import health
+    from shardctl.aio import install_stop_signals
 
     settings = _settings(config, cluster)
-    logs.configure(log_level, json=log_json)
-    try:
-        metrics.serve(metrics_port)
-    except OSError as exc:
-        raise _fail(f"--metrics-port {metrics_port}: cannot listen: {exc}") from None
     options = CoordinatorOptions(
-        coordinator_id=check_name("coordinator id", coordinator_id or _default_id()),
+        coordinator_id=_check_name("coordinator id", coordinator_id or _default_id()),
         ttl=ttl,
         stabilization_s=stabilization,
         max_moves=max_moves,
     )
+    start_process("coordinator", log_level, log_json, metrics_port)
 
     async def main() -> None:
         coordinator = Coordinator(settings, options)
         task = asyncio.current_task()
         assert task is not None
         install_stop_signals(coordinator.stop_requested.set, lambda: _cancel(task))
-        await coordinator.run()
+        ticker = asyncio.ensure_future(health.run_ticker())
+        try:
+            await coordinator.run()
+        finally:
+            ticker.cancel()
 
     _run_forever(main())
 
@@ -146,7 +147,7 @@ def _run_forever(coro: Coroutine[Any, Any, None]) -> None:
     try:
         _run(coro)
     except asyncio.CancelledError:
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_FAILURE) from None
 
 
 # -- worker run ----------------------------------------------------------------
@@ -158,31 +159,40 @@ def _key_values(flag: str, items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise _fail(f"{flag} {item!r}: expected key=value")
+            raise _fail(f"{flag} {item!r}: expected key=value", EXIT_USAGE)
         values[key] = value
     return values
 
 
 async def _configured_topics(settings: Settings) -> list[str]:
+    from shardctl.etcd import EtcdClient
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import ClusterConfig
+
     keys = Keyspace.of(settings)
     async with EtcdClient(settings.etcd) as client:
         kv = await client.get(keys.config)
     return ClusterConfig.decode(kv.key, kv.value).topics if kv else []
 
 
+NOOP_HANDLER = "noop"
+
+
 @worker_app.command("run")
 def worker_run(
     handler: Annotated[
-        str | None,
+        str,
         typer.Option(
             help="What runs on each event: `module:callable` (a function or a class with "
-            "on_event/on_events), or a built-in sink: stdout, sql, postgres, kafka. Without it the "
-            "worker runs a synthetic no-op handler that exercises ownership only."
+            "on_event/on_events), or a built-in sink: stdout, sql, postgres, kafka. `noop` "
+            "reads no transport: it counts synthetic events into offsets under the topic "
+            "`noop`, to exercise ownership only (tests, benchmarks).",
+            show_default=False,
         ),
-    ] = None,
+    ],
     transport: Annotated[
-        str, typer.Option(help="Where events come from: kafka (replayable, ordered) or nsq.")
-    ] = "kafka",
+        Transport, typer.Option(help="Where events come from: kafka (replayable, ordered) or nsq.")
+    ] = Transport.kafka,
     topic: Annotated[
         list[str] | None,
         typer.Option(help="Source topic; repeatable. Default: `topics` of the cluster config."),
@@ -192,7 +202,8 @@ def worker_run(
         typer.Option(help="key=value passed to the handler (e.g. database=app); repeatable."),
     ] = None,
     worker_id: Annotated[
-        str | None, typer.Option("--id", help="Worker id (default host-pid).")
+        str | None,
+        typer.Option("--id", help="Worker id (or SHARDCTL_WORKER_ID; default host-pid)."),
     ] = None,
     capacity: Annotated[int, typer.Option(help="Relative capacity (weight).", min=1)] = 1,
     label: Annotated[list[str] | None, typer.Option(help="key=value label; repeatable.")] = None,
@@ -209,29 +220,29 @@ def worker_run(
         ),
     ] = 60.0,
     tick: Annotated[
-        float, typer.Option(help="No-op handler: seconds per synthetic event.", min=0.01)
+        float, typer.Option(help="--handler noop: seconds per synthetic event.", min=0.01)
     ] = 0.2,
     event_log: Annotated[
         Path | None,
-        typer.Option(help="No-op handler: append one JSON line per handled event here."),
+        typer.Option(help="--handler noop: append one JSON line per handled event here."),
     ] = None,
     metrics_port: MetricsPortOpt = 0,
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
     log_json: LogJsonOpt = False,
-    log_level: LogLevelOpt = "INFO",
+    log_level: LogLevelOpt = LogLevel.INFO,
 ) -> None:
     """Run one worker: it registers under a lease, owns the shards the coordinator
     assigns it, and feeds their events to the handler. SIGTERM drains it (its shards
     move away with fenced handoff, then it exits); a second SIGTERM stops it at once.
     """
+    from shardctl import health
+    from shardctl.aio import install_stop_signals
+    from shardctl.config import ConfigError
     from workers.worker import Worker, WorkerOptions
 
     settings = _settings(config, cluster)
-    logs.configure(log_level, json=log_json)
-    if transport not in ("kafka", "nsq"):
-        raise _fail(f"--transport {transport!r}: expected kafka or nsq")
-    wid = check_name("worker id", worker_id or _default_id())
+    wid = _check_name("worker id", worker_id or os.environ.get(WORKER_ID_ENV) or _default_id())
     options = WorkerOptions(
         worker_id=wid,
         capacity=capacity,
@@ -241,12 +252,19 @@ def worker_run(
         drain_timeout_s=drain_timeout,
         metrics_port=metrics_port,
     )
+    handler_options = _key_values("--handler-option", handler_option or [])
+    # The worker serves its own /metrics port (it closes it when it returns).
+    start_process("worker", log_level, log_json, None)
 
     async def run(worker: Worker) -> None:
         task = asyncio.current_task()
         assert task is not None
         install_stop_signals(worker.stop_requested.set, lambda: _cancel(task))
-        await worker.run()
+        ticker = asyncio.ensure_future(health.run_ticker())
+        try:
+            await worker.run()
+        finally:
+            ticker.cancel()
 
     async def with_noop_handler() -> None:
         from workers.noop_handler import NoopHandler
@@ -264,17 +282,17 @@ def worker_run(
         topics = tuple(topic or await _configured_topics(settings))
         consume = ConsumeOptions(
             handler=spec,
-            transport="nsq" if transport == "nsq" else "kafka",
+            transport=transport.value,
             topics=topics,
-            handler_options=_key_values("--handler-option", handler_option or []),
+            handler_options=handler_options,
         )
         try:
             async with consuming_worker(settings, options, consume) as worker:
                 await run(worker)
         except (ConfigError, HandlerError) as exc:
-            raise _fail(str(exc)) from None
+            raise _fail(str(exc), EXIT_USAGE) from None
 
-    _run_forever(with_handler(handler) if handler else with_noop_handler())
+    _run_forever(with_noop_handler() if handler == NOOP_HANDLER else with_handler(handler))
 
 
 # -- worker forget-stream ----------------------------------------------------------
@@ -301,6 +319,7 @@ def forget_stream(
     """
     import pymysql
 
+    from shardctl.config import ConfigError
     from workers.handlers import HandlerContext
     from workers.sinks.sql import SqlSink
 
@@ -331,6 +350,10 @@ def forget_stream(
 
 async def collect_status(settings: Settings) -> dict[str, Any]:
     """Everything `status` shows, as plain data (this is the --json document)."""
+    from shardctl.etcd import EtcdClient
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import Assignment, ClusterConfig, WorkerRecord
+
     keys = Keyspace.of(settings)
     async with EtcdClient(settings.etcd) as client:
         workers = await client.get_prefix(keys.workers_prefix)
@@ -409,6 +432,8 @@ def status(
 ) -> None:
     """Workers, shards per worker, generation and leader; --watch for a live view
     with lag per shard, events/s and rebalances."""
+    from shardctl.cli.live import shard_ranges
+
     settings = _settings(config, cluster)
     if watch:
         _run(watch_status(settings, topic, interval))
@@ -444,6 +469,9 @@ async def watch_status(settings: Settings, topic: str | None, interval: float) -
     from rich.live import Live
 
     from shardctl.cli.live import LiveView, take_snapshot
+    from shardctl.etcd import EtcdClient
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import ClusterConfig
 
     if topic is None:
         keys = Keyspace.of(settings)
@@ -464,22 +492,41 @@ async def watch_status(settings: Settings, topic: str | None, interval: float) -
 # -- drain ---------------------------------------------------------------------
 
 
+WORKER_ID_ENV = "SHARDCTL_WORKER_ID"
+
+
 def drain(
-    worker: Annotated[str, typer.Argument(help="Worker id, as in `shardctl status`.")],
+    worker: Annotated[
+        str | None,
+        typer.Argument(help="Worker id, as in `shardctl status` (or --self).", show_default=False),
+    ] = None,
+    self_: Annotated[
+        bool,
+        typer.Option(
+            "--self",
+            help=f"Drain the worker whose id is in ${WORKER_ID_ENV} (a pod's preStop hook).",
+        ),
+    ] = False,
     wait: Annotated[bool, typer.Option(help="Wait until the worker has left.")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 120.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.", min=0)] = 120.0,
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
 ) -> None:
     """Mark a worker draining: the coordinator moves its shards away, then it exits."""
+    from shardctl.etcd import EtcdClient, EtcdError
+    from shardctl.keyspace import Keyspace
     from workers.membership import request_drain
 
+    if self_ == (worker is not None):
+        raise _fail("give a worker id or --self (one of them)", EXIT_USAGE)
+    if self_:
+        worker = os.environ.get(WORKER_ID_ENV, "")
+        if not worker:
+            raise _fail(f"--self: {WORKER_ID_ENV} is not set", EXIT_USAGE)
+    assert worker is not None
     settings = _settings(config, cluster)
     keys = Keyspace.of(settings)
-    try:
-        key = keys.worker(worker)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    key = keys.worker(_check_name("worker id", worker))
 
     async def main() -> bool:
         async with EtcdClient(settings.etcd) as client:
@@ -509,6 +556,8 @@ def undrain(
     """Cancel a drain still in progress: the worker becomes active again and keeps (or
     gets back) shards. A drained worker has already exited; a worker stopping on
     SIGTERM keeps stopping."""
+    from shardctl.etcd import EtcdClient
+    from shardctl.keyspace import Keyspace
     from workers.membership import request_undrain
 
     settings = _settings(config, cluster)
@@ -530,17 +579,11 @@ def undrain(
 
 
 def kafka_partition_counts(settings: Settings, topics: list[str]) -> dict[str, int | None]:
-    """Partitions per topic (None: the topic does not exist)."""
-    from confluent_kafka.admin import AdminClient
+    """Partitions per topic (None: the topic does not exist); KafkaUnavailable names
+    the brokers when they do not answer."""
+    from shardctl.cli.kafka_admin import partition_counts
 
-    conf: dict[str, str | int | float | bool] = dict(settings.kafka.client_config())
-    admin = AdminClient(conf)
-    metadata = admin.list_topics(timeout=10)
-    counts: dict[str, int | None] = {}
-    for topic in topics:
-        meta = metadata.topics.get(topic)
-        counts[topic] = None if meta is None or meta.error is not None else len(meta.partitions)
-    return counts
+    return partition_counts(settings, topics)
 
 
 @shards_app.command("set")
@@ -561,12 +604,23 @@ def set_shards(
     shard is crc32(key) % N, so keys change shards: stop producers and let workers
     drain first if per-key order must hold across the change.
     """
+    from shardctl.cli.kafka_admin import KafkaUnavailable
+    from shardctl.etcd import EtcdClient, ModRevisionIs, Put
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import (
+        ASSIGNMENT_MAX_BYTES,
+        ASSIGNMENT_WORKER_TABLE_BYTES,
+        MAX_SHARDS,
+        ClusterConfig,
+    )
+
     if num_shards > MAX_SHARDS:
         raise _fail(
             f"cannot set num_shards to {num_shards}: the assignment holds at most "
             f"{MAX_SHARDS} shards (one etcd value of at most {ASSIGNMENT_MAX_BYTES} bytes, "
             f"{ASSIGNMENT_WORKER_TABLE_BYTES} of them kept for worker ids); "
-            "shard count unchanged"
+            "shard count unchanged",
+            EXIT_USAGE,
         )
     settings = _settings(config, cluster)
     keys = Keyspace.of(settings)
@@ -587,15 +641,10 @@ def set_shards(
     if not topics:
         typer.echo(f"no topics configured in {keys.config}: no Kafka partitions to check")
     elif transport in ("kafka", "both"):
-        from confluent_kafka import KafkaException
-
         try:
             counts = kafka_partition_counts(settings, topics)
-        except (KafkaException, ValueError, TypeError) as exc:
-            raise _fail(
-                f"cannot check Kafka topics at {settings.kafka.bootstrap_servers}: "
-                f"{exc}; shard count unchanged"
-            ) from None
+        except KafkaUnavailable as exc:
+            raise _fail(f"{exc}; shard count unchanged") from None
         wrong = {t: n for t, n in counts.items() if n is not None and n != num_shards}
         if wrong:
             detail = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))

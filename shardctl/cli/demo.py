@@ -28,12 +28,12 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pymysql
 import typer
 
-from shardctl.config import Settings, load_settings
+if TYPE_CHECKING:
+    from shardctl.config import Settings
 
 TABLE = (
     "CREATE TABLE orders (id INT PRIMARY KEY, customer INT NOT NULL, "
@@ -76,12 +76,16 @@ class Load:
     error: Exception | None = None
 
     def run(self) -> None:
+        import pymysql
+
         try:
             self._run()
         except (pymysql.err.MySQLError, OSError) as exc:  # reported by the verdict
             self.error = exc
 
     def _run(self) -> None:
+        import pymysql
+
         rng = random.Random(self.seed)
         live: list[int] = []
         next_id = 1
@@ -140,6 +144,8 @@ class Demo:
     # -- set-up ---------------------------------------------------------------------
 
     def sql(self, statement: str, database: str | None = None) -> list[tuple[Any, ...]]:
+        import pymysql
+
         conn = pymysql.connect(**self.root, database=database, autocommit=True)
         try:
             with conn.cursor() as cur:
@@ -351,6 +357,10 @@ def demo(
     env.pop("SHARDCTL_SINK_SQL_PASSWORD", None)
     env.pop("SHARDCTL_SINK_SQL_PASSWORD_FILE", None)
     os.environ.update(env)
+    import pymysql
+
+    from shardctl.config import load_settings
+
     settings = load_settings(cluster=names.cluster)
     env["SHARDCTL_SINK_SQL_HOST"] = settings.mysql.host
     env["SHARDCTL_SINK_SQL_PORT"] = str(settings.mysql.port)

@@ -6,6 +6,7 @@ pom, a Go module) live beside its code, not in the installed package.
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import sys
 from pathlib import Path
@@ -17,13 +18,27 @@ import typer
 app = typer.Typer(
     help="Run real etcd, MariaDB, Kafka, NSQ (and PostgreSQL) on 127.0.0.1 for development.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 SERVICE_HELP = (
-    "Services to act on (etcd, mariadb, kafka, nsqlookupd, nsqd); default: those five. "
+    "Services to act on; default: etcd, mariadb, kafka, nsqlookupd, nsqd. "
     "Optional ones start only when named: mariadb2 (a second source MariaDB), "
     "mariadb_sink (a MariaDB of its own for sinks), postgres (PostgreSQL for its sink)."
 )
+
+
+class Service(enum.StrEnum):
+    """The services of the local stack (deploy/local/devstack.py: ALL_SERVICES)."""
+
+    etcd = "etcd"
+    mariadb = "mariadb"
+    kafka = "kafka"
+    nsqlookupd = "nsqlookupd"
+    nsqd = "nsqd"
+    mariadb2 = "mariadb2"
+    mariadb_sink = "mariadb_sink"
+    postgres = "postgres"
 
 
 def load_devstack() -> ModuleType:
@@ -53,7 +68,9 @@ def _fail(exc: Exception) -> None:
 
 
 @app.command()
-def up(services: Annotated[list[str] | None, typer.Argument(help=SERVICE_HELP)] = None) -> None:
+def up(
+    services: Annotated[list[Service] | None, typer.Argument(help=SERVICE_HELP)] = None,
+) -> None:
     """Install what is missing, start every service, wait until each answers a real request.
 
     A second `up` changes nothing. State lives in .shardctl/ (SHARDCTL_DEV_STATE);
@@ -63,7 +80,7 @@ def up(services: Annotated[list[str] | None, typer.Argument(help=SERVICE_HELP)] 
     mod = load_devstack()
     stack = mod.Stack()
     try:
-        stack.up(services or None)
+        stack.up([s.value for s in services] if services else None)
     except mod.StackError as exc:
         _fail(exc)
     status()
@@ -97,19 +114,19 @@ def env() -> None:
 
 
 @app.command()
-def restart(service: Annotated[str, typer.Argument(help="the service to restart")]) -> None:
+def restart(service: Annotated[Service, typer.Argument(help="the service to restart")]) -> None:
     """Stop one service and start it again (its data is kept)."""
     mod = load_devstack()
     try:
-        mod.Stack().restart(service)
+        mod.Stack().restart(service.value)
     except (mod.StackError, KeyError) as exc:
         _fail(exc)
 
 
 @app.command()
 def logs(
-    service: Annotated[str, typer.Argument(help="the service")],
+    service: Annotated[Service, typer.Argument(help="the service")],
     lines: Annotated[int, typer.Option(help="how many lines")] = 40,
 ) -> None:
     """Show the last lines of a service's log."""
-    typer.echo(load_devstack().Stack().log_tail(service, lines))
+    typer.echo(load_devstack().Stack().log_tail(service.value, lines))

@@ -7,8 +7,12 @@ Checks, in order (a check whose prerequisite failed is reported as skipped):
 3. The grants of the CDC user (`mysql.user`).
 4. Every Kafka topic of the cluster config and of `cdc.kafka_topic` has exactly
    `num_shards` partitions (partition = shard).
+5. What runs: a coordinator leads; a reader leads each source (the configured
+   `cdc.source` and every source with a checkpoint); workers are registered; every
+   shard of the assignment is owned.
 
-Exit code: 0 when nothing is wrong (warnings allowed), 1 otherwise.
+Exit code: 0 when nothing is wrong (warnings allowed), 1 when a check found a
+problem, 2 when the settings themselves are invalid.
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ import asyncio
 import json
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import pymysql
 import typer
 
-from shardctl.config import ConfigError, Settings, load_settings
-from shardctl.records import ClusterConfig, RecordError
+from shardctl.cli.common import EXIT_FAILURE, EXIT_USAGE, ClusterOpt, ConfigOpt
+
+if TYPE_CHECKING:
+    from shardctl.config import Settings
+    from shardctl.records import ClusterConfig
 
 Level = Literal["ok", "warning", "problem", "skipped"]
 
@@ -44,6 +49,7 @@ def check_etcd(settings: Settings) -> tuple[list[Finding], ClusterConfig | None,
     """Findings, the cluster config (if any), and whether etcd answered."""
     from shardctl.etcd import EtcdClient, EtcdError
     from shardctl.keyspace import Keyspace
+    from shardctl.records import ClusterConfig, RecordError
 
     keys = Keyspace.of(settings)
     endpoints = settings.etcd.endpoints
@@ -76,7 +82,7 @@ def check_etcd(settings: Settings) -> tuple[list[Finding], ClusterConfig | None,
                 "problem",
                 f"cluster {settings.cluster!r} has no {keys.config} key, so the coordinator "
                 "assigns nothing and the reader does not know num_shards",
-                "run `shardctl shards set N` (N = the partitions of your topics)",
+                "run `shardctl cluster init --shards N --topic T` (N = partitions per topic)",
             )
         )
         return found, None, True
@@ -140,6 +146,8 @@ def missing_privileges(grant_lines: list[str]) -> tuple[list[str], list[str]]:
 
 
 def check_mysql(settings: Settings, reader_server_id: int) -> list[Finding]:
+    import pymysql
+
     from cdc.replication.errors import ServerSettingError
     from cdc.replication.server_check import check_server
 
@@ -210,20 +218,18 @@ def check_mysql(settings: Settings, reader_server_id: int) -> list[Finding]:
 
 
 def check_topics(settings: Settings, num_shards: int, topics: list[str]) -> list[Finding]:
-    from confluent_kafka import KafkaException
-
-    from shardctl.cli.coordination import kafka_partition_counts
+    from shardctl.cli.kafka_admin import KafkaUnavailable, partition_counts
 
     if not topics:
         return [Finding("topics", "skipped", "no Kafka topic to check")]
     try:
-        counts = kafka_partition_counts(settings, topics)
-    except (KafkaException, ValueError, TypeError) as exc:
+        counts = partition_counts(settings, topics)
+    except KafkaUnavailable as exc:
         return [
             Finding(
                 "kafka",
                 "problem",
-                f"Kafka at {settings.kafka.bootstrap_servers} does not answer: {exc}",
+                str(exc),
                 "start Kafka, or set kafka.bootstrap_servers (SHARDCTL_KAFKA_BOOTSTRAP_SERVERS) "
                 "and the SASL/SSL options in kafka.options",
             )
@@ -261,25 +267,135 @@ def check_topics(settings: Settings, num_shards: int, topics: list[str]) -> list
     return found
 
 
+# -- what runs --------------------------------------------------------------------------
+
+
+def check_running(settings: Settings, config: ClusterConfig, source: str) -> list[Finding]:
+    """Leaders, workers and owners, read from etcd (which answered a moment ago)."""
+    from shardctl.cli.live import shard_ranges
+    from shardctl.etcd import EtcdClient, EtcdError
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import Assignment, RecordError, WorkerRecord
+
+    keys = Keyspace.of(settings)
+
+    async def read() -> tuple[Any, Any, Any, Any, Any]:
+        async with EtcdClient(settings.etcd) as client:
+            return (
+                await client.get(keys.coordinator_leader),
+                await client.get_prefix(f"{keys.root}cdc/"),
+                await client.get_prefix(keys.workers_prefix),
+                await client.get_prefix(keys.owners_prefix),
+                await client.get(keys.assignment),
+            )
+
+    try:
+        leader, cdc, workers, owners, assignment_kv = asyncio.run(
+            asyncio.wait_for(read(), settings.etcd.timeout_s * 4)
+        )
+    except (EtcdError, TimeoutError, OSError) as exc:
+        return [Finding("running", "problem", f"cannot read the cluster's state: {exc}")]
+    found: list[Finding] = []
+    if leader is None:
+        found.append(
+            Finding(
+                "coordinator",
+                "problem",
+                f"no coordinator leads cluster {settings.cluster!r}: nothing assigns shards",
+                "start `shardctl coordinator run` (two replicas: one stands by)",
+            )
+        )
+    else:
+        found.append(
+            Finding(
+                "coordinator",
+                "ok",
+                f"{leader.value.decode()} leads (token {leader.create_revision})",
+            )
+        )
+    prefix = f"{keys.root}cdc/"
+    leaders: dict[str, str] = {}
+    sources = {source}
+    for kv in cdc.items:
+        name, _, rest = kv.key[len(prefix) :].partition("/")
+        if rest == "leader":
+            leaders[name] = kv.value.decode()
+        if rest in ("leader", "checkpoint"):
+            sources.add(name)
+    for name in sorted(sources):
+        if name in leaders:
+            found.append(Finding("cdc reader", "ok", f"source {name}: {leaders[name]} leads"))
+        else:
+            found.append(
+                Finding(
+                    "cdc reader",
+                    "problem",
+                    f"source {name}: no reader leads, so its binlog is not published",
+                    f"start `shardctl cdc run --source {name}` (two: one stands by)",
+                )
+            )
+    try:
+        records = [WorkerRecord.decode(kv.key, kv.value) for kv in workers.items]
+        assignment = (
+            Assignment.decode(assignment_kv.key, assignment_kv.value) if assignment_kv else None
+        )
+    except RecordError as exc:
+        return [*found, Finding("workers", "problem", str(exc))]
+    draining = sum(r.state == "draining" for r in records)
+    if not records:
+        found.append(
+            Finding(
+                "workers",
+                "problem",
+                "no worker is registered: nothing consumes the shards",
+                "start `shardctl worker run --handler ...`",
+            )
+        )
+    else:
+        found.append(Finding("workers", "ok", f"{len(records)} registered ({draining} draining)"))
+    owned = {keys.shard_of_owner_key(kv.key) for kv in owners.items}
+    num_shards = assignment.num_shards if assignment is not None else config.num_shards
+    unowned = sorted(set(range(num_shards)) - owned)
+    if unowned:
+        found.append(
+            Finding(
+                "shards",
+                "problem",
+                f"{len(unowned)} of {num_shards} shards have no owner: {shard_ranges(unowned)}",
+                "start workers, and check that a coordinator leads and that "
+                "`shardctl status` shows no shard stuck in handoff",
+            )
+        )
+    else:
+        found.append(Finding("shards", "ok", f"all {num_shards} shards are owned"))
+    return found
+
+
 # -- the command ------------------------------------------------------------------------
 
 
 def run_checks(
-    settings: Settings, reader_server_id: int, cdc_topic: str | None, extra_topics: list[str]
+    settings: Settings,
+    reader_server_id: int,
+    cdc_topic: str | None,
+    extra_topics: list[str],
+    source: str = "default",
 ) -> list[Finding]:
     findings, config, etcd_ok = check_etcd(settings)
     findings += check_mysql(settings, reader_server_id)
     if config is None:
         reason = "etcd does not answer" if not etcd_ok else "the cluster has no config"
         findings.append(Finding("topics", "skipped", f"num_shards unknown: {reason}"))
+        findings.append(Finding("running", "skipped", reason))
         return findings
     if config.transport == "nsq":
         findings.append(Finding("topics", "skipped", "transport is nsq: no Kafka partitions"))
-        return findings
-    topics = list(dict.fromkeys([*config.topics, *extra_topics]))
-    if cdc_topic is not None and "%{" not in cdc_topic and cdc_topic not in topics:
-        topics.append(cdc_topic)
-    findings += check_topics(settings, config.num_shards, topics)
+    else:
+        topics = list(dict.fromkeys([*config.topics, *extra_topics]))
+        if cdc_topic is not None and "%{" not in cdc_topic and cdc_topic not in topics:
+            topics.append(cdc_topic)
+        findings += check_topics(settings, config.num_shards, topics)
+    findings += check_running(settings, config, source)
     return findings
 
 
@@ -291,24 +407,24 @@ def doctor(
         list[str] | None, typer.Option(help="Another Kafka topic to check; repeatable.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="TOML config file (or SHARDCTL_CONFIG).")
-    ] = None,
-    cluster: Annotated[
-        str | None, typer.Option("--cluster", help="Cluster name (or SHARDCTL_CLUSTER).")
-    ] = None,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
 ) -> None:
     """Check etcd, the cluster config, the source's binlog settings, the CDC user's
-    grants and the topics' partitions; for each problem, say how to fix it."""
+    grants, the topics' partitions, and what runs (leaders, workers, shard owners);
+    for each problem, say how to fix it."""
     from cdc.options import load_cdc_options
+    from shardctl.config import ConfigError, load_settings
 
     try:
         settings = load_settings(config, cluster=cluster)
         options = load_cdc_options(config, {})
     except ConfigError as exc:
         typer.secho(f"FAIL settings: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
-    findings = run_checks(settings, options.server_id, options.kafka_topic, topic or [])
+        raise typer.Exit(EXIT_USAGE) from None
+    findings = run_checks(
+        settings, options.server_id, options.kafka_topic, topic or [], options.source
+    )
     problems = sum(f.level == "problem" for f in findings)
     if as_json:
         typer.echo(json.dumps([asdict(f) for f in findings], indent=2))
@@ -320,4 +436,4 @@ def doctor(
                 typer.echo(f"     fix: {f.fix}")
         typer.echo(f"\n{problems} problem(s)" if problems else "\nno problems found")
     if problems:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)

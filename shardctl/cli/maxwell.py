@@ -11,11 +11,10 @@ import asyncio
 from pathlib import Path
 from typing import Annotated
 
-import pymysql
 import typer
 
-from shardctl.cli.cdc import ClusterOpt, ConfigOpt, SourceOpt, _fail, _load
-from shardctl.config import ConfigError
+from shardctl.cli.cdc import SourceOpt, _fail, _load
+from shardctl.cli.common import ClusterOpt, ConfigOpt
 
 config_app = typer.Typer(help="Translate other tools' configuration.", no_args_is_help=True)
 
@@ -33,6 +32,8 @@ def import_maxwell(
     source: SourceOpt = None,
 ) -> None:
     """Make Maxwell's stored position this source's checkpoint (no reader may run)."""
+    import pymysql
+
     from cdc.checkpoint import CheckpointError, CheckpointStore
     from cdc.maxwell_import import (
         MaxwellImportError,
@@ -42,6 +43,7 @@ def import_maxwell(
         store_imported_checkpoint,
     )
     from cdc.replication.server_check import check_server
+    from shardctl.config import ConfigError
     from shardctl.etcd.client import EtcdClient, EtcdError
     from shardctl.keyspace import Keyspace
 

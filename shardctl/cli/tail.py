@@ -10,29 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shardctl.config import ConfigError, Settings, load_settings
+from shardctl.cli.common import EXIT_FAILURE, EXIT_USAGE, ClusterOpt, ConfigOpt, Transport, fail
 
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(1)
+if TYPE_CHECKING:
+    from shardctl.config import Settings
 
 
 def _kafka_partitions(settings: Settings, topic: str) -> int:
-    from confluent_kafka.admin import AdminClient
+    from shardctl.cli.kafka_admin import partition_counts
 
-    admin = AdminClient(dict(settings.kafka.client_config().items()))
-    meta = admin.list_topics(topic, timeout=10)
-    found = meta.topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
-        reason = found.error if found is not None and found.error else "unknown topic"
-        raise ConfigError(f"topic {topic!r} at {settings.kafka.bootstrap_servers}: {reason}")
-    return len(found.partitions)
+    count = partition_counts(settings, [topic])[topic]
+    if not count:
+        raise fail(f"topic {topic!r} does not exist at {settings.kafka.bootstrap_servers}")
+    return count
 
 
 async def _tail(
@@ -46,15 +40,17 @@ async def _tail(
 ) -> None:
     from workers.handlers import HandlerContext
     from workers.sinks.stdout import Stdout
-    from workers.transports.base import Transport
+    from workers.transports.base import Transport as EventSource
     from workers.transports.kafka import KafkaTransport
     from workers.transports.nsq import NsqTransport
 
     printer = Stdout(HandlerContext(options={"bare": str(bare)}))
-    transport: Transport
+    transport: EventSource
     if transport_name == "kafka":
+        from shardctl.cli.kafka_admin import quiet_config
+
         transport = KafkaTransport(
-            settings.kafka.client_config(),
+            quiet_config(settings),
             [topic],
             group_id=f"shardctl.{settings.cluster}.tail",
             start_at="earliest" if from_beginning else "latest",
@@ -92,32 +88,37 @@ def tail(
     shard: Annotated[
         int | None, typer.Option("--shard", min=0, help="Only this shard (required on NSQ).")
     ] = None,
-    transport: Annotated[str, typer.Option(help="kafka or nsq.")] = "kafka",
+    transport: Annotated[Transport, typer.Option(help="Where the topic lives.")] = Transport.kafka,
     from_beginning: Annotated[
         bool, typer.Option("--from-beginning", help="Kafka: start at the earliest retained record.")
     ] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="Exit after this many events.")] = None,
     bare: Annotated[bool, typer.Option(help="Print only the JSON of each event.")] = False,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
-    cluster: Annotated[str | None, typer.Option("--cluster", help="Cluster name.")] = None,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
 ) -> None:
     """Print a topic's events as they arrive, without owning any shard."""
-    if transport not in ("kafka", "nsq"):
-        raise _fail(f"--transport: {transport!r} is not kafka or nsq")
+    from shardctl.cli.common import load
+    from shardctl.cli.kafka_admin import KafkaUnavailable
+    from shardctl.config import ConfigError
+
+    if transport == Transport.nsq and shard is None:
+        raise fail("--shard: required with --transport nsq (each shard is its own NSQ topic)", 2)
+    settings = load(config, cluster)
     try:
-        settings = load_settings(path=config, cluster=cluster)
-        if transport == "kafka":
-            shards = (
-                [shard] if shard is not None else list(range(_kafka_partitions(settings, topic)))
-            )
+        if transport == Transport.kafka:
+            # Also checks that the brokers answer before a consumer starts retrying.
+            partitions = _kafka_partitions(settings, topic)
+            if shard is not None and shard >= partitions:
+                raise fail(f"--shard {shard}: topic {topic!r} has {partitions} partitions")
+            shards = [shard] if shard is not None else list(range(partitions))
         else:
-            if shard is None:
-                raise ConfigError(
-                    "--shard: required with --transport nsq (each shard is its own NSQ topic)"
-                )
+            assert shard is not None
             shards = [shard]
-        asyncio.run(_tail(settings, topic, shards, transport, from_beginning, limit, bare))
+        asyncio.run(_tail(settings, topic, shards, transport.value, from_beginning, limit, bare))
+    except KafkaUnavailable as exc:
+        raise fail(str(exc), EXIT_FAILURE) from None
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_USAGE) from None
     except KeyboardInterrupt:
         raise typer.Exit(0) from None

@@ -165,6 +165,14 @@ class Session:
         False the moment the deadline has passed. Check it before each unit of work."""
         return not self._lost.is_set() and not self._closed and time.monotonic() < self._deadline
 
+    @property
+    def keepalive_stalled(self) -> bool:
+        """True when the lease's deadline passed a whole TTL ago and the keepalive never
+        declared it lost: its thread is stuck (health reports the process as not alive)."""
+        if self._lost.is_set() or self._closed or not self._deadline:
+            return False
+        return time.monotonic() > self._deadline + self.ttl
+
     def check(self) -> None:
         """Raise SessionLost if the lease is gone (or the session closed)."""
         if self._lost.is_set():

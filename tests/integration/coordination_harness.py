@@ -146,6 +146,8 @@ class Cluster:
                 name,
                 "--ttl",
                 str(TTL),
+                "--handler",
+                "noop",
                 "--tick",
                 "0.05",
                 "--commit-interval",

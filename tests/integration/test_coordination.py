@@ -345,7 +345,9 @@ def test_a_second_worker_with_the_same_id_waits_for_the_first(cluster: Cluster) 
     first = cluster.start_worker("w1")
     wait_for("4 shards on w1", lambda: cluster.settled({"w1"}, 4))
     first_session = cluster.workers()["w1"].session
-    cluster.spawn("w1-again", ["worker", "run", "--id", "w1", "--ttl", str(TTL)])
+    cluster.spawn(
+        "w1-again", ["worker", "run", "--handler", "noop", "--id", "w1", "--ttl", str(TTL)]
+    )
     wait_for("the second w1 to wait", lambda: "still registered by" in cluster.log_text("w1-again"))
     assert cluster.workers()["w1"].session == first_session
     assert first.poll() is None

@@ -53,4 +53,4 @@ def test_tail_names_what_is_wrong(stack: StackHandle, unique: str) -> None:
     missing = _tail(stack, f"absent-{unique}", "--limit", "1")
     assert missing.returncode == 1 and f"absent-{unique}" in missing.stderr
     nsq = _tail(stack, "orders", "--transport", "nsq", "--limit", "1")
-    assert nsq.returncode == 1 and "--shard: required" in nsq.stderr
+    assert nsq.returncode == 2 and "--shard: required" in nsq.stderr
