@@ -2,7 +2,8 @@
 
     workers/<id>     WorkerRecord   {host, pid, capacity, labels, state, version, session}
     assignment       Assignment     {generation, num_shards, owners: [id | null, ...]}
-    offsets/<shard>  OffsetRecord   {positions: {topic: offset}, event_id, token}
+    offsets/<shard>  OffsetRecord   {positions: {topic: offset}, event_id, token,
+                                     stalled: {since, error} | null}
     config           ClusterConfig  {num_shards, topics, transport}
 
 Decoding is strict: a malformed document raises RecordError naming the key, never
@@ -60,14 +61,24 @@ class Assignment(_Record):
         return {s for s, owner in enumerate(self.owners) if owner == worker_id}
 
 
+class ShardStall(_Record):
+    """A shard waiting out a transient failure (its sink or broker away): since when
+    (Unix time) and the first error seen. Nothing is dead-lettered meanwhile."""
+
+    since: float
+    error: str
+
+
 class OffsetRecord(_Record):
     """Per topic, the Kafka offset of the next record to read (a worker owning shard s
     reads partition s of every topic), and the last event id handled; `token` is the
-    owner token that wrote it."""
+    owner token that wrote it; `stalled` is set while the shard waits out a transient
+    failure (`shardctl doctor` reports it)."""
 
     positions: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     event_id: str | None = None
     token: int
+    stalled: ShardStall | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -24,7 +24,10 @@ RUNNING: records of the shard wait in a queue of at most `max_in_flight` records
 the queue is full the transport pauses the shard, and resumes it once the queue has
 drained to half. A slow handler therefore slows fetching, and memory stays bounded.
 Batches of up to `batch_size` queued records go through the handler, in order, with
-retries and dead-lettering (`workers.retry`). The position advances only after the
+retries and dead-lettering (`workers.retry`). While a transient failure lasts (the
+sink or broker away) the shard is STALLED: it waits and retries, dead-letters
+nothing, its lag grows, `shardctl_worker_shard_stalled` is 1, and its committed
+offset record carries `stalled` (shown by `shardctl doctor`). The position advances only after the
 whole batch is handled or dead-lettered (P5). Undecodable messages are dead-lettered
 without calling the handler. `claim.valid()` is checked before every batch, so a
 zombie (paused past its TTL) handles nothing after it resumes.
@@ -42,13 +45,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from shardctl.metrics import WORKER_DLQ, WORKER_EVENTS, WORKER_HANDLER_SECONDS
-from shardctl.records import OffsetRecord
+from shardctl.metrics import (
+    WORKER_DLQ,
+    WORKER_EVENTS,
+    WORKER_HANDLER_SECONDS,
+    WORKER_STALLED,
+    WORKER_TRANSIENT_RETRIES,
+)
+from shardctl.records import OffsetRecord, ShardStall
 from workers.deadletters import DeadLetter, DeadLetterWriter
 from workers.events import Batch, Event, EventDecodeError, decode_message
 from workers.handlers import Fenced, Handler
@@ -115,6 +125,7 @@ class _Shard:
     last_event_id: str | None = None
     events_handled: int = 0
     dead_lettered: int = 0
+    stall: ShardStall | None = None  # waiting out a transient failure since
 
     @property
     def shard(self) -> int:
@@ -234,6 +245,7 @@ class Consumer:
         st.wake.set()
         if st.task is not None:
             await asyncio.gather(st.task, return_exceptions=True)
+        st.stall = None  # no longer waiting: it stopped
         # A shard that failed by itself handled everything up to its position; one
         # dropped because its ownership ended must commit nothing.
         final = None if st.dropped and not st.failed else self._final_position(st)
@@ -286,8 +298,34 @@ class Consumer:
 
     def _final_position(self, st: _Shard) -> Position | None:
         if not self.transport.positional or not st.handled:
-            return None
-        return Position(dict(st.handled), st.last_event_id)
+            # No position to commit; a stall is still worth reporting.
+            return None if st.stall is None else Position(stalled=st.stall)
+        return Position(dict(st.handled), st.last_event_id, st.stall)
+
+    def _on_transient(self, st: _Shard) -> Callable[[BaseException | None], None]:
+        labels = (self.worker_id, str(st.shard))
+
+        def report(error: BaseException | None) -> None:
+            if error is None:
+                if st.stall is not None:
+                    log.warning(
+                        "shard %d: flowing again after a stall of %.1f s",
+                        st.shard,
+                        time.time() - st.stall.since,
+                    )
+                    st.stall = None
+                    WORKER_STALLED.labels(*labels).set(0)
+                return
+            WORKER_TRANSIENT_RETRIES.labels(*labels).inc()
+            if st.stall is None:
+                cause = error.__cause__
+                detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+                st.stall = ShardStall(
+                    since=time.time(), error=f"{type(error).__name__}: {error}{detail}"
+                )
+                WORKER_STALLED.labels(*labels).set(1)
+
+        return report
 
     def _begin_drop(self, shard: int, reason: str) -> None:
         st = self._shards.get(shard)
@@ -309,6 +347,8 @@ class Consumer:
         log.warning("shard %d: dropped without commit (token %d): %s", st.shard, st.token, reason)
 
     async def _finish(self, st: _Shard) -> None:
+        with contextlib.suppress(KeyError):  # never stalled here
+            WORKER_STALLED.remove(self.worker_id, str(st.shard))
         try:
             await self.transport.stop_shard(st.shard)
         finally:
@@ -426,7 +466,10 @@ class Consumer:
             self.config.retry,
             self.dead_letters,
             asyncio.sleep,
-            lambda: st.dropped,
+            # A stop also ends a wait: the batch stays unhandled, so the next owner
+            # starts with it, rather than the handoff waiting for the outage to end.
+            st.halted,
+            self._on_transient(st),
         )
         st.events_handled += outcome.handled
         st.dead_lettered += outcome.dead_lettered

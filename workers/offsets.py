@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from shardctl.etcd import CreateRevisionIs, EtcdClient, EtcdError, Put
 from shardctl.keyspace import Keyspace
-from shardctl.records import OffsetRecord
+from shardctl.records import OffsetRecord, ShardStall
 
 
 class OffsetFenced(EtcdError):
@@ -29,14 +29,21 @@ class OffsetFenced(EtcdError):
 @dataclass(frozen=True)
 class Position:
     """Where a shard's consumer is: per topic the transport position of the next record
-    to read, and the last handled event id."""
+    to read, the last handled event id, and whether it is stalled on a transient
+    failure (a change of that is committed too, so `doctor` sees it)."""
 
     positions: Mapping[str, int] = field(default_factory=dict)
     event_id: str | None = None
+    stalled: ShardStall | None = None
+
+    @classmethod
+    def of(cls, record: OffsetRecord) -> Position:
+        return cls(dict(record.positions), record.event_id, record.stalled)
 
     def describe(self) -> str:
         at = ", ".join(f"{t}@{p}" for t, p in sorted(self.positions.items())) or "no position"
-        return f"{at} (event {self.event_id})" if self.event_id else at
+        at = f"{at} (event {self.event_id})" if self.event_id else at
+        return f"{at}, stalled since {self.stalled.since:.0f}" if self.stalled else at
 
 
 class OffsetStore:
@@ -53,7 +60,9 @@ class OffsetStore:
 
     async def commit(self, shard: int, token: int, at: Position) -> None:
         """Write the position if `token` still owns the shard; else raise OffsetFenced."""
-        record = OffsetRecord(positions=dict(at.positions), event_id=at.event_id, token=token)
+        record = OffsetRecord(
+            positions=dict(at.positions), event_id=at.event_id, token=token, stalled=at.stalled
+        )
         owner_key = self.keys.owner(shard)
         ok, found = await self.client.txn(
             [CreateRevisionIs(owner_key, token)],

@@ -225,7 +225,7 @@ class Ownership:
         offset = await self.offsets.read(shard)
         if self._aborted.is_set() or not self.session.is_valid():
             return  # the key goes away with the lease
-        committed = None if offset is None else Position(offset.positions, offset.event_id)
+        committed = None if offset is None else Position.of(offset)
         self.owned[shard] = _Owned(token=token, committed=committed)
         WORKER_SHARDS_OWNED.labels(self.worker_id).set(len(self.owned))
         log.info("%s: acquired shard %d token %d at %s", self.worker_id, shard, token, committed)

@@ -7,6 +7,7 @@ Checks, in order (a check whose prerequisite failed is reported as skipped):
 3. The grants of the CDC user (`mysql.user`).
 4. Every Kafka topic of the cluster config and of `cdc.kafka_topic` has exactly
    `num_shards` partitions (partition = shard).
+5. No shard is stalled on a transient failure (its offset record says `stalled`).
 
 Exit code: 0 when nothing is wrong (warnings allowed), 1 otherwise.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,7 +26,7 @@ import pymysql
 import typer
 
 from shardctl.config import ConfigError, Settings, load_settings
-from shardctl.records import ClusterConfig, RecordError
+from shardctl.records import ClusterConfig, OffsetRecord, RecordError
 
 Level = Literal["ok", "warning", "problem", "skipped"]
 
@@ -96,6 +98,55 @@ def check_etcd(settings: Settings) -> tuple[list[Finding], ClusterConfig | None,
         )
     )
     return found, config, True
+
+
+# -- shards stalled on a transient failure ----------------------------------------------
+
+
+def check_shards(settings: Settings) -> list[Finding]:
+    """A finding per shard whose worker waits out a transient failure (sink or broker
+    away): its events wait, nothing is dead-lettered, its lag grows."""
+    from shardctl.etcd import EtcdClient, EtcdError
+    from shardctl.keyspace import Keyspace
+
+    keys = Keyspace.of(settings)
+
+    async def read() -> Any:
+        async with EtcdClient(settings.etcd) as client:
+            return await client.get_prefix(keys.offsets_prefix)
+
+    try:
+        listing = asyncio.run(asyncio.wait_for(read(), settings.etcd.timeout_s * 2))
+    except (EtcdError, TimeoutError, OSError) as exc:
+        return [Finding("shards", "skipped", f"cannot read {keys.offsets_prefix}: {exc}")]
+    found: list[Finding] = []
+    now = time.time()
+    for kv in listing.items:
+        shard = keys.shard_of_offset_key(kv.key)
+        try:
+            record = OffsetRecord.decode(kv.key, kv.value)
+        except RecordError as exc:
+            found.append(Finding("shards", "problem", str(exc), "rewrite or delete the key"))
+            continue
+        if record.stalled is None:
+            continue
+        at = ", ".join(f"{t}@{p}" for t, p in sorted(record.positions.items())) or "the start"
+        found.append(
+            Finding(
+                "shards",
+                "problem",
+                f"shard {shard} has waited {now - record.stalled.since:.0f} s at {at} on a "
+                f"transient failure: {record.stalled.error}. Its events wait and its lag "
+                "grows; nothing is dead-lettered",
+                "bring back what the error names (the sink database or Kafka); the shard "
+                "goes on by itself",
+            )
+        )
+    if not found:
+        found.append(
+            Finding("shards", "ok", f"no shard is stalled ({len(listing.items)} with offsets)")
+        )
+    return found
 
 
 # -- MySQL: binlog settings and grants ------------------------------------------------
@@ -268,6 +319,8 @@ def run_checks(
     settings: Settings, reader_server_id: int, cdc_topic: str | None, extra_topics: list[str]
 ) -> list[Finding]:
     findings, config, etcd_ok = check_etcd(settings)
+    if etcd_ok:
+        findings += check_shards(settings)
     findings += check_mysql(settings, reader_server_id)
     if config is None:
         reason = "etcd does not answer" if not etcd_ok else "the cluster has no config"

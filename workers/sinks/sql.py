@@ -52,7 +52,7 @@ import threading
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pymysql
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -61,7 +61,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shardctl.config import ConfigError
 from shardctl.event_ids import order_key
 from workers.events import Batch, Event
-from workers.handlers import Fenced, HandlerContext
+from workers.handlers import Fenced, HandlerContext, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,37 @@ _SCHEMA = (
         stream VARCHAR(100) NOT NULL, last_key VARCHAR(100) NOT NULL,
         PRIMARY KEY (scope, shard, topic, stream)) ENGINE=InnoDB""",
 )
+
+
+# Server error codes that pass by waiting: the batch is retried, never dead-lettered.
+TRANSIENT_MYSQL_CODES = frozenset(
+    {
+        1040,  # ER_CON_COUNT_ERROR: too many connections
+        1053,  # ER_SERVER_SHUTDOWN
+        1205,  # ER_LOCK_WAIT_TIMEOUT
+        1213,  # ER_LOCK_DEADLOCK
+        1290,  # ER_OPTION_PREVENTS_STATEMENT: read-only, e.g. during a failover
+        1927,  # ER_CONNECTION_KILLED (MariaDB)
+        2002,  # CR_CONNECTION_ERROR: no socket
+        2003,  # CR_CONN_HOST_ERROR: cannot connect
+        2006,  # CR_SERVER_GONE_ERROR
+        2013,  # CR_SERVER_LOST: lost connection during a query
+        4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8): disconnected while idle
+    }
+)
+
+
+def mysql_error_is_transient(error: BaseException) -> bool:
+    """True for a failure of the connection or the server's moment (retry and wait),
+    False for one of the data (a data error, a constraint, a missing table or column:
+    the event is dead-lettered). PyMySQL raises InterfaceError on a closed connection
+    and OSError from the socket."""
+    if isinstance(error, (pymysql.err.InterfaceError, OSError)):
+        return True
+    if isinstance(error, pymysql.err.MySQLError) and error.args:
+        code = error.args[0]
+        return isinstance(code, int) and code in TRANSIENT_MYSQL_CODES
+    return False
 
 
 class SqlSinkSettings(BaseSettings):
@@ -236,7 +267,10 @@ class SqlSink:
         return {str(topic): int(position) for topic, position in rows}
 
     def on_events(self, batch: Batch) -> None:
-        conn = self._conn(batch.shard)
+        try:
+            conn = self._conn(batch.shard)
+        except (pymysql.err.MySQLError, OSError) as exc:
+            self._raise_classified(batch, exc)
         try:
             with conn.cursor() as cur:
                 conn.begin()
@@ -296,12 +330,26 @@ class SqlSink:
                         ),
                     )
             conn.commit()
-        except BaseException:
-            conn.rollback()
+        except BaseException as exc:
+            try:
+                conn.rollback()
+            except (pymysql.err.MySQLError, OSError):
+                self._conns.pop(batch.shard, None)  # broken: the next batch reconnects
+            if isinstance(exc, (pymysql.err.MySQLError, OSError)):
+                self._raise_classified(batch, exc)
             raise
         log.debug(
             "sql sink: shard %d: %d of %d events applied", batch.shard, applied, len(batch.events)
         )
+
+    def _raise_classified(self, batch: Batch, error: BaseException) -> NoReturn:
+        """Raise `error`, as a TransientError saying where if waiting will cure it."""
+        if not mysql_error_is_transient(error):
+            raise error
+        raise TransientError(
+            f"sql sink: shard {batch.shard} batch from {batch.events[0].describe()}: "
+            f"{self.settings.host}:{self.settings.port}: {type(error).__name__}: {error}"
+        ) from error
 
     def on_revoke(self, shard: int) -> None:
         self._tokens.pop(shard, None)
