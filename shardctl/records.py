@@ -3,7 +3,7 @@
     workers/<id>     WorkerRecord   {host, pid, capacity, labels, state, version, session}
     assignment       Assignment     {generation, num_shards, owners: [id | null, ...]}
     offsets/<shard>  OffsetRecord   {positions: {topic: offset}, event_id, token,
-                                     stalled: {since, error} | null}
+                                     topic_ids: {topic: id}, stalled: {since, error} | null}
     config           ClusterConfig  {num_shards, topics, transport}
 
 Decoding is strict: a malformed document raises RecordError naming the key, never
@@ -72,12 +72,15 @@ class ShardStall(_Record):
 class OffsetRecord(_Record):
     """Per topic, the Kafka offset of the next record to read (a worker owning shard s
     reads partition s of every topic), and the last event id handled; `token` is the
-    owner token that wrote it; `stalled` is set while the shard waits out a transient
-    failure (`shardctl doctor` reports it)."""
+    owner token that wrote it; `topic_ids` names the incarnation of each topic the
+    positions belong to (Kafka's topic id: a topic deleted and re-created gets a new
+    one, and old positions must not be applied to it); `stalled` is set while the
+    shard waits out a transient failure (`shardctl doctor` reports it)."""
 
     positions: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     event_id: str | None = None
     token: int
+    topic_ids: dict[str, str] = Field(default_factory=dict)
     stalled: ShardStall | None = None
 
     @model_validator(mode="before")

@@ -62,9 +62,9 @@ from shardctl.records import OffsetRecord, ShardStall
 from workers.deadletters import DeadLetter, DeadLetterWriter
 from workers.events import Batch, Event, EventDecodeError, decode_message
 from workers.handlers import Fenced, Handler
-from workers.offsets import Position
+from workers.offsets import Position, TopicRecreated, check_topic_ids
 from workers.retry import RetryPolicy, Stopped, dead_letter, process_batch
-from workers.transports.base import Record, Transport
+from workers.transports.base import Record, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ class ConsumerConfig:
     idle_wait_s: float = 1.0
     poll_timeout_s: float = 0.2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # How often the topics' ids are compared with those of the running shards' offsets.
+    topic_check_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -126,6 +128,7 @@ class _Shard:
     events_handled: int = 0
     dead_lettered: int = 0
     stall: ShardStall | None = None  # waiting out a transient failure since
+    topic_ids: dict[str, str] = field(default_factory=dict)  # what its positions belong to
 
     @property
     def shard(self) -> int:
@@ -159,6 +162,7 @@ class Consumer:
         self._shards: dict[int, _Shard] = {}
         self._cleanups: dict[int, asyncio.Task[None]] = {}
         self._fetcher: asyncio.Task[None] | None = None
+        self._topic_watch: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
 
@@ -170,6 +174,8 @@ class Consumer:
         await self.transport.start()
         if self._fetcher is None:
             self._fetcher = self._loop.create_task(self._fetch_loop())
+        if self._topic_watch is None and self.transport.positional:
+            self._topic_watch = self._loop.create_task(self._watch_topic_ids())
 
     async def close(self) -> None:
         """Stop every shard without a final position (call after Ownership released
@@ -178,9 +184,10 @@ class Consumer:
             self._begin_drop(shard, "consumer closing")
         await asyncio.gather(*self._cleanups.values(), return_exceptions=True)
         self._closing = True
-        if self._fetcher is not None:
-            self._fetcher.cancel()
-            await asyncio.gather(self._fetcher, return_exceptions=True)
+        for task in (self._fetcher, self._topic_watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.transport.close()
         await self.handler.close()
 
@@ -199,8 +206,16 @@ class Consumer:
                 f"{self._shards[shard].token}); stop it first"
             )
         positions: dict[str, int] = {}
-        if self.transport.positional and claim.offset is not None:
-            positions.update(claim.offset.positions)
+        topic_ids: dict[str, str] = {}
+        if self.transport.positional:
+            # Stored offsets of another incarnation of a topic would skip or repeat
+            # its events: refuse them before anything starts (TopicRecreated).
+            current = await self.transport.topic_ids()
+            check_topic_ids(shard, claim.offset, current, self.transport.topics)
+            if claim.offset is not None:
+                positions.update(claim.offset.positions)
+                topic_ids.update(claim.offset.topic_ids)
+            topic_ids.update(current)
         await self.handler.assign(shard, claim.token)
         own = await self.handler.positions(shard) or {}
         for topic, position in own.items():
@@ -211,7 +226,7 @@ class Consumer:
         others = sorted(set(positions) - set(consumed))
         if others:
             log.info("shard %d: keeping the positions of unread topics %s", shard, others)
-        st = _Shard(claim=claim, handled=dict(positions))
+        st = _Shard(claim=claim, handled=dict(positions), topic_ids=topic_ids)
         if claim.offset is not None:
             st.last_event_id = claim.offset.event_id
         self._shards[shard] = st
@@ -300,7 +315,7 @@ class Consumer:
         if not self.transport.positional or not st.handled:
             # No position to commit; a stall is still worth reporting.
             return None if st.stall is None else Position(stalled=st.stall)
-        return Position(dict(st.handled), st.last_event_id, st.stall)
+        return Position(dict(st.handled), st.last_event_id, st.stall, dict(st.topic_ids))
 
     def _on_transient(self, st: _Shard) -> Callable[[BaseException | None], None]:
         labels = (self.worker_id, str(st.shard))
@@ -358,6 +373,25 @@ class Consumer:
             await self.handler.revoke(st.shard)
         except Exception:
             log.exception("shard %d: handler %s on_revoke failed", st.shard, self.handler.name)
+
+    async def _watch_topic_ids(self) -> None:
+        """Stop a running shard whose topic was deleted and re-created under it."""
+        while not self._closing:
+            await asyncio.sleep(self.config.topic_check_s)
+            try:
+                current = await self.transport.topic_ids()
+            except TransportError as exc:
+                log.warning("checking the topics' ids failed; retrying later: %s", exc)
+                continue
+            for st in list(self._shards.values()):
+                if st.halted():
+                    continue
+                for topic, now in current.items():
+                    was = st.topic_ids.setdefault(topic, now)
+                    if was != now:
+                        error = TopicRecreated(st.shard, topic, st.handled.get(topic), was, now)
+                        self._stop_self(st, str(error))
+                        break
 
     async def _fetch_loop(self) -> None:
         while not self._closing:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from shardctl.cli import cdc, coordination, demo, dev, doctor, tail
+from shardctl.cli import cdc, coordination, demo, dev, doctor, offsets, tail
 
 app = typer.Typer(
     name="shardctl",
@@ -17,6 +17,7 @@ app.add_typer(cdc.app, name="cdc")
 app.add_typer(coordination.coordinator_app, name="coordinator")
 app.add_typer(coordination.worker_app, name="worker")
 app.add_typer(coordination.shards_app, name="shards")
+app.add_typer(offsets.app, name="offsets")
 app.command("status")(coordination.status)
 app.command("drain")(coordination.drain)
 app.command("tail")(tail.tail)
