@@ -458,37 +458,56 @@ class Consumer:
             self._on_stopped(st.shard, st.token, reason, fenced)
 
     async def _process(self, st: _Shard, records: Sequence[Record]) -> None:
-        run: list[Event] = []
-        run_records: list[Record] = []
-        for record in records:
-            try:
-                message = decode_message(record.value, st.shard, record.topic, record.position)
-            except EventDecodeError as exc:
-                await self._handle_run(st, run, run_records)
-                run, run_records = [], []
-                letter = DeadLetter.undecodable(
-                    st.shard, record.topic, record.position, record.key, record.value, st.token, exc
+        done = 0  # records settled (or given back) so far, in order
+        try:
+            run: list[Event] = []
+            run_records: list[Record] = []
+            for record in records:
+                try:
+                    message = decode_message(record.value, st.shard, record.topic, record.position)
+                except EventDecodeError as exc:
+                    await self._handle_run(st, run, run_records)
+                    done += len(run_records)
+                    run, run_records = [], []
+                    letter = DeadLetter.undecodable(
+                        st.shard,
+                        record.topic,
+                        record.position,
+                        record.key,
+                        record.value,
+                        st.token,
+                        exc,
+                    )
+                    await dead_letter(
+                        letter,
+                        self.dead_letters,
+                        self.config.retry,
+                        asyncio.sleep,
+                        lambda: st.dropped,
+                    )
+                    st.dead_lettered += 1
+                    WORKER_DLQ.labels(self.worker_id, str(st.shard)).inc()
+                    await self._advance(st, [record], None)
+                    done += 1
+                    continue
+                run.append(
+                    Event(
+                        shard=st.shard,
+                        topic=record.topic,
+                        position=record.position,
+                        key=record.key,
+                        raw=record.value,
+                        message=message,
+                        token=st.token,
+                    )
                 )
-                await dead_letter(
-                    letter, self.dead_letters, self.config.retry, asyncio.sleep, lambda: st.dropped
-                )
-                st.dead_lettered += 1
-                WORKER_DLQ.labels(self.worker_id, str(st.shard)).inc()
-                await self._advance(st, [record], None)
-                continue
-            run.append(
-                Event(
-                    shard=st.shard,
-                    topic=record.topic,
-                    position=record.position,
-                    key=record.key,
-                    raw=record.value,
-                    message=message,
-                    token=st.token,
-                )
-            )
-            run_records.append(record)
-        await self._handle_run(st, run, run_records)
+                run_records.append(record)
+            await self._handle_run(st, run, run_records)
+        except Stopped:
+            # Stopped mid-batch (a stop ended a wait): what is not handled goes back,
+            # so the transport holds nothing of the shard (NSQ requeues it).
+            await self.transport.abandon(records[done:])
+            raise
 
     async def _handle_run(self, st: _Shard, events: list[Event], records: list[Record]) -> None:
         if not events:

@@ -165,10 +165,11 @@ def test_a_sink_outage_longer_than_the_retry_window_dead_letters_nothing(
             )
             assert _sample(dead, worker_id, 0) == 0
             await wait_async("the stall cleared", lambda: _sample(stalled, worker_id, 0) == 0)
+            # The final position, committed after the stall cleared.
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 record = await _offset_record(settings, 0)
-                if record is not None and record.stalled is None:
+                if record is not None and record.positions == {topic: 300}:
                     break
                 await asyncio.sleep(0.1)
             assert record is not None and record.stalled is None, record
@@ -181,6 +182,108 @@ def test_a_sink_outage_longer_than_the_retry_window_dead_letters_nothing(
             worker.stop_requested.set()
             await asyncio.wait_for(task, 60)
             await consumer.close()
+            await delete_cluster(settings)
+
+    try:
+        asyncio.run(scenario())
+        assert read_all(stack.kafka_bootstrap, dlq, 1, expect=1, timeout=3) == []
+    finally:
+        delete_topics(stack.kafka_bootstrap, [topic, dlq])
+        _execute(stack, None, f"DROP DATABASE IF EXISTS `{mysql_db}`")
+
+
+def test_a_shard_moved_away_while_stalled_is_released_and_loses_nothing(
+    stack: StackHandle,
+    settings: Settings,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stall must not hold up a handoff: the release ends the wait, commits only what
+    was applied, and the next owner applies the rest once the sink is back."""
+    topic = f"handoff-{unique}"
+    dlq = f"{topic}.dlq"
+    create_topic(stack.kafka_bootstrap, topic, 1)
+    assert ensure_kafka_topics(settings, [dlq]) == [dlq]
+    mysql_db = unique
+    _execute(stack, None, f"CREATE DATABASE `{mysql_db}`")
+    _execute(stack, mysql_db, "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(50))")
+    monkeypatch.setenv("SHARDCTL_SINK_SQL_PORT", str(stack.mysql_port))
+    monkeypatch.setenv("SHARDCTL_SINK_SQL_USER", "root")
+    monkeypatch.delenv("SHARDCTL_SINK_SQL_PASSWORD", raising=False)
+    keys = Keyspace.of(settings)
+
+    def changes(ns: range) -> list[tuple[int, bytes | None, bytes]]:
+        return [(0, b"k%d" % n, maxwell(n, 0, database=mysql_db)) for n in ns]
+
+    async def owner_gone() -> bool:
+        async with EtcdClient(settings.etcd) as client:
+            return await client.get(keys.owner(0)) is None
+
+    async def scenario() -> None:
+        started: list[tuple[Worker, Consumer, asyncio.Task[None]]] = []
+
+        async def start(worker_id: str) -> None:
+            consumer = Consumer(
+                KafkaTransport(
+                    {"bootstrap.servers": stack.kafka_bootstrap}, [topic], group_id=f"t.{unique}"
+                ),
+                load_handler(
+                    "sql",
+                    HandlerContext(
+                        worker_id=worker_id,
+                        settings=settings,
+                        options={"database": mysql_db, "scope": unique},
+                    ),
+                ),
+                KafkaDeadLetterWriter({"bootstrap.servers": stack.kafka_bootstrap}, worker_id),
+                ConsumerConfig(batch_size=20, retry=QUICK),
+                worker_id=worker_id,
+            )
+            await consumer.open()
+            worker = Worker(
+                settings,
+                WorkerOptions(worker_id=worker_id, ttl=5, commit_interval_s=0.2, drain_timeout_s=5),
+                consumer,
+            )
+            started.append((worker, consumer, asyncio.get_running_loop().create_task(worker.run())))
+
+        first, second = f"a-{unique}", f"b-{unique}"
+        down = False
+        try:
+            await start(first)
+            await start(second)
+            await write_assignment(settings, [first], generation=1)
+            produce(stack.kafka_bootstrap, topic, changes(range(50)))
+            await wait_async("the first 50 rows", lambda: _rows(stack, mysql_db) == 50)
+            stack.stop("mariadb")
+            down = True
+            produce(stack.kafka_bootstrap, topic, changes(range(50, 150)))
+            await wait_async(
+                "shard 0 stalled", lambda: _sample("shardctl_worker_shard_stalled", first, 0) == 1
+            )
+            await write_assignment(settings, [None], generation=2)
+            deadline = time.monotonic() + 30
+            while not await owner_gone():
+                assert time.monotonic() < deadline, "timed out after 30 s waiting for the release"
+                await asyncio.sleep(0.1)
+            record = await _offset_record(settings, 0)
+            assert record is not None and record.positions == {topic: 50}, record
+            assert record.stalled is None, record
+
+            stack.start("mariadb")
+            down = False
+            await write_assignment(settings, [second], generation=3)
+            await wait_async("all 150 rows", lambda: _rows(stack, mysql_db) == 150, timeout=60)
+            for worker_id in (first, second):
+                assert _sample("shardctl_worker_dead_letters_total", worker_id, 0) == 0
+        finally:
+            if down:
+                stack.start("mariadb")
+            for worker, _consumer, _task in started:
+                worker.stop_requested.set()
+            for _worker, consumer, task in started:
+                await asyncio.wait_for(task, 60)
+                await consumer.close()
             await delete_cluster(settings)
 
     try:

@@ -347,8 +347,8 @@ class SqlSink:
         if not mysql_error_is_transient(error):
             raise error
         raise TransientError(
-            f"sql sink: shard {batch.shard} batch from {batch.events[0].describe()}: "
-            f"{self.settings.host}:{self.settings.port}: {type(error).__name__}: {error}"
+            f"sql sink {self.settings.host}:{self.settings.port}, shard {batch.shard}: "
+            f"{type(error).__name__}: {error}"
         ) from error
 
     def on_revoke(self, shard: int) -> None:
