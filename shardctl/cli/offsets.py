@@ -12,17 +12,20 @@ offsets key being unchanged since it was read.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shardctl.cli.coordination import ClusterOpt, ConfigOpt, _fail, _run, _settings
-from shardctl.config import Settings
-from shardctl.etcd import Absent, EtcdClient, ModRevisionIs, Put
-from shardctl.keyspace import Keyspace
-from shardctl.records import OffsetRecord
+if TYPE_CHECKING:
+    from shardctl.config import Settings
 
 app = typer.Typer(help="The shards' stored offsets.", no_args_is_help=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
 
 
 def _partition_now(settings: Settings, topic: str, shard: int) -> tuple[int, int, str]:
@@ -63,14 +66,26 @@ def reset(
     execute: Annotated[
         bool, typer.Option("--execute", help="Write it; without it, only print the change.")
     ] = False,
-    config: ConfigOpt = None,
-    cluster: ClusterOpt = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML config file (or SHARDCTL_CONFIG).")
+    ] = None,
+    cluster: Annotated[
+        str | None, typer.Option("--cluster", help="Cluster name (or SHARDCTL_CLUSTER).")
+    ] = None,
 ) -> None:
     """Reset a shard's stored offset of one topic to its earliest or latest offset (and
     record the topic's current id). Refuses while the shard is owned."""
+    from shardctl.config import ConfigError, load_settings
+    from shardctl.etcd import Absent, EtcdClient, EtcdError, ModRevisionIs, Put
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import OffsetRecord, RecordError
+
     if to_earliest == to_latest:
         raise _fail("give exactly one of --to-earliest and --to-latest")
-    settings = _settings(config, cluster)
+    try:
+        settings = load_settings(path=config, cluster=cluster)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
     keys = Keyspace.of(settings)
 
     async def main() -> str:
@@ -114,4 +129,7 @@ def reset(
                 )
             return f"{change}\nwritten"
 
-    typer.echo(_run(main()))
+    try:
+        typer.echo(asyncio.run(main()))
+    except (EtcdError, RecordError) as exc:
+        raise _fail(str(exc)) from None
