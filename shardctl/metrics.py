@@ -63,6 +63,16 @@ WORKER_DLQ = Counter(
     "Events sent to the dead-letter topic",
     ["worker", "shard"],
 )
+WORKER_TRANSIENT_RETRIES = Counter(
+    "shardctl_worker_transient_retries_total",
+    "Handler calls retried after a transient failure (sink or broker away)",
+    ["worker", "shard"],
+)
+WORKER_STALLED = Gauge(
+    "shardctl_worker_shard_stalled",
+    "1 while the shard waits out a transient failure, else 0",
+    ["worker", "shard"],
+)
 WORKER_SHARDS_OWNED = Gauge("shardctl_worker_shards_owned", "Shards owned now", ["worker"])
 
 # --- Coordinator ---------------------------------------------------------------

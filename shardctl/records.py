@@ -3,7 +3,8 @@
     workers/<id>     WorkerRecord   {host, pid, capacity, labels, state, version, session}
     assignment       Assignment     {generation, num_shards, workers: [id, ...],
                                      owner_indices: base64 of one u16 per shard}
-    offsets/<shard>  OffsetRecord   {positions: {topic: offset}, event_id, token}
+    offsets/<shard>  OffsetRecord   {positions: {topic: offset}, event_id, token,
+                                     topic_ids: {topic: id}, stalled: {since, error} | null}
     config           ClusterConfig  {num_shards, topics, transport}
 
 Decoding is strict: a malformed document raises RecordError naming the key, never
@@ -185,14 +186,27 @@ def _owners_from_table(document: dict[str, Any]) -> list[str | None]:
     return owners
 
 
+class ShardStall(_Record):
+    """A shard waiting out a transient failure (its sink or broker away): since when
+    (Unix time) and the first error seen. Nothing is dead-lettered meanwhile."""
+
+    since: float
+    error: str
+
+
 class OffsetRecord(_Record):
     """Per topic, the Kafka offset of the next record to read (a worker owning shard s
     reads partition s of every topic), and the last event id handled; `token` is the
-    owner token that wrote it."""
+    owner token that wrote it; `topic_ids` names the incarnation of each topic the
+    positions belong to (Kafka's topic id: a topic deleted and re-created gets a new
+    one, and old positions must not be applied to it); `stalled` is set while the
+    shard waits out a transient failure (`shardctl doctor` reports it)."""
 
     positions: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     event_id: str | None = None
     token: int
+    topic_ids: dict[str, str] = Field(default_factory=dict)
+    stalled: ShardStall | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -24,7 +24,10 @@ RUNNING: records of the shard wait in a queue of at most `max_in_flight` records
 the queue is full the transport pauses the shard, and resumes it once the queue has
 drained to half. A slow handler therefore slows fetching, and memory stays bounded.
 Batches of up to `batch_size` queued records go through the handler, in order, with
-retries and dead-lettering (`workers.retry`). The position advances only after the
+retries and dead-lettering (`workers.retry`). While a transient failure lasts (the
+sink or broker away) the shard is STALLED: it waits and retries, dead-letters
+nothing, its lag grows, `shardctl_worker_shard_stalled` is 1, and its committed
+offset record carries `stalled` (shown by `shardctl doctor`). The position advances only after the
 whole batch is handled or dead-lettered (P5). Undecodable messages are dead-lettered
 without calling the handler. `claim.valid()` is checked before every batch, so a
 zombie (paused past its TTL) handles nothing after it resumes.
@@ -42,19 +45,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from shardctl.metrics import WORKER_DLQ, WORKER_EVENTS, WORKER_HANDLER_SECONDS
-from shardctl.records import OffsetRecord
+from shardctl.metrics import (
+    WORKER_DLQ,
+    WORKER_EVENTS,
+    WORKER_HANDLER_SECONDS,
+    WORKER_STALLED,
+    WORKER_TRANSIENT_RETRIES,
+)
+from shardctl.records import OffsetRecord, ShardStall
 from workers.deadletters import DeadLetter, DeadLetterWriter
 from workers.events import Batch, Event, EventDecodeError, decode_message
 from workers.handlers import Fenced, Handler
-from workers.offsets import Position
+from workers.offsets import Position, TopicRecreated, check_topic_ids
 from workers.retry import RetryPolicy, Stopped, dead_letter, process_batch
-from workers.transports.base import Record, Transport
+from workers.transports.base import Record, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +103,8 @@ class ConsumerConfig:
     idle_wait_s: float = 1.0
     poll_timeout_s: float = 0.2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # How often the topics' ids are compared with those of the running shards' offsets.
+    topic_check_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -115,6 +127,8 @@ class _Shard:
     last_event_id: str | None = None
     events_handled: int = 0
     dead_lettered: int = 0
+    stall: ShardStall | None = None  # waiting out a transient failure since
+    topic_ids: dict[str, str] = field(default_factory=dict)  # what its positions belong to
 
     @property
     def shard(self) -> int:
@@ -148,6 +162,7 @@ class Consumer:
         self._shards: dict[int, _Shard] = {}
         self._cleanups: dict[int, asyncio.Task[None]] = {}
         self._fetcher: asyncio.Task[None] | None = None
+        self._topic_watch: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
 
@@ -159,6 +174,8 @@ class Consumer:
         await self.transport.start()
         if self._fetcher is None:
             self._fetcher = self._loop.create_task(self._fetch_loop())
+        if self._topic_watch is None and self.transport.positional:
+            self._topic_watch = self._loop.create_task(self._watch_topic_ids())
 
     async def close(self) -> None:
         """Stop every shard without a final position (call after Ownership released
@@ -167,9 +184,10 @@ class Consumer:
             self._begin_drop(shard, "consumer closing")
         await asyncio.gather(*self._cleanups.values(), return_exceptions=True)
         self._closing = True
-        if self._fetcher is not None:
-            self._fetcher.cancel()
-            await asyncio.gather(self._fetcher, return_exceptions=True)
+        for task in (self._fetcher, self._topic_watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.transport.close()
         await self.handler.close()
 
@@ -188,8 +206,16 @@ class Consumer:
                 f"{self._shards[shard].token}); stop it first"
             )
         positions: dict[str, int] = {}
-        if self.transport.positional and claim.offset is not None:
-            positions.update(claim.offset.positions)
+        topic_ids: dict[str, str] = {}
+        if self.transport.positional:
+            # Stored offsets of another incarnation of a topic would skip or repeat
+            # its events: refuse them before anything starts (TopicRecreated).
+            current = await self.transport.topic_ids()
+            check_topic_ids(shard, claim.offset, current, self.transport.topics)
+            if claim.offset is not None:
+                positions.update(claim.offset.positions)
+                topic_ids.update(claim.offset.topic_ids)
+            topic_ids.update(current)
         await self.handler.assign(shard, claim.token)
         own = await self.handler.positions(shard) or {}
         for topic, position in own.items():
@@ -200,7 +226,7 @@ class Consumer:
         others = sorted(set(positions) - set(consumed))
         if others:
             log.info("shard %d: keeping the positions of unread topics %s", shard, others)
-        st = _Shard(claim=claim, handled=dict(positions))
+        st = _Shard(claim=claim, handled=dict(positions), topic_ids=topic_ids)
         if claim.offset is not None:
             st.last_event_id = claim.offset.event_id
         self._shards[shard] = st
@@ -234,6 +260,7 @@ class Consumer:
         st.wake.set()
         if st.task is not None:
             await asyncio.gather(st.task, return_exceptions=True)
+        st.stall = None  # no longer waiting: it stopped
         # A shard that failed by itself handled everything up to its position; one
         # dropped because its ownership ended must commit nothing.
         final = None if st.dropped and not st.failed else self._final_position(st)
@@ -286,8 +313,34 @@ class Consumer:
 
     def _final_position(self, st: _Shard) -> Position | None:
         if not self.transport.positional or not st.handled:
-            return None
-        return Position(dict(st.handled), st.last_event_id)
+            # No position to commit; a stall is still worth reporting.
+            return None if st.stall is None else Position(stalled=st.stall)
+        return Position(dict(st.handled), st.last_event_id, st.stall, dict(st.topic_ids))
+
+    def _on_transient(self, st: _Shard) -> Callable[[BaseException | None], None]:
+        labels = (self.worker_id, str(st.shard))
+
+        def report(error: BaseException | None) -> None:
+            if error is None:
+                if st.stall is not None:
+                    log.warning(
+                        "shard %d: flowing again after a stall of %.1f s",
+                        st.shard,
+                        time.time() - st.stall.since,
+                    )
+                    st.stall = None
+                    WORKER_STALLED.labels(*labels).set(0)
+                return
+            WORKER_TRANSIENT_RETRIES.labels(*labels).inc()
+            if st.stall is None:
+                cause = error.__cause__
+                detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+                st.stall = ShardStall(
+                    since=time.time(), error=f"{type(error).__name__}: {error}{detail}"
+                )
+                WORKER_STALLED.labels(*labels).set(1)
+
+        return report
 
     def _begin_drop(self, shard: int, reason: str) -> None:
         st = self._shards.get(shard)
@@ -309,6 +362,8 @@ class Consumer:
         log.warning("shard %d: dropped without commit (token %d): %s", st.shard, st.token, reason)
 
     async def _finish(self, st: _Shard) -> None:
+        with contextlib.suppress(KeyError):  # never stalled here
+            WORKER_STALLED.remove(self.worker_id, str(st.shard))
         try:
             await self.transport.stop_shard(st.shard)
         finally:
@@ -318,6 +373,25 @@ class Consumer:
             await self.handler.revoke(st.shard)
         except Exception:
             log.exception("shard %d: handler %s on_revoke failed", st.shard, self.handler.name)
+
+    async def _watch_topic_ids(self) -> None:
+        """Stop a running shard whose topic was deleted and re-created under it."""
+        while not self._closing:
+            await asyncio.sleep(self.config.topic_check_s)
+            try:
+                current = await self.transport.topic_ids()
+            except TransportError as exc:
+                log.warning("checking the topics' ids failed; retrying later: %s", exc)
+                continue
+            for st in list(self._shards.values()):
+                if st.halted():
+                    continue
+                for topic, now in current.items():
+                    was = st.topic_ids.setdefault(topic, now)
+                    if was != now:
+                        error = TopicRecreated(st.shard, topic, st.handled.get(topic), was, now)
+                        self._stop_self(st, str(error))
+                        break
 
     async def _fetch_loop(self) -> None:
         while not self._closing:
@@ -384,37 +458,56 @@ class Consumer:
             self._on_stopped(st.shard, st.token, reason, fenced)
 
     async def _process(self, st: _Shard, records: Sequence[Record]) -> None:
-        run: list[Event] = []
-        run_records: list[Record] = []
-        for record in records:
-            try:
-                message = decode_message(record.value, st.shard, record.topic, record.position)
-            except EventDecodeError as exc:
-                await self._handle_run(st, run, run_records)
-                run, run_records = [], []
-                letter = DeadLetter.undecodable(
-                    st.shard, record.topic, record.position, record.key, record.value, st.token, exc
+        done = 0  # records settled (or given back) so far, in order
+        try:
+            run: list[Event] = []
+            run_records: list[Record] = []
+            for record in records:
+                try:
+                    message = decode_message(record.value, st.shard, record.topic, record.position)
+                except EventDecodeError as exc:
+                    await self._handle_run(st, run, run_records)
+                    done += len(run_records)
+                    run, run_records = [], []
+                    letter = DeadLetter.undecodable(
+                        st.shard,
+                        record.topic,
+                        record.position,
+                        record.key,
+                        record.value,
+                        st.token,
+                        exc,
+                    )
+                    await dead_letter(
+                        letter,
+                        self.dead_letters,
+                        self.config.retry,
+                        asyncio.sleep,
+                        lambda: st.dropped,
+                    )
+                    st.dead_lettered += 1
+                    WORKER_DLQ.labels(self.worker_id, str(st.shard)).inc()
+                    await self._advance(st, [record], None)
+                    done += 1
+                    continue
+                run.append(
+                    Event(
+                        shard=st.shard,
+                        topic=record.topic,
+                        position=record.position,
+                        key=record.key,
+                        raw=record.value,
+                        message=message,
+                        token=st.token,
+                    )
                 )
-                await dead_letter(
-                    letter, self.dead_letters, self.config.retry, asyncio.sleep, lambda: st.dropped
-                )
-                st.dead_lettered += 1
-                WORKER_DLQ.labels(self.worker_id, str(st.shard)).inc()
-                await self._advance(st, [record], None)
-                continue
-            run.append(
-                Event(
-                    shard=st.shard,
-                    topic=record.topic,
-                    position=record.position,
-                    key=record.key,
-                    raw=record.value,
-                    message=message,
-                    token=st.token,
-                )
-            )
-            run_records.append(record)
-        await self._handle_run(st, run, run_records)
+                run_records.append(record)
+            await self._handle_run(st, run, run_records)
+        except Stopped:
+            # Stopped mid-batch (a stop ended a wait): what is not handled goes back,
+            # so the transport holds nothing of the shard (NSQ requeues it).
+            await self.transport.abandon(records[done:])
+            raise
 
     async def _handle_run(self, st: _Shard, events: list[Event], records: list[Record]) -> None:
         if not events:
@@ -426,7 +519,10 @@ class Consumer:
             self.config.retry,
             self.dead_letters,
             asyncio.sleep,
-            lambda: st.dropped,
+            # A stop also ends a wait: the batch stays unhandled, so the next owner
+            # starts with it, rather than the handoff waiting for the outage to end.
+            st.halted,
+            self._on_transient(st),
         )
         st.events_handled += outcome.handled
         st.dead_lettered += outcome.dead_lettered

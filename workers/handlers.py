@@ -22,10 +22,15 @@ instance serves every shard of the worker, concurrently: a sync class handler mu
 be thread-safe across shards (calls for one shard never overlap).
 
 A handler raises to reject an event; the consumer retries and then dead-letters it
-(see `workers.retry`). `Fenced` is different: it says the owner token is stale, and
-the consumer stops the shard instead of retrying. `ShardHalted` says the shard cannot
-go on until an operator acts: the shard stops (and is retried in place later), and
-the event is neither retried nor dead-lettered.
+(see `workers.retry`). Three exceptions are different:
+
+* `TransientError` (or a built-in `ConnectionError` / `TimeoutError`) says the
+  failure is not the event's fault (a database or broker is away): the shard waits
+  and retries with backoff for as long as it takes, and never dead-letters for it.
+* `Fenced` says the owner token is stale: the consumer stops the shard instead of
+  retrying.
+* `ShardHalted` says the shard cannot go on until an operator acts: the shard stops
+  (and is retried in place later), and the event is neither retried nor dead-lettered.
 """
 
 from __future__ import annotations
@@ -62,6 +67,13 @@ class Fenced(Exception):
 
 class ShardHalted(Exception):
     """The shard cannot go on until an operator acts; the message says what to do."""
+
+
+class TransientError(Exception):
+    """A failure that is not the event's fault and will pass (a server away, a lock
+    wait, a deadlock): the shard waits and retries, and the event is never
+    dead-lettered for it. Raise it from a handler (`raise TransientError(...) from
+    exc`) to say so about an error of your own."""
 
 
 def batch_handler(fn: F) -> F:

@@ -9,12 +9,12 @@ stop processing the shard.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from shardctl.etcd import CreateRevisionIs, EtcdClient, EtcdError, Put
 from shardctl.keyspace import Keyspace
-from shardctl.records import OffsetRecord
+from shardctl.records import OffsetRecord, ShardStall
 
 
 class OffsetFenced(EtcdError):
@@ -26,17 +26,57 @@ class OffsetFenced(EtcdError):
         self.token = token
 
 
+class TopicRecreated(Exception):
+    """A topic was deleted and re-created since the shard's offsets were stored: they
+    do not apply to it. The message names the shard, the topic, both topic ids and
+    the recovery command."""
+
+    def __init__(self, shard: int, topic: str, position: int | None, stored: str, now: str) -> None:
+        at = f"{topic}@{position}" if position is not None else topic
+        super().__init__(
+            f"shard {shard}: topic {topic} was deleted and re-created: the stored offsets "
+            f"({at}) belong to topic id {stored}, the topic now has id {now}, so they "
+            "would skip or repeat its events. The shard stays stopped until you choose "
+            f"where it starts: `shardctl offsets reset --shard {shard} --topic {topic} "
+            "--to-earliest --execute` (or --to-latest)"
+        )
+        self.shard = shard
+        self.topic = topic
+
+
+def check_topic_ids(
+    shard: int, stored: OffsetRecord | None, current: Mapping[str, str], topics: Iterable[str]
+) -> None:
+    """Raise TopicRecreated if a stored position of one of `topics` belongs to another
+    incarnation of it than `current`. Topics without a stored or a current id (an
+    older record, a topic not created yet) pass."""
+    if stored is None:
+        return
+    for topic in topics:
+        was, now = stored.topic_ids.get(topic), current.get(topic)
+        if was and now and was != now:
+            raise TopicRecreated(shard, topic, stored.positions.get(topic), was, now)
+
+
 @dataclass(frozen=True)
 class Position:
     """Where a shard's consumer is: per topic the transport position of the next record
-    to read, and the last handled event id."""
+    to read, the last handled event id, and whether it is stalled on a transient
+    failure (a change of that is committed too, so `doctor` sees it)."""
 
     positions: Mapping[str, int] = field(default_factory=dict)
     event_id: str | None = None
+    stalled: ShardStall | None = None
+    topic_ids: Mapping[str, str] = field(default_factory=dict)  # the topics' incarnations
+
+    @classmethod
+    def of(cls, record: OffsetRecord) -> Position:
+        return cls(dict(record.positions), record.event_id, record.stalled, dict(record.topic_ids))
 
     def describe(self) -> str:
         at = ", ".join(f"{t}@{p}" for t, p in sorted(self.positions.items())) or "no position"
-        return f"{at} (event {self.event_id})" if self.event_id else at
+        at = f"{at} (event {self.event_id})" if self.event_id else at
+        return f"{at}, stalled since {self.stalled.since:.0f}" if self.stalled else at
 
 
 class OffsetStore:
@@ -53,7 +93,13 @@ class OffsetStore:
 
     async def commit(self, shard: int, token: int, at: Position) -> None:
         """Write the position if `token` still owns the shard; else raise OffsetFenced."""
-        record = OffsetRecord(positions=dict(at.positions), event_id=at.event_id, token=token)
+        record = OffsetRecord(
+            positions=dict(at.positions),
+            event_id=at.event_id,
+            token=token,
+            stalled=at.stalled,
+            topic_ids=dict(at.topic_ids),
+        )
         owner_key = self.keys.owner(shard)
         ok, found = await self.client.txn(
             [CreateRevisionIs(owner_key, token)],

@@ -8,6 +8,12 @@ Per shard, on one worker:
              create_revision is still token --> IDLE
     OWNED --lease lost / fenced write refused / owners/<s> re-created by another--> IDLE
              at once, through handler.abort(); nothing is committed.
+    RELEASING --etcd error after stop (commit or delete not done)--> still RELEASING:
+             every reconcile finishes it (the commit and the delete are idempotent),
+             even when the shard is assigned back meanwhile; then IDLE, and acquired
+             again with a new token.
+    IDLE with owners/<s> ours (an acquire cut short by an etcd error) and the shard
+             no longer assigned --> the key is deleted (fenced by its revision).
     OWNED --fail(s): the shard broke here (its consumer loop or on_assign raised)-->
              RELEASING as above (what was handled is committed, then owners/<s> goes)
              --> COOLING for a backoff (1 s, doubling up to 60 s while it keeps
@@ -182,8 +188,22 @@ class Ownership:
                         f"owners/{shard} was re-created with token "
                         f"{kv.create_revision} > ours {owned.token}",
                     )
-            leaving = sorted(s for s, o in self.owned.items() if s not in assigned or o.failed)
+            # A stopped shard is a release cut short (an etcd error after `stop`): it is
+            # finished first, even if the shard was assigned back meanwhile, and then
+            # acquired again below with a new token.
+            leaving = sorted(
+                s for s, o in self.owned.items() if s not in assigned or o.failed or o.stopped
+            )
             await self._each(self._release, leaving, "release")
+            # owners/<s> created under our lease by an acquire cut short (an etcd error
+            # before the shard started), and no longer assigned: undo it, or it would
+            # keep the shard from its new owner until our lease ends.
+            strays = sorted(
+                s
+                for s, kv in owners.items()
+                if s not in assigned and s not in self.owned and self._may_acquire(kv)
+            )
+            await self._each(lambda s: self._undo_acquire(s, owners[s]), strays, "undo acquire")
             now = self._clock()
             joining = sorted(
                 s
@@ -225,7 +245,7 @@ class Ownership:
         offset = await self.offsets.read(shard)
         if self._aborted.is_set() or not self.session.is_valid():
             return  # the key goes away with the lease
-        committed = None if offset is None else Position(offset.positions, offset.event_id)
+        committed = None if offset is None else Position.of(offset)
         self.owned[shard] = _Owned(token=token, committed=committed)
         WORKER_SHARDS_OWNED.labels(self.worker_id).set(len(self.owned))
         log.info("%s: acquired shard %d token %d at %s", self.worker_id, shard, token, committed)
@@ -260,6 +280,15 @@ class Ownership:
             owned.token,
             owned.committed,
         )
+
+    async def _undo_acquire(self, shard: int, kv: KeyValue) -> None:
+        if await self.client.delete_if_created_at(self.keys.owner(shard), kv.create_revision):
+            log.warning(
+                "%s: deleted owners/%d (token %d) left by an acquire cut short",
+                self.worker_id,
+                shard,
+                kv.create_revision,
+            )
 
     def _drop(self, shard: int, reason: str) -> None:
         log.error("%s: lost shard %d: %s", self.worker_id, shard, reason)

@@ -10,6 +10,7 @@ Checks, in order (a check whose prerequisite failed is reported as skipped):
 5. What runs: a coordinator leads; a reader leads each source (the configured
    `cdc.source` and every source with a checkpoint); workers are registered; every
    shard of the assignment is owned.
+6. No shard is stalled on a transient failure (its offset record says `stalled`).
 
 Exit code: 0 when nothing is wrong (warnings allowed), 1 when a check found a
 problem, 2 when the settings themselves are invalid.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -102,6 +104,56 @@ def check_etcd(settings: Settings) -> tuple[list[Finding], ClusterConfig | None,
         )
     )
     return found, config, True
+
+
+# -- shards stalled on a transient failure ----------------------------------------------
+
+
+def check_shards(settings: Settings) -> list[Finding]:
+    """A finding per shard whose worker waits out a transient failure (sink or broker
+    away): its events wait, nothing is dead-lettered, its lag grows."""
+    from shardctl.etcd import EtcdClient, EtcdError
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import OffsetRecord, RecordError
+
+    keys = Keyspace.of(settings)
+
+    async def read() -> Any:
+        async with EtcdClient(settings.etcd) as client:
+            return await client.get_prefix(keys.offsets_prefix)
+
+    try:
+        listing = asyncio.run(asyncio.wait_for(read(), settings.etcd.timeout_s * 2))
+    except (EtcdError, TimeoutError, OSError) as exc:
+        return [Finding("shards", "skipped", f"cannot read {keys.offsets_prefix}: {exc}")]
+    found: list[Finding] = []
+    now = time.time()
+    for kv in listing.items:
+        shard = keys.shard_of_offset_key(kv.key)
+        try:
+            record = OffsetRecord.decode(kv.key, kv.value)
+        except RecordError as exc:
+            found.append(Finding("shards", "problem", str(exc), "rewrite or delete the key"))
+            continue
+        if record.stalled is None:
+            continue
+        at = ", ".join(f"{t}@{p}" for t, p in sorted(record.positions.items())) or "the start"
+        found.append(
+            Finding(
+                "shards",
+                "problem",
+                f"shard {shard} has waited {now - record.stalled.since:.0f} s at {at} on a "
+                f"transient failure: {record.stalled.error}. Its events wait and its lag "
+                "grows; nothing is dead-lettered",
+                "bring back what the error names (the sink database or Kafka); the shard "
+                "goes on by itself",
+            )
+        )
+    if not found:
+        found.append(
+            Finding("shards", "ok", f"no shard is stalled ({len(listing.items)} with offsets)")
+        )
+    return found
 
 
 # -- MySQL: binlog settings and grants ------------------------------------------------
@@ -382,6 +434,8 @@ def run_checks(
     source: str = "default",
 ) -> list[Finding]:
     findings, config, etcd_ok = check_etcd(settings)
+    if etcd_ok:
+        findings += check_shards(settings)
     findings += check_mysql(settings, reader_server_id)
     if config is None:
         reason = "etcd does not answer" if not etcd_ok else "the cluster has no config"

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from shardctl import __version__
-from shardctl.cli import cdc, cluster, coordination, demo, dev, doctor, tail
+from shardctl.cli import cdc, cluster, coordination, demo, dev, doctor, offsets, tail
 
 app = typer.Typer(
     name="shardctl",
@@ -48,6 +48,7 @@ app.add_typer(cluster.app, name="cluster")
 app.add_typer(coordination.coordinator_app, name="coordinator")
 app.add_typer(coordination.worker_app, name="worker")
 app.add_typer(coordination.shards_app, name="shards")
+app.add_typer(offsets.app, name="offsets")
 app.command("status")(coordination.status)
 app.command("drain")(coordination.drain)
 app.command("undrain")(coordination.undrain)

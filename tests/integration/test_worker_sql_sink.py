@@ -180,3 +180,24 @@ def test_a_failing_event_rolls_back_its_whole_batch(
         sink.on_events(_batch(0, 5, [_event(0, 0, 5), bad]))
     assert _query(stack, mysql_db, "SELECT COUNT(*) FROM items") == [(0,)]
     assert sink.resume_positions(0) == {}
+
+
+def test_a_column_added_to_the_target_after_it_was_read_is_written(
+    stack: StackHandle, mysql_db: str, sink: SqlSink
+) -> None:
+    """The sink reads a target table's columns once; an ALTER that followed the
+    source's must not make it refuse (and dead-letter) the rows that use the column."""
+    sink.on_assign(0, 7)
+    sink.on_events(_batch(0, 7, [_event(0, 0, 7)]))
+    conn = stack.mysql_root(mysql_db)
+    with conn.cursor() as cur:
+        cur.execute("ALTER TABLE items ADD COLUMN note VARCHAR(20) NULL")
+    conn.close()
+    sink.on_events(_batch(0, 7, [_event(1, 0, 7, data={"id": 1, "name": "b", "note": "new"})]))
+    assert _query(stack, mysql_db, "SELECT id, note FROM items ORDER BY id") == [
+        (0, None),
+        (1, "new"),
+    ]
+    # A column the target really lacks is still refused, naming it.
+    with pytest.raises(LookupError, match=r"has no column\(s\) \['missing'\]"):
+        sink.on_events(_batch(0, 7, [_event(2, 0, 7, data={"id": 2, "missing": 1})]))

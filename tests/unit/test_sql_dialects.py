@@ -103,3 +103,41 @@ def test_the_postgres_password_file_is_read_and_never_shown(
 def test_postgres_is_a_built_in_sink() -> None:
     assert resolve_spec("postgres") is PostgresSink
     assert "postgres" in BUILTIN_SINKS
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "transient"),
+    [
+        ("08006", True),  # connection_failure
+        ("08001", True),  # unable to establish a connection
+        ("57P01", True),  # admin_shutdown: the server is restarting
+        ("40P01", True),  # deadlock_detected
+        ("55P03", True),  # lock_not_available
+        ("23505", False),  # unique_violation: the data's fault
+        ("22P02", False),  # invalid_text_representation
+        ("42703", False),  # undefined_column
+    ],
+)
+def test_postgres_errors_are_transient_only_when_waiting_cures_them(
+    sqlstate: str, transient: bool
+) -> None:
+    import psycopg.errors
+
+    error = psycopg.errors.lookup(sqlstate)("from the server")
+    assert PostgresDialect().is_transient(error) is transient
+
+
+def test_a_postgres_connection_that_never_answered_is_transient() -> None:
+    import psycopg
+
+    assert PostgresDialect().is_transient(psycopg.OperationalError("connection refused"))
+    assert PostgresDialect().is_transient(ConnectionRefusedError())
+    assert not PostgresDialect().is_transient(ValueError("not a driver error"))
+
+
+def test_both_dialects_classify_what_their_driver_raises() -> None:
+    import pymysql
+
+    mariadb = MariaDBDialect()
+    assert mariadb.is_transient(pymysql.err.OperationalError(2013, "Lost connection"))
+    assert not mariadb.is_transient(pymysql.err.IntegrityError(1062, "Duplicate entry"))

@@ -79,7 +79,10 @@ def test_backoff_is_exponential_until_capped() -> None:
     assert RetryPolicy(2, 1.0, 10.0, 3).delay(10**6) == 10.0
 
 
-@pytest.mark.parametrize("kwargs", [{"attempts": 0}, {"initial_delay_s": -1}, {"multiplier": 0.5}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"attempts": 0}, {"initial_delay_s": -1}, {"multiplier": 0.5}, {"jitter": 1.5}],
+)
 def test_bad_policies_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)
@@ -108,7 +111,9 @@ def test_a_transient_failure_is_retried_with_backoff() -> None:
         process_batch(_batch(1), Handler("t:flaky", flaky), POLICY, letters, sleeps)
     )
     assert (outcome.handled, outcome.dead_lettered) == (1, 0)
-    assert sleeps.waits == [0.5, 1.0]
+    # Jittered: each wait is the backoff, shortened by up to half of it.
+    assert len(sleeps.waits) == 2
+    assert 0.25 <= sleeps.waits[0] <= 0.5 and 0.5 <= sleeps.waits[1] <= 1.0
     assert letters.stored == []
 
 

@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from shardctl.config import ConfigError
 from workers.events import Batch, Event
-from workers.handlers import Fenced, HandlerContext, HandlerError, resolve_spec
+from workers.handlers import Fenced, HandlerContext, HandlerError, TransientError, resolve_spec
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,37 @@ _FENCING_CODES = {
     KafkaError.INVALID_PRODUCER_EPOCH,
     KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
 }
+
+
+# Broker states that pass by waiting, whether or not librdkafka flags them retriable:
+# the batch is retried, never dead-lettered.
+TRANSIENT_KAFKA_CODES = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._QUEUE_FULL,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.CONCURRENT_TRANSACTIONS,
+        KafkaError.NETWORK_EXCEPTION,
+    }
+)
+
+
+def kafka_error_is_transient(error: KafkaError) -> bool:
+    """True when waiting cures it (a broker away, a leader election, a timeout);
+    fencing and fatal errors are never transient."""
+    if error.code() in _FENCING_CODES or error.fatal():
+        return False
+    return error.retriable() or error.code() in TRANSIENT_KAFKA_CODES
 
 
 def forward(event: Event) -> Output:
@@ -76,6 +107,7 @@ class KafkaSink:
             {**self._client, "group.id": self.group, "enable.auto.commit": "false"}
         )
         self._producers: dict[int, Producer] = {}
+        self._unaborted: set[int] = set()  # shards whose failed transaction is still open
         self._lock = threading.Lock()
 
     def on_assign(self, shard: int, token: int) -> None:
@@ -122,6 +154,11 @@ class KafkaSink:
             )
         outputs = [(e, o) for e in batch.events for o in self._outputs(e)]
         try:
+            with self._lock:
+                unaborted = batch.shard in self._unaborted
+                self._unaborted.discard(batch.shard)
+            if unaborted:
+                self._abort(producer, batch, RuntimeError("an earlier abort failed"))
             producer.begin_transaction()
             for event, (key, value) in outputs:
                 kwargs: dict[str, Any] = {"key": key, "value": value}
@@ -132,8 +169,27 @@ class KafkaSink:
             if offsets:
                 producer.send_offsets_to_transaction(offsets, metadata, self.timeout_s)
             producer.commit_transaction(self.timeout_s)
+        except BufferError as exc:  # the local queue is full: the broker is slow or away
+            self._abort(producer, batch, exc)
+            raise TransientError(
+                f"kafka sink: shard {batch.shard} batch from {batch.events[0].describe()}: "
+                f"producer queue full: {exc}"
+            ) from exc
         except KafkaException as exc:
             self._fail(producer, batch, exc)
+
+    def _abort(self, producer: Producer, batch: Batch, cause: BaseException) -> None:
+        try:
+            producer.abort_transaction(self.timeout_s)
+        except KafkaException as abort_exc:
+            where = f"kafka sink: shard {batch.shard} batch from {batch.events[0].describe()}"
+            err = abort_exc.args[0] if abort_exc.args else None
+            if isinstance(err, KafkaError) and kafka_error_is_transient(err):
+                # Still open: the retry aborts it before it begins again.
+                with self._lock:
+                    self._unaborted.add(batch.shard)
+                raise TransientError(f"{where}: abort failed: {err}") from cause
+            raise RuntimeError(f"{where}: abort failed: {abort_exc}") from cause
 
     def _fail(self, producer: Producer, batch: Batch, exc: KafkaException) -> None:
         err = exc.args[0] if exc.args else None
@@ -143,11 +199,13 @@ class KafkaSink:
             with self._lock:
                 self._producers.pop(batch.shard, None)
             raise Fenced(f"{where}: producer fenced: {err}", batch.shard, batch.token) from exc
-        if isinstance(err, KafkaError) and err.txn_requires_abort():
-            try:
-                producer.abort_transaction(self.timeout_s)
-            except KafkaException as abort_exc:
-                raise RuntimeError(f"{where}: abort failed: {abort_exc}") from exc
+        transient = isinstance(err, KafkaError) and kafka_error_is_transient(err)
+        # A transient failure retries the whole batch in a new transaction: the open
+        # one is aborted first, whatever librdkafka would allow.
+        if transient or (isinstance(err, KafkaError) and err.txn_requires_abort()):
+            self._abort(producer, batch, exc)
+        if transient:
+            raise TransientError(f"{where}: {err}") from exc
         raise RuntimeError(f"{where}: transaction failed: {err}") from exc
 
     def on_revoke(self, shard: int) -> None:

@@ -95,10 +95,43 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# SQLSTATEs of a passing moment: waiting and retrying cures them.
+TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "53300",  # too_many_connections
+        "55P03",  # lock_not_available
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now
+    }
+)
+
+
+def postgres_error_is_transient(error: BaseException) -> bool:
+    """True for a lost or refused connection (SQLSTATE class 08, or no SQLSTATE at all:
+    the server never answered), a server shutting down, a deadlock or a lock wait;
+    False for an error of the data (the event is dead-lettered)."""
+    if isinstance(error, (psycopg.InterfaceError, OSError)):
+        return True
+    if isinstance(error, psycopg.Error):
+        state = error.sqlstate
+        if state is None:
+            return isinstance(error, psycopg.OperationalError)
+        return state.startswith("08") or state in TRANSIENT_SQLSTATES
+    return False
+
+
 class PostgresDialect(Dialect):
     """PostgreSQL, through psycopg 3 (a transaction begins with the first statement)."""
 
+    name = "postgres"
     connection_errors = (psycopg.Error,)
+    driver_errors = (psycopg.Error, OSError)
+
+    def is_transient(self, error: BaseException) -> bool:
+        return postgres_error_is_transient(error)
 
     def connect(self, settings: Any) -> psycopg.Connection[Any]:
         return psycopg.connect(**connect_kwargs(settings), autocommit=False)

@@ -69,7 +69,7 @@ import threading
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pymysql
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -78,7 +78,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shardctl.config import ConfigError, MySQLSettings, TLSSettings
 from shardctl.event_ids import describe_key, order_key
 from workers.events import Batch, Event
-from workers.handlers import Fenced, HandlerContext, ShardHalted
+from workers.handlers import Fenced, HandlerContext, ShardHalted, TransientError
 from workers.sinks.sql_common import STREAM_CHARS, Dialect, TargetTable
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,37 @@ _STREAM_CHARS = STREAM_CHARS
 
 # Prune the remembered transactions of a stream once this many were added.
 _PRUNE_EVERY = 1000
+
+
+# Server error codes that pass by waiting: the batch is retried, never dead-lettered.
+TRANSIENT_MYSQL_CODES = frozenset(
+    {
+        1040,  # ER_CON_COUNT_ERROR: too many connections
+        1053,  # ER_SERVER_SHUTDOWN
+        1205,  # ER_LOCK_WAIT_TIMEOUT
+        1213,  # ER_LOCK_DEADLOCK
+        1290,  # ER_OPTION_PREVENTS_STATEMENT: read-only, e.g. during a failover
+        1927,  # ER_CONNECTION_KILLED (MariaDB)
+        2002,  # CR_CONNECTION_ERROR: no socket
+        2003,  # CR_CONN_HOST_ERROR: cannot connect
+        2006,  # CR_SERVER_GONE_ERROR
+        2013,  # CR_SERVER_LOST: lost connection during a query
+        4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8): disconnected while idle
+    }
+)
+
+
+def mysql_error_is_transient(error: BaseException) -> bool:
+    """True for a failure of the connection or the server's moment (retry and wait),
+    False for one of the data (a data error, a constraint, a missing table or column:
+    the event is dead-lettered). PyMySQL raises InterfaceError on a closed connection
+    and OSError from the socket."""
+    if isinstance(error, (pymysql.err.InterfaceError, OSError)):
+        return True
+    if isinstance(error, pymysql.err.MySQLError) and error.args:
+        code = error.args[0]
+        return isinstance(code, int) and code in TRANSIENT_MYSQL_CODES
+    return False
 
 
 class SqlSinkSettings(BaseSettings):
@@ -187,10 +218,15 @@ _Table = TargetTable
 class MariaDBDialect(Dialect):
     """MariaDB and MySQL, through PyMySQL."""
 
+    name = "sql"
     connection_errors = (pymysql.err.Error,)
+    driver_errors = (pymysql.err.MySQLError, OSError)
 
     def __init__(self) -> None:
         self._streams_checked = False
+
+    def is_transient(self, error: BaseException) -> bool:
+        return mysql_error_is_transient(error)
 
     def schema(self) -> tuple[str, ...]:
         return tuple(f"{statement} ENGINE=InnoDB" for statement in super().schema())
@@ -364,7 +400,10 @@ class SqlSink:
         return {str(topic): int(position) for topic, position in rows}
 
     def on_events(self, batch: Batch) -> None:
-        conn = self._conn(batch.shard)
+        try:
+            conn = self._conn(batch.shard)
+        except self.dialect.driver_errors as exc:
+            self._raise_classified(batch, exc)
         try:
             with conn.cursor() as cur:
                 self.dialect.begin(conn)
@@ -451,12 +490,27 @@ class SqlSink:
                         ),
                     )
             conn.commit()
-        except BaseException:
-            conn.rollback()
+        except BaseException as exc:
+            try:
+                conn.rollback()
+            except self.dialect.driver_errors:
+                self._conns.pop(batch.shard, None)  # broken: the next batch reconnects
+            if isinstance(exc, self.dialect.driver_errors):
+                self._raise_classified(batch, exc)
             raise
         log.debug(
             "sql sink: shard %d: %d of %d events applied", batch.shard, applied, len(batch.events)
         )
+
+    def _raise_classified(self, batch: Batch, error: BaseException) -> NoReturn:
+        """Raise `error`, as a TransientError saying where if waiting will cure it."""
+        if not self.dialect.is_transient(error):
+            raise error
+        raise TransientError(
+            f"{self.dialect.name} sink {self.settings.host}:{self.settings.port}, "
+            f"shard {batch.shard}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
 
     def on_revoke(self, shard: int) -> None:
         self._tokens.pop(shard, None)
@@ -603,10 +657,10 @@ class SqlSink:
                 (self.scope, batch.shard, batch.token),
             )
 
-    def _table(self, cur: Any, database: str, table: str) -> _Table:
+    def _table(self, cur: Any, database: str, table: str, reread: bool = False) -> _Table:
         key = (database, table)
         with self._lock:
-            found = self._tables.get(key)
+            found = None if reread else self._tables.get(key)
         if found is not None:
             return found
         found = self.dialect.target_table(cur, database, table)
@@ -627,6 +681,11 @@ class SqlSink:
         if any(col in old for col in pk):
             self._delete(cur, table, pk, {**data, **{c: old[c] for c in pk if c in old}}, event)
         unknown = [c for c in data if c not in table.types]
+        if unknown:
+            # The target may have gained the columns since it was read (an ALTER that
+            # followed the source's): read it again once before refusing the event.
+            table = self._table(cur, self.target_namespace(event), event.table, reread=True)
+            unknown = [c for c in data if c not in table.types]
         if unknown:
             raise LookupError(
                 f"sql sink: {event.describe()}: {table.name} has no column(s) {unknown}"

@@ -54,8 +54,17 @@ class TargetTable:
 class Dialect:
     """How one database is spoken to. Subclasses fill in every method that raises."""
 
+    #: The sink's name in messages (`--handler` name).
+    name = "sql"
     #: Driver errors that mean the connection is unusable (a reconnect may help).
     connection_errors: tuple[type[BaseException], ...] = ()
+    #: Every error the driver raises (classified by `is_transient`).
+    driver_errors: tuple[type[BaseException], ...] = (OSError,)
+
+    def is_transient(self, error: BaseException) -> bool:
+        """True for a failure of the connection or the server's moment (wait and
+        retry), False for one of the data (the event is dead-lettered)."""
+        raise NotImplementedError
 
     def schema(self) -> Sequence[str]:
         return BOOKKEEPING_TABLES

@@ -68,6 +68,11 @@ class Transport(Protocol):
         seen (Kafka's high watermark, from the last fetch); {} where there is none (NSQ).
         Never blocks."""
 
+    async def topic_ids(self) -> dict[str, str]:
+        """Per topic, the id of its current incarnation (Kafka's topic id: a topic
+        deleted and re-created gets a new one); topics that do not exist are left out,
+        and a transport without ids (NSQ) returns {}."""
+
     async def stop_shard(self, shard: int) -> None:
         """Stop fetching `shard` and release it, once none of its records is outstanding."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -23,8 +24,10 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
+    TopicCollection,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from workers.transports.base import Record, TransportError
 
@@ -49,6 +52,10 @@ class KafkaTransport:
         if start_at not in ("earliest", "latest"):
             raise ValueError(f"kafka transport start_at: 'earliest' or 'latest', got {start_at!r}")
         self.topics = tuple(topics)
+        self._client_config: dict[str, str | int | float | bool] = dict(client_config)
+        self._admin: AdminClient | None = None
+        # Shards acquired together share one answer: (when, ids).
+        self._ids_cache: tuple[float, dict[str, str]] | None = None
         self._default_offset = OFFSET_BEGINNING if start_at == "earliest" else OFFSET_END
         self._config: dict[str, Any] = {
             **client_config,
@@ -200,6 +207,28 @@ class KafkaTransport:
             if marks is not None and marks[1] >= 0:
                 out[part.topic] = int(marks[1])
         return out
+
+    async def topic_ids(self) -> dict[str, str]:
+        now = time.monotonic()
+        if self._ids_cache is not None and now - self._ids_cache[0] < 1.0:
+            return dict(self._ids_cache[1])
+        if self._admin is None:
+            self._admin = AdminClient(self._client_config)
+        futures = self._admin.describe_topics(
+            TopicCollection(list(self.topics)), request_timeout=10
+        )
+        ids: dict[str, str] = {}
+        for topic, future in futures.items():
+            try:
+                described = await asyncio.wrap_future(future)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    continue  # not created yet: no incarnation to compare
+                raise TransportError(f"kafka: describing topic {topic} failed: {exc}") from exc
+            ids[topic] = str(described.topic_id)
+        self._ids_cache = (now, ids)
+        return dict(ids)
 
     async def stop_shard(self, shard: int) -> None:
         if shard not in self._shards:

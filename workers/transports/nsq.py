@@ -186,6 +186,9 @@ class NsqTransport:
         """NSQ has no positions, hence no lag in records."""
         return {}
 
+    async def topic_ids(self) -> dict[str, str]:
+        return {}  # NSQ has no positions to outlive a topic
+
     async def stop_shard(self, shard: int) -> None:
         readers = self._readers.get(shard)
         if readers is None:
