@@ -39,7 +39,7 @@ class ConfigError(Exception):
     """Invalid configuration. The message names the setting at fault."""
 
 
-def _read_secret(value: SecretStr | None, path: Path | None, name: str) -> SecretStr | None:
+def read_secret(value: SecretStr | None, path: Path | None, name: str) -> SecretStr | None:
     """A secret comes from its env/TOML value, or else from the file named by `<name>_file`."""
     if value is not None or path is None:
         return value
@@ -100,7 +100,7 @@ class EtcdSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _secret(self) -> EtcdSettings:
-        self.password = _read_secret(self.password, self.password_file, "etcd.password")
+        self.password = read_secret(self.password, self.password_file, "etcd.password")
         if (self.username is None) != (self.password is None):
             raise ValueError("etcd.username and etcd.password must be set together")
         return self
@@ -133,10 +133,10 @@ class KafkaSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _secret(self) -> KafkaSettings:
-        self.sasl_password = _read_secret(
+        self.sasl_password = read_secret(
             self.sasl_password, self.sasl_password_file, "kafka.sasl_password"
         )
-        self.ssl_key_password = _read_secret(
+        self.ssl_key_password = read_secret(
             self.ssl_key_password, self.ssl_key_password_file, "kafka.ssl_key_password"
         )
         refuse_secret_options("kafka.options", self.options)
@@ -189,7 +189,7 @@ class MySQLSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _secret(self) -> MySQLSettings:
-        self.password = _read_secret(self.password, self.password_file, "mysql.password")
+        self.password = read_secret(self.password, self.password_file, "mysql.password")
         return self
 
     def connect_kwargs(self) -> dict[str, Any]:

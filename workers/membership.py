@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 
 from shardctl.etcd import EtcdClient, EtcdError, KeyValue, ModRevisionIs, Put, Session
 from shardctl.keyspace import Keyspace
@@ -107,39 +108,37 @@ class WorkerNotFound(EtcdError):
 
 async def request_drain(client: EtcdClient, keys: Keyspace, worker_id: str) -> bool:
     """Mark a running worker as draining. Returns False if it already was."""
-    key = keys.worker(worker_id)
-    for _attempt in range(5):
-        kv = await client.get(key)
-        if kv is None:
-            raise WorkerNotFound(f"drain {worker_id}: no worker registered at {key}")
-        record: WorkerRecord = WorkerRecord.decode(key, kv.value)
-        if record.state == "draining":
-            return False
-        draining = record.model_copy(update={"state": "draining"})
-        ok, _ = await client.txn(
-            [ModRevisionIs(key, kv.mod_revision)],
-            [Put(key, draining.encode(), lease=kv.lease)],
-        )
-        if ok:
-            return True
-    raise EtcdError(f"drain {worker_id}: {key} kept changing; try again")
+    return await _set_state(client, keys, worker_id, "drain", "draining")
 
 
 async def request_undrain(client: EtcdClient, keys: Keyspace, worker_id: str) -> bool:
     """Cancel the drain of a running worker. Returns False if it was not draining."""
+    return await _set_state(client, keys, worker_id, "undrain", "active")
+
+
+async def _set_state(
+    client: EtcdClient,
+    keys: Keyspace,
+    worker_id: str,
+    verb: str,
+    state: Literal["active", "draining"],
+) -> bool:
+    """Move the worker record to `state`, guarded by its mod_revision (the worker may
+    rewrite it meanwhile). Returns False if the move does not apply: a drain of a
+    draining worker, an undrain of one that is not draining."""
     key = keys.worker(worker_id)
     for _attempt in range(5):
         kv = await client.get(key)
         if kv is None:
-            raise WorkerNotFound(f"undrain {worker_id}: no worker registered at {key}")
+            raise WorkerNotFound(f"{verb} {worker_id}: no worker registered at {key}")
         record: WorkerRecord = WorkerRecord.decode(key, kv.value)
-        if record.state != "draining":
+        if (record.state == "draining") == (state == "draining"):
             return False
-        active = record.model_copy(update={"state": "active"})
+        moved = record.model_copy(update={"state": state})
         ok, _ = await client.txn(
             [ModRevisionIs(key, kv.mod_revision)],
-            [Put(key, active.encode(), lease=kv.lease)],
+            [Put(key, moved.encode(), lease=kv.lease)],
         )
         if ok:
             return True
-    raise EtcdError(f"undrain {worker_id}: {key} kept changing; try again")
+    raise EtcdError(f"{verb} {worker_id}: {key} kept changing; try again")

@@ -34,7 +34,7 @@ import psycopg
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shardctl.config import TLSSettings
+from shardctl.config import TLSSettings, read_secret
 from workers.events import Event
 from workers.sinks.sql import SqlSink
 from workers.sinks.sql_common import Dialect, TargetTable
@@ -61,13 +61,7 @@ class PostgresSinkSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _secret(self) -> PostgresSinkSettings:
-        if self.password is None and self.password_file is not None:
-            try:
-                self.password = SecretStr(self.password_file.read_text().rstrip("\n"))
-            except OSError as exc:
-                raise ValueError(
-                    f"sink.postgres.password_file: cannot read {self.password_file}: {exc.strerror}"
-                ) from exc
+        self.password = read_secret(self.password, self.password_file, "sink.postgres.password")
         return self
 
 

@@ -75,7 +75,7 @@ import pymysql
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shardctl.config import ConfigError, MySQLSettings, TLSSettings
+from shardctl.config import ConfigError, MySQLSettings, TLSSettings, read_secret
 from shardctl.event_ids import describe_key, order_key
 from workers.events import Batch, Event
 from workers.handlers import Fenced, HandlerContext, ShardHalted, TransientError
@@ -143,13 +143,7 @@ class SqlSinkSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _secret(self) -> SqlSinkSettings:
-        if self.password is None and self.password_file is not None:
-            try:
-                self.password = SecretStr(self.password_file.read_text().rstrip("\n"))
-            except OSError as exc:
-                raise ValueError(
-                    f"sink.sql.password_file: cannot read {self.password_file}: {exc.strerror}"
-                ) from exc
+        self.password = read_secret(self.password, self.password_file, "sink.sql.password")
         return self
 
 
