@@ -71,7 +71,7 @@ def test_100k_shards_over_1000_workers_write_and_read_back(settings: Settings) -
                 leadership = await Election(client, keys.coordinator_leader).campaign(
                     session, "coordinator"
                 )
-                await reader.ready()
+                await asyncio.gather(*(ready.wait() for ready in reader.ready_events()))
                 for generation in (first, second):
                     kv = await client.get(keys.assignment)
                     assert await write_assignment(leadership, keys, Current.of(kv), generation)
