@@ -13,6 +13,9 @@ generation when the inputs call for one:
   shards assigned, those shards have no owner, and the change is applied at once.
 - With a churn budget (`max_moves`), the next generation waits until every shard
   moved by the previous one is owned by its new owner (visible in owners/).
+- While `maintenance` exists (`shardctl maintenance on`), nothing is written: the
+  assignment stays as it is, even for shards of workers that died. When it is
+  removed, the next generation is computed from the members of that moment.
 A standby notices the leader's departure by watching the leader key, so takeover
 takes at most the leader's TTL plus one campaign round trip.
 """
@@ -138,7 +141,8 @@ class Coordinator:
         config = Mirror(client, keys.config, prefix=False).start()
         current = Mirror(client, keys.assignment, prefix=False).start()
         owners = Mirror(client, keys.owners_prefix).start()
-        mirrors = (workers, config, current, owners)
+        maintenance = Mirror(client, keys.maintenance, prefix=False).start()
+        mirrors = (workers, config, current, owners, maintenance)
         lost = threadsafe_event(leadership.session.on_lost)
         deposed = asyncio.Event()
         watcher = asyncio.ensure_future(self._watch_leadership(leadership, deposed))
@@ -153,6 +157,8 @@ class Coordinator:
             last_seen: dict[str, Member] | None = None
             last_change, pending_since = time.monotonic(), float("inf")
             config_missing_logged = False
+            frozen_logged = False
+            frozen_members: dict[str, Member] | None = None  # last logged while frozen
             while not (lost.is_set() or deposed.is_set() or self.stop_requested.is_set()):
                 for m in mirrors:
                     m.check()
@@ -170,8 +176,29 @@ class Coordinator:
                         orphaned = self._orphaned(applied, members, current.items)
                         if quiet < stab and now - pending_since < 10 * stab and not orphaned:
                             delay = stab - quiet
+                    frozen = maintenance.items.get(keys.maintenance) is not None
+                    if frozen != frozen_logged:
+                        frozen_logged = frozen
+                        log.warning(
+                            "%s: maintenance mode is %s",
+                            me,
+                            f"on ({keys.maintenance} exists): the assignment is frozen, no "
+                            "shard moves until `shardctl maintenance off`"
+                            if frozen
+                            else "off: assigning again",
+                        )
                     cfg_kv = config.items.get(keys.config)
-                    if cfg_kv is None:
+                    if frozen:
+                        delay = None  # woken by the maintenance key's removal
+                        if members != frozen_members:
+                            frozen_members = members
+                            log.warning(
+                                "%s: maintenance mode: members are now [%s]; the assignment "
+                                "stays frozen",
+                                me,
+                                ", ".join(sorted(members)),
+                            )
+                    elif cfg_kv is None:
                         if not config_missing_logged:
                             log.warning(
                                 "%s: no %s yet; run `shardctl shards set N`", me, keys.config
@@ -200,6 +227,7 @@ class Coordinator:
                         config.changed,
                         current.changed,
                         owners.changed,
+                        maintenance.changed,
                         lost,
                         deposed,
                         self.stop_requested,

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from coordinator.assignment import Member, assign
-from shardctl.etcd import KeyValue, Leadership, ModRevisionIs, Put
+from shardctl.etcd import Absent, KeyValue, Leadership, ModRevisionIs, Put
 from shardctl.keyspace import Keyspace
 from shardctl.records import Assignment, ClusterConfig, RecordError, WorkerRecord
 
@@ -70,8 +70,14 @@ def next_assignment(
 async def write_assignment(
     leadership: Leadership, keys: Keyspace, current: Current, new: Assignment
 ) -> bool:
-    """Write `new` if we still lead and nobody wrote since `current`. NotLeader if deposed."""
+    """Write `new` if we still lead, nobody wrote since `current` and maintenance mode
+    is off (the `maintenance` key is absent). NotLeader if deposed."""
     return await leadership.guarded_txn(
         [Put(keys.assignment, new.encode())],
-        guards=[ModRevisionIs(keys.assignment, current.mod_revision)],
+        guards=[
+            ModRevisionIs(keys.assignment, current.mod_revision),
+            # Once `maintenance on` has written its key, no generation computed before
+            # can land after it.
+            Absent(keys.maintenance),
+        ],
     )

@@ -5,6 +5,7 @@
                                      owner_indices: base64 of one u16 per shard}
     offsets/<shard>  OffsetRecord   {positions: {topic: offset}, event_id, token}
     config           ClusterConfig  {num_shards, topics, transport}
+    maintenance      Maintenance    {since, reason}
 
 Decoding is strict: a malformed document raises RecordError naming the key, never
 yields a guess.
@@ -211,3 +212,12 @@ class ClusterConfig(_Record):
     num_shards: int = Field(ge=1)
     topics: list[str] = Field(default_factory=list)
     transport: Literal["kafka", "nsq", "both"] = "kafka"
+
+
+class Maintenance(_Record):
+    """Present while maintenance mode is on: the coordinator writes no new assignment.
+
+    `since` is the Unix time it was turned on; `reason` is free text for `status`."""
+
+    since: float
+    reason: str = ""

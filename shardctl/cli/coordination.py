@@ -6,6 +6,7 @@ shardctl status [--json]     workers, shards per worker, generation, leader
 shardctl drain <worker>      move a worker's shards away, then it exits
 shardctl undrain <worker>    cancel a drain still in progress; the worker stays
 shardctl shards set N        change the shard count (see `set_shards`)
+shardctl maintenance on|off  freeze the assignment (no moves at all), or thaw it
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,6 +35,7 @@ from shardctl.records import (
     MAX_SHARDS,
     Assignment,
     ClusterConfig,
+    Maintenance,
     RecordError,
     WorkerRecord,
 )
@@ -42,6 +45,9 @@ coordinator_app = typer.Typer(
 )
 worker_app = typer.Typer(help="Shard workers.", no_args_is_help=True)
 shards_app = typer.Typer(help="The shard count.", no_args_is_help=True)
+maintenance_app = typer.Typer(
+    help="Maintenance mode: freeze the assignment, even for dead workers.", no_args_is_help=True
+)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="TOML config file (or SHARDCTL_CONFIG).")
@@ -338,6 +344,10 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         leader = await client.get(keys.coordinator_leader)
         assignment_kv = await client.get(keys.assignment)
         config_kv = await client.get(keys.config)
+        maintenance_kv = await client.get(keys.maintenance)
+    maintenance = (
+        Maintenance.decode(maintenance_kv.key, maintenance_kv.value) if maintenance_kv else None
+    )
     assignment = (
         Assignment.decode(assignment_kv.key, assignment_kv.value) if assignment_kv else None
     )
@@ -383,6 +393,7 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         "generation": assignment.generation if assignment else None,
         "num_shards": assignment.num_shards if assignment else None,
         "config": None if config is None else config.model_dump(),
+        "maintenance": None if maintenance is None else maintenance.model_dump(),
         "workers": rows,
         "unassigned": unassigned,
         "in_handoff": in_handoff,
@@ -418,6 +429,8 @@ def status(
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     leader = data["leader"]
+    if data["maintenance"] is not None:
+        typer.secho(maintenance_banner(data["maintenance"]), fg=typer.colors.RED, bold=True)
     typer.echo(f"cluster     {data['cluster']}")
     leader_text = f"{leader['id']} (token {leader['token']})" if leader else "none"
     typer.echo(f"leader      {leader_text}")
@@ -459,6 +472,65 @@ async def watch_status(settings: Settings, topic: str | None, interval: float) -
                 live.update(view.update(await take_snapshot(settings, topic)), refresh=True)
     except (KeyboardInterrupt, asyncio.CancelledError):
         return
+
+
+# -- maintenance -----------------------------------------------------------------
+
+
+def maintenance_banner(record: dict[str, Any]) -> str:
+    """The loud line `status` and `doctor` show while maintenance mode is on."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record["since"]))
+    reason = f" ({record['reason']})" if record.get("reason") else ""
+    return (
+        f"MAINTENANCE MODE ON since {since}{reason}: the assignment is frozen, no shard "
+        "moves, not even away from dead workers. `shardctl maintenance off` to resume"
+    )
+
+
+@maintenance_app.command("on")
+def maintenance_on(
+    reason: Annotated[str, typer.Option(help="Shown in `status` and `doctor`.")] = "",
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Freeze the assignment: the coordinator writes no new generation until `off`.
+    Shards of a worker that dies stay assigned to it (unprocessed); new workers get
+    nothing; a drain does not complete. Once this returns, no generation lands."""
+    settings = _settings(config, cluster)
+    keys = Keyspace.of(settings)
+    record = Maintenance(since=time.time(), reason=reason)
+
+    async def main() -> tuple[bool, int | None]:
+        async with EtcdClient(settings.etcd) as client:
+            created = await client.create_if_absent(keys.maintenance, record.encode())
+            kv = await client.get(keys.assignment)
+        generation = Assignment.decode(kv.key, kv.value).generation if kv else None
+        return created.created, generation
+
+    created, generation = _run(main())
+    frozen_at = f"generation {generation}" if generation is not None else "no assignment yet"
+    typer.echo(
+        f"maintenance mode {'on' if created else 'was already on'}: assignment frozen "
+        f"at {frozen_at}"
+    )
+
+
+@maintenance_app.command("off")
+def maintenance_off(config: ConfigOpt = None, cluster: ClusterOpt = None) -> None:
+    """Resume assigning: the coordinator computes the next generation from the
+    members of this moment (dead workers' shards move then)."""
+    settings = _settings(config, cluster)
+    keys = Keyspace.of(settings)
+
+    async def main() -> bool:
+        async with EtcdClient(settings.etcd) as client:
+            if await client.get(keys.maintenance) is None:
+                return False
+            await client.delete(keys.maintenance)
+            return True
+
+    deleted = _run(main())
+    typer.echo("maintenance mode off" if deleted else "maintenance mode was not on")
 
 
 # -- drain ---------------------------------------------------------------------
