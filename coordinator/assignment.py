@@ -47,6 +47,12 @@ from dataclasses import dataclass
 class Member:
     capacity: int = 1
     draining: bool = False
+    # The worker's labels, sorted; only `coordinator.placement` reads them.
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def zone(self) -> str | None:
+        return dict(self.labels).get("zone")
 
     @property
     def eligible(self) -> bool:

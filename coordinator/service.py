@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from coordinator.assignment import Member
-from coordinator.writer import Current, members_from, next_assignment, write_assignment
+from coordinator.writer import Current, compute_assignment, members_from, write_assignment
 from shardctl.aio import threadsafe_event, wait_any
 from shardctl.config import Settings
 from shardctl.etcd import (
@@ -79,6 +79,7 @@ class Coordinator:
         self.keys = Keyspace.of(settings)
         self.stop_requested = asyncio.Event()
         self.generations_written = 0
+        self.unplaceable: list[int] = []  # as last logged
 
     async def run(self) -> None:
         me = self.options.coordinator_id
@@ -281,7 +282,18 @@ class Coordinator:
         cfg: ClusterConfig,
     ) -> bool:
         """Write the next generation if one is due. False if our view was stale."""
-        new = next_assignment(seen.assignment, members, cfg, self.options.max_moves)
+        new, unplaceable = compute_assignment(seen.assignment, members, cfg, self.options.max_moves)
+        if unplaceable != self.unplaceable:
+            self.unplaceable = unplaceable
+            if unplaceable:
+                log.error(
+                    "%s: no eligible worker for %d shard(s) %s (their affinity in %s "
+                    "matches no active worker's labels); they stay unassigned",
+                    self.options.coordinator_id,
+                    len(unplaceable),
+                    unplaceable,
+                    self.keys.config,
+                )
         if new is None:
             return True
         if not await write_assignment(leadership, self.keys, seen, new):

@@ -4,7 +4,7 @@
     assignment       Assignment     {generation, num_shards, workers: [id, ...],
                                      owner_indices: base64 of one u16 per shard}
     offsets/<shard>  OffsetRecord   {positions: {topic: offset}, event_id, token}
-    config           ClusterConfig  {num_shards, topics, transport}
+    config           ClusterConfig  {num_shards, topics, transport, weights, affinity}
     maintenance      Maintenance    {since, reason}
 
 Decoding is strict: a malformed document raises RecordError naming the key, never
@@ -209,9 +209,16 @@ class OffsetRecord(_Record):
 
 
 class ClusterConfig(_Record):
+    """The cluster's settings. `weights` (shard -> weight, default 1) and `affinity`
+    (shard -> labels its owner must carry) steer placement (coordinator/placement.py)."""
+
     num_shards: int = Field(ge=1)
     topics: list[str] = Field(default_factory=list)
     transport: Literal["kafka", "nsq", "both"] = "kafka"
+    weights: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict
+    )
+    affinity: dict[Annotated[int, Field(ge=0)], dict[str, str]] = Field(default_factory=dict)
 
 
 class Maintenance(_Record):

@@ -6,6 +6,7 @@ shardctl status [--json]     workers, shards per worker, generation, leader
 shardctl drain <worker>      move a worker's shards away, then it exits
 shardctl undrain <worker>    cancel a drain still in progress; the worker stays
 shardctl shards set N        change the shard count (see `set_shards`)
+shardctl shards place        per-shard weights and label affinity (see `place_shards`)
 shardctl maintenance on|off  freeze the assignment (no moves at all), or thaw it
 """
 
@@ -44,7 +45,7 @@ coordinator_app = typer.Typer(
     help="The coordinator: leader election and assignment.", no_args_is_help=True
 )
 worker_app = typer.Typer(help="Shard workers.", no_args_is_help=True)
-shards_app = typer.Typer(help="The shard count.", no_args_is_help=True)
+shards_app = typer.Typer(help="The shard count, weights and affinity.", no_args_is_help=True)
 maintenance_app = typer.Typer(
     help="Maintenance mode: freeze the assignment, even for dead workers.", no_args_is_help=True
 )
@@ -201,7 +202,14 @@ def worker_run(
         str | None, typer.Option("--id", help="Worker id (default host-pid).")
     ] = None,
     capacity: Annotated[int, typer.Option(help="Relative capacity (weight).", min=1)] = 1,
-    label: Annotated[list[str] | None, typer.Option(help="key=value label; repeatable.")] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(help="key=value label; repeatable. Shard affinity matches on labels."),
+    ] = None,
+    zone: Annotated[
+        str | None,
+        typer.Option(help="The worker's zone (label zone=Z): a group's shards spread over zones."),
+    ] = None,
     ttl: Annotated[int, typer.Option(help="Lease TTL in seconds.", min=2)] = 10,
     commit_interval: Annotated[
         float, typer.Option(help="Seconds between fenced offset commits.", min=0.05)
@@ -238,10 +246,17 @@ def worker_run(
     if transport not in ("kafka", "nsq"):
         raise _fail(f"--transport {transport!r}: expected kafka or nsq")
     wid = check_name("worker id", worker_id or _default_id())
+    labels = _key_values("--label", label or [])
+    if zone is not None:
+        if not zone:
+            raise _fail("--zone: expected a zone name")
+        if labels.get("zone", zone) != zone:
+            raise _fail(f"--zone {zone!r} and --label zone={labels['zone']!r} disagree")
+        labels["zone"] = zone
     options = WorkerOptions(
         worker_id=wid,
         capacity=capacity,
-        labels=_key_values("--label", label or []),
+        labels=labels,
         ttl=ttl,
         commit_interval_s=commit_interval,
         drain_timeout_s=drain_timeout,
@@ -374,6 +389,18 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
                 "owned": sorted(owned.get(wid, [])),
             }
         )
+    from coordinator.placement import unplaceable_shards
+    from coordinator.writer import members_from
+
+    unplaceable = (
+        unplaceable_shards(
+            members_from(keys, {kv.key: kv for kv in workers.items}),
+            config.num_shards,
+            config.affinity,
+        )
+        if config is not None and config.affinity
+        else []
+    )
     in_handoff = []
     unassigned = []
     if assignment is not None:
@@ -396,6 +423,7 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         "maintenance": None if maintenance is None else maintenance.model_dump(),
         "workers": rows,
         "unassigned": unassigned,
+        "unplaceable": unplaceable,
         "in_handoff": in_handoff,
     }
 
@@ -441,12 +469,21 @@ def status(
         f" / {cfg['num_shards'] if cfg else 'no config'} configured"
     )
     typer.echo(f"unassigned  {shard_ranges(data['unassigned'])}")
+    if data["unplaceable"]:
+        typer.secho(
+            f"unplaceable {shard_ranges(data['unplaceable'])}: their affinity matches no "
+            "active worker's labels (`shardctl shards place` without flags shows it)",
+            fg=typer.colors.RED,
+        )
     typer.echo(f"in handoff  {shard_ranges(data['in_handoff'])}")
     typer.echo("")
-    typer.echo(f"{'WORKER':<28} {'STATE':<9} {'CAP':>3} {'ASSIGNED':>8} {'OWNED':>5}  SHARDS")
+    typer.echo(
+        f"{'WORKER':<28} {'STATE':<9} {'CAP':>3} {'ZONE':<8} {'ASSIGNED':>8} {'OWNED':>5}  SHARDS"
+    )
     for row in data["workers"]:
         typer.echo(
             f"{row['id']:<28} {row['state']:<9} {row['capacity']:>3} "
+            f"{row['labels'].get('zone', '-'):<8} "
             f"{len(row['assigned']):>8} {len(row['owned']):>5}  "
             f"{shard_ranges(row['owned'])}"
         )
@@ -695,3 +732,128 @@ def set_shards(
         raise _fail(f"{keys.config} changed while checking; run the command again")
     old = current.num_shards if current else "unset"
     typer.echo(f"num_shards: {old} -> {num_shards}; the coordinator writes the new assignment")
+
+
+# -- shards place ------------------------------------------------------------------
+
+
+def parse_shard_range(flag: str, text: str, num_shards: int) -> range:
+    """`7` or `0-15` as a range of shards below `num_shards`; ValueError names the flag."""
+    first, sep, last = text.partition("-")
+    try:
+        low = int(first)
+        high = int(last) if sep else low
+    except ValueError:
+        raise ValueError(f"{flag}: {text!r} is not a shard or a range like 0-15") from None
+    if low < 0 or high < low:
+        raise ValueError(f"{flag}: {text!r} is not a shard or a range like 0-15")
+    if high >= num_shards:
+        raise ValueError(f"{flag}: shard {high} does not exist (num_shards is {num_shards})")
+    return range(low, high + 1)
+
+
+def apply_placement(
+    current: ClusterConfig,
+    weight_flags: list[str],
+    affinity_flags: list[str],
+    reset: bool,
+) -> ClusterConfig:
+    """`current` with the --weight RANGE=W and --affinity RANGE:key=value flags applied
+    (after clearing both maps with `reset`); ValueError says which flag is malformed."""
+    n = current.num_shards
+    weights = {} if reset else dict(current.weights)
+    affinity = {} if reset else {s: dict(labels) for s, labels in current.affinity.items()}
+    for flag in weight_flags:
+        where, sep, value = flag.partition("=")
+        if not sep:
+            raise ValueError(f"--weight {flag!r}: expected SHARDS=WEIGHT, e.g. 0-3=5")
+        shards = parse_shard_range(f"--weight {flag!r}", where, n)
+        try:
+            weight = int(value)
+        except ValueError:
+            raise ValueError(f"--weight {flag!r}: weight {value!r} is not a whole number") from None
+        if weight < 1:
+            raise ValueError(f"--weight {flag!r}: weight must be >= 1, got {weight}")
+        for shard in shards:
+            if weight == 1:
+                weights.pop(shard, None)  # 1 is the default
+            else:
+                weights[shard] = weight
+    for flag in affinity_flags:
+        where, sep, label = flag.partition(":")
+        if not sep:
+            raise ValueError(f"--affinity {flag!r}: expected SHARDS:key=value, e.g. 0-3:disk=ssd")
+        shards = parse_shard_range(f"--affinity {flag!r}", where, n)
+        if label == "":
+            for shard in shards:  # `0-3:` clears the shards' affinity
+                affinity.pop(shard, None)
+            continue
+        key, sep, value = label.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"--affinity {flag!r}: expected SHARDS:key=value, e.g. 0-3:disk=ssd")
+        for shard in shards:
+            affinity.setdefault(shard, {})[key] = value
+    return current.model_copy(update={"weights": weights, "affinity": affinity})
+
+
+@shards_app.command("place")
+def place_shards(
+    weight: Annotated[
+        list[str] | None,
+        typer.Option(help="SHARDS=WEIGHT, e.g. 0-3=5 (default weight 1); repeatable."),
+    ] = None,
+    affinity: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="SHARDS:key=value: only workers with that label may own them, e.g. "
+            "0-3:disk=ssd; SHARDS: (nothing after the colon) clears it; repeatable."
+        ),
+    ] = None,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Clear all weights and affinity first.")
+    ] = False,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Set per-shard weights and label affinity in the cluster's `config` key.
+
+    The coordinator balances shards by weight and gives a shard only to a worker that
+    carries every label of its affinity (`worker run --label k=v`, `--zone Z`). A shard
+    no worker may own stays unassigned; `status` lists it. Malformed flags change
+    nothing. With no flag, prints the current weights and affinity.
+    """
+    settings = _settings(config, cluster)
+    keys = Keyspace.of(settings)
+
+    async def read() -> tuple[ClusterConfig | None, int]:
+        async with EtcdClient(settings.etcd) as client:
+            kv = await client.get(keys.config)
+        if kv is None:
+            return None, 0
+        return ClusterConfig.decode(kv.key, kv.value), kv.mod_revision
+
+    current, mod_revision = _run(read())
+    if current is None:
+        raise _fail(f"no {keys.config} yet: run `shardctl shards set N` first")
+    if not weight and not affinity and not reset:
+        typer.echo(json.dumps({"weights": current.weights, "affinity": current.affinity}))
+        return
+    try:
+        updated = apply_placement(current, weight or [], affinity or [], reset)
+    except ValueError as exc:
+        raise _fail(f"{exc}; nothing changed") from None
+
+    async def write() -> bool:
+        async with EtcdClient(settings.etcd) as client:
+            ok, _ = await client.txn(
+                [ModRevisionIs(keys.config, mod_revision)],
+                [Put(keys.config, updated.encode())],
+            )
+            return ok
+
+    if not _run(write()):
+        raise _fail(f"{keys.config} changed while editing; run the command again")
+    typer.echo(
+        f"{len(updated.weights)} shard(s) with a weight other than 1, "
+        f"{len(updated.affinity)} with an affinity; the coordinator places them"
+    )
