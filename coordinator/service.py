@@ -16,6 +16,11 @@ generation when the inputs call for one:
 - While `maintenance` exists (`shardctl maintenance on`), nothing is written: the
   assignment stays as it is, even for shards of workers that died. When it is
   removed, the next generation is computed from the members of that moment.
+- Restart grace: a member whose record vanishes while it is active (it died; a
+  drained or draining worker is not reserved) and whose record had
+  `restart_grace` G > 0 stays in the computation for G seconds, so its shards stay
+  assigned to it. If the same worker id registers again in time, nothing moves.
+  The reservations live in the leader's memory: a new leader starts without them.
 A standby notices the leader's departure by watching the leader key, so takeover
 takes at most the leader's TTL plus one campaign round trip.
 """
@@ -160,6 +165,8 @@ class Coordinator:
             config_missing_logged = False
             frozen_logged = False
             frozen_members: dict[str, Member] | None = None  # last logged while frozen
+            registered_before: dict[str, Member] = {}
+            reserved: dict[str, tuple[float, Member]] = {}  # id -> (deadline, member)
             while not (lost.is_set() or deposed.is_set() or self.stop_requested.is_set()):
                 for m in mirrors:
                     m.check()
@@ -167,7 +174,9 @@ class Coordinator:
                 delay: float | None = None
                 now = time.monotonic()
                 try:
-                    members = members_from(keys, workers.items)
+                    registered = members_from(keys, workers.items)
+                    members = self._with_reserved(registered, registered_before, reserved, now)
+                    registered_before = registered
                     if members != last_seen:
                         last_seen, last_change = members, now
                     if applied is not None and members != applied:
@@ -222,6 +231,9 @@ class Coordinator:
                 except (EtcdError, RecordError) as exc:
                     log.error("%s: %s", me, exc)
                     delay = 1.0
+                if reserved:
+                    until_expiry = max(0.0, min(d for d, _ in reserved.values()) - now)
+                    delay = until_expiry if delay is None else min(delay, until_expiry)
                 await wait_any(
                     [
                         workers.changed,
@@ -246,6 +258,35 @@ class Coordinator:
         reason = await leadership.wait_lost()
         log.error("%s: leadership lost: %s", self.options.coordinator_id, reason)
         deposed.set()
+
+    def _with_reserved(
+        self,
+        registered: dict[str, Member],
+        before: dict[str, Member],
+        reserved: dict[str, tuple[float, Member]],
+        now: float,
+    ) -> dict[str, Member]:
+        """The members to assign to: the registered ones, plus the workers that died
+        within their restart grace (updates `reserved`)."""
+        me = self.options.coordinator_id
+        for wid, member in before.items():
+            if wid not in registered and member.restart_grace_s > 0 and not member.draining:
+                reserved[wid] = (now + member.restart_grace_s, member)
+                log.warning(
+                    "%s: worker %s left while active; its shards stay reserved for %gs "
+                    "(restart grace)",
+                    me,
+                    wid,
+                    member.restart_grace_s,
+                )
+        for wid, (deadline, _member) in list(reserved.items()):
+            if wid in registered:
+                del reserved[wid]
+                log.info("%s: worker %s is back within its restart grace", me, wid)
+            elif deadline <= now:
+                del reserved[wid]
+                log.warning("%s: restart grace of worker %s expired; its shards move", me, wid)
+        return {**{wid: m for wid, (_d, m) in reserved.items()}, **registered}
 
     def _orphaned(
         self,

@@ -37,6 +37,7 @@ def members_from(keys: Keyspace, items: Mapping[str, KeyValue]) -> dict[str, Mem
             capacity=record.capacity,
             draining=record.state == "draining",
             labels=tuple(sorted(record.labels.items())),
+            restart_grace_s=record.restart_grace,
         )
     return members
 

@@ -1,6 +1,7 @@
 """The JSON documents stored at the keys of `shardctl.keyspace`.
 
-    workers/<id>     WorkerRecord   {host, pid, capacity, labels, state, version, session}
+    workers/<id>     WorkerRecord   {host, pid, capacity, labels, state, version, session,
+                                     restart_grace}
     assignment       Assignment     {generation, num_shards, workers: [id, ...],
                                      owner_indices: base64 of one u16 per shard}
     offsets/<shard>  OffsetRecord   {positions: {topic: offset}, event_id, token}
@@ -56,6 +57,9 @@ class WorkerRecord(_Record):
     version: int = SCHEMA_VERSION
     # Lease id of the registration, in hex: a new session is a new registration.
     session: str = ""
+    # Seconds the coordinator keeps the shards of this worker reserved after its lease
+    # ends while active (it died); 0 = off.
+    restart_grace: float = Field(default=0.0, ge=0)
 
 
 # The assignment is one etcd value, written in one fenced txn. etcd refuses a request

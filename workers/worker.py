@@ -52,6 +52,7 @@ class WorkerOptions:
     commit_interval_s: float = 1.0
     drain_timeout_s: float = 60.0
     metrics_port: int = 0  # serve Prometheus /metrics here while running; 0 = off
+    restart_grace_s: float = 0.0  # in the worker record; the coordinator reserves shards
 
 
 class Worker:
@@ -104,6 +105,7 @@ class Worker:
                 self.options.worker_id,
                 self.options.capacity,
                 self.options.labels,
+                restart_grace_s=self.options.restart_grace_s,
             )
             name = f"worker-{self.options.worker_id}"
             try:

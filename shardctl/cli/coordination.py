@@ -211,6 +211,14 @@ def worker_run(
         typer.Option(help="The worker's zone (label zone=Z): a group's shards spread over zones."),
     ] = None,
     ttl: Annotated[int, typer.Option(help="Lease TTL in seconds.", min=2)] = 10,
+    restart_grace: Annotated[
+        float,
+        typer.Option(
+            help="If this worker dies, the coordinator keeps its shards reserved this many "
+            "seconds for it to come back under the same --id; 0 = off.",
+            min=0,
+        ),
+    ] = 0.0,
     commit_interval: Annotated[
         float, typer.Option(help="Seconds between fenced offset commits.", min=0.05)
     ] = 1.0,
@@ -257,6 +265,7 @@ def worker_run(
         worker_id=wid,
         capacity=capacity,
         labels=labels,
+        restart_grace_s=restart_grace,
         ttl=ttl,
         commit_interval_s=commit_interval,
         drain_timeout_s=drain_timeout,
@@ -383,6 +392,7 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
                 "state": record.state,
                 "capacity": record.capacity,
                 "labels": record.labels,
+                "restart_grace": record.restart_grace,
                 "host": record.host,
                 "pid": record.pid,
                 "assigned": sorted(assignment.shards_of(wid)) if assignment else [],
@@ -401,6 +411,12 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         if config is not None and config.affinity
         else []
     )
+    registered = {keys.worker_id_of(kv.key) for kv in workers.items}
+    absent: dict[str, list[int]] = {}
+    if assignment is not None:
+        for shard, target in enumerate(assignment.owners):
+            if target is not None and target not in registered:
+                absent.setdefault(target, []).append(shard)
     in_handoff = []
     unassigned = []
     if assignment is not None:
@@ -424,6 +440,7 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         "workers": rows,
         "unassigned": unassigned,
         "unplaceable": unplaceable,
+        "absent_owners": absent,
         "in_handoff": in_handoff,
     }
 
@@ -476,14 +493,22 @@ def status(
             fg=typer.colors.RED,
         )
     typer.echo(f"in handoff  {shard_ranges(data['in_handoff'])}")
+    for wid, shards in sorted(data["absent_owners"].items()):
+        typer.echo(
+            f"absent      {wid} is not registered but assigned {shard_ranges(shards)} "
+            "(restart grace, maintenance, or about to move)"
+        )
     typer.echo("")
     typer.echo(
-        f"{'WORKER':<28} {'STATE':<9} {'CAP':>3} {'ZONE':<8} {'ASSIGNED':>8} {'OWNED':>5}  SHARDS"
+        f"{'WORKER':<28} {'STATE':<9} {'CAP':>3} {'ZONE':<8} {'GRACE':>6} "
+        f"{'ASSIGNED':>8} {'OWNED':>5}  SHARDS"
     )
     for row in data["workers"]:
+        grace = f"{row['restart_grace']:g}s" if row["restart_grace"] else "off"
         typer.echo(
             f"{row['id']:<28} {row['state']:<9} {row['capacity']:>3} "
             f"{row['labels'].get('zone', '-'):<8} "
+            f"{grace:>6} "
             f"{len(row['assigned']):>8} {len(row['owned']):>5}  "
             f"{shard_ranges(row['owned'])}"
         )
