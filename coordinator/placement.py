@@ -69,6 +69,8 @@ def groups_of(
     num_shards: int, affinity: Mapping[int, Mapping[str, str]]
 ) -> dict[Affinity, list[int]]:
     """Shards by affinity, each list in shard order."""
+    if not affinity:
+        return {frozenset(): list(range(num_shards))} if num_shards else {}
     groups: dict[Affinity, list[int]] = {}
     for shard in range(num_shards):
         key: Affinity = frozenset(affinity.get(shard, {}).items())
@@ -100,6 +102,9 @@ def place(
     for shard, weight in weights.items():
         if weight < 1:
             raise ValueError(f"shard {shard}: weight must be >= 1, got {weight}")
+    plain = not affinity and all(w == 1 for w in weights.values())
+    if plain and all(m.zone is None for m in members.values() if m.eligible):
+        return Placement(assign(previous, members, num_shards, max_moves=max_moves))
     owners: list[str | None] = [None] * num_shards
     unplaceable: list[int] = []
     budget = max_moves
@@ -123,7 +128,9 @@ def place(
             placed = _balance(before, eligible, set(live), group_weights, budget)
         if budget is not None:
             budget -= sum(
-                1 for old, new in zip(before, placed, strict=True) if old in live and old != new
+                1
+                for old, new in zip(before, placed, strict=True)
+                if old in members and new is not None and old != new
             )
             budget = max(budget, 0)
         for shard, owner in zip(shards, placed, strict=True):
