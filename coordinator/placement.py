@@ -159,7 +159,6 @@ def _balance(
     zone_capacity: dict[str, int] = {}
     for w in ids:
         zone_capacity[zone[w]] = zone_capacity.get(zone[w], 0) + eligible[w].capacity
-    zone_ideal = {z: Fraction(total * c, total_capacity) for z, c in zone_capacity.items()}
     load = dict.fromkeys(ids, 0)
     owners: list[str | None] = [None] * len(before)
 
@@ -191,13 +190,24 @@ def _balance(
         if owner in load:
             zone_load[zone[owner]] += weights[i]
     free = sorted((i for i, o in enumerate(owners) if o is None), key=lambda i: (-weights[i], i))
+    # The same comparisons as with the ideals above, in integers scaled by C (fast).
+    scale = total_capacity
+    scaled_ideal = {w: total * eligible[w].capacity for w in ids}
+    zone_scaled_ideal = {z: total * c for z, c in zone_capacity.items()}
+    equal_capacities = len({eligible[w].capacity for w in ids}) == 1
+
+    def below_ideal(w: str) -> Fraction | int:
+        # Per unit of capacity; with equal capacities the division changes no order.
+        gap = load[w] * scale - scaled_ideal[w]
+        return gap if equal_capacities else Fraction(gap, eligible[w].capacity)
+
     for i in free:
-        under = [w for w in ids if load[w] < ideal[w]] or ids
+        under = [w for w in ids if load[w] * scale < scaled_ideal[w]] or ids
         chosen = min(
             under,
             key=lambda w: (
-                zone_load[zone[w]] + weights[i] - zone_ideal[zone[w]],
-                (load[w] - ideal[w]) / eligible[w].capacity,
+                (zone_load[zone[w]] + weights[i]) * scale - zone_scaled_ideal[zone[w]],
+                below_ideal(w),
                 w,
             ),
         )
