@@ -46,10 +46,13 @@ def test_affinity_keeps_shards_on_labelled_workers_or_unassigned(cluster: Cluste
     assert config is not None and config.weights == {2: 3}
     assert config.affinity == {0: {"disk": "ssd"}, 1: {"disk": "ssd"}}
 
-    cluster.start_coordinator("c1")
     cluster.start_worker("w1", "--zone", "a", "--label", "disk=ssd")
     cluster.start_worker("w2", "--zone", "b")
     cluster.start_worker("w3", "--zone", "b")
+    # The first generation sees all three: joins one by one would leave a balance
+    # that is already within bounds, and nothing would move to the later ones.
+    wait_for("w1, w2, w3 to register", lambda: set(cluster.workers()) == {"w1", "w2", "w3"})
+    cluster.start_coordinator("c1")
 
     def three_workers() -> Assignment | None:
         current = cluster.assignment()
