@@ -4,6 +4,7 @@ processes, real etcd)."""
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,30 @@ def test_without_grace_a_dead_workers_shards_move_at_once(cluster: Cluster) -> N
     cluster.kill9("w2")
     wait_for("w2's shards to move to w1", lambda: cluster.settled({"w1"}, 4))
     assert "reserved" not in cluster.log_text("c1")
+
+
+def test_sigterm_with_grace_releases_without_draining_and_the_restart_moves_nothing(
+    cluster: Cluster,
+) -> None:
+    cluster.set_shards(6)
+    cluster.start_coordinator("c1")
+    cluster.start_worker("w1", "--restart-grace", "60")
+    cluster.start_worker("w2", "--restart-grace", "60")
+    before = wait_for("6 shards over w1 and w2", lambda: cluster.settled({"w1", "w2"}, 6))
+
+    cluster.signal("w2", signal.SIGTERM)
+    assert cluster.procs["w2"].wait(30) == 0
+    assert "releasing every shard without draining" in cluster.log_text("w2")
+    assert "stop requested, draining" not in cluster.log_text("w2")
+    wait_for(
+        "the coordinator to reserve w2's shards",
+        lambda: (
+            "worker w2 left while active; its shards stay reserved for 60s"
+            in cluster.log_text("c1")
+        ),
+    )
+    assert all(cluster.owners().get(s) is None for s in before.shards_of("w2"))
+    cluster.start_worker("w2", "--restart-grace", "60")
+    after = wait_for("w2 to own its shards again", lambda: cluster.settled({"w1", "w2"}, 6))
+    assert after.generation == before.generation and after.owners == before.owners
+    assert cluster.recorder.overlaps == []
