@@ -214,8 +214,9 @@ def worker_run(
     restart_grace: Annotated[
         float,
         typer.Option(
-            help="If this worker dies, the coordinator keeps its shards reserved this many "
-            "seconds for it to come back under the same --id; 0 = off.",
+            help="If this worker dies or stops, the coordinator keeps its shards reserved "
+            "this many seconds for it to come back under the same --id (SIGTERM then "
+            "releases them without draining); 0 = off.",
             min=0,
         ),
     ] = 0.0,
