@@ -47,6 +47,14 @@ from dataclasses import dataclass
 class Member:
     capacity: int = 1
     draining: bool = False
+    # The worker's labels, sorted; only `coordinator.placement` reads them.
+    labels: tuple[tuple[str, str], ...] = ()
+    # Seconds the coordinator reserves its shards after it dies; the algorithm ignores it.
+    restart_grace_s: float = 0.0
+
+    @property
+    def zone(self) -> str | None:
+        return dict(self.labels).get("zone")
 
     @property
     def eligible(self) -> bool:

@@ -13,6 +13,14 @@ generation when the inputs call for one:
   shards assigned, those shards have no owner, and the change is applied at once.
 - With a churn budget (`max_moves`), the next generation waits until every shard
   moved by the previous one is owned by its new owner (visible in owners/).
+- While `maintenance` exists (`shardctl maintenance on`), nothing is written: the
+  assignment stays as it is, even for shards of workers that died. When it is
+  removed, the next generation is computed from the members of that moment.
+- Restart grace: a member whose record vanishes while it is active (it died; a
+  drained or draining worker is not reserved) and whose record had
+  `restart_grace` G > 0 stays in the computation for G seconds, so its shards stay
+  assigned to it. If the same worker id registers again in time, nothing moves.
+  The reservations live in the leader's memory: a new leader starts without them.
 A standby notices the leader's departure by watching the leader key, so takeover
 takes at most the leader's TTL plus one campaign round trip.
 """
@@ -26,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from coordinator.assignment import Member
-from coordinator.writer import Current, members_from, next_assignment, write_assignment
+from coordinator.writer import Current, compute_assignment, members_from, write_assignment
 from shardctl import health
 from shardctl.aio import threadsafe_event, wait_any
 from shardctl.config import Settings
@@ -77,6 +85,7 @@ class Coordinator:
         self.keys = Keyspace.of(settings)
         self.stop_requested = asyncio.Event()
         self.generations_written = 0
+        self.unplaceable: list[int] = []  # as last logged
 
     async def run(self) -> None:
         me = self.options.coordinator_id
@@ -140,7 +149,8 @@ class Coordinator:
         config = Mirror(client, keys.config, prefix=False).start()
         current = Mirror(client, keys.assignment, prefix=False).start()
         owners = Mirror(client, keys.owners_prefix).start()
-        mirrors = (workers, config, current, owners)
+        maintenance = Mirror(client, keys.maintenance, prefix=False).start()
+        mirrors = (workers, config, current, owners, maintenance)
         lost = threadsafe_event(leadership.session.on_lost)
         deposed = asyncio.Event()
         watcher = asyncio.ensure_future(self._watch_leadership(leadership, deposed))
@@ -156,6 +166,10 @@ class Coordinator:
             last_seen: dict[str, Member] | None = None
             last_change, pending_since = time.monotonic(), float("inf")
             config_missing_logged = False
+            frozen_logged = False
+            frozen_members: dict[str, Member] | None = None  # last logged while frozen
+            registered_before: dict[str, Member] = {}
+            reserved: dict[str, tuple[float, Member]] = {}  # id -> (deadline, member)
             while not (lost.is_set() or deposed.is_set() or self.stop_requested.is_set()):
                 for m in mirrors:
                     m.check()
@@ -163,7 +177,9 @@ class Coordinator:
                 delay: float | None = None
                 now = time.monotonic()
                 try:
-                    members = members_from(keys, workers.items)
+                    registered = members_from(keys, workers.items)
+                    members = self._with_reserved(registered, registered_before, reserved, now)
+                    registered_before = registered
                     if members != last_seen:
                         last_seen, last_change = members, now
                     if applied is not None and members != applied:
@@ -173,8 +189,29 @@ class Coordinator:
                         orphaned = self._orphaned(applied, members, current.items)
                         if quiet < stab and now - pending_since < 10 * stab and not orphaned:
                             delay = stab - quiet
+                    frozen = maintenance.items.get(keys.maintenance) is not None
+                    if frozen != frozen_logged:
+                        frozen_logged = frozen
+                        log.warning(
+                            "%s: maintenance mode is %s",
+                            me,
+                            f"on ({keys.maintenance} exists): the assignment is frozen, no "
+                            "shard moves until `shardctl maintenance off`"
+                            if frozen
+                            else "off: assigning again",
+                        )
                     cfg_kv = config.items.get(keys.config)
-                    if cfg_kv is None:
+                    if frozen:
+                        delay = None  # woken by the maintenance key's removal
+                        if members != frozen_members:
+                            frozen_members = members
+                            log.warning(
+                                "%s: maintenance mode: members are now [%s]; the assignment "
+                                "stays frozen",
+                                me,
+                                ", ".join(sorted(members)),
+                            )
+                    elif cfg_kv is None:
                         if not config_missing_logged:
                             log.warning(
                                 "%s: no %s yet; run `shardctl shards set N`", me, keys.config
@@ -197,12 +234,16 @@ class Coordinator:
                 except (EtcdError, RecordError) as exc:
                     log.error("%s: %s", me, exc)
                     delay = 1.0
+                if reserved:
+                    until_expiry = max(0.0, min(d for d, _ in reserved.values()) - now)
+                    delay = until_expiry if delay is None else min(delay, until_expiry)
                 await wait_any(
                     [
                         workers.changed,
                         config.changed,
                         current.changed,
                         owners.changed,
+                        maintenance.changed,
                         lost,
                         deposed,
                         self.stop_requested,
@@ -221,6 +262,35 @@ class Coordinator:
         reason = await leadership.wait_lost()
         log.error("%s: leadership lost: %s", self.options.coordinator_id, reason)
         deposed.set()
+
+    def _with_reserved(
+        self,
+        registered: dict[str, Member],
+        before: dict[str, Member],
+        reserved: dict[str, tuple[float, Member]],
+        now: float,
+    ) -> dict[str, Member]:
+        """The members to assign to: the registered ones, plus the workers that died
+        within their restart grace (updates `reserved`)."""
+        me = self.options.coordinator_id
+        for wid, member in before.items():
+            if wid not in registered and member.restart_grace_s > 0 and not member.draining:
+                reserved[wid] = (now + member.restart_grace_s, member)
+                log.warning(
+                    "%s: worker %s left while active; its shards stay reserved for %gs "
+                    "(restart grace)",
+                    me,
+                    wid,
+                    member.restart_grace_s,
+                )
+        for wid, (deadline, _member) in list(reserved.items()):
+            if wid in registered:
+                del reserved[wid]
+                log.info("%s: worker %s is back within its restart grace", me, wid)
+            elif deadline <= now:
+                del reserved[wid]
+                log.warning("%s: restart grace of worker %s expired; its shards move", me, wid)
+        return {**{wid: m for wid, (_d, m) in reserved.items()}, **registered}
 
     def _orphaned(
         self,
@@ -257,7 +327,18 @@ class Coordinator:
         cfg: ClusterConfig,
     ) -> bool:
         """Write the next generation if one is due. False if our view was stale."""
-        new = next_assignment(seen.assignment, members, cfg, self.options.max_moves)
+        new, unplaceable = compute_assignment(seen.assignment, members, cfg, self.options.max_moves)
+        if unplaceable != self.unplaceable:
+            self.unplaceable = unplaceable
+            if unplaceable:
+                log.error(
+                    "%s: no eligible worker for %d shard(s) %s (their affinity in %s "
+                    "matches no active worker's labels); they stay unassigned",
+                    self.options.coordinator_id,
+                    len(unplaceable),
+                    unplaceable,
+                    self.keys.config,
+                )
         if new is None:
             return True
         if not await write_assignment(leadership, self.keys, seen, new):

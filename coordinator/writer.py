@@ -15,8 +15,9 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from coordinator.assignment import Member, assign
-from shardctl.etcd import KeyValue, Leadership, ModRevisionIs, Put
+from coordinator.assignment import Member
+from coordinator.placement import place
+from shardctl.etcd import Absent, KeyValue, Leadership, ModRevisionIs, Put
 from shardctl.keyspace import Keyspace
 from shardctl.records import Assignment, ClusterConfig, RecordError, WorkerRecord
 
@@ -33,7 +34,10 @@ def members_from(keys: Keyspace, items: Mapping[str, KeyValue]) -> dict[str, Mem
             log.error("ignoring worker record: %s", exc)
             continue
         members[keys.worker_id_of(key)] = Member(
-            capacity=record.capacity, draining=record.state == "draining"
+            capacity=record.capacity,
+            draining=record.state == "draining",
+            labels=tuple(sorted(record.labels.items())),
+            restart_grace_s=record.restart_grace,
         )
     return members
 
@@ -59,19 +63,37 @@ def next_assignment(
     max_moves: int | None,
 ) -> Assignment | None:
     """The next generation, or None when the current assignment already is the answer."""
+    return compute_assignment(current, members, config, max_moves)[0]
+
+
+def compute_assignment(
+    current: Assignment | None,
+    members: Mapping[str, Member],
+    config: ClusterConfig,
+    max_moves: int | None,
+) -> tuple[Assignment | None, list[int]]:
+    """`next_assignment`, and the shards no eligible worker may own (they stay unowned)."""
     previous = current.owners if current is not None else []
-    owners = assign(previous, members, config.num_shards, max_moves=max_moves)
+    placed = place(previous, members, config.num_shards, config.weights, config.affinity, max_moves)
+    owners = placed.owners
     if current is not None and current.num_shards == config.num_shards and current.owners == owners:
-        return None
+        return None, placed.unplaceable
     generation = current.generation + 1 if current is not None else 1
-    return Assignment(generation=generation, num_shards=config.num_shards, owners=owners)
+    new = Assignment(generation=generation, num_shards=config.num_shards, owners=owners)
+    return new, placed.unplaceable
 
 
 async def write_assignment(
     leadership: Leadership, keys: Keyspace, current: Current, new: Assignment
 ) -> bool:
-    """Write `new` if we still lead and nobody wrote since `current`. NotLeader if deposed."""
+    """Write `new` if we still lead, nobody wrote since `current` and maintenance mode
+    is off (the `maintenance` key is absent). NotLeader if deposed."""
     return await leadership.guarded_txn(
         [Put(keys.assignment, new.encode())],
-        guards=[ModRevisionIs(keys.assignment, current.mod_revision)],
+        guards=[
+            ModRevisionIs(keys.assignment, current.mod_revision),
+            # Once `maintenance on` has written its key, no generation computed before
+            # can land after it.
+            Absent(keys.maintenance),
+        ],
     )

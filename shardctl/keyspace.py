@@ -11,6 +11,7 @@ All keys live under one root, `<etcd.prefix>/<cluster>/` (default `/shardctl/def
     cdc/<source>/checkpoint   binlog position, fenced by the reader's leadership token
     cdc/<source>/bootstrap/<id>  a pending `shardctl cdc bootstrap` request
     config                    {num_shards, topics, transport}
+    maintenance               {since, reason}: present while the assignment is frozen
 
 Shard numbers in key names are zero-padded to six digits so that a range read lists
 them in shard order.
@@ -108,6 +109,11 @@ class Keyspace:
     @property
     def config(self) -> str:
         return f"{self.root}config"
+
+    # maintenance
+    @property
+    def maintenance(self) -> str:
+        return f"{self.root}maintenance"
 
 
 def _shard(shard: int) -> str:

@@ -1,11 +1,13 @@
 """The JSON documents stored at the keys of `shardctl.keyspace`.
 
-    workers/<id>     WorkerRecord   {host, pid, capacity, labels, state, version, session}
+    workers/<id>     WorkerRecord   {host, pid, capacity, labels, state, version, session,
+                                     restart_grace}
     assignment       Assignment     {generation, num_shards, workers: [id, ...],
                                      owner_indices: base64 of one u16 per shard}
     offsets/<shard>  OffsetRecord   {positions: {topic: offset}, event_id, token,
                                      topic_ids: {topic: id}, stalled: {since, error} | null}
-    config           ClusterConfig  {num_shards, topics, transport}
+    config           ClusterConfig  {num_shards, topics, transport, weights, affinity}
+    maintenance      Maintenance    {since, reason}
 
 Decoding is strict: a malformed document raises RecordError naming the key, never
 yields a guess.
@@ -56,6 +58,9 @@ class WorkerRecord(_Record):
     version: int = SCHEMA_VERSION
     # Lease id of the registration, in hex: a new session is a new registration.
     session: str = ""
+    # Seconds the coordinator keeps the shards of this worker reserved after its lease
+    # ends while active (it died); 0 = off.
+    restart_grace: float = Field(default=0.0, ge=0)
 
 
 # The assignment is one etcd value, written in one fenced txn. etcd refuses a request
@@ -222,6 +227,22 @@ class OffsetRecord(_Record):
 
 
 class ClusterConfig(_Record):
+    """The cluster's settings. `weights` (shard -> weight, default 1) and `affinity`
+    (shard -> labels its owner must carry) steer placement (coordinator/placement.py)."""
+
     num_shards: int = Field(ge=1)
     topics: list[str] = Field(default_factory=list)
     transport: Literal["kafka", "nsq", "both"] = "kafka"
+    weights: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict
+    )
+    affinity: dict[Annotated[int, Field(ge=0)], dict[str, str]] = Field(default_factory=dict)
+
+
+class Maintenance(_Record):
+    """Present while maintenance mode is on: the coordinator writes no new assignment.
+
+    `since` is the Unix time it was turned on; `reason` is free text for `status`."""
+
+    since: float
+    reason: str = ""

@@ -42,12 +42,14 @@ class Membership:
         worker_id: str,
         capacity: int,
         labels: dict[str, str],
+        restart_grace_s: float = 0.0,
     ) -> None:
         self.client = client
         self.keys = keys
         self.worker_id = worker_id
         self.capacity = capacity
         self.labels = dict(labels)
+        self.restart_grace_s = restart_grace_s
         self.draining = False
         self.key = keys.worker(worker_id)
         self.leases: set[int] = set()  # every lease this process registered under
@@ -59,6 +61,7 @@ class Membership:
             pid=os.getpid(),
             capacity=self.capacity,
             labels=self.labels,
+            restart_grace=self.restart_grace_s,
             state="draining" if self.draining else "active",
             session=f"{session.lease_id:x}",
         )

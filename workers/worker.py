@@ -6,6 +6,8 @@
     DRAINING --`shardctl undrain` (not after a stop request)--> SERVING
     DRAINING --assignment gives us nothing and every shard is released--> DONE
     DRAINING --drain_timeout_s passed (e.g. no coordinator)--> releases all --> DONE
+    SERVING --stop requested with restart_grace_s > 0--> releases all, no drain --> DONE
+        (the coordinator keeps the shards reserved for this id; see coordinator.service)
 
 While SERVING the worker reconciles whenever the assignment, the owners/ keys or its
 own record change, or a shard failed (`fail_shard`: that shard alone is released and
@@ -51,6 +53,7 @@ class WorkerOptions:
     commit_interval_s: float = 1.0
     drain_timeout_s: float = 60.0
     metrics_port: int = 0  # serve Prometheus /metrics here while running; 0 = off
+    restart_grace_s: float = 0.0  # in the worker record; the coordinator reserves shards
 
 
 class Worker:
@@ -103,6 +106,7 @@ class Worker:
                 self.options.worker_id,
                 self.options.capacity,
                 self.options.labels,
+                restart_grace_s=self.options.restart_grace_s,
             )
             name = f"worker-{self.options.worker_id}"
             try:
@@ -172,6 +176,7 @@ class Worker:
         registered = False
         waiting_logged = False
         drain_since: float | None = None
+        release_logged = False
         next_commit = time.monotonic() + self.options.commit_interval_s
         while True:
             # Clear the wake-ups before reading any state, never after: a change that
@@ -203,8 +208,20 @@ class Worker:
                     [*mirrors.changed(), lost, self.stop_requested], self.options.commit_interval_s
                 )
                 continue
+            # With a restart grace, a stop is a restart: release without draining, so
+            # the shards stay assigned to this id for the next process to take back.
+            restarting = self.stop_requested.is_set() and self.options.restart_grace_s > 0
             try:
-                if self.stop_requested.is_set() and not membership.draining:
+                if restarting and not membership.draining:
+                    if not release_logged:
+                        release_logged = True
+                        log.info(
+                            "%s: stop requested with a restart grace of %gs: releasing every "
+                            "shard without draining",
+                            worker_id,
+                            self.options.restart_grace_s,
+                        )
+                elif self.stop_requested.is_set() and not membership.draining:
                     log.info("%s: stop requested, draining", worker_id)
                     await membership.set_draining(session)
                     registered = True
@@ -234,7 +251,7 @@ class Worker:
                 if membership.draining and drain_since is None:
                     drain_since = time.monotonic()
 
-                assigned = mirrors.assigned_to(worker_id)
+                assigned = set() if restarting else mirrors.assigned_to(worker_id)
                 timed_out = (
                     drain_since is not None
                     and time.monotonic() - drain_since >= self.options.drain_timeout_s
@@ -254,6 +271,9 @@ class Worker:
                 if membership.draining and not assigned and not ownership.owned:
                     log.info("%s: drained; leaving", worker_id)
                     return True
+                if restarting and not ownership.owned:
+                    log.info("%s: every shard released; leaving", worker_id)
+                    return True
             except EtcdUnavailable as exc:
                 log.warning("%s: etcd unavailable, retrying: %s", worker_id, exc)
                 await asyncio.sleep(0.2)
@@ -263,7 +283,7 @@ class Worker:
             wait = max(0.0, next_commit - time.monotonic())
             # Once draining, the stop request stays set: waiting on it would spin.
             wake = [*mirrors.changed(), lost, self._shard_failed]
-            if not membership.draining:
+            if not membership.draining and not restarting:
                 wake.append(self.stop_requested)
             await wait_any(wake, wait)
             await asyncio.sleep(0)  # yield even when an event was already set

@@ -6,6 +6,8 @@ shardctl status [--json]     workers, shards per worker, generation, leader
 shardctl drain <worker>      move a worker's shards away, then it exits
 shardctl undrain <worker>    cancel a drain still in progress; the worker stays
 shardctl shards set N        change the shard count (see `set_shards`)
+shardctl shards place        per-shard weights and label affinity (see `place_shards`)
+shardctl maintenance on|off  freeze the assignment (no moves at all), or thaw it
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -38,6 +41,7 @@ from shardctl.cli.common import (
 
 if TYPE_CHECKING:
     from shardctl.config import Settings
+    from shardctl.records import ClusterConfig
 
 coordinator_app = typer.Typer(
     help="The coordinator: leader election and assignment.",
@@ -45,7 +49,14 @@ coordinator_app = typer.Typer(
     rich_markup_mode=None,
 )
 worker_app = typer.Typer(help="Shard workers.", no_args_is_help=True, rich_markup_mode=None)
-shards_app = typer.Typer(help="The shard count.", no_args_is_help=True, rich_markup_mode=None)
+shards_app = typer.Typer(
+    help="The shard count, weights and affinity.", no_args_is_help=True, rich_markup_mode=None
+)
+maintenance_app = typer.Typer(
+    help="Maintenance mode: freeze the assignment, even for dead workers.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
@@ -206,8 +217,24 @@ def worker_run(
         typer.Option("--id", help="Worker id (or SHARDCTL_WORKER_ID; default host-pid)."),
     ] = None,
     capacity: Annotated[int, typer.Option(help="Relative capacity (weight).", min=1)] = 1,
-    label: Annotated[list[str] | None, typer.Option(help="key=value label; repeatable.")] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(help="key=value label; repeatable. Shard affinity matches on labels."),
+    ] = None,
+    zone: Annotated[
+        str | None,
+        typer.Option(help="The worker's zone (label zone=Z): a group's shards spread over zones."),
+    ] = None,
     ttl: Annotated[int, typer.Option(help="Lease TTL in seconds.", min=2)] = 10,
+    restart_grace: Annotated[
+        float,
+        typer.Option(
+            help="If this worker dies or stops, the coordinator keeps its shards reserved "
+            "this many seconds for it to come back under the same --id (SIGTERM then "
+            "releases them without draining); 0 = off.",
+            min=0,
+        ),
+    ] = 0.0,
     commit_interval: Annotated[
         float, typer.Option(help="Seconds between fenced offset commits.", min=0.05)
     ] = 1.0,
@@ -243,10 +270,18 @@ def worker_run(
 
     settings = _settings(config, cluster)
     wid = _check_name("worker id", worker_id or os.environ.get(WORKER_ID_ENV) or _default_id())
+    labels = _key_values("--label", label or [])
+    if zone is not None:
+        if not zone:
+            raise _fail("--zone: expected a zone name", EXIT_USAGE)
+        if labels.get("zone", zone) != zone:
+            raise _fail(f"--zone {zone!r} and --label zone={labels['zone']!r} disagree", EXIT_USAGE)
+        labels["zone"] = zone
     options = WorkerOptions(
         worker_id=wid,
         capacity=capacity,
-        labels=_key_values("--label", label or []),
+        labels=labels,
+        restart_grace_s=restart_grace,
         ttl=ttl,
         commit_interval_s=commit_interval,
         drain_timeout_s=drain_timeout,
@@ -352,7 +387,7 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
     """Everything `status` shows, as plain data (this is the --json document)."""
     from shardctl.etcd import EtcdClient
     from shardctl.keyspace import Keyspace
-    from shardctl.records import Assignment, ClusterConfig, WorkerRecord
+    from shardctl.records import Assignment, ClusterConfig, Maintenance, WorkerRecord
 
     keys = Keyspace.of(settings)
     async with EtcdClient(settings.etcd) as client:
@@ -361,6 +396,10 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         leader = await client.get(keys.coordinator_leader)
         assignment_kv = await client.get(keys.assignment)
         config_kv = await client.get(keys.config)
+        maintenance_kv = await client.get(keys.maintenance)
+    maintenance = (
+        Maintenance.decode(maintenance_kv.key, maintenance_kv.value) if maintenance_kv else None
+    )
     assignment = (
         Assignment.decode(assignment_kv.key, assignment_kv.value) if assignment_kv else None
     )
@@ -381,12 +420,31 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
                 "state": record.state,
                 "capacity": record.capacity,
                 "labels": record.labels,
+                "restart_grace": record.restart_grace,
                 "host": record.host,
                 "pid": record.pid,
                 "assigned": sorted(assignment.shards_of(wid)) if assignment else [],
                 "owned": sorted(owned.get(wid, [])),
             }
         )
+    from coordinator.placement import unplaceable_shards
+    from coordinator.writer import members_from
+
+    unplaceable = (
+        unplaceable_shards(
+            members_from(keys, {kv.key: kv for kv in workers.items}),
+            config.num_shards,
+            config.affinity,
+        )
+        if config is not None and config.affinity
+        else []
+    )
+    registered = {keys.worker_id_of(kv.key) for kv in workers.items}
+    absent: dict[str, list[int]] = {}
+    if assignment is not None:
+        for shard, target in enumerate(assignment.owners):
+            if target is not None and target not in registered:
+                absent.setdefault(target, []).append(shard)
     in_handoff = []
     unassigned = []
     if assignment is not None:
@@ -406,8 +464,11 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         "generation": assignment.generation if assignment else None,
         "num_shards": assignment.num_shards if assignment else None,
         "config": None if config is None else config.model_dump(),
+        "maintenance": None if maintenance is None else maintenance.model_dump(),
         "workers": rows,
         "unassigned": unassigned,
+        "unplaceable": unplaceable,
+        "absent_owners": absent,
         "in_handoff": in_handoff,
     }
 
@@ -443,6 +504,8 @@ def status(
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     leader = data["leader"]
+    if data["maintenance"] is not None:
+        typer.secho(maintenance_banner(data["maintenance"]), fg=typer.colors.RED, bold=True)
     typer.echo(f"cluster     {data['cluster']}")
     leader_text = f"{leader['id']} (token {leader['token']})" if leader else "none"
     typer.echo(f"leader      {leader_text}")
@@ -453,12 +516,29 @@ def status(
         f" / {cfg['num_shards'] if cfg else 'no config'} configured"
     )
     typer.echo(f"unassigned  {shard_ranges(data['unassigned'])}")
+    if data["unplaceable"]:
+        typer.secho(
+            f"unplaceable {shard_ranges(data['unplaceable'])}: their affinity matches no "
+            "active worker's labels (`shardctl shards place` without flags shows it)",
+            fg=typer.colors.RED,
+        )
     typer.echo(f"in handoff  {shard_ranges(data['in_handoff'])}")
+    for wid, shards in sorted(data["absent_owners"].items()):
+        typer.echo(
+            f"absent      {wid} is not registered but assigned {shard_ranges(shards)} "
+            "(restart grace, maintenance, or about to move)"
+        )
     typer.echo("")
-    typer.echo(f"{'WORKER':<28} {'STATE':<9} {'CAP':>3} {'ASSIGNED':>8} {'OWNED':>5}  SHARDS")
+    typer.echo(
+        f"{'WORKER':<28} {'STATE':<9} {'CAP':>3} {'ZONE':<8} {'GRACE':>6} "
+        f"{'ASSIGNED':>8} {'OWNED':>5}  SHARDS"
+    )
     for row in data["workers"]:
+        grace = f"{row['restart_grace']:g}s" if row["restart_grace"] else "off"
         typer.echo(
             f"{row['id']:<28} {row['state']:<9} {row['capacity']:>3} "
+            f"{row['labels'].get('zone', '-'):<8} "
+            f"{grace:>6} "
             f"{len(row['assigned']):>8} {len(row['owned']):>5}  "
             f"{shard_ranges(row['owned'])}"
         )
@@ -487,6 +567,72 @@ async def watch_status(settings: Settings, topic: str | None, interval: float) -
                 live.update(view.update(await take_snapshot(settings, topic)), refresh=True)
     except (KeyboardInterrupt, asyncio.CancelledError):
         return
+
+
+# -- maintenance -----------------------------------------------------------------
+
+
+def maintenance_banner(record: dict[str, Any]) -> str:
+    """The loud line `status` and `doctor` show while maintenance mode is on."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record["since"]))
+    reason = f" ({record['reason']})" if record.get("reason") else ""
+    return (
+        f"MAINTENANCE MODE ON since {since}{reason}: the assignment is frozen, no shard "
+        "moves, not even away from dead workers. `shardctl maintenance off` to resume"
+    )
+
+
+@maintenance_app.command("on")
+def maintenance_on(
+    reason: Annotated[str, typer.Option(help="Shown in `status` and `doctor`.")] = "",
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Freeze the assignment: the coordinator writes no new generation until `off`.
+    Shards of a worker that dies stay assigned to it (unprocessed); new workers get
+    nothing; a drain does not complete. Once this returns, no generation lands."""
+    from shardctl.etcd import EtcdClient
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import Assignment, Maintenance
+
+    settings = _settings(config, cluster)
+    keys = Keyspace.of(settings)
+    record = Maintenance(since=time.time(), reason=reason)
+
+    async def main() -> tuple[bool, int | None]:
+        async with EtcdClient(settings.etcd) as client:
+            created = await client.create_if_absent(keys.maintenance, record.encode())
+            kv = await client.get(keys.assignment)
+        generation = Assignment.decode(kv.key, kv.value).generation if kv else None
+        return created.created, generation
+
+    created, generation = _run(main())
+    frozen_at = f"generation {generation}" if generation is not None else "no assignment yet"
+    typer.echo(
+        f"maintenance mode {'on' if created else 'was already on'}: assignment frozen "
+        f"at {frozen_at}"
+    )
+
+
+@maintenance_app.command("off")
+def maintenance_off(config: ConfigOpt = None, cluster: ClusterOpt = None) -> None:
+    """Resume assigning: the coordinator computes the next generation from the
+    members of this moment (dead workers' shards move then)."""
+    from shardctl.etcd import EtcdClient
+    from shardctl.keyspace import Keyspace
+
+    settings = _settings(config, cluster)
+    keys = Keyspace.of(settings)
+
+    async def main() -> bool:
+        async with EtcdClient(settings.etcd) as client:
+            if await client.get(keys.maintenance) is None:
+                return False
+            await client.delete(keys.maintenance)
+            return True
+
+    deleted = _run(main())
+    typer.echo("maintenance mode off" if deleted else "maintenance mode was not on")
 
 
 # -- drain ---------------------------------------------------------------------
@@ -672,3 +818,132 @@ def set_shards(
         raise _fail(f"{keys.config} changed while checking; run the command again")
     old = current.num_shards if current else "unset"
     typer.echo(f"num_shards: {old} -> {num_shards}; the coordinator writes the new assignment")
+
+
+# -- shards place ------------------------------------------------------------------
+
+
+def parse_shard_range(flag: str, text: str, num_shards: int) -> range:
+    """`7` or `0-15` as a range of shards below `num_shards`; ValueError names the flag."""
+    first, sep, last = text.partition("-")
+    try:
+        low = int(first)
+        high = int(last) if sep else low
+    except ValueError:
+        raise ValueError(f"{flag}: {text!r} is not a shard or a range like 0-15") from None
+    if low < 0 or high < low:
+        raise ValueError(f"{flag}: {text!r} is not a shard or a range like 0-15")
+    if high >= num_shards:
+        raise ValueError(f"{flag}: shard {high} does not exist (num_shards is {num_shards})")
+    return range(low, high + 1)
+
+
+def apply_placement(
+    current: ClusterConfig,
+    weight_flags: list[str],
+    affinity_flags: list[str],
+    reset: bool,
+) -> ClusterConfig:
+    """`current` with the --weight RANGE=W and --affinity RANGE:key=value flags applied
+    (after clearing both maps with `reset`); ValueError says which flag is malformed."""
+    n = current.num_shards
+    weights = {} if reset else dict(current.weights)
+    affinity = {} if reset else {s: dict(labels) for s, labels in current.affinity.items()}
+    for flag in weight_flags:
+        where, sep, value = flag.partition("=")
+        if not sep:
+            raise ValueError(f"--weight {flag!r}: expected SHARDS=WEIGHT, e.g. 0-3=5")
+        shards = parse_shard_range(f"--weight {flag!r}", where, n)
+        try:
+            weight = int(value)
+        except ValueError:
+            raise ValueError(f"--weight {flag!r}: weight {value!r} is not a whole number") from None
+        if weight < 1:
+            raise ValueError(f"--weight {flag!r}: weight must be >= 1, got {weight}")
+        for shard in shards:
+            if weight == 1:
+                weights.pop(shard, None)  # 1 is the default
+            else:
+                weights[shard] = weight
+    for flag in affinity_flags:
+        where, sep, label = flag.partition(":")
+        if not sep:
+            raise ValueError(f"--affinity {flag!r}: expected SHARDS:key=value, e.g. 0-3:disk=ssd")
+        shards = parse_shard_range(f"--affinity {flag!r}", where, n)
+        if label == "":
+            for shard in shards:  # `0-3:` clears the shards' affinity
+                affinity.pop(shard, None)
+            continue
+        key, sep, value = label.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"--affinity {flag!r}: expected SHARDS:key=value, e.g. 0-3:disk=ssd")
+        for shard in shards:
+            affinity.setdefault(shard, {})[key] = value
+    return current.model_copy(update={"weights": weights, "affinity": affinity})
+
+
+@shards_app.command("place")
+def place_shards(
+    weight: Annotated[
+        list[str] | None,
+        typer.Option(help="SHARDS=WEIGHT, e.g. 0-3=5 (default weight 1); repeatable."),
+    ] = None,
+    affinity: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="SHARDS:key=value: only workers with that label may own them, e.g. "
+            "0-3:disk=ssd; SHARDS: (nothing after the colon) clears it; repeatable."
+        ),
+    ] = None,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Clear all weights and affinity first.")
+    ] = False,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Set per-shard weights and label affinity in the cluster's `config` key.
+
+    The coordinator balances shards by weight and gives a shard only to a worker that
+    carries every label of its affinity (`worker run --label k=v`, `--zone Z`). A shard
+    no worker may own stays unassigned; `status` lists it. Malformed flags change
+    nothing. With no flag, prints the current weights and affinity.
+    """
+    from shardctl.etcd import EtcdClient, ModRevisionIs, Put
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import ClusterConfig
+
+    settings = _settings(config, cluster)
+    keys = Keyspace.of(settings)
+
+    async def read() -> tuple[ClusterConfig | None, int]:
+        async with EtcdClient(settings.etcd) as client:
+            kv = await client.get(keys.config)
+        if kv is None:
+            return None, 0
+        return ClusterConfig.decode(kv.key, kv.value), kv.mod_revision
+
+    current, mod_revision = _run(read())
+    if current is None:
+        raise _fail(f"no {keys.config} yet: run `shardctl shards set N` first")
+    if not weight and not affinity and not reset:
+        typer.echo(json.dumps({"weights": current.weights, "affinity": current.affinity}))
+        return
+    try:
+        updated = apply_placement(current, weight or [], affinity or [], reset)
+    except ValueError as exc:
+        raise _fail(f"{exc}; nothing changed") from None
+
+    async def write() -> bool:
+        async with EtcdClient(settings.etcd) as client:
+            ok, _ = await client.txn(
+                [ModRevisionIs(keys.config, mod_revision)],
+                [Put(keys.config, updated.encode())],
+            )
+            return ok
+
+    if not _run(write()):
+        raise _fail(f"{keys.config} changed while editing; run the command again")
+    typer.echo(
+        f"{len(updated.weights)} shard(s) with a weight other than 1, "
+        f"{len(updated.affinity)} with an affinity; the coordinator places them"
+    )

@@ -2,7 +2,8 @@
 and how to fix it.
 
 Checks, in order (a check whose prerequisite failed is reported as skipped):
-1. etcd answers at `etcd.endpoints`, and the cluster has a `config` key.
+1. etcd answers at `etcd.endpoints`, and the cluster has a `config` key; a warning
+   while maintenance mode is on (the assignment is frozen).
 2. The source server's binlog settings, the same check the reader runs at start.
 3. The grants of the CDC user (`mysql.user`).
 4. Every Kafka topic of the cluster config and of `cdc.kafka_topic` has exactly
@@ -58,10 +59,10 @@ def check_etcd(settings: Settings) -> tuple[list[Finding], ClusterConfig | None,
 
     async def read() -> Any:
         async with EtcdClient(settings.etcd) as client:
-            return await client.get(keys.config)
+            return await client.get(keys.config), await client.get(keys.maintenance)
 
     try:
-        kv = asyncio.run(asyncio.wait_for(read(), settings.etcd.timeout_s * 2))
+        kv, maintenance_kv = asyncio.run(asyncio.wait_for(read(), settings.etcd.timeout_s * 2))
     except (EtcdError, TimeoutError, OSError) as exc:
         return (
             [
@@ -77,6 +78,8 @@ def check_etcd(settings: Settings) -> tuple[list[Finding], ClusterConfig | None,
             False,
         )
     found = [Finding("etcd", "ok", f"etcd at {endpoints} answers")]
+    if maintenance_kv is not None:
+        found.append(check_maintenance(maintenance_kv.key, maintenance_kv.value))
     if kv is None:
         found.append(
             Finding(
@@ -154,6 +157,28 @@ def check_shards(settings: Settings) -> list[Finding]:
             Finding("shards", "ok", f"no shard is stalled ({len(listing.items)} with offsets)")
         )
     return found
+
+
+def check_maintenance(key: str, raw: bytes) -> Finding:
+    """A warning, loud on purpose: in maintenance mode dead workers' shards stay unprocessed."""
+    from shardctl.cli.coordination import maintenance_banner
+    from shardctl.records import Maintenance, RecordError
+
+    try:
+        record = Maintenance.decode(key, raw)
+    except RecordError as exc:
+        return Finding(
+            "maintenance",
+            "problem",
+            f"{exc}; the assignment is frozen while {key} exists",
+            "`shardctl maintenance off`, then `shardctl maintenance on` if it should stay on",
+        )
+    return Finding(
+        "maintenance",
+        "warning",
+        maintenance_banner(record.model_dump()),
+        "`shardctl maintenance off` when the maintenance is over",
+    )
 
 
 # -- MySQL: binlog settings and grants ------------------------------------------------
