@@ -75,6 +75,9 @@ class CdcOptions(BaseSettings):
     lease_ttl_s: int = Field(default=10, ge=2)
     max_in_flight: int = Field(default=200_000, ge=1)
     bootstrap_poll_s: float = Field(default=2.0, gt=0)
+    # How often the lag gauges are computed, on their own thread (never frozen by a
+    # publish loop blocked on the broker).
+    lag_interval_s: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("source", "reader_id")
     @classmethod
