@@ -130,9 +130,9 @@ def run_pass(
         for item in source:
             if isinstance(item, Transaction):
                 if producer is None:
-                    rows += len(item.changes)
+                    rows += item.row_count
                 else:
-                    messages = publisher.messages(item)
+                    messages = list(publisher.messages(item))
                     ack = partial(tracker.ack, tracker.open(item.end, len(messages)))
                     for message in messages:
                         producer.send(message, ack)

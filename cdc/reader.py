@@ -51,7 +51,7 @@ from cdc.formatter import MaxwellFormatter
 from cdc.options import CdcOptions
 from cdc.partitioner import Partitioner
 from cdc.producers import build_producer
-from cdc.producers.base import DeliveryError, Producer
+from cdc.producers.base import DeliveryError, Outgoing, Producer
 from cdc.publisher import Publisher
 from cdc.replication.decoding import FilteredDecoding
 from cdc.replication.errors import SessionSettingError
@@ -79,6 +79,9 @@ from shardctl.metrics import (
 from shardctl.records import ClusterConfig, RecordError
 
 log = logging.getLogger(__name__)
+
+# Messages made and sent at a time within a transaction (see Reader._publish).
+PUBLISH_CHUNK = 1000
 
 
 class LagMonitor:
@@ -380,6 +383,9 @@ class Reader:
                 mode=options.mode,
                 heartbeat_s=options.heartbeat_s,
                 recovery_command=recovery_command(options.source),
+                transaction_memory_rows=options.transaction_memory_rows,
+                transaction_memory_bytes=options.transaction_memory_bytes,
+                spill_dir=options.spill_dir,
             ),
             decoding,
             checkpoint,
@@ -402,6 +408,13 @@ class Reader:
             if lost.done() or not leadership.session.is_valid():
                 raise LeadershipLost(self._lost_reason(lost, leadership))
 
+        def wait_for_room() -> None:
+            """Back-pressure: at most `max_in_flight` messages unacknowledged."""
+            producer.poll(0)
+            while tracker.in_flight > options.max_in_flight:
+                producer.poll(0.05)
+                check_leadership()
+
         CDC_LEADER.labels(options.source).set(1)
         health.update("leading")
         lag.start()
@@ -414,11 +427,10 @@ class Reader:
                         # and this one: its acks may checkpoint the former, never this
                         # one (source.boundary is already this one's end).
                         bootstrap.emit(producer, tracker, published, leadership)
-                    published = self._publish(item, publisher, producer, tracker, lag)
-                    producer.poll(0)
-                    while tracker.in_flight > options.max_in_flight:
-                        producer.poll(0.05)
-                        check_leadership()
+                    published = self._publish(
+                        item, publisher, producer, tracker, lag, published, wait_for_room
+                    )
+                    wait_for_room()
                 else:
                     producer.poll(0)
                     if bootstrap.due(None):
@@ -475,32 +487,57 @@ class Reader:
         producer: Producer,
         tracker: AckTracker[Checkpoint],
         lag: LagMonitor,
+        published: Checkpoint,
+        wait_for_room: Callable[[], None],
     ) -> Checkpoint:
-        """Send the transaction's messages; returns the end registered with `tracker`."""
+        """Send the transaction's messages; returns the end registered with `tracker`.
+
+        Messages are made and sent PUBLISH_CHUNK at a time, waiting for room under
+        `max_in_flight` between chunks, so memory stays bounded whatever the
+        transaction's size. Every chunk but the last is registered with the end
+        already registered before the transaction (`published`): its
+        acknowledgement never moves the checkpoint into the transaction, and a
+        crash in the middle resumes at the transaction's start.
+        """
         lag.read(txn.end, txn.end.ts)
-        if txn.statement is not None:
-            # The schema model follows the stream: this boundary and every later
-            # event see the schema as this statement left it.
-            self._json_model.apply_ddl(
-                txn.statement.sql, txn.statement.database, f"{txn.ctx.file}:{txn.ctx.pos}"
-            )
-        messages = publisher.messages(txn)
+        try:
+            if txn.statement is not None:
+                # The schema model follows the stream: this boundary and every later
+                # event see the schema as this statement left it.
+                self._json_model.apply_ddl(
+                    txn.statement.sql, txn.statement.database, f"{txn.ctx.file}:{txn.ctx.pos}"
+                )
+            chunk: list[Outgoing] = []
+            sent = 0
+            for message in publisher.messages(txn):
+                if len(chunk) == PUBLISH_CHUNK:
+                    seq = tracker.open(published, len(chunk))
+                    ack = partial(tracker.ack, seq)
+                    for queued in chunk:
+                        producer.send(queued, ack)
+                    sent += len(chunk)
+                    chunk = []
+                    wait_for_room()
+                chunk.append(message)
+        finally:
+            txn.close()
         end = dataclasses.replace(
             txn.end,
-            event_id=messages[-1].event_id if messages else txn.end.event_id,
+            event_id=chunk[-1].event_id if chunk else txn.end.event_id,
             json_columns=self._json_model.state,
         )
-        seq = tracker.open(end, len(messages))
-        if messages:
+        seq = tracker.open(end, len(chunk))
+        if chunk:
             ack = partial(tracker.ack, seq)
-            for message in messages[:-1]:
+            for message in chunk[:-1]:
                 producer.send(message, ack)
             # The transaction's last acknowledgement measures its publish age.
-            producer.send(messages[-1], partial(self._last_acked, ack, txn.ctx.ts))
+            producer.send(chunk[-1], partial(self._last_acked, ack, txn.ctx.ts))
+        sent += len(chunk)
         self.last_end = txn.end
         self.transactions += 1
-        self.messages += len(messages)
-        CDC_ROWS.labels(self.options.source).inc(len(messages))
+        self.messages += sent
+        CDC_ROWS.labels(self.options.source).inc(sent)
         return end
 
     def _last_acked(self, ack: Callable[[], None], committed_at: float) -> None:

@@ -33,14 +33,14 @@ MAX_IN_FLIGHT = 5
 ROWS = 40  # one row per transaction, far more than MAX_IN_FLIGHT
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _scrape(port: int, source: str) -> dict[str, float]:
+def scrape(port: int, source: str) -> dict[str, float]:
     """{sample name: value} of the reader's series for `source`."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -52,14 +52,16 @@ def _scrape(port: int, source: str) -> dict[str, float]:
     }
 
 
-def _scrape_if(port: int, condition: Callable[[dict[str, float]], bool]) -> dict[str, float] | None:
+def scrape_if(
+    port: int, condition: Callable[[dict[str, float]], bool], source: str = "main"
+) -> dict[str, float] | None:
     """The reader's series when `condition` holds of them, else None."""
-    found = _scrape(port, "main")
+    found = scrape(port, source)
     return found if condition(found) else None
 
 
 @contextlib.contextmanager
-def _kafka_paused() -> Iterator[None]:
+def kafka_paused() -> Iterator[None]:
     """SIGSTOP this stack's Kafka broker; SIGCONT it on the way out, whatever happened."""
     pid = load_devstack().Stack().pid("kafka")
     assert pid is not None, "the stack's kafka is not running"
@@ -78,7 +80,7 @@ def test_lag_grows_while_the_broker_is_paused(
         cur.execute("CREATE TABLE lag_t (id INT PRIMARY KEY, v INT)")
     with stack.mysql_root() as root:
         start = binlog_end(root)
-    port = _free_port()
+    port = free_port()
     env = reader_env(
         stack,
         unique,
@@ -98,26 +100,25 @@ def test_lag_grows_while_the_broker_is_paused(
         with conn.cursor() as cur:
             cur.execute("INSERT INTO lag_t VALUES (0, 0)")
         topic.read_until(lambda r: len(r) >= 1)
-        wait_for("lag gauges", lambda: "shardctl_cdc_binlog_lag_seconds" in _scrape(port, "main"))
+        wait_for("lag gauges", lambda: "shardctl_cdc_binlog_lag_seconds" in scrape(port, "main"))
 
-        with _kafka_paused():
+        with kafka_paused():
             with conn.cursor() as cur:
                 for row_id in range(1, ROWS + 1):
                     cur.execute(f"INSERT INTO lag_t VALUES ({row_id}, 0)")
             blocked = wait_for(
                 "the reader to block on unacknowledged messages",
                 lambda: (
-                    (m := _scrape(port, "main"))["shardctl_cdc_rows_total"] > MAX_IN_FLIGHT + 1
-                    and m
+                    (m := scrape(port, "main"))["shardctl_cdc_rows_total"] > MAX_IN_FLIGHT + 1 and m
                 ),
             )
             earlier = blocked["shardctl_cdc_binlog_lag_seconds"]
             # The reader reads nothing new; the lag in seconds must still grow.
             wait_for(
                 f"the lag in seconds to grow past {earlier} + 2 while blocked",
-                lambda: _scrape(port, "main")["shardctl_cdc_binlog_lag_seconds"] > earlier + 2,
+                lambda: scrape(port, "main")["shardctl_cdc_binlog_lag_seconds"] > earlier + 2,
             )
-            now = _scrape(port, "main")
+            now = scrape(port, "main")
             assert now["shardctl_cdc_binlog_lag_bytes"] > 0
             assert now["shardctl_cdc_in_flight_messages"] > MAX_IN_FLIGHT
             assert reader.proc.poll() is None, reader.stderr()
@@ -129,7 +130,7 @@ def test_lag_grows_while_the_broker_is_paused(
         done = wait_for(
             "every message acknowledged and the lag back to 0",
             lambda: (
-                (m := _scrape(port, "main"))["shardctl_cdc_in_flight_messages"] == 0
+                (m := scrape(port, "main"))["shardctl_cdc_in_flight_messages"] == 0
                 and m["shardctl_cdc_binlog_lag_bytes"] == 0
                 and m
             ),
