@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdc.formatter import FormatterOptions
 from cdc.partitioner import FallbackBy, PartitionBy
+from cdc.replication.transaction import DEFAULT_MEMORY_BYTES, DEFAULT_MEMORY_ROWS
 from shardctl.config import config_path, load_section, read_config_file, refuse_secret_options
 from shardctl.keyspace import check_name
 
@@ -75,6 +76,14 @@ class CdcOptions(BaseSettings):
     lease_ttl_s: int = Field(default=10, ge=2)
     max_in_flight: int = Field(default=200_000, ge=1)
     bootstrap_poll_s: float = Field(default=2.0, gt=0)
+    # How often the lag gauges are computed, on their own thread (never frozen by a
+    # publish loop blocked on the broker).
+    # A transaction's rows past either bound go to a temporary file (in `spill_dir`,
+    # else the system's temporary directory) and are read back to publish.
+    transaction_memory_rows: int = Field(default=DEFAULT_MEMORY_ROWS, ge=0)
+    transaction_memory_bytes: int = Field(default=DEFAULT_MEMORY_BYTES, ge=0)
+    spill_dir: str | None = None
+    lag_interval_s: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("source", "reader_id")
     @classmethod

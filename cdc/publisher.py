@@ -2,7 +2,9 @@
 
 Row changes are already filtered (see `cdc.replication.decoding`); every kept
 row becomes one Maxwell message, `commit: true` on the last kept row of the
-transaction. A statement becomes DDL messages when `output_ddl` is on (and the
+transaction. Messages are made one at a time as the caller asks for them (a
+transaction's rows may be spilled to a file; they are never all in memory).
+A statement becomes DDL messages when `output_ddl` is on (and the
 table passes the filter), and always drops the cached facts about the tables it
 changed. A transaction may yield no message at all; its end still counts for
 the checkpoint.
@@ -11,14 +13,14 @@ the checkpoint.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from cdc.ddl import classify, is_truncate
 from cdc.filtering import Filter
 from cdc.formatter import MaxwellFormatter
 from cdc.partitioner import Partitioner
 from cdc.producers.base import Outgoing
-from cdc.replication.transaction import Transaction
+from cdc.replication.transaction import RowChange, Transaction
 from cdc.rows import Message
 from shardctl.hashing import shard_of
 
@@ -40,32 +42,44 @@ class Publisher:
         self.ddl_topic = ddl_topic
         self._invalidate = invalidate
 
-    def messages(self, txn: Transaction) -> list[Outgoing]:
+    def messages(self, txn: Transaction) -> Iterator[Outgoing]:
+        """The transaction's messages in order, made as they are asked for."""
         if txn.statement is not None:
-            return self._statement(txn)
-        changes = self.formatter.split_key_changes(txn.changes)
-        last = len(changes) - 1
+            yield from self._statement(txn)
+            return
         ctx = txn.ctx
         fmt = self.formatter.format
         partitioner = self.partitioner
         by_key = partitioner.by == "primary_key"
         num_shards = partitioner.num_shards
-        out: list[Outgoing] = []
-        append = out.append
-        for index, change in enumerate(changes):
-            message = fmt(ctx, change.table, change.row, index, index == last)
+        changes = self._published_changes(txn)
+        change = next(changes, None)
+        index = 0
+        while change is not None:
+            # One change ahead: the last one carries `commit: true`.
+            following = next(changes, None)
+            message = fmt(ctx, change.table, change.row, index, following is None)
             key = message.key
             shard = (
                 shard_of(key, num_shards)
                 if by_key
                 else partitioner.shard(key, message.database, message.table, ctx, change.row.data)
             )
-            append(
-                Outgoing(
-                    key, message.value, shard, message.event_id, message.database, message.table
-                )
+            yield Outgoing(
+                key, message.value, shard, message.event_id, message.database, message.table
             )
-        return out
+            change = following
+            index += 1
+
+    def _published_changes(self, txn: Transaction) -> Iterator[RowChange]:
+        """The transaction's changes as published: an update that changes the primary
+        key may become two (`MaxwellFormatter.split_key_changes`)."""
+        split = self.formatter.split_key_changes
+        for change in txn.rows():
+            if change.row.old is None:
+                yield change
+            else:
+                yield from split([change])
 
     def _statement(self, txn: Transaction) -> list[Outgoing]:
         statement = txn.statement

@@ -29,6 +29,7 @@ checkpoint past the undelivered message.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -50,7 +51,7 @@ from cdc.formatter import MaxwellFormatter
 from cdc.options import CdcOptions
 from cdc.partitioner import Partitioner
 from cdc.producers import build_producer
-from cdc.producers.base import Producer
+from cdc.producers.base import DeliveryError, Outgoing, Producer
 from cdc.publisher import Publisher
 from cdc.replication.decoding import FilteredDecoding
 from cdc.replication.errors import SessionSettingError
@@ -67,6 +68,8 @@ from shardctl.etcd.session import Session, SessionLost
 from shardctl.keyspace import Keyspace
 from shardctl.metrics import (
     CDC_CHECKPOINT,
+    CDC_DELIVERY_FAILURES,
+    CDC_IN_FLIGHT,
     CDC_LAG_BYTES,
     CDC_LAG_SECONDS,
     CDC_LEADER,
@@ -77,8 +80,84 @@ from shardctl.records import ClusterConfig, RecordError
 
 log = logging.getLogger(__name__)
 
-# How often the leader asks the server for its binlog end (the lag-in-bytes metric).
-LAG_PROBE_INTERVAL_S = 5.0
+# Messages made and sent at a time within a transaction (see Reader._publish).
+PUBLISH_CHUNK = 1000
+
+
+class LagMonitor:
+    """Sets the lag gauges every `interval_s` on its own thread, so that a publish
+    loop blocked on the broker shows growing lag instead of a frozen value.
+
+    Lag in bytes: the server's binlog end minus the end of the newest transaction
+    read. Lag in seconds: now minus the later of that transaction's commit time and
+    the last moment the reader had read the whole binlog (an idle source is
+    current, not late). A failed probe is logged; it never stops the stream.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        connect: dict[str, Any],
+        interval_s: float,
+        in_flight: Callable[[], int],
+    ) -> None:
+        self._source = source
+        self._connect = connect
+        self._interval_s = interval_s
+        self._in_flight = in_flight
+        self._newest: tuple[Checkpoint, float] | None = None  # (end, commit time)
+        self._current_at = 0.0  # wall time the reader last had the whole binlog
+        self._connection: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"cdc-{source}-lag", daemon=True)
+
+    def read(self, end: Checkpoint, committed_at: float) -> None:
+        """The stream read the transaction that ends at `end` (from the reader's thread)."""
+        self._newest = (end, committed_at)  # one assignment: the monitor sees a pair
+
+    def start(self) -> LagMonitor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self._interval_s + 10)
+        if self._connection is not None:
+            with contextlib.suppress(pymysql.err.MySQLError):
+                self._connection.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.update()
+            self._stop.wait(self._interval_s)
+
+    def update(self) -> None:
+        CDC_IN_FLIGHT.labels(self._source).set(self._in_flight())
+        newest = self._newest
+        if newest is None:
+            return
+        end, committed_at = newest
+        now = time.time()
+        behind = self._bytes_behind(end)
+        if behind is not None:
+            CDC_LAG_BYTES.labels(self._source).set(behind)
+            if behind == 0:
+                self._current_at = now
+        lag = now - max(committed_at, self._current_at)
+        CDC_LAG_SECONDS.labels(self._source).set(max(0.0, lag))
+
+    def _bytes_behind(self, end: Checkpoint) -> int | None:
+        try:
+            if self._connection is None:
+                self._connection = pymysql.connect(**self._connect)
+            return binlog_lag_bytes(self._connection, end.position)
+        except pymysql.err.MySQLError as exc:
+            log.warning("source %s: binlog lag not measured: %s", self._source, exc)
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                with contextlib.suppress(pymysql.err.MySQLError):
+                    connection.close()
+            return None
 
 
 class LeadershipLost(Exception):
@@ -304,6 +383,9 @@ class Reader:
                 mode=options.mode,
                 heartbeat_s=options.heartbeat_s,
                 recovery_command=recovery_command(options.source),
+                transaction_memory_rows=options.transaction_memory_rows,
+                transaction_memory_bytes=options.transaction_memory_bytes,
+                spill_dir=options.spill_dir,
             ),
             decoding,
             checkpoint,
@@ -316,7 +398,9 @@ class Reader:
         saved = checkpoint
         next_save = time.monotonic() + options.checkpoint_interval_s
         next_bootstrap = time.monotonic()
-        next_lag_probe = time.monotonic()
+        lag = LagMonitor(options.source, connect, options.lag_interval_s, lambda: tracker.in_flight)
+        # A checkpoint without a commit time (a first start): count from now.
+        lag.read(checkpoint, checkpoint.ts or time.time())
         clean = False
 
         def check_leadership() -> None:
@@ -324,8 +408,16 @@ class Reader:
             if lost.done() or not leadership.session.is_valid():
                 raise LeadershipLost(self._lost_reason(lost, leadership))
 
+        def wait_for_room() -> None:
+            """Back-pressure: at most `max_in_flight` messages unacknowledged."""
+            producer.poll(0)
+            while tracker.in_flight > options.max_in_flight:
+                producer.poll(0.05)
+                check_leadership()
+
         CDC_LEADER.labels(options.source).set(1)
         health.update("leading")
+        lag.start()
         try:
             for item in source:
                 check_leadership()
@@ -335,11 +427,10 @@ class Reader:
                         # and this one: its acks may checkpoint the former, never this
                         # one (source.boundary is already this one's end).
                         bootstrap.emit(producer, tracker, published, leadership)
-                    published = self._publish(item, publisher, producer, tracker)
-                    producer.poll(0)
-                    while tracker.in_flight > options.max_in_flight:
-                        producer.poll(0.05)
-                        check_leadership()
+                    published = self._publish(
+                        item, publisher, producer, tracker, lag, published, wait_for_room
+                    )
+                    wait_for_room()
                 else:
                     producer.poll(0)
                     if bootstrap.due(None):
@@ -348,9 +439,6 @@ class Reader:
                 if now >= next_save:
                     next_save = now + options.checkpoint_interval_s
                     saved = self._advance(loop, store, leadership, tracker, saved)
-                if now >= next_lag_probe:
-                    next_lag_probe = now + LAG_PROBE_INTERVAL_S
-                    self._probe_lag_bytes(connect)
                 if now >= next_bootstrap and bootstrap.armed is None:
                     next_bootstrap = now + options.bootstrap_poll_s
                     try:
@@ -364,6 +452,9 @@ class Reader:
                     break
         except (NotLeader, SessionLost) as exc:
             raise LeadershipLost(str(exc)) from exc
+        except DeliveryError:
+            CDC_DELIVERY_FAILURES.labels(options.source).inc()
+            raise
         except SessionSettingError:
             # Stop at the boundary just before the transaction: everything before it
             # delivered and checkpointed, so `checkpoint skip` finds the checkpoint
@@ -373,6 +464,7 @@ class Reader:
             raise
         finally:
             CDC_LEADER.labels(options.source).set(0)
+            lag.stop()
             source.close()
             bootstrap.close()
             lost.cancel()
@@ -394,54 +486,63 @@ class Reader:
         publisher: Publisher,
         producer: Producer,
         tracker: AckTracker[Checkpoint],
+        lag: LagMonitor,
+        published: Checkpoint,
+        wait_for_room: Callable[[], None],
     ) -> Checkpoint:
-        """Send the transaction's messages; returns the end registered with `tracker`."""
-        if txn.statement is not None:
-            # The schema model follows the stream: this boundary and every later
-            # event see the schema as this statement left it.
-            self._json_model.apply_ddl(
-                txn.statement.sql, txn.statement.database, f"{txn.ctx.file}:{txn.ctx.pos}"
-            )
-        messages = publisher.messages(txn)
+        """Send the transaction's messages; returns the end registered with `tracker`.
+
+        Messages are made and sent PUBLISH_CHUNK at a time, waiting for room under
+        `max_in_flight` between chunks, so memory stays bounded whatever the
+        transaction's size. Every chunk but the last is registered with the end
+        already registered before the transaction (`published`): its
+        acknowledgement never moves the checkpoint into the transaction, and a
+        crash in the middle resumes at the transaction's start.
+        """
+        lag.read(txn.end, txn.end.ts)
+        try:
+            if txn.statement is not None:
+                # The schema model follows the stream: this boundary and every later
+                # event see the schema as this statement left it.
+                self._json_model.apply_ddl(
+                    txn.statement.sql, txn.statement.database, f"{txn.ctx.file}:{txn.ctx.pos}"
+                )
+            chunk: list[Outgoing] = []
+            sent = 0
+            for message in publisher.messages(txn):
+                if len(chunk) == PUBLISH_CHUNK:
+                    seq = tracker.open(published, len(chunk))
+                    ack = partial(tracker.ack, seq)
+                    for queued in chunk:
+                        producer.send(queued, ack)
+                    sent += len(chunk)
+                    chunk = []
+                    wait_for_room()
+                chunk.append(message)
+        finally:
+            txn.close()
         end = dataclasses.replace(
             txn.end,
-            event_id=messages[-1].event_id if messages else txn.end.event_id,
+            event_id=chunk[-1].event_id if chunk else txn.end.event_id,
             json_columns=self._json_model.state,
         )
-        seq = tracker.open(end, len(messages))
-        if messages:
+        seq = tracker.open(end, len(chunk))
+        if chunk:
             ack = partial(tracker.ack, seq)
-            for message in messages[:-1]:
+            for message in chunk[:-1]:
                 producer.send(message, ack)
             # The transaction's last acknowledgement measures its publish age.
-            producer.send(messages[-1], partial(self._last_acked, ack, txn.ctx.ts))
+            producer.send(chunk[-1], partial(self._last_acked, ack, txn.ctx.ts))
+        sent += len(chunk)
         self.last_end = txn.end
         self.transactions += 1
-        self.messages += len(messages)
-        CDC_ROWS.labels(self.options.source).inc(len(messages))
-        CDC_LAG_SECONDS.labels(self.options.source).set(max(0.0, time.time() - txn.ctx.ts))
+        self.messages += sent
+        CDC_ROWS.labels(self.options.source).inc(sent)
         return end
 
     def _last_acked(self, ack: Callable[[], None], committed_at: float) -> None:
         ack()
         CDC_PUBLISH_AGE.labels(self.options.source).observe(max(0.0, time.time() - committed_at))
-
-    def _probe_lag_bytes(self, connect: dict[str, Any]) -> None:
-        """Set the lag-in-bytes gauge: the server's binlog end minus the last
-        transaction read. A failed probe is logged; it never stops the stream."""
-        if self.last_end is None:
-            return
-        try:
-            connection = pymysql.connect(**connect)
-            try:
-                behind = binlog_lag_bytes(connection, self.last_end.position)
-            finally:
-                connection.close()
-        except pymysql.err.MySQLError as exc:
-            log.warning("source %s: binlog lag not measured: %s", self.options.source, exc)
-            return
-        if behind is not None:
-            CDC_LAG_BYTES.labels(self.options.source).set(behind)
 
     def _advance(
         self,

@@ -30,7 +30,10 @@ BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 # --- CDC reader -------------------------------------------------------------
 CDC_ROWS = Counter("shardctl_cdc_rows_total", "Row changes published", ["source"])
 CDC_LAG_SECONDS = Gauge(
-    "shardctl_cdc_binlog_lag_seconds", "Now minus the timestamp of the last event read", ["source"]
+    "shardctl_cdc_binlog_lag_seconds",
+    "Now minus the commit time of the newest transaction read, or of the last moment the "
+    "reader had read the server's whole binlog, whichever is later",
+    ["source"],
 )
 CDC_LAG_BYTES = Gauge(
     "shardctl_cdc_binlog_lag_bytes",
@@ -47,6 +50,16 @@ CDC_CHECKPOINT = Gauge(
     "shardctl_cdc_checkpoint_position",
     "Checkpointed binlog position (byte offset in `file`)",
     ["source", "file"],
+)
+CDC_IN_FLIGHT = Gauge(
+    "shardctl_cdc_in_flight_messages",
+    "Messages handed to the producer and not yet acknowledged by the broker",
+    ["source"],
+)
+CDC_DELIVERY_FAILURES = Counter(
+    "shardctl_cdc_delivery_failures",
+    "Delivery failures that stopped the reader before its checkpoint passed the message",
+    ["source"],
 )
 CDC_LEADER = Gauge("shardctl_cdc_leader", "1 while this reader is the elected one", ["source"])
 

@@ -72,6 +72,8 @@ from cdc.replication.server_check import (
     check_server,
 )
 from cdc.replication.transaction import (
+    DEFAULT_MEMORY_BYTES,
+    DEFAULT_MEMORY_ROWS,
     RowsDecoding,
     Transaction,
     TransactionAssembler,
@@ -124,6 +126,10 @@ class SourceOptions:
     # Called instead of raising for a transaction written under a bad session
     # setting (see TransactionAssembler); only the checkpoint skip command sets it.
     on_session_setting: Callable[[SessionSettingError], None] | None = None
+    # Bounds of a transaction's rows held in memory; the rest is spilled to a file.
+    transaction_memory_rows: int = DEFAULT_MEMORY_ROWS
+    transaction_memory_bytes: int = DEFAULT_MEMORY_BYTES
+    spill_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -286,6 +292,9 @@ class BinlogSource:
             start.file,
             source=self._options.source,
             on_session_setting=self._options.on_session_setting,
+            memory_rows=self._options.transaction_memory_rows,
+            memory_bytes=self._options.transaction_memory_bytes,
+            spill_dir=self._options.spill_dir,
         )
         verified_rotate = False
         # gtid mode: domains whose first GTID has not been checked against the start.

@@ -15,6 +15,12 @@ the log position just after the end event, which is where a resumed stream must
 start: never in the middle of a transaction (a stream resumed there would miss
 the TABLE_MAP events and lose rows).
 
+Memory stays bounded whatever the transaction's size: past `memory_rows` decoded
+rows, or `memory_bytes` bytes of rows events, the rest of the transaction's rows
+go to a temporary file (`SpilledRows`, Maxwell's way). `Transaction.rows()` reads
+them back in order once the transaction is complete, so the format is unchanged:
+every row carries the XID, the last one `commit: true`.
+
 Binlog files never split a transaction, so a rotate or a new format description
 inside one means the connection was re-established under us, and a GTID or
 BEGIN inside one means the server replays. Both raise `TransactionOrderError`
@@ -23,10 +29,14 @@ so that the caller restarts the stream at the start of the open transaction.
 
 from __future__ import annotations
 
+import logging
+import pickle
 import re
-from collections.abc import Callable, Sequence
+import struct
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from cdc.replication.errors import (
     PartialRowImage,
@@ -36,6 +46,8 @@ from cdc.replication.errors import (
 )
 from cdc.replication.position import Checkpoint
 from cdc.rows import RowImage, TxnContext
+
+log = logging.getLogger(__name__)
 
 # MariaDB GTID event flags (sql/log_event.h).
 _FL_STANDALONE = 1
@@ -97,12 +109,78 @@ class Statement:
     sql: str
 
 
+# Defaults of `cdc.transaction_memory_rows` and `cdc.transaction_memory_bytes`.
+DEFAULT_MEMORY_ROWS = 50_000
+DEFAULT_MEMORY_BYTES = 32 * 1024 * 1024
+
+_LENGTH = struct.Struct("<I")
+
+
+class SpilledRows:
+    """Row changes of one transaction in a temporary file, in order.
+
+    Each row is a length-prefixed pickle of (table index, type, data, old); the
+    table definitions stay in memory, one per table. The file has no name (it is
+    deleted as it is created) and goes away with `close()` or the process.
+    """
+
+    def __init__(self, directory: str | None = None) -> None:
+        # Lives as long as this object (closed by close()), not a with-block.
+        self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
+        self._tables: list[Any] = []
+        self._table_index: dict[int, int] = {}  # id(table) -> index in _tables
+        self.count = 0
+
+    def append(self, change: RowChange) -> None:
+        table = change.table
+        index = self._table_index.get(id(table))
+        if index is None:
+            index = self._table_index[id(table)] = len(self._tables)
+            self._tables.append(table)
+        row = change.row
+        blob = pickle.dumps((index, row.type, row.data, row.old), pickle.HIGHEST_PROTOCOL)
+        self._file.write(_LENGTH.pack(len(blob)))
+        self._file.write(blob)
+        self.count += 1
+
+    def __iter__(self) -> Iterator[RowChange]:
+        """The rows in the order they were appended (read back from the file)."""
+        self._file.flush()
+        self._file.seek(0)
+        read = self._file.read
+        tables = self._tables
+        for _ in range(self.count):
+            (size,) = _LENGTH.unpack(read(_LENGTH.size))
+            index, kind, data, old = pickle.loads(read(size))
+            yield RowChange(tables[index], RowImage(kind, data, old))
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass(slots=True)
 class Transaction:
     ctx: TxnContext
     end: Checkpoint
+    # The first rows, held in memory; the rest (if any) are in `spilled`.
     changes: list[RowChange] = field(default_factory=list)
     statement: Statement | None = None
+    spilled: SpilledRows | None = None
+
+    def rows(self) -> Iterator[RowChange]:
+        """Every row change of the transaction, in binlog order."""
+        yield from self.changes
+        if self.spilled is not None:
+            yield from self.spilled
+
+    @property
+    def row_count(self) -> int:
+        return len(self.changes) + (self.spilled.count if self.spilled is not None else 0)
+
+    def close(self) -> None:
+        """Release the spilled rows' file (the transaction can no longer be read)."""
+        if self.spilled is not None:
+            self.spilled.close()
 
 
 class RowsDecoding(Protocol):
@@ -133,6 +211,8 @@ class _Open:
     ts: int
     begun: bool
     changes: list[RowChange] = field(default_factory=list)
+    memory_bytes: int = 0  # rows events' bytes behind `changes`
+    spilled: SpilledRows | None = None
 
 
 def event_start(event: Any) -> int:
@@ -155,8 +235,14 @@ class TransactionAssembler:
         file: str,
         source: str = "",
         on_session_setting: Callable[[SessionSettingError], None] | None = None,
+        memory_rows: int = DEFAULT_MEMORY_ROWS,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        spill_dir: str | None = None,
     ) -> None:
         self._decoding = decoding
+        self._memory_rows = memory_rows
+        self._memory_bytes = memory_bytes
+        self._spill_dir = spill_dir
         self._gtid_state = gtid_state
         self.file = file
         self._open: _Open | None = None
@@ -243,7 +329,28 @@ class TransactionAssembler:
         except PartialRowImage as exc:
             self._session_setting(event, exc.setting, exc.wanted, exc.table, exc.detail)
             return
-        self._open.changes.extend(changes)
+        opened = self._open
+        if opened.spilled is None:
+            opened.changes.extend(changes)
+            opened.memory_bytes += int(event.packet.event_size)
+            if len(opened.changes) > self._memory_rows or opened.memory_bytes > self._memory_bytes:
+                # Keep the first `memory_rows` in memory; the rest, and every later
+                # row of the transaction, go to the file.
+                log.info(
+                    "transaction at %s:%d: past %d rows or %d bytes in memory; spilling "
+                    "its further rows to a temporary file",
+                    opened.file,
+                    opened.pos,
+                    self._memory_rows,
+                    self._memory_bytes,
+                )
+                opened.spilled = SpilledRows(self._spill_dir)
+                for change in opened.changes[self._memory_rows :]:
+                    opened.spilled.append(change)
+                del opened.changes[self._memory_rows :]
+        else:
+            for change in changes:
+                opened.spilled.append(change)
 
     def load_query(self, event: Any) -> None:
         """LOAD DATA logged as a statement (EXECUTE_LOAD_QUERY): no rows to publish."""
@@ -335,4 +442,6 @@ class TransactionAssembler:
             ts=int(event.timestamp),
             server_id=opened.server_id,
         )
-        return Transaction(ctx=ctx, end=end, changes=opened.changes, statement=statement)
+        return Transaction(
+            ctx=ctx, end=end, changes=opened.changes, statement=statement, spilled=opened.spilled
+        )
