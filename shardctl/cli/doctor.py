@@ -112,7 +112,7 @@ def check_etcd(settings: Settings) -> tuple[list[Finding], ClusterConfig | None,
 # -- shards stalled on a transient failure ----------------------------------------------
 
 
-def check_shards(settings: Settings) -> list[Finding]:
+def check_stalled_shards(settings: Settings) -> list[Finding]:
     """A finding per shard whose worker waits out a transient failure (sink or broker
     away): its events wait, nothing is dead-lettered, its lag grows."""
     from shardctl.etcd import EtcdClient, EtcdError
@@ -128,7 +128,7 @@ def check_shards(settings: Settings) -> list[Finding]:
     try:
         listing = asyncio.run(asyncio.wait_for(read(), settings.etcd.timeout_s * 2))
     except (EtcdError, TimeoutError, OSError) as exc:
-        return [Finding("shards", "skipped", f"cannot read {keys.offsets_prefix}: {exc}")]
+        return [Finding("stalled shards", "skipped", f"cannot read {keys.offsets_prefix}: {exc}")]
     found: list[Finding] = []
     now = time.time()
     for kv in listing.items:
@@ -136,14 +136,16 @@ def check_shards(settings: Settings) -> list[Finding]:
         try:
             record = OffsetRecord.decode(kv.key, kv.value)
         except RecordError as exc:
-            found.append(Finding("shards", "problem", str(exc), "rewrite or delete the key"))
+            found.append(
+                Finding("stalled shards", "problem", str(exc), "rewrite or delete the key")
+            )
             continue
         if record.stalled is None:
             continue
         at = ", ".join(f"{t}@{p}" for t, p in sorted(record.positions.items())) or "the start"
         found.append(
             Finding(
-                "shards",
+                "stalled shards",
                 "problem",
                 f"shard {shard} has waited {now - record.stalled.since:.0f} s at {at} on a "
                 f"transient failure: {record.stalled.error}. Its events wait and its lag "
@@ -154,7 +156,9 @@ def check_shards(settings: Settings) -> list[Finding]:
         )
     if not found:
         found.append(
-            Finding("shards", "ok", f"no shard is stalled ({len(listing.items)} with offsets)")
+            Finding(
+                "stalled shards", "ok", f"no shard is stalled ({len(listing.items)} with offsets)"
+            )
         )
     return found
 
@@ -460,7 +464,7 @@ def run_checks(
 ) -> list[Finding]:
     findings, config, etcd_ok = check_etcd(settings)
     if etcd_ok:
-        findings += check_shards(settings)
+        findings += check_stalled_shards(settings)
     findings += check_mysql(settings, reader_server_id)
     if config is None:
         reason = "etcd does not answer" if not etcd_ok else "the cluster has no config"

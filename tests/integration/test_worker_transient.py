@@ -12,7 +12,7 @@ import pymysql
 import pytest
 from prometheus_client import REGISTRY
 
-from shardctl.cli.doctor import check_shards
+from shardctl.cli.doctor import check_stalled_shards
 from shardctl.config import Settings
 from shardctl.etcd import EtcdClient
 from shardctl.keyspace import Keyspace
@@ -150,7 +150,7 @@ def test_a_sink_outage_longer_than_the_retry_window_dead_letters_nothing(
             record = await _offset_record(settings, 0)
             assert record is not None and record.stalled is not None, record
             assert "2003" in record.stalled.error or "2013" in record.stalled.error, record
-            findings = await asyncio.to_thread(check_shards, settings)
+            findings = await asyncio.to_thread(check_stalled_shards, settings)
             stalled_findings = [f for f in findings if f.level == "problem"]
             assert len(stalled_findings) == 1, findings
             assert "shard 0" in stalled_findings[0].what
@@ -174,7 +174,7 @@ def test_a_sink_outage_longer_than_the_retry_window_dead_letters_nothing(
                 await asyncio.sleep(0.1)
             assert record is not None and record.stalled is None, record
             assert record.positions == {topic: 300}
-            findings = await asyncio.to_thread(check_shards, settings)
+            findings = await asyncio.to_thread(check_stalled_shards, settings)
             assert [f for f in findings if f.level == "problem"] == [], findings
         finally:
             if down:
