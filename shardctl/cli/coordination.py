@@ -440,6 +440,13 @@ def status(
         return
     data = _run(collect_status(settings))
     if as_json:
+        from shardctl.cli.kafka_admin import KafkaUnavailable
+        from shardctl.cli.offsets import status_offsets
+
+        try:
+            data["shards"] = _run(status_offsets(settings, data))
+        except KafkaUnavailable as exc:
+            raise _fail(f"offsets and lag: {exc}") from None
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     leader = data["leader"]
