@@ -138,13 +138,20 @@ async def _config_topics(client: EtcdClient, keys: Keyspace) -> list[str]:
 
 
 async def shard_offsets(
-    settings: Settings, client: EtcdClient, topics: list[str], shards: list[int]
+    settings: Settings,
+    client: EtcdClient,
+    topics: list[str],
+    shards: list[int],
+    kafka_errors: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per shard and topic: committed and end offsets, lag, owner and token.
 
     `lag` counts the records after the committed offset; with nothing committed the
     shard starts at the partition's earliest offset, so it counts from there. A
-    shard with no partition in a topic gets `end` and `lag` None."""
+    shard with no partition in a topic gets `end` and `lag` None. With
+    `kafka_errors`, a topic Kafka cannot describe gets them None too, and its error
+    goes into `kafka_errors` (else KafkaUnavailable is raised)."""
+    from shardctl.cli.kafka_admin import KafkaUnavailable
     from shardctl.keyspace import Keyspace
     from shardctl.records import OffsetRecord
 
@@ -157,9 +164,15 @@ async def shard_offsets(
         keys.shard_of_offset_key(kv.key): OffsetRecord.decode(kv.key, kv.value)
         for kv in (await client.get_prefix(keys.offsets_prefix)).items
     }
-    marks = {
-        topic: await asyncio.to_thread(topic_marks, settings, topic, shards) for topic in topics
-    }
+    marks: dict[str, TopicMarks] = {}
+    for topic in topics:
+        try:
+            marks[topic] = await asyncio.to_thread(topic_marks, settings, topic, shards)
+        except KafkaUnavailable as exc:
+            if kafka_errors is None:
+                raise
+            kafka_errors[topic] = str(exc)
+            marks[topic] = TopicMarks("", 0, {})
     rows: list[dict[str, Any]] = []
     for shard in shards:
         owner = owners.get(shard)
@@ -424,9 +437,13 @@ def reset(
         raise fail(str(exc)) from None
 
 
-async def status_offsets(settings: Settings, status: dict[str, Any]) -> list[dict[str, Any]]:
+async def status_offsets(
+    settings: Settings, status: dict[str, Any], kafka_errors: dict[str, str]
+) -> list[dict[str, Any]]:
     """`status --json`'s `shards`: per shard of the cluster config, its owner and token,
-    and per topic of the config the committed offset, end offset and lag."""
+    and per topic of the config the committed offset, end offset and lag (None for
+    end and lag when the transport is NSQ, or Kafka does not answer about a topic:
+    its error goes into `kafka_errors`)."""
     from shardctl.etcd import EtcdClient
     from shardctl.keyspace import Keyspace
 
@@ -440,7 +457,10 @@ async def status_offsets(settings: Settings, status: dict[str, Any]) -> list[dic
             keys.shard_of_owner_key(kv.key): kv
             for kv in (await client.get_prefix(keys.owners_prefix)).items
         }
-        rows = await shard_offsets(settings, client, list(config["topics"]), shards)
+        topics = list(config["topics"])
+        if config["transport"] == "nsq":  # no offsets, no Kafka to ask
+            topics = []
+        rows = await shard_offsets(settings, client, topics, shards, kafka_errors)
     by_shard: dict[int, dict[str, Any]] = {}
     for shard in shards:
         owner = owners.get(shard)

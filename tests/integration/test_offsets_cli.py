@@ -115,6 +115,7 @@ def test_offsets_describe_and_reset_around_a_running_worker(
         status = cli(env, "status", "--json")
         assert status.returncode == 0, status.stderr
         shards = json.loads(status.stdout)["shards"]
+        assert json.loads(status.stdout)["kafka_errors"] == {}
         assert [(s["shard"], s["owner"], s["offsets"][topic]) for s in shards] == [
             (0, "w1", {"committed": 10, "earliest": 0, "end": 10, "lag": 0}),
             (1, "w1", {"committed": 3, "earliest": 0, "end": 3, "lag": 0}),
@@ -163,6 +164,20 @@ def test_offsets_describe_and_reset_around_a_running_worker(
     assert [(r["committed"], r["lag"]) for r in describe(env)] == [(10, 0), (3, 0)]
     assert reset("--shard", "0", "--to-earliest", "--execute").returncode == 0
     assert [(r["committed"], r["lag"]) for r in describe(env, "--shard", "0")] == [(0, 10)]
+
+    # A topic Kafka no longer has: status still answers, and names the topic's error.
+    delete_topics(stack.kafka_bootstrap, [topic])
+    status = cli(env, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    document = json.loads(status.stdout)
+    assert list(document["kafka_errors"]) == [topic]
+    assert f"warning: offsets and lag: topic {topic}" in status.stderr
+    assert document["shards"][0]["offsets"][topic] == {
+        "committed": 0, "earliest": None, "end": None, "lag": None,
+    }  # fmt: skip
+    gone = cli(env, "offsets", "describe")
+    assert gone.returncode == 1 and f"topic {topic}" in gone.stderr
+    assert "Traceback" not in gone.stderr
 
 
 def test_offsets_reset_refuses_bad_usage(env: dict[str, str], unique: str) -> None:
