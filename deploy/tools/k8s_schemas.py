@@ -1,4 +1,5 @@
-"""Write self-contained JSON schemas, one per kind used in deploy/k8s, for kubeconform.
+"""Write self-contained JSON schemas, one per kind used in deploy/k8s and the rendered
+Helm chart, for kubeconform.
 
 The kubernetes-validate package ships the Kubernetes schemas with every definition in
 one shared `_definitions.json`, referenced by a path kubeconform cannot follow. This
@@ -34,6 +35,8 @@ def main(out: Path, k8s_version: str, manifests: list[Path]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for manifest in manifests:
         for doc in yaml.safe_load_all(manifest.read_text()):
+            if doc is None:  # an empty document (rendered templates have some)
+                continue
             name = kind_file(doc["apiVersion"], doc["kind"])
             if (out / name).exists():
                 continue

@@ -3,4 +3,7 @@
 
 package tools
 
-import _ "github.com/yannh/kubeconform/cmd/kubeconform"
+import (
+	_ "github.com/yannh/kubeconform/cmd/kubeconform"
+	_ "helm.sh/helm/v3/cmd/helm"
+)

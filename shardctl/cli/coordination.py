@@ -501,6 +501,13 @@ def status(
         return
     data = _run(collect_status(settings))
     if as_json:
+        from shardctl.cli.offsets import status_offsets
+
+        kafka_errors: dict[str, str] = {}
+        data["shards"] = _run(status_offsets(settings, data, kafka_errors))
+        data["kafka_errors"] = kafka_errors
+        for error in kafka_errors.values():
+            typer.secho(f"warning: offsets and lag: {error}", fg=typer.colors.YELLOW, err=True)
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     leader = data["leader"]
