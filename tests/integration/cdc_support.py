@@ -226,6 +226,19 @@ def nsq_read(tcp_address: str, topic: str, expected: int, timeout: float = 30.0)
     return bodies
 
 
+def purge_binlogs_to(conn: Any, newest: str, gone: str) -> None:
+    """PURGE BINARY LOGS TO `newest` until `gone` is no longer listed: MariaDB keeps a
+    file until its binlog checkpoint has passed it, so one PURGE may leave it."""
+
+    def purged() -> bool:
+        with conn.cursor() as cur:
+            cur.execute(f"PURGE BINARY LOGS TO '{newest}'")
+            cur.execute("SHOW BINARY LOGS")
+            return gone not in {str(row[0]) for row in cur.fetchall()}
+
+    wait_for(f"{gone} to be purged", purged)
+
+
 class PrivateMariaDB:
     """A MariaDB server of a test's own, for server-wide settings and PURGE BINARY LOGS."""
 

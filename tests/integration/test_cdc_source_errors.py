@@ -18,6 +18,7 @@ from tests.integration.cdc_support import (
     PrivateMariaDB,
     ReaderProcess,
     private_mariadb,
+    purge_binlogs_to,
     reader_env,
     stored_checkpoint,
     wait_for,
@@ -114,7 +115,7 @@ def test_purged_binlog_gives_position_and_recovery_command(
         cur.execute("FLUSH BINARY LOGS")
         cur.execute("SHOW MASTER STATUS")
         newest = cur.fetchone()[0]
-        cur.execute(f"PURGE BINARY LOGS TO '{newest}'")
+        purge_binlogs_to(conn, newest, checkpoint.file)
 
     again = ReaderProcess(env, tmp_path, "second")
     assert again.wait(60) == 3

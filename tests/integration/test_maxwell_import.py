@@ -22,6 +22,7 @@ from tests.integration.cdc_support import (
     PrivateMariaDB,
     ReaderProcess,
     private_mariadb,
+    purge_binlogs_to,
     reader_env,
     stored_checkpoint,
     wait_for,
@@ -177,15 +178,7 @@ def test_a_purged_position_is_refused(
         with conn.cursor() as cur:
             cur.execute("FLUSH BINARY LOGS")
         newest, _ = _master_status(conn)
-
-        def purged() -> bool:
-            # MariaDB keeps a file until its binlog checkpoint is reached: ask again.
-            with conn.cursor() as cur:
-                cur.execute(f"PURGE BINARY LOGS TO '{newest}'")
-                cur.execute("SHOW BINARY LOGS")
-                return file not in {str(row[0]) for row in cur.fetchall()}
-
-        wait_for(f"{file} to be purged", purged)
+        purge_binlogs_to(conn, newest, file)
     env = reader_env(stack, unique, "main")
     env.pop("SHARDCTL_MYSQL_PASSWORD_FILE", None)
     env.update(server.env())
