@@ -104,6 +104,9 @@ def place(
             raise ValueError(f"shard {shard}: weight must be >= 1, got {weight}")
     plain = not affinity and all(w == 1 for w in weights.values())
     if plain and all(m.zone is None for m in members.values() if m.eligible):
+        if not any(m.eligible for m in members.values()):
+            # No worker may own a shard (none, or all draining): report them all.
+            return Placement([None] * num_shards, list(range(num_shards)))
         return Placement(assign(previous, members, num_shards, max_moves=max_moves))
     owners: list[str | None] = [None] * num_shards
     unplaceable: list[int] = []
@@ -222,6 +225,8 @@ def _balance(
             break
         taker = min(short, key=lambda w: ((load[w] - ideal[w]) / eligible[w].capacity, w))
         donors = [w for w in ids if load[w] > ideal[w]]
+        if not donors:
+            break  # the rest stays with live owners outside the group (churn budget)
         donor = max(donors, key=lambda w: ((load[w] - ideal[w]) / eligible[w].capacity, w))
         # Under a churn budget, only shards this generation placed may move again.
         movable = [
