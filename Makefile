@@ -6,9 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv stack lint typecheck deploy-check pytest unit flake-hunt bench soak down clean
+.PHONY: test demo venv docs stack lint typecheck deploy-check pytest unit flake-hunt bench soak down clean
 
-test: venv lint typecheck deploy-check stack pytest  ## everything CI runs
+test: venv lint typecheck deploy-check docs stack pytest  ## everything CI runs
 
 # Create the venv once; reinstall only when pyproject.toml changes.
 venv: $(STAMP)
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+# The docs site (mkdocs.yml); strict: a broken link or anchor fails the build. The
+# variable silences Material's notice about MkDocs 2, which is not a build warning.
+docs: venv  ## build the docs site into .site/; needs no services
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir .site
 
 stack: venv  ## install (once) and start etcd, MariaDB, Kafka, NSQ on 127.0.0.1
 	$(BIN)/shardctl dev up
