@@ -447,7 +447,7 @@ def status(
     if data["checkpoint_purged"]:
         typer.echo(
             f"lag          unknown: the server no longer has {cp['file']}; see "
-            "`shardctl cdc checkpoint reset` (README: recovering from a purged binlog)"
+            "`shardctl cdc checkpoint reset` (docs/operations.md: Recovering from a purged binlog)"
         )
     elif data["lag_bytes"] is not None:
         typer.echo(f"lag          {data['lag_bytes']:,} bytes, {data['lag_seconds']:.1f} s")
