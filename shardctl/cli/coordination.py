@@ -938,7 +938,7 @@ def place_shards(
     try:
         updated = apply_placement(current, weight or [], affinity or [], reset)
     except ValueError as exc:
-        raise _fail(f"{exc}; nothing changed") from None
+        raise _fail(f"{exc}; nothing changed", EXIT_USAGE) from None
 
     async def write() -> bool:
         async with EtcdClient(settings.etcd) as client:

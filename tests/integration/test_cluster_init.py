@@ -91,7 +91,13 @@ def test_init_twice_then_a_conflict(
     show = shardctl(env, "cluster", "show", "--json")
     assert show.returncode == 0, show.stderr
     shown = json.loads(show.stdout)
-    assert shown["config"] == {"num_shards": 4, "topics": topics, "transport": "kafka"}
+    assert shown["config"] == {
+        "num_shards": 4,
+        "topics": topics,
+        "transport": "kafka",
+        "weights": {},
+        "affinity": {},
+    }
     assert shown["kafka_topics"][topics[0]] == {
         "partitions": 4,
         "replication_factor": 1,

@@ -41,7 +41,7 @@ def test_affinity_keeps_shards_on_labelled_workers_or_unassigned(cluster: Cluste
     placed = cluster.shardctl("shards", "place", "--affinity", "0-1:disk=ssd", "--weight", "2=3")
     assert placed.returncode == 0, placed.stderr
     bad = cluster.shardctl("shards", "place", "--weight", "9=2")
-    assert bad.returncode == 1 and "shard 9 does not exist" in bad.stderr
+    assert bad.returncode == 2 and "shard 9 does not exist" in bad.stderr
     config = cluster.config()
     assert config is not None and config.weights == {2: 3}
     assert config.affinity == {0: {"disk": "ssd"}, 1: {"disk": "ssd"}}
@@ -107,6 +107,8 @@ def test_affinity_keeps_shards_on_labelled_workers_or_unassigned(cluster: Cluste
 
 
 def test_a_zone_flag_that_disagrees_with_the_zone_label_is_refused(cluster: Cluster) -> None:
-    done = cluster.shardctl("worker", "run", "--zone", "a", "--label", "zone=b")
-    assert done.returncode == 1
+    done = cluster.shardctl(
+        "worker", "run", "--handler", "noop", "--zone", "a", "--label", "zone=b"
+    )
+    assert done.returncode == 2  # a bad usage
     assert "--zone 'a' and --label zone='b' disagree" in done.stderr

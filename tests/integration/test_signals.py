@@ -62,7 +62,7 @@ def silent_etcd() -> Iterator[SilentEtcd]:
 
 
 COMMANDS = {
-    "worker": ["worker", "run", "--id", "w1", "--ttl", "3"],
+    "worker": ["worker", "run", "--handler", "noop", "--id", "w1", "--ttl", "3"],
     "coordinator": ["coordinator", "run", "--id", "c1", "--ttl", "3"],
 }
 
