@@ -728,6 +728,20 @@ def undrain(
     typer.echo(f"{worker}: {'active again' if changed else 'was not draining'}")
 
 
+async def _read_cluster_config(settings: Settings) -> tuple[ClusterConfig | None, int]:
+    """The cluster's config record and its mod_revision (None, 0 when there is none)."""
+    from shardctl.etcd import EtcdClient
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import ClusterConfig
+
+    key = Keyspace.of(settings).config
+    async with EtcdClient(settings.etcd) as client:
+        kv = await client.get(key)
+    if kv is None:
+        return None, 0
+    return ClusterConfig.decode(kv.key, kv.value), kv.mod_revision
+
+
 # -- shards set ------------------------------------------------------------------
 
 
@@ -778,14 +792,7 @@ def set_shards(
     settings = _settings(config, cluster)
     keys = Keyspace.of(settings)
 
-    async def read() -> tuple[ClusterConfig | None, int]:
-        async with EtcdClient(settings.etcd) as client:
-            kv = await client.get(keys.config)
-        if kv is None:
-            return None, 0
-        return ClusterConfig.decode(kv.key, kv.value), kv.mod_revision
-
-    current, mod_revision = _run(read())
+    current, mod_revision = _run(_read_cluster_config(settings))
     if current is not None and current.num_shards == num_shards:
         typer.echo(f"num_shards is already {num_shards}; nothing to do")
         return
@@ -917,19 +924,11 @@ def place_shards(
     """
     from shardctl.etcd import EtcdClient, ModRevisionIs, Put
     from shardctl.keyspace import Keyspace
-    from shardctl.records import ClusterConfig
 
     settings = _settings(config, cluster)
     keys = Keyspace.of(settings)
 
-    async def read() -> tuple[ClusterConfig | None, int]:
-        async with EtcdClient(settings.etcd) as client:
-            kv = await client.get(keys.config)
-        if kv is None:
-            return None, 0
-        return ClusterConfig.decode(kv.key, kv.value), kv.mod_revision
-
-    current, mod_revision = _run(read())
+    current, mod_revision = _run(_read_cluster_config(settings))
     if current is None:
         raise _fail(f"no {keys.config} yet: run `shardctl shards set N` first")
     if not weight and not affinity and not reset:
