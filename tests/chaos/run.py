@@ -212,6 +212,7 @@ def oversized_rule(config: ChaosConfig) -> Any:
 
 
 ERROR_POSITION = re.compile(r"position=(\S+)")
+BURST_PAUSE_S = 1.0  # between the large transactions of a bootstrap burst
 SOURCE_SERVER = "mariadb"
 SECOND_SERVER = "mariadb2"
 SINK_SERVER = "mariadb_sink"
@@ -480,7 +481,9 @@ class ChaosRun:
                     main.large_once(conn, burst_rows)
                 except RETRYABLE:
                     conn = None
-                    stop_burst.wait(0.5)
+                # Paced: an unpaced burst writes far faster than any reader publishes,
+                # and the backlog then outlasts every recovery timeout of the run.
+                stop_burst.wait(BURST_PAUSE_S)
             if conn is not None:
                 conn.close()
 
