@@ -212,7 +212,10 @@ def oversized_rule(config: ChaosConfig) -> Any:
 
 
 ERROR_POSITION = re.compile(r"position=(\S+)")
-BURST_PAUSE_S = 1.0  # between the large transactions of a bootstrap burst
+# A bootstrap burst's pace: at least 1 s between its large transactions, and at most
+# 5k rows/s, below what a reader publishes on a busy 2-core machine.
+BURST_PAUSE_S = 1.0
+BURST_ROWS_PER_S = 5_000
 SOURCE_SERVER = "mariadb"
 SECOND_SERVER = "mariadb2"
 SINK_SERVER = "mariadb_sink"
@@ -483,7 +486,7 @@ class ChaosRun:
                     conn = None
                 # Paced: an unpaced burst writes far faster than any reader publishes,
                 # and the backlog then outlasts every recovery timeout of the run.
-                stop_burst.wait(BURST_PAUSE_S)
+                stop_burst.wait(max(BURST_PAUSE_S, burst_rows / BURST_ROWS_PER_S))
             if conn is not None:
                 conn.close()
 
