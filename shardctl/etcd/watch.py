@@ -14,6 +14,12 @@ While etcd is down, retries back off from 0.2 s to 1 s: no busy loop. After a
 compaction the keys are listed again and the consumer gets a reset (`reset=True`
 with the full listing), so it never misses a deletion.
 
+An event for a key outside the watched key or prefix means the client delivered
+another watch's event to this one (seen after etcd restarts, when the client
+re-creates its multiplexed watch streams): this stream can no longer be trusted to
+carry every event of ours either, so the keys are listed again, as after a
+compaction, and the watch starts over.
+
 `Mirror` keeps a local dict of the keys from these updates and sets `changed` after
 each one; `watch_key` yields one key's value (None when absent) on every change.
 """
@@ -68,6 +74,10 @@ async def watch_updates(
             start = revision if seen_at_revision else revision + 1
             async for event in client.watch_events(key, prefix=prefix, start_revision=start):
                 backoff = _BACKOFF_MIN
+                if not _watched(event.kv.key, key, prefix):
+                    raise _ForeignEvent(
+                        f"an event for {event.kv.key} arrived on the watch of {key}"
+                    )
                 rev = event.kv.mod_revision
                 if rev < revision or (rev == revision and event.kv.key in seen_at_revision):
                     continue
@@ -77,7 +87,7 @@ async def watch_updates(
                 yield WatchUpdate(reset=False, revision=revision, event=event)
             # The server ended the stream without an error: watch again, not too fast.
             await asyncio.sleep(_BACKOFF_MIN)
-        except RevisionCompacted as exc:
+        except (RevisionCompacted, _ForeignEvent) as exc:
             log.warning("watch %s: %s; listing again", key, exc)
             listed = False
         except EtcdUnavailable as exc:
@@ -90,6 +100,14 @@ async def watch_updates(
             log.error("watch %s: stream failed, retry in %.1fs: %s", key, backoff, exc)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
+
+
+class _ForeignEvent(Exception):
+    """The client delivered an event of another watch to this one."""
+
+
+def _watched(event_key: str, key: str, prefix: bool) -> bool:
+    return event_key.startswith(key) if prefix else event_key == key
 
 
 async def watch_key(client: EtcdClient, key: str) -> AsyncIterator[KeyValue | None]:
