@@ -132,11 +132,11 @@ def test_lag_grows_while_the_broker_is_paused(
             lambda: (
                 (m := scrape(port, "main"))["shardctl_cdc_in_flight_messages"] == 0
                 and m["shardctl_cdc_binlog_lag_bytes"] == 0
+                and m["shardctl_cdc_binlog_lag_seconds"] < now["shardctl_cdc_binlog_lag_seconds"]
                 and m
             ),
             timeout=120,
         )
-        assert done["shardctl_cdc_binlog_lag_seconds"] < earlier + 2
         assert done.get("shardctl_cdc_delivery_failures_total", 0) == 0
     finally:
         topic.close()
