@@ -316,9 +316,14 @@ class EtcdClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _reconnect(self) -> None:
-        """Drop the channel; the next call builds a new one (and authenticates again)."""
+    async def _reconnect(self, failed: aetcd.Client | None = None) -> None:
+        """Drop the channel; the next call builds a new one (and authenticates again).
+
+        With `failed`, only if that is still the current connection: several tasks
+        that saw one connection fail must not close each other's fresh one."""
         async with self._lock:
+            if failed is not None and self._client is not failed:
+                return
             old, self._client = self._client, None
             # Rotate endpoints so a dead member is not retried forever.
             self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
@@ -523,11 +528,21 @@ class EtcdClient:
         the stream breaks; `shardctl.etcd.watch` resumes it."""
         raw = key.encode()
         range_end = _prefix_end(raw) if prefix else None
-        stream = await self._call(
-            "watch",
-            key,
-            lambda c: c.watch(raw, range_end=range_end, start_revision=start_revision),
-        )
+        connection = self._client
+        try:
+            stream = await self._call(
+                "watch",
+                key,
+                lambda c: c.watch(raw, range_end=range_end, start_revision=start_revision),
+            )
+        except EtcdUnavailable:
+            # aetcd multiplexes a connection's watches on one stream and gives each
+            # `created` answer to the watch request pending at that moment. etcd still
+            # answers a create that timed out here, later, possibly while another watch
+            # waits for its own answer: that watch would get this key's events and lose
+            # its own. Dropping the connection sends the late answer nowhere.
+            await self._reconnect(failed=connection)
+            raise
         iterator = stream.__aiter__()
         try:
             while True:
