@@ -296,7 +296,7 @@ JSON_READY = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=200)
 @given(JSON_READY)
 def test_encode_is_valid_json_of_the_same_value(value: Any) -> None:
     text = encode(value)
@@ -320,7 +320,7 @@ def test_encode_is_valid_json_of_the_same_value(value: Any) -> None:
     assert encode(value) == text  # stable
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=200)
 @given(
     st.dictionaries(
         st.sampled_from(["a", "b", "c"]),
