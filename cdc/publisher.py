@@ -50,7 +50,7 @@ class Publisher:
         ctx = txn.ctx
         fmt = self.formatter.format
         partitioner = self.partitioner
-        by_key = partitioner.by == "primary_key"
+        by_key = partitioner.by_message_key
         num_shards = partitioner.num_shards
         changes = self._published_changes(txn)
         change = next(changes, None)
@@ -63,7 +63,14 @@ class Publisher:
             shard = (
                 shard_of(key, num_shards)
                 if by_key
-                else partitioner.shard(key, message.database, message.table, ctx, change.row.data)
+                else partitioner.shard(
+                    key,
+                    message.database,
+                    message.table,
+                    ctx,
+                    change.row.data,
+                    change.table.primary_key,
+                )
             )
             yield Outgoing(
                 key, message.value, shard, message.event_id, message.database, message.table
@@ -123,8 +130,8 @@ class Publisher:
                 Outgoing(
                     key=message.key,
                     value=message.value,
-                    shard=self.partitioner.shard(
-                        message.key, message.database, message.table, txn.ctx, None
+                    shard=self.partitioner.ddl_shard(
+                        message.key, message.database, message.table, txn.ctx
                     ),
                     event_id=message.event_id,
                     database=message.database,

@@ -365,6 +365,7 @@ class Reader:
                 options.producer_partition_by,
                 tuple(options.producer_partition_columns),
                 options.producer_partition_by_fallback,
+                options.kafka_partition_hash,
             ),
             row_filter,
             ddl_topic=options.ddl_kafka_topic,
