@@ -6,8 +6,10 @@ transaction. Messages are made one at a time as the caller asks for them (a
 transaction's rows may be spilled to a file; they are never all in memory).
 A statement becomes DDL messages when `output_ddl` is on (and the
 table passes the filter), and always drops the cached facts about the tables it
-changed. A transaction may yield no message at all; its end still counts for
-the checkpoint.
+changed. A CREATE TABLE ... SELECT is a statement with rows: its DDL messages
+come first (event ids `#0`...), then its rows, numbered on from there. A
+transaction may yield no message at all; its end still counts for the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -44,9 +46,14 @@ class Publisher:
 
     def messages(self, txn: Transaction) -> Iterator[Outgoing]:
         """The transaction's messages in order, made as they are asked for."""
+        index = 0
         if txn.statement is not None:
             yield from self._statement(txn)
-            return
+            if not txn.row_count:
+                return
+            # CREATE TABLE ... SELECT: its DDL messages come first, in their place;
+            # its rows count on after them, so every event id stays distinct.
+            index = len(classify(txn.statement.sql, txn.statement.database))
         ctx = txn.ctx
         fmt = self.formatter.format
         partitioner = self.partitioner
@@ -54,7 +61,6 @@ class Publisher:
         num_shards = partitioner.num_shards
         changes = self._published_changes(txn)
         change = next(changes, None)
-        index = 0
         while change is not None:
             # One change ahead: the last one carries `commit: true`.
             following = next(changes, None)
