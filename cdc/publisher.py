@@ -37,12 +37,16 @@ class Publisher:
         row_filter: Filter,
         ddl_topic: str | None = None,
         invalidate: Callable[[str, str | None], None] | None = None,
+        server_charset: str | None = None,
     ) -> None:
         self.formatter = formatter
         self.partitioner = partitioner
         self.filter = row_filter
         self.ddl_topic = ddl_topic
         self._invalidate = invalidate
+        # The charset of a CREATE DATABASE that names none (as Maxwell does:
+        # the server's character_set_server).
+        self._server_charset = server_charset
 
     def messages(self, txn: Transaction) -> Iterator[Outgoing]:
         """The transaction's messages in order, made as they are asked for."""
@@ -113,22 +117,37 @@ class Publisher:
                 self._invalidate(change.database, change.table)
                 if change.old_table is not None and change.old_database is not None:
                     self._invalidate(change.old_database, change.old_table)
-            table = change.table or ""
-            if self.filter.is_blacklisted(change.database, table) or (
-                change.table is not None and not self.filter.includes_table(change.database, table)
+            # As in Maxwell, a RENAME names the table it renames; the new name
+            # goes in `def`.
+            table: str | None
+            if change.old_table is not None and change.old_database is not None:
+                database, table = change.old_database, change.old_table
+                definition: dict[str, str] | None = {
+                    "database": change.database,
+                    "table": change.table or "",
+                }
+            else:
+                database, table, definition = change.database, change.table, None
+            if self.filter.is_blacklisted(database, table or "") or (
+                table is not None and not self.filter.includes_table(database, table)
             ):
                 continue
+            charset = change.charset
+            if change.type == "database-create" and charset is None:
+                charset = self._server_charset
             gtid = txn.ctx.gtid
             event_id = f"{gtid}#{index}" if gtid else f"{txn.ctx.file}:{txn.ctx.pos}#{index}"
             message: Message | None = self.formatter.format_ddl(
                 ddl_type=change.type,
-                database=change.database,
-                table=change.table,
+                database=database,
+                table=table,
                 sql=statement.sql,
                 ts_ms=txn.ctx.ts * 1000,
                 position=f"{txn.ctx.file}:{txn.ctx.pos}",
                 event_id=event_id,
                 gtid=gtid,
+                charset=charset,
+                definition=definition,
             )
             if message is None:
                 continue

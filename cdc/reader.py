@@ -164,6 +164,19 @@ class LeadershipLost(Exception):
     """This reader no longer leads its source; it must stop publishing at once."""
 
 
+def server_charset(connect: Callable[[], Any]) -> str:
+    """The server's `character_set_server`: Maxwell's charset for a CREATE
+    DATABASE that names none."""
+    conn = connect()
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT @@character_set_server")
+            row = cursor.fetchone()
+    finally:
+        conn.close()
+    return str(row[0])
+
+
 def recovery_command(source: str) -> str:
     return (
         f"shardctl cdc checkpoint reset --source {source} --to current\n"
@@ -370,6 +383,7 @@ class Reader:
             row_filter,
             ddl_topic=options.ddl_kafka_topic,
             invalidate=decoding.invalidate,
+            server_charset=server_charset(connect_now),
         )
         producer = (
             self._producer_factory(num_shards)
