@@ -164,6 +164,19 @@ class LeadershipLost(Exception):
     """This reader no longer leads its source; it must stop publishing at once."""
 
 
+def server_charset(connect: Callable[[], Any]) -> str:
+    """The server's `character_set_server`: Maxwell's charset for a CREATE
+    DATABASE that names none."""
+    conn = connect()
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT @@character_set_server")
+            row = cursor.fetchone()
+    finally:
+        conn.close()
+    return str(row[0])
+
+
 def recovery_command(source: str) -> str:
     return (
         f"shardctl cdc checkpoint reset --source {source} --to current\n"
@@ -365,10 +378,12 @@ class Reader:
                 options.producer_partition_by,
                 tuple(options.producer_partition_columns),
                 options.producer_partition_by_fallback,
+                options.kafka_partition_hash,
             ),
             row_filter,
             ddl_topic=options.ddl_kafka_topic,
             invalidate=decoding.invalidate,
+            server_charset=server_charset(connect_now),
         )
         producer = (
             self._producer_factory(num_shards)

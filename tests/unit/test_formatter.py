@@ -239,7 +239,8 @@ def test_ddl_only_with_output_ddl() -> None:
         "event_id": "0-11-334#0",
     }
     assert MaxwellFormatter().format_ddl(**args) is None
-    message = MaxwellFormatter(FormatterOptions(output_ddl=True)).format_ddl(
+    with_position = FormatterOptions(output_ddl=True, output_binlog_position=True)
+    message = MaxwellFormatter(with_position).format_ddl(
         **args, definition={"columns": []}, old_definition={"columns": [1]}
     )
     assert message is not None
