@@ -1,9 +1,11 @@
-"""The no-op handler: stands in for the consumer layer until transports exist.
+"""The no-op consumer: what `shardctl worker run` consumes with when no handler is
+given (`--handler noop`, the default). It reads no transport.
 
 For each owned shard it "handles" one synthetic event per tick, but only while its
 claim is valid, and counts them as the shard's position (resuming from the committed
-offset). That exercises the whole ownership path: acquire, fenced periodic commits,
-release with a final commit, and abort on lease loss.
+offset). That exercises the whole ownership path without a broker (coordination
+tests, the demo, benchmarks): acquire, fenced periodic commits, release with a final
+commit, and abort on lease loss.
 
 With `event_log`, every handled event is appended as one JSON line
 `{"t": unix time, "worker", "shard", "token", "position"}`, so a test can prove that
@@ -28,6 +30,8 @@ NOOP_TOPIC = "noop"
 
 
 class NoopHandler:
+    """A `workers.ownership.ShardConsumer` of synthetic events."""
+
     def __init__(self, worker_id: str, tick_s: float = 0.2, event_log: Path | None = None) -> None:
         self.worker_id = worker_id
         self.tick_s = tick_s

@@ -3,11 +3,11 @@
 Per shard, on one worker:
 
     IDLE --assigned, owners/<s> absent: create it under our lease--> OWNED(token)
-    OWNED --unassigned--> RELEASING: handler.stop() (stop fetching, finish in-flight
+    OWNED --unassigned--> RELEASING: consumer.stop() (stop fetching, finish in-flight
              work), commit the offset fenced by token, delete owners/<s> only if its
              create_revision is still token --> IDLE
     OWNED --lease lost / fenced write refused / owners/<s> re-created by another--> IDLE
-             at once, through handler.abort(); nothing is committed.
+             at once, through consumer.abort(); nothing is committed.
     RELEASING --etcd error after stop (commit or delete not done)--> still RELEASING:
              every reconcile finishes it (the commit and the delete are idempotent),
              even when the shard is assigned back meanwhile; then IDLE, and acquired
@@ -28,7 +28,7 @@ no one, so its events wait; the error is logged at every failure.
 The token is the create_revision of `owners/<s>`. An assigned shard whose key is
 still held by someone else stays IDLE until that key is deleted (released, or its
 owner's lease expired); the worker never takes it over by force. So a gaining
-worker starts only after the losing one committed and let go (DESIGN.md, handoff).
+worker starts only after the losing one committed and let go (docs/coordination.md, Handoff).
 
 Every claim handed to the consumer layer carries `valid()`: True while the session
 is surely alive, the shard was not aborted, and it is still owned. The consumer
@@ -68,8 +68,13 @@ class Claim:
     def valid(self) -> bool:
         return self._ownership.holds(self.shard, self.token)
 
+    def fail(self, reason: str) -> None:
+        """The shard broke here by itself (not fenced): release it, committing what was
+        handled, and acquire it again after a backoff (`Ownership.fail`). Event loop only."""
+        self._ownership.fail(self.shard, self.token, reason)
 
-class ShardHandler(Protocol):
+
+class ShardConsumer(Protocol):
     """The consumer layer of a worker.
 
     `start` and `stop` run on the worker's event loop. `abort` may be called from the
@@ -125,7 +130,7 @@ class Ownership:
         keys: Keyspace,
         worker_id: str,
         session: Session,
-        handler: ShardHandler,
+        consumer: ShardConsumer,
         backoff: FailureBackoff | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -136,11 +141,13 @@ class Ownership:
         self.keys = keys
         self.worker_id = worker_id
         self.session = session
-        self.handler = handler
+        self.consumer = consumer
         self.offsets = OffsetStore(client, keys)
         self.owned: dict[int, _Owned] = {}
         self._lock = asyncio.Lock()
         self._aborted = threading.Event()
+        # Set by `fail`: the worker reconciles at once to release the failed shard.
+        self.shard_failed = asyncio.Event()
 
     # -- queries -------------------------------------------------------------
 
@@ -168,7 +175,7 @@ class Ownership:
         self._aborted.set()
         shards = list(self.owned)
         log.error("%s: stopping shards %s now: %s", self.worker_id, shards, reason)
-        self.handler.abort(shards, reason)
+        self.consumer.abort(shards, reason)
         WORKER_SHARDS_OWNED.labels(self.worker_id).set(0)
         for shard in shards:
             self._forget_lag(shard)
@@ -250,18 +257,18 @@ class Ownership:
         WORKER_SHARDS_OWNED.labels(self.worker_id).set(len(self.owned))
         log.info("%s: acquired shard %d token %d at %s", self.worker_id, shard, token, committed)
         try:
-            await self.handler.start(Claim(shard, token, offset, self))
+            await self.consumer.start(Claim(shard, token, offset, self))
         except Exception as exc:
             log.exception("%s: starting shard %d as token %d failed", self.worker_id, shard, token)
             self.fail(shard, token, f"starting it failed: {type(exc).__name__}: {exc}")
             return
         if self._aborted.is_set():
-            self.handler.abort([shard], "lease lost while starting")
+            self.consumer.abort([shard], "lease lost while starting")
 
     async def _release(self, shard: int) -> None:
         owned = self.owned[shard]
         if not owned.stopped:
-            owned.final = await self.handler.stop(shard, owned.token)
+            owned.final = await self.consumer.stop(shard, owned.token)
             owned.stopped = True
         if owned.final is not None and owned.final != owned.committed:
             try:
@@ -293,7 +300,7 @@ class Ownership:
     def _drop(self, shard: int, reason: str) -> None:
         log.error("%s: lost shard %d: %s", self.worker_id, shard, reason)
         self._gone(shard)
-        self.handler.abort([shard], reason)
+        self.consumer.abort([shard], reason)
 
     def fail(self, shard: int, token: int, reason: str) -> None:
         """Give up `shard` (owned as `token`) after an error of its own: the next
@@ -310,6 +317,7 @@ class Ownership:
             failures = before.failures + 1
         delay = self.backoff.delay(failures)
         self._cooling[shard] = _Cooling(failures, now, now + delay)
+        self.shard_failed.set()
         log.error(
             "%s: shard %d failed as token %d (%d time(s) in a row): %s; releasing it and "
             "acquiring it again in %.1f s",
@@ -335,7 +343,7 @@ class Ownership:
         for shard, owned in list(self.owned.items()):
             if owned.stopped:
                 continue
-            lag = self.handler.lag(shard, owned.committed)
+            lag = self.consumer.lag(shard, owned.committed)
             if lag is not None:
                 WORKER_LAG.labels(self.worker_id, str(shard)).set(lag)
 
@@ -351,7 +359,7 @@ class Ownership:
             for shard, owned in self.owned.items():
                 if owned.stopped:
                     continue
-                at = self.handler.position(shard)
+                at = self.consumer.position(shard)
                 if at is not None and at != owned.committed:
                     todo.append((shard, owned, at))
             if not todo or not self.session.is_valid():

@@ -1,4 +1,4 @@
-"""The worker process: membership, ownership and a handler, around one lease at a time.
+"""The worker process: membership, ownership and a consumer, around one lease at a time.
 
     STARTING --session open, registered--> SERVING --lease lost--> STARTING (new
         session, new registration, new tokens; every shard was stopped at once)
@@ -10,7 +10,7 @@
         (the coordinator keeps the shards reserved for this id; see coordinator.service)
 
 While SERVING the worker reconciles whenever the assignment, the owners/ keys or its
-own record change, or a shard failed (`fail_shard`: that shard alone is released and
+own record change, or a shard failed (`Claim.fail`: that shard alone is released and
 retried after a backoff, see `workers.ownership`), and commits handled positions
 every `commit_interval_s`, updating the lag gauges. With `metrics_port` it serves
 Prometheus /metrics while it runs.
@@ -39,7 +39,7 @@ from shardctl.etcd import (
 from shardctl.keyspace import Keyspace
 from shardctl.records import Assignment, RecordError
 from workers.membership import Membership, WorkerIdInUse
-from workers.ownership import Ownership, ShardHandler
+from workers.ownership import Ownership, ShardConsumer
 
 log = logging.getLogger(__name__)
 
@@ -57,30 +57,16 @@ class WorkerOptions:
 
 
 class Worker:
-    def __init__(self, settings: Settings, options: WorkerOptions, handler: ShardHandler) -> None:
+    def __init__(self, settings: Settings, options: WorkerOptions, consumer: ShardConsumer) -> None:
         self.settings = settings
         self.options = options
-        self.handler = handler
+        self.consumer = consumer
         self.keys = Keyspace.of(settings)
         self.stop_requested = asyncio.Event()
         self.sessions = 0  # sessions opened so far; > 1 means the worker recovered a loss
-        self._ownership: Ownership | None = None
-        self._shard_failed = asyncio.Event()
         # The local views of etcd while running (None before and after): what this
         # worker has seen, for status and tests.
         self.mirrors: _Mirrors | None = None
-
-    def fail_shard(self, shard: int, token: int, reason: str) -> None:
-        """A shard broke on its own (not fenced): release it, retry it after a backoff
-        (`Ownership.fail`). Event loop only."""
-        ownership = self._ownership
-        if ownership is None:
-            log.error(
-                "%s: shard %d failed with no session: %s", self.options.worker_id, shard, reason
-            )
-            return
-        ownership.fail(shard, token, reason)
-        self._shard_failed.set()
 
     async def run(self) -> None:
         server = None
@@ -169,8 +155,7 @@ class Worker:
     ) -> bool:
         """Serve one session. True when drained and done, False when the lease was lost."""
         worker_id = self.options.worker_id
-        ownership = Ownership(client, self.keys, worker_id, session, self.handler)
-        self._ownership = ownership
+        ownership = Ownership(client, self.keys, worker_id, session, self.consumer)
         session.on_lost(ownership.abort_all)
         lost = threadsafe_event(session.on_lost)
         registered = False
@@ -184,7 +169,7 @@ class Worker:
             # awaits) then stays set and wakes the wait below at once. Clearing after
             # the pass would erase it, and the shard would wait for the commit tick.
             mirrors.clear()
-            self._shard_failed.clear()
+            ownership.shard_failed.clear()
             if lost.is_set() or not session.is_valid():
                 ownership.abort_all(session.lost_reason or "lease unconfirmed past its TTL")
                 return False
@@ -282,7 +267,7 @@ class Worker:
                 await asyncio.sleep(0.5)
             wait = max(0.0, next_commit - time.monotonic())
             # Once draining, the stop request stays set: waiting on it would spin.
-            wake = [*mirrors.changed(), lost, self._shard_failed]
+            wake = [*mirrors.changed(), lost, ownership.shard_failed]
             if not membership.draining and not restarting:
                 wake.append(self.stop_requested)
             await wait_any(wake, wait)
