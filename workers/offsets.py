@@ -1,8 +1,8 @@
 """Offset commits fenced by the owner token.
 
 `offsets/<shard>` holds the transport positions of a shard, one per topic. Only the current owner
-may write it: the write is a txn that requires `owners/<shard>` to still have the
-create_revision equal to the writer's token. A worker whose ownership ended (lease
+may write it: the write is fenced (`shardctl.etcd.Fence`) by `owners/<shard>` still
+having the create_revision equal to the writer's token. A worker whose ownership ended (lease
 expired while it was paused, or the key was handed over) gets OffsetFenced and must
 stop processing the shard.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from shardctl.etcd import CreateRevisionIs, EtcdClient, EtcdError, Put
+from shardctl.etcd import EtcdClient, EtcdError, Fence, Put
 from shardctl.keyspace import Keyspace
 from shardctl.records import OffsetRecord, ShardStall
 
@@ -100,23 +100,12 @@ class OffsetStore:
             stalled=at.stalled,
             topic_ids=dict(at.topic_ids),
         )
-        owner_key = self.keys.owner(shard)
-        ok, found = await self.client.txn(
-            [CreateRevisionIs(owner_key, token)],
-            [Put(self.keys.offset(shard), record.encode())],
-            read_back=[owner_key],
-        )
-        if not ok:
-            now = found[owner_key]
-            holder = (
-                "absent"
-                if now is None
-                else f"held by {now.value.decode()!r} with token {now.create_revision}"
-            )
+        fence = Fence(self.keys.owner(shard), token)
+        result = await fence.txn(self.client, [Put(self.keys.offset(shard), record.encode())])
+        if not result.written:
             raise OffsetFenced(
                 f"offset commit for shard {shard} ({at.describe()}) rejected: "
-                f"token {token} no longer owns "
-                f"{owner_key} ({holder})",
+                f"token {token} no longer owns {fence.key} ({result.describe()})",
                 shard,
                 token,
             )

@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from shardctl.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyValue, Session
+from shardctl.etcd import EtcdClient, EtcdError, EtcdUnavailable, Fence, KeyValue, Session
 from shardctl.keyspace import Keyspace
 from shardctl.metrics import WORKER_LAG, WORKER_SHARDS_OWNED
 from shardctl.records import OffsetRecord
@@ -278,7 +278,7 @@ class Ownership:
                 self._gone(shard)
                 return
             owned.committed = owned.final
-        await self.client.delete_if_created_at(self.keys.owner(shard), owned.token)
+        await Fence(self.keys.owner(shard), owned.token).release(self.client)
         self._gone(shard)
         log.info(
             "%s: released shard %d token %d at %s",
@@ -289,7 +289,7 @@ class Ownership:
         )
 
     async def _undo_acquire(self, shard: int, kv: KeyValue) -> None:
-        if await self.client.delete_if_created_at(self.keys.owner(shard), kv.create_revision):
+        if await Fence(self.keys.owner(shard), kv.create_revision).release(self.client):
             log.warning(
                 "%s: deleted owners/%d (token %d) left by an acquire cut short",
                 self.worker_id,
