@@ -1,23 +1,24 @@
 """Shard ownership and handoff on the worker side.
 
-Per shard, on one worker:
+Per shard, on one worker (`OwnerState`, one transition per line):
 
-    IDLE --assigned, owners/<s> absent: create it under our lease--> OWNED(token)
-    OWNED --unassigned--> RELEASING: consumer.stop() (stop fetching, finish in-flight
-             work), commit the offset fenced by token, delete owners/<s> only if its
-             create_revision is still token --> IDLE
-    OWNED --lease lost / fenced write refused / owners/<s> re-created by another--> IDLE
-             at once, through consumer.abort(); nothing is committed.
-    RELEASING --etcd error after stop (commit or delete not done)--> still RELEASING:
-             every reconcile finishes it (the commit and the delete are idempotent),
-             even when the shard is assigned back meanwhile; then IDLE, and acquired
-             again with a new token.
-    IDLE with owners/<s> ours (an acquire cut short by an etcd error) and the shard
-             no longer assigned --> the key is deleted (fenced by its revision).
-    OWNED --fail(s): the shard broke here (its consumer loop or on_assign raised)-->
-             RELEASING as above (what was handled is committed, then owners/<s> goes)
-             --> COOLING for a backoff (1 s, doubling up to 60 s while it keeps
-             failing) --> IDLE, and so acquired again if still assigned.
+    IDLE --assigned, owners/<s> absent (or ours): created under our lease--> OWNED
+    OWNED --unassigned: consumer.stop() (stop fetching, finish in-flight work)--> RELEASING
+    OWNED --fail(): the shard broke here (its consumer loop or start raised)--> FAILING
+    FAILING --the next reconcile: consumer.stop()--> RELEASING
+    RELEASING --offset committed fenced by token, owners/<s> deleted (fenced)--> IDLE
+    RELEASING --the same, after a failure: a backoff before acquiring again--> COOLING
+    RELEASING --the offset commit was fenced: nothing more to do--> IDLE
+    COOLING --backoff passed (1 s, doubling up to 60 s while it keeps failing)--> IDLE
+    OWNED --lease lost / fenced write refused / owners/<s> re-created--> IDLE
+    FAILING --lease lost / fenced write refused / owners/<s> re-created--> COOLING
+
+Lost (the last two) is at once, through consumer.abort(); nothing is committed. A
+RELEASING shard whose commit or delete met an etcd error stays RELEASING: every
+reconcile finishes it (the commit and the delete are idempotent), even when the
+shard is assigned back meanwhile; then it is acquired again with a new token. An
+IDLE shard whose owners/<s> is ours (an acquire cut short by an etcd error) and
+that is no longer assigned has the key deleted (fenced by its revision).
 
 A failed shard is released and retried in place rather than draining the whole
 worker: the coordinator would hand it back to the same worker anyway, and a shard
@@ -45,12 +46,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 from shardctl.etcd import EtcdClient, EtcdError, EtcdUnavailable, Fence, KeyValue, Session
 from shardctl.keyspace import Keyspace
 from shardctl.metrics import WORKER_LAG, WORKER_SHARDS_OWNED
 from shardctl.records import OffsetRecord
+from shardctl.states import Transitions
 from workers.offsets import OffsetFenced, OffsetStore, Position
 
 log = logging.getLogger(__name__)
@@ -94,13 +97,33 @@ class ShardConsumer(Protocol):
     def lag(self, shard: int, committed: Position | None) -> int | None: ...
 
 
+class OwnerState(Enum):
+    IDLE = "idle"  # not owned here (no entry in `Ownership.owned`)
+    OWNED = "owned"
+    FAILING = "failing"  # broke here: released by the next reconcile, though assigned
+    RELEASING = "releasing"  # stopped; the final commit or the key's delete is pending
+    COOLING = "cooling"  # released after a failure, waiting out its backoff
+
+
+OWNER_TRANSITIONS = Transitions(
+    "shard ownership",
+    {
+        OwnerState.IDLE: {OwnerState.OWNED},
+        OwnerState.OWNED: {OwnerState.RELEASING, OwnerState.FAILING, OwnerState.IDLE},
+        OwnerState.FAILING: {OwnerState.RELEASING, OwnerState.COOLING},
+        OwnerState.RELEASING: {OwnerState.IDLE, OwnerState.COOLING},
+        OwnerState.COOLING: {OwnerState.IDLE},
+    },
+)
+
+
 @dataclass
 class _Owned:
     token: int
     committed: Position | None
-    stopped: bool = False
+    since: float  # when it was acquired (Ownership's clock)
+    state: OwnerState = OwnerState.OWNED
     final: Position | None = None
-    failed: bool = False  # release it although it is still assigned
 
 
 @dataclass(frozen=True)
@@ -155,7 +178,17 @@ class Ownership:
         if self._aborted.is_set() or not self.session.is_valid():
             return False
         owned = self.owned.get(shard)
-        return owned is not None and owned.token == token and not owned.stopped and not owned.failed
+        return owned is not None and owned.token == token and owned.state is OwnerState.OWNED
+
+    def state(self, shard: int) -> OwnerState:
+        owned = self.owned.get(shard)
+        if owned is not None:
+            return owned.state
+        cooling = self._cooling.get(shard)
+        return OwnerState.COOLING if cooling and cooling.until > self._clock() else OwnerState.IDLE
+
+    def _move(self, shard: int, owned: _Owned, new: OwnerState) -> None:
+        owned.state = OWNER_TRANSITIONS.check(f"{shard} (token {owned.token})", owned.state, new)
 
     def cooling(self) -> dict[int, float]:
         """Failed shards waiting to be acquired again, with the seconds left."""
@@ -199,7 +232,9 @@ class Ownership:
             # finished first, even if the shard was assigned back meanwhile, and then
             # acquired again below with a new token.
             leaving = sorted(
-                s for s, o in self.owned.items() if s not in assigned or o.failed or o.stopped
+                s
+                for s, o in self.owned.items()
+                if s not in assigned or o.state is not OwnerState.OWNED
             )
             await self._each(self._release, leaving, "release")
             # owners/<s> created under our lease by an acquire cut short (an etcd error
@@ -211,13 +246,10 @@ class Ownership:
                 if s not in assigned and s not in self.owned and self._may_acquire(kv)
             )
             await self._each(lambda s: self._undo_acquire(s, owners[s]), strays, "undo acquire")
-            now = self._clock()
             joining = sorted(
                 s
                 for s in assigned
-                if s not in self.owned
-                and self._may_acquire(owners.get(s))
-                and not (s in self._cooling and self._cooling[s].until > now)
+                if self.state(s) is OwnerState.IDLE and self._may_acquire(owners.get(s))
             )
             await self._each(self._acquire, joining, "acquire")
 
@@ -253,7 +285,8 @@ class Ownership:
         if self._aborted.is_set() or not self.session.is_valid():
             return  # the key goes away with the lease
         committed = None if offset is None else Position.of(offset)
-        self.owned[shard] = _Owned(token=token, committed=committed)
+        OWNER_TRANSITIONS.check(f"{shard} (token {token})", self.state(shard), OwnerState.OWNED)
+        self.owned[shard] = _Owned(token=token, committed=committed, since=self._clock())
         WORKER_SHARDS_OWNED.labels(self.worker_id).set(len(self.owned))
         log.info("%s: acquired shard %d token %d at %s", self.worker_id, shard, token, committed)
         try:
@@ -267,9 +300,9 @@ class Ownership:
 
     async def _release(self, shard: int) -> None:
         owned = self.owned[shard]
-        if not owned.stopped:
+        if owned.state is not OwnerState.RELEASING:
             owned.final = await self.consumer.stop(shard, owned.token)
-            owned.stopped = True
+            self._move(shard, owned, OwnerState.RELEASING)
         if owned.final is not None and owned.final != owned.committed:
             try:
                 await self.offsets.commit(shard, owned.token, owned.final)
@@ -307,9 +340,9 @@ class Ownership:
         reconcile releases it with a final fenced commit, and it is acquired again
         after a backoff. A report about an older token is ignored. Event loop only."""
         owned = self.owned.get(shard)
-        if owned is None or owned.token != token or owned.failed:
+        if owned is None or owned.token != token or owned.state is not OwnerState.OWNED:
             return
-        owned.failed = True
+        self._move(shard, owned, OwnerState.FAILING)
         now = self._clock()
         before = self._cooling.get(shard)
         failures = 1
@@ -330,7 +363,13 @@ class Ownership:
         )
 
     def _gone(self, shard: int) -> None:
-        self.owned.pop(shard, None)
+        owned = self.owned.get(shard)
+        if owned is not None:
+            # COOLING when it failed while owned this time (`fail`).
+            cooling = self._cooling.get(shard)
+            failed = cooling is not None and cooling.failed_at >= owned.since
+            self._move(shard, owned, OwnerState.COOLING if failed else OwnerState.IDLE)
+            del self.owned[shard]
         WORKER_SHARDS_OWNED.labels(self.worker_id).set(len(self.owned))
         self._forget_lag(shard)
 
@@ -341,7 +380,7 @@ class Ownership:
     def report_lag(self) -> None:
         """Set each owned shard's lag gauge: records past its committed offset."""
         for shard, owned in list(self.owned.items()):
-            if owned.stopped:
+            if owned.state is OwnerState.RELEASING:
                 continue
             lag = self.consumer.lag(shard, owned.committed)
             if lag is not None:
@@ -357,7 +396,7 @@ class Ownership:
         async with self._lock:
             todo = []
             for shard, owned in self.owned.items():
-                if owned.stopped:
+                if owned.state is OwnerState.RELEASING:
                     continue
                 at = self.consumer.position(shard)
                 if at is not None and at != owned.committed:
