@@ -72,7 +72,7 @@ from shardctl.states import Transitions
 from workers.deadletters import DeadLetter, DeadLetterWriter
 from workers.events import Batch, Event, EventDecodeError, decode_message
 from workers.handlers import Fenced, Handler
-from workers.offsets import Position, TopicRecreated, check_topic_ids
+from workers.offsets import TopicRecreated, check_topic_ids
 from workers.retry import RetryPolicy, Stopped, dead_letter, process_batch
 from workers.transports.base import Record, Transport, TransportError
 
@@ -292,13 +292,13 @@ class Consumer:
             "shard %d: consuming as token %d from %s", shard, claim.token, positions or "the start"
         )
 
-    def position(self, shard: int) -> Position | None:
+    def position(self, shard: int) -> OffsetRecord | None:
         st = self._shards.get(shard)
         if st is None or not st.handling():
             return None
         return self._final_position(st)
 
-    async def stop(self, shard: int, token: int) -> Position | None:
+    async def stop(self, shard: int, token: int) -> OffsetRecord | None:
         """Stop fetching `shard`, finish the batch in hand, give back queued records,
         and return the position to commit (None if there is nothing to commit)."""
         st = self._shards.get(shard)
@@ -344,7 +344,7 @@ class Consumer:
         st = self._shards.get(shard)
         return 0 if st is None else len(st.queue)
 
-    def lag(self, shard: int, committed: Position | None) -> int | None:
+    def lag(self, shard: int, committed: OffsetRecord | None) -> int | None:
         """Records of `shard` past its committed position: the transport's high
         watermark minus the committed offset, summed over topics (a topic without a
         committed offset counts from 0). None when the transport has no positions."""
@@ -363,11 +363,17 @@ class Consumer:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _final_position(self, st: _Shard) -> Position | None:
+    def _final_position(self, st: _Shard) -> OffsetRecord | None:
         if not self.transport.positional or not st.handled:
             # No position to commit; a stall is still worth reporting.
-            return None if st.stall is None else Position(stalled=st.stall)
-        return Position(dict(st.handled), st.last_event_id, st.stall, dict(st.topic_ids))
+            return None if st.stall is None else OffsetRecord(token=st.token, stalled=st.stall)
+        return OffsetRecord(
+            positions=dict(st.handled),
+            event_id=st.last_event_id,
+            token=st.token,
+            topic_ids=dict(st.topic_ids),
+            stalled=st.stall,
+        )
 
     def _on_transient(self, st: _Shard) -> Callable[[BaseException | None], None]:
         labels = (self.worker_id, str(st.shard))

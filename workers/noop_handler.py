@@ -22,11 +22,15 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TextIO
 
-from workers.offsets import Position
+from shardctl.records import OffsetRecord
 from workers.ownership import Claim
 
 # The synthetic events have no transport; their count is stored under this topic.
 NOOP_TOPIC = "noop"
+
+
+def _record(position: int, token: int) -> OffsetRecord:
+    return OffsetRecord(positions={NOOP_TOPIC: position}, event_id=f"noop:{position}", token=token)
 
 
 class NoopHandler:
@@ -36,6 +40,7 @@ class NoopHandler:
         self.worker_id = worker_id
         self.tick_s = tick_s
         self._positions: dict[int, int] = {}
+        self._tokens: dict[int, int] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._aborted: set[int] = set()
         self._lock = threading.Lock()
@@ -48,6 +53,7 @@ class NoopHandler:
         with self._lock:
             self._aborted.discard(claim.shard)
             self._positions[claim.shard] = start
+            self._tokens[claim.shard] = claim.token
         self._tasks[claim.shard] = self._loop.create_task(self._consume(claim))
 
     async def _consume(self, claim: Claim) -> None:
@@ -80,21 +86,22 @@ class NoopHandler:
                     + "\n"
                 )
 
-    async def stop(self, shard: int, token: int) -> Position | None:
+    async def stop(self, shard: int, token: int) -> OffsetRecord | None:
         task = self._tasks.pop(shard, None)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         with self._lock:
             position = self._positions.pop(shard, None)
-        return None if position is None else Position({NOOP_TOPIC: position}, f"noop:{position}")
+        return None if position is None else _record(position, token)
 
-    def position(self, shard: int) -> Position | None:
+    def position(self, shard: int) -> OffsetRecord | None:
         with self._lock:
             position = self._positions.get(shard)
-        return None if position is None else Position({NOOP_TOPIC: position}, f"noop:{position}")
+            token = self._tokens.get(shard)
+        return None if position is None or token is None else _record(position, token)
 
-    def lag(self, shard: int, committed: Position | None) -> int | None:
+    def lag(self, shard: int, committed: OffsetRecord | None) -> int | None:
         return None  # synthetic events have no backlog
 
     def abort(self, shards: Collection[int], reason: str) -> None:

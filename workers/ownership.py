@@ -54,7 +54,7 @@ from shardctl.keyspace import Keyspace
 from shardctl.metrics import WORKER_LAG, WORKER_SHARDS_OWNED
 from shardctl.records import OffsetRecord
 from shardctl.states import Transitions
-from workers.offsets import OffsetFenced, OffsetStore, Position
+from workers.offsets import OffsetFenced, OffsetStore
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,13 @@ class ShardConsumer(Protocol):
 
     async def start(self, claim: Claim) -> None: ...
 
-    async def stop(self, shard: int, token: int) -> Position | None: ...
+    async def stop(self, shard: int, token: int) -> OffsetRecord | None: ...
 
-    def position(self, shard: int) -> Position | None: ...
+    def position(self, shard: int) -> OffsetRecord | None: ...
 
     def abort(self, shards: Collection[int], reason: str) -> None: ...
 
-    def lag(self, shard: int, committed: Position | None) -> int | None: ...
+    def lag(self, shard: int, committed: OffsetRecord | None) -> int | None: ...
 
 
 class OwnerState(Enum):
@@ -120,10 +120,10 @@ OWNER_TRANSITIONS = Transitions(
 @dataclass
 class _Owned:
     token: int
-    committed: Position | None
+    committed: OffsetRecord | None
     since: float  # when it was acquired (Ownership's clock)
     state: OwnerState = OwnerState.OWNED
-    final: Position | None = None
+    final: OffsetRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -284,11 +284,12 @@ class Ownership:
         offset = await self.offsets.read(shard)
         if self._aborted.is_set() or not self.session.is_valid():
             return  # the key goes away with the lease
-        committed = None if offset is None else Position.of(offset)
+        committed = offset
         OWNER_TRANSITIONS.check(f"{shard} (token {token})", self.state(shard), OwnerState.OWNED)
         self.owned[shard] = _Owned(token=token, committed=committed, since=self._clock())
         WORKER_SHARDS_OWNED.labels(self.worker_id).set(len(self.owned))
-        log.info("%s: acquired shard %d token %d at %s", self.worker_id, shard, token, committed)
+        at = "no offset" if committed is None else committed.describe()
+        log.info("%s: acquired shard %d token %d at %s", self.worker_id, shard, token, at)
         try:
             await self.consumer.start(Claim(shard, token, offset, self))
         except Exception as exc:
@@ -303,9 +304,9 @@ class Ownership:
         if owned.state is not OwnerState.RELEASING:
             owned.final = await self.consumer.stop(shard, owned.token)
             self._move(shard, owned, OwnerState.RELEASING)
-        if owned.final is not None and owned.final != owned.committed:
+        if owned.final is not None and not owned.final.same_place(owned.committed):
             try:
-                await self.offsets.commit(shard, owned.token, owned.final)
+                await self.offsets.commit(shard, owned.final)
             except OffsetFenced as exc:
                 log.error("%s: %s", self.worker_id, exc)
                 self._gone(shard)
@@ -318,7 +319,7 @@ class Ownership:
             self.worker_id,
             shard,
             owned.token,
-            owned.committed,
+            "no offset" if owned.committed is None else owned.committed.describe(),
         )
 
     async def _undo_acquire(self, shard: int, kv: KeyValue) -> None:
@@ -399,12 +400,12 @@ class Ownership:
                 if owned.state is OwnerState.RELEASING:
                     continue
                 at = self.consumer.position(shard)
-                if at is not None and at != owned.committed:
+                if at is not None and not at.same_place(owned.committed):
                     todo.append((shard, owned, at))
             if not todo or not self.session.is_valid():
                 return
             results = await asyncio.gather(
-                *(self.offsets.commit(s, o.token, at) for s, o, at in todo),
+                *(self.offsets.commit(s, at) for s, _o, at in todo),
                 return_exceptions=True,
             )
             for (shard, owned, at), result in zip(todo, results, strict=True):
