@@ -52,7 +52,7 @@ class Transitions(Generic[S]):
 
 def drawn_transitions(docstring: str | None) -> set[tuple[str, str]]:
     """The transitions drawn as `OLD --event--> NEW` lines in a docstring."""
-    found = set()
+    found: set[tuple[str, str]] = set()
     for line in (docstring or "").splitlines():
         match = _ARROW.match(line)
         if match:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -15,7 +16,7 @@ import workers.ownership
 import workers.worker
 from shardctl.states import IllegalTransition, Transitions, drawn_transitions
 
-MACHINES: list[tuple[ModuleType, Transitions[Enum], type[Enum]]] = [
+MACHINES: list[tuple[ModuleType, Transitions[Any], type[Enum]]] = [
     (workers.consumer, workers.consumer.SHARD_TRANSITIONS, workers.consumer.ShardState),
     (workers.ownership, workers.ownership.OWNER_TRANSITIONS, workers.ownership.OwnerState),
     (workers.worker, workers.worker.WORKER_TRANSITIONS, workers.worker.WorkerState),
@@ -29,7 +30,7 @@ MACHINES: list[tuple[ModuleType, Transitions[Enum], type[Enum]]] = [
 
 @pytest.mark.parametrize(("module", "table", "states"), MACHINES, ids=lambda m: str(m))
 def test_the_docstring_draws_exactly_the_transitions_the_code_allows(
-    module: ModuleType, table: Transitions[Enum], states: type[Enum]
+    module: ModuleType, table: Transitions[Any], states: type[Enum]
 ) -> None:
     drawn = drawn_transitions(module.__doc__)
     assert drawn == table.pairs(), (
