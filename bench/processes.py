@@ -109,9 +109,6 @@ class Bench:
     def signal(self, name: str, sig: int) -> None:
         self.procs[name].send_signal(sig)
 
-    def wait_exit(self, name: str, timeout: float) -> int:
-        return self.procs[name].wait(timeout)
-
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
 

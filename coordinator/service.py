@@ -144,7 +144,6 @@ class Coordinator:
         self.keys = Keyspace.of(settings)
         self.stop_requested = asyncio.Event()
         self.state = CoordinatorState.CANDIDATE
-        self.generations_written = 0
         self.unplaceable: list[int] = []  # as last logged
 
     def _move(self, new: CoordinatorState) -> None:
@@ -411,7 +410,6 @@ class Coordinator:
             return True
         if not await write_assignment(leadership, self.keys, seen, new):
             return False  # someone wrote in between; recompute from the fresh view
-        self.generations_written += 1
         COORD_GENERATION.set(new.generation)
         COORD_REBALANCES.inc()
         COORD_MOVES.inc(moved_shards(seen.assignment, new))

@@ -195,10 +195,6 @@ class Ownership:
         now = self._clock()
         return {s: c.until - now for s, c in self._cooling.items() if c.until > now}
 
-    @property
-    def aborted(self) -> bool:
-        return self._aborted.is_set()
-
     # -- lease loss (any thread) -----------------------------------------------
 
     def abort_all(self, reason: str) -> None:
@@ -386,9 +382,6 @@ class Ownership:
             lag = self.consumer.lag(shard, owned.committed)
             if lag is not None:
                 WORKER_LAG.labels(self.worker_id, str(shard)).set(lag)
-
-    async def release_all(self) -> None:
-        await self.reconcile((), {})
 
     # -- offsets ---------------------------------------------------------------
 

@@ -107,7 +107,6 @@ class Worker:
         self.keys = Keyspace.of(settings)
         self.stop_requested = asyncio.Event()
         self.state = WorkerState.STARTING
-        self.sessions = 0  # sessions opened so far; > 1 means the worker recovered a loss
         # The local views of etcd while running (None before and after): what this
         # worker has seen, for status and tests.
         self.mirrors: _Mirrors | None = None
@@ -172,7 +171,6 @@ class Worker:
                     self.options.worker_id,
                 )
                 return
-            self.sessions += 1
             done = False
             try:
                 # Before registering: their owners/ keys block our shards, and etcd

@@ -47,7 +47,7 @@ election.py
       leader() -> LeaderInfo(candidate, token, lease) | None
     Leadership: token (= create_revision of the election key), fence
       guarded_put(key, value), guarded_txn(ops)           raise NotLeader once deposed
-      wait_lost() -> reason, is_current(), resign()
+      wait_lost() -> reason, resign()
 
 watch.py
     watch_updates(client, key, prefix=bool) -> async iterator of WatchUpdate

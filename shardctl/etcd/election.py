@@ -85,10 +85,6 @@ class Leadership:
     async def guarded_put(self, key: str, value: bytes) -> None:
         await self.guarded_txn([Put(key, value)])
 
-    async def is_current(self) -> bool:
-        kv = await self.client.get(self.key)
-        return kv is not None and kv.create_revision == self.token
-
     async def wait_lost(self) -> str:
         """Return a reason once leadership is over: lease lost, or the key changed hands."""
         lost = asyncio.ensure_future(self.session.wait_lost())
