@@ -110,6 +110,7 @@ class Worker:
         # The local views of etcd while running (None before and after): what this
         # worker has seen, for status and tests.
         self.mirrors: _Mirrors | None = None
+        self._ownership: Ownership | None = None  # of the current session, for tests
 
     def _move(self, new: WorkerState) -> None:
         if new is not self.state:
@@ -208,6 +209,7 @@ class Worker:
     ) -> bool:
         """Serve one session. True when drained and done, False when the lease was lost."""
         ownership = Ownership(client, self.keys, self.options.worker_id, session, self.consumer)
+        self._ownership = ownership
         session.on_lost(ownership.abort_all)
         lost = threadsafe_event(session.on_lost)
         run = _SessionRun(next_commit=time.monotonic() + self.options.commit_interval_s)
