@@ -264,3 +264,51 @@ def test_only_from_leaves_a_shard_in_another_state_where_it_is() -> None:
     shard.move(ShardState.DROPPED)
     assert shard.move(ShardState.STOPPING, only_from=(ShardState.RUNNING,)) is None
     assert shard.state is ShardState.DROPPED
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    total=st.integers(1, 12),
+    bad=st.sets(st.integers(0, 11), max_size=3),
+    batch_size=st.integers(1, 4),
+    max_in_flight=st.integers(1, 5),
+    stop_after=st.integers(0, 12),
+)
+def test_a_handover_at_any_point_commits_exactly_the_records_settled_in_order(
+    total: int, bad: set[int], batch_size: int, max_in_flight: int, stop_after: int
+) -> None:
+    stop_after = min(stop_after, total)
+    config = ConsumerConfig(
+        max_in_flight=max_in_flight,
+        batch_size=batch_size,
+        idle_wait_s=0.02,
+        poll_timeout_s=0.02,
+        retry=CONFIG.retry,
+    )
+
+    async def main() -> None:
+        transport = StubTransport()
+        recorder = Recorder()
+        letters = Letters()
+        consumer = Consumer(transport, Handler("test:recorder", recorder), letters, config)
+        await consumer.open()
+        try:
+            for n in range(total):
+                transport.publish(0, b"not json" if n in bad else event(n))
+            await consumer.start(ClaimStub(0))
+            await wait_async(
+                f"{stop_after} records settled", lambda: len(transport.settled) >= stop_after
+            )
+            final = await consumer.stop(0, 7)
+        finally:
+            await consumer.close()
+        done = 0 if final is None else final.positions["orders"]
+        assert stop_after <= done <= total
+        assert [r.position for r in transport.settled] == list(range(done))
+        assert recorder.handled == [(0, n) for n in range(done) if n not in bad]
+        assert [letter.position for letter in letters.written] == sorted(n for n in bad if n < done)
+        given_back = [r.position for r in transport.abandoned + transport.released_at_stop]
+        assert all(p is not None and p >= done for p in given_back)
+        assert len(given_back) == len(set(given_back))
+
+    asyncio.run(main())
