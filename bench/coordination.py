@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -31,6 +31,7 @@ from coordinator.assignment import Member, assign
 from shardctl.config import Settings, load_settings
 from shardctl.etcd import EtcdClient
 from shardctl.keyspace import Keyspace
+from shardctl.processes import ProcessGroup
 from shardctl.records import Assignment
 
 
@@ -66,16 +67,10 @@ class Run:
         self.stabilization = stabilization
         self.logdir = logdir
         self.env = {**os.environ, "SHARDCTL_CLUSTER": self.cluster}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes = ProcessGroup(logdir, self.env, prefix=f"{self.cluster}-")
 
     def spawn(self, name: str, *args: str) -> None:
-        log = (self.logdir / f"{self.cluster}-{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "shardctl.cli.main", *args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        self.processes.shardctl(name, *args)
 
     def worker(self, name: str) -> None:
         self.spawn(name, "worker", "run", "--handler", "noop", "--id", name, "--ttl", str(self.ttl))
@@ -115,10 +110,7 @@ class Run:
             await asyncio.sleep(0.01)
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        self.processes.stop_all(grace_s=0)
 
 
 async def one_run(base: Settings, args: argparse.Namespace, logdir: Path) -> tuple[float, float]:
@@ -135,7 +127,7 @@ async def one_run(base: Settings, args: argparse.Namespace, logdir: Path) -> tup
             await run.wait_settled(client, {"w1", "w2", "w3", "w4"}, 64)
             join = time.monotonic() - started
             killed = time.monotonic()
-            run.procs["w2"].kill()
+            run.processes.signal("w2", signal.SIGKILL)
             await run.wait_settled(client, {"w1", "w3", "w4"}, 64)
             failover = time.monotonic() - killed
             return join, failover

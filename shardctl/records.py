@@ -213,6 +213,16 @@ class OffsetRecord(_Record):
     topic_ids: dict[str, str] = Field(default_factory=dict)
     stalled: ShardStall | None = None
 
+    def same_place(self, other: OffsetRecord | None) -> bool:
+        """Whether `other` says the same as this record, whichever owner wrote it: a
+        new owner need not rewrite a position only to put its token in."""
+        return other is not None and self.model_copy(update={"token": other.token}) == other
+
+    def describe(self) -> str:
+        at = ", ".join(f"{t}@{p}" for t, p in sorted(self.positions.items())) or "no position"
+        at = f"{at} (event {self.event_id})" if self.event_id else at
+        return f"{at}, stalled since {self.stalled.since:.0f}" if self.stalled else at
+
     @model_validator(mode="before")
     @classmethod
     def _one_position_per_topic(cls, data: Any) -> Any:

@@ -473,20 +473,6 @@ class EtcdClient:
             raise EtcdError(f"etcd create_if_absent {key}: key missing right after the txn")
         return CreateResult(created=ok, kv=kv)
 
-    async def put_if_created_at(
-        self, fence_key: str, create_revision: int, key: str, value: bytes, lease: int = 0
-    ) -> bool:
-        """Put `key` only while `fence_key` still has `create_revision` (the token)."""
-        ok, _ = await self.txn(
-            [CreateRevisionIs(fence_key, create_revision)], [Put(key, value, lease)]
-        )
-        return ok
-
-    async def delete_if_created_at(self, key: str, create_revision: int) -> bool:
-        """Delete `key` only if it is still the incarnation made at `create_revision`."""
-        ok, _ = await self.txn([CreateRevisionIs(key, create_revision)], [Delete(key)])
-        return ok
-
     # -- leases ------------------------------------------------------------------
 
     async def grant_lease(self, ttl: int) -> int:

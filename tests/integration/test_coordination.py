@@ -16,14 +16,14 @@ from coordinator.assignment import Member, minimal_moves, moves
 from coordinator.writer import Current, write_assignment
 from shardctl.config import Settings
 from shardctl.etcd import Leadership, Mirror, NotLeader, Session
-from shardctl.records import Assignment, WorkerRecord
+from shardctl.records import Assignment, OffsetRecord, WorkerRecord
 from tests.integration.coordination_harness import (
     TTL,
     Cluster,
     processing_overlaps,
     wait_for,
 )
-from workers.offsets import OffsetFenced, OffsetStore, Position
+from workers.offsets import OffsetFenced, OffsetStore
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +98,8 @@ def test_sigstop_past_ttl_zombie_stops_and_its_writes_are_fenced(cluster: Cluste
     offsets = OffsetStore(cluster.client, cluster.keys)
     for shard, token in zombie_tokens.items():
         with pytest.raises(OffsetFenced, match=f"token {token} no longer owns"):
-            cluster.loop.run(offsets.commit(shard, token, Position({"noop": 10**9}, "zombie")))
+            zombie = OffsetRecord(positions={"noop": 10**9}, event_id="zombie", token=token)
+            cluster.loop.run(offsets.commit(shard, zombie))
     # And none of the offset writes it attempted after the takeover landed.
     late = [
         (rev, shard, tok)

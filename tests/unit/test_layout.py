@@ -1,4 +1,4 @@
-"""The layout rules of DESIGN.md, checked on the source so they cannot drift."""
+"""The layout rules, checked on the source so they cannot drift."""
 
 from __future__ import annotations
 
