@@ -159,7 +159,12 @@ class Coordinator:
                 await wait_any([m.ready, lost, deposed, self.stop_requested], None)
             if not all(m.ready.is_set() for m in mirrors):
                 return  # lost, deposed or stopping before etcd answered
-            log.info("%s: leading with token %d", me, leadership.token)
+            log.info(
+                "%s: leading with token %d",
+                me,
+                leadership.token,
+                extra={"coordinator": me, "token": leadership.token},
+            )
             health.update("leading")
             COORD_LEADER.set(1)
             applied: dict[str, Member] | None = None  # members of the last computation
@@ -260,7 +265,12 @@ class Coordinator:
 
     async def _watch_leadership(self, leadership: Leadership, deposed: asyncio.Event) -> None:
         reason = await leadership.wait_lost()
-        log.error("%s: leadership lost: %s", self.options.coordinator_id, reason)
+        log.error(
+            "%s: leadership lost: %s",
+            self.options.coordinator_id,
+            reason,
+            extra={"coordinator": self.options.coordinator_id},
+        )
         deposed.set()
 
     def _with_reserved(
@@ -353,5 +363,6 @@ class Coordinator:
             new.generation,
             new.num_shards,
             len(members),
+            extra={"coordinator": self.options.coordinator_id, "generation": new.generation},
         )
         return True

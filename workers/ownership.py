@@ -248,7 +248,19 @@ class Ownership:
         committed = None if offset is None else Position.of(offset)
         self.owned[shard] = _Owned(token=token, committed=committed)
         WORKER_SHARDS_OWNED.labels(self.worker_id).set(len(self.owned))
-        log.info("%s: acquired shard %d token %d at %s", self.worker_id, shard, token, committed)
+        log.info(
+            "%s: acquired shard %d token %d at %s",
+            self.worker_id,
+            shard,
+            token,
+            committed,
+            extra={
+                "worker": self.worker_id,
+                "shard": shard,
+                "token": token,
+                "position": None if committed is None else str(committed),
+            },
+        )
         try:
             await self.handler.start(Claim(shard, token, offset, self))
         except Exception as exc:
@@ -279,6 +291,12 @@ class Ownership:
             shard,
             owned.token,
             owned.committed,
+            extra={
+                "worker": self.worker_id,
+                "shard": shard,
+                "token": owned.token,
+                "position": None if owned.committed is None else str(owned.committed),
+            },
         )
 
     async def _undo_acquire(self, shard: int, kv: KeyValue) -> None:
@@ -291,7 +309,13 @@ class Ownership:
             )
 
     def _drop(self, shard: int, reason: str) -> None:
-        log.error("%s: lost shard %d: %s", self.worker_id, shard, reason)
+        log.error(
+            "%s: lost shard %d: %s",
+            self.worker_id,
+            shard,
+            reason,
+            extra={"worker": self.worker_id, "shard": shard},
+        )
         self._gone(shard)
         self.handler.abort([shard], reason)
 
