@@ -305,6 +305,11 @@ class Reader:
                 self.options.reader_id,
                 self.options.source,
                 leadership.token,
+                extra={
+                    "reader": self.options.reader_id,
+                    "source": self.options.source,
+                    "token": leadership.token,
+                },
             )
             return leadership
 
@@ -349,10 +354,18 @@ class Reader:
             checkpoint = dataclasses.replace(checkpoint, json_columns=json_model.state)
             self._save(loop, store, leadership, checkpoint)
             log.info(
-                "source %s: no checkpoint; starting at %s", options.source, checkpoint.describe()
+                "source %s: no checkpoint; starting at %s",
+                options.source,
+                checkpoint.describe(),
+                extra={"source": options.source, "position": checkpoint.describe()},
             )
         else:
-            log.info("source %s: resuming at checkpoint %s", options.source, checkpoint.describe())
+            log.info(
+                "source %s: resuming at checkpoint %s",
+                options.source,
+                checkpoint.describe(),
+                extra={"source": options.source, "position": checkpoint.describe()},
+            )
             if checkpoint.json_columns is not None:
                 json_model = JsonSchemaModel(checkpoint.json_columns, connect_now)
             else:

@@ -221,7 +221,12 @@ class Coordinator:
             if not all(m.ready.is_set() for m in view.mirrors):
                 return  # lost, deposed or stopping before etcd answered
             self._move(CoordinatorState.LEADING)
-            log.info("%s: leading with token %d", me, leadership.token)
+            log.info(
+                "%s: leading with token %d",
+                me,
+                leadership.token,
+                extra={"coordinator": me, "token": leadership.token},
+            )
             health.update("leading")
             COORD_LEADER.set(1)
             run = _LeaderRun(last_change=time.monotonic())
@@ -327,7 +332,12 @@ class Coordinator:
 
     async def _watch_leadership(self, leadership: Leadership, deposed: asyncio.Event) -> None:
         reason = await leadership.wait_lost()
-        log.error("%s: leadership lost: %s", self.options.coordinator_id, reason)
+        log.error(
+            "%s: leadership lost: %s",
+            self.options.coordinator_id,
+            reason,
+            extra={"coordinator": self.options.coordinator_id},
+        )
         deposed.set()
 
     def _with_reserved(
@@ -419,5 +429,6 @@ class Coordinator:
             new.generation,
             new.num_shards,
             len(members),
+            extra={"coordinator": self.options.coordinator_id, "generation": new.generation},
         )
         return True

@@ -285,7 +285,19 @@ class Ownership:
         self.owned[shard] = _Owned(token=token, committed=committed, since=self._clock())
         WORKER_SHARDS_OWNED.labels(self.worker_id).set(len(self.owned))
         at = "no offset" if committed is None else committed.describe()
-        log.info("%s: acquired shard %d token %d at %s", self.worker_id, shard, token, at)
+        log.info(
+            "%s: acquired shard %d token %d at %s",
+            self.worker_id,
+            shard,
+            token,
+            at,
+            extra={
+                "worker": self.worker_id,
+                "shard": shard,
+                "token": token,
+                "position": None if committed is None else committed.describe(),
+            },
+        )
         try:
             await self.consumer.start(Claim(shard, token, offset, self))
         except Exception as exc:
@@ -316,6 +328,12 @@ class Ownership:
             shard,
             owned.token,
             "no offset" if owned.committed is None else owned.committed.describe(),
+            extra={
+                "worker": self.worker_id,
+                "shard": shard,
+                "token": owned.token,
+                "position": None if owned.committed is None else owned.committed.describe(),
+            },
         )
 
     async def _undo_acquire(self, shard: int, kv: KeyValue) -> None:
@@ -328,7 +346,13 @@ class Ownership:
             )
 
     def _drop(self, shard: int, reason: str) -> None:
-        log.error("%s: lost shard %d: %s", self.worker_id, shard, reason)
+        log.error(
+            "%s: lost shard %d: %s",
+            self.worker_id,
+            shard,
+            reason,
+            extra={"worker": self.worker_id, "shard": shard},
+        )
         self._gone(shard)
         self.consumer.abort([shard], reason)
 
