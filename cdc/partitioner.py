@@ -1,7 +1,8 @@
-"""Which shard a message goes to: `shard = crc32(hash input) % num_shards`.
+"""Which shard a message goes to: `shard = shard_of(hash input, num_shards, shard_hash)`.
 
-crc32 is `shardctl.hashing.shard_of` (IEEE CRC-32, unsigned). The hash input is a
-byte string that depends on `producer_partition_by`:
+`shard_of` is `shardctl.hashing.shard_of`: jump consistent hash, or `crc32 % num_shards`
+for clusters created before it (the cluster config's `shard_hash`). The hash input
+is a byte string that depends on `producer_partition_by`:
 
 | mode             | hash input (UTF-8 bytes)                                            |
 |------------------|---------------------------------------------------------------------|
@@ -24,13 +25,13 @@ keep larger groups in order at the cost of spread.
 from __future__ import annotations
 
 import decimal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from cdc.rows import TxnContext
 from shardctl.config import ConfigError
-from shardctl.hashing import shard_of
+from shardctl.hashing import SHARD_HASHES, ShardHash, shard_function
 
 PartitionBy = Literal["primary_key", "table", "database", "transaction_id", "column"]
 FallbackBy = Literal["primary_key", "table", "database", "transaction_id"]
@@ -60,8 +61,13 @@ class Partitioner:
     by: PartitionBy = "primary_key"
     columns: tuple[str, ...] = ()
     fallback: FallbackBy = "database"
+    shard_hash: ShardHash = "crc32"
 
     def __post_init__(self) -> None:
+        if self.shard_hash not in SHARD_HASHES:
+            raise ConfigError(
+                f"config.shard_hash: {self.shard_hash!r} is not one of {', '.join(SHARD_HASHES)}"
+            )
         if self.num_shards <= 0:
             raise ConfigError(f"cdc.num_shards: must be positive, got {self.num_shards}")
         if self.by not in MODES:
@@ -86,7 +92,7 @@ class Partitioner:
         ctx: TxnContext | None,
         data: Mapping[str, Any] | None,
     ) -> bytes:
-        """The bytes whose crc32 picks the shard; see the module docstring."""
+        """The bytes whose hash picks the shard; see the module docstring."""
         return self._input(self.by, key, database, table, ctx, data)
 
     def shard(
@@ -97,10 +103,16 @@ class Partitioner:
         ctx: TxnContext | None = None,
         data: Mapping[str, Any] | None = None,
     ) -> int:
+        shard_for = self.shard_for
         if self.by == "primary_key":
             # The common case, once per row: skip the mode dispatch.
-            return shard_of(key, self.num_shards)
-        return shard_of(self.hash_input(key, database, table, ctx, data), self.num_shards)
+            return shard_for(key, self.num_shards)
+        return shard_for(self.hash_input(key, database, table, ctx, data), self.num_shards)
+
+    @property
+    def shard_for(self) -> Callable[[bytes, int], int]:
+        """The hash as a function of (hash input, shard count)."""
+        return shard_function(self.shard_hash)
 
     def _input(
         self,

@@ -22,7 +22,6 @@ from cdc.partitioner import Partitioner
 from cdc.producers.base import Outgoing
 from cdc.replication.transaction import RowChange, Transaction
 from cdc.rows import Message
-from shardctl.hashing import shard_of
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,7 @@ class Publisher:
         partitioner = self.partitioner
         by_key = partitioner.by == "primary_key"
         num_shards = partitioner.num_shards
+        shard_for = partitioner.shard_for
         changes = self._published_changes(txn)
         change = next(changes, None)
         index = 0
@@ -61,7 +61,7 @@ class Publisher:
             message = fmt(ctx, change.table, change.row, index, following is None)
             key = message.key
             shard = (
-                shard_of(key, num_shards)
+                shard_for(key, num_shards)
                 if by_key
                 else partitioner.shard(key, message.database, message.table, ctx, change.row.data)
             )

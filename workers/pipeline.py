@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shardctl.config import ConfigError, Settings
-from workers.consumer import Consumer, ConsumerConfig
+from shardctl.keyspace import Keyspace
+from workers.consumer import Consumer, ConsumerConfig, ShardGate
 from workers.deadletters import (
     DEFAULT_TEMPLATE,
     DeadLetterWriter,
@@ -34,6 +35,7 @@ from workers.deadletters import (
     dead_letter_topic,
 )
 from workers.handlers import HandlerContext, load_handler
+from workers.reshard_gate import ReshardGate
 from workers.retry import RetryPolicy
 from workers.transports.base import Transport
 from workers.transports.kafka import KafkaTransport
@@ -123,6 +125,7 @@ def build_consumer(
     worker_id: str,
     config: ConsumerConfig | None = None,
     on_stopped: Callable[[int, int, str, bool], None] | None = None,
+    gate: ShardGate | None = None,
 ) -> Consumer:
     """Everything but the etcd side. Raises ConfigError/HandlerError naming the setting."""
     if not options.topics:
@@ -155,6 +158,7 @@ def build_consumer(
         ),
         on_stopped=on_stopped,
         worker_id=worker_id,
+        gate=gate,
     )
 
 
@@ -172,11 +176,19 @@ async def consuming_worker(
         if not fenced and holder:
             holder[0].fail_shard(shard, token, reason)
 
-    consumer = build_consumer(settings, options, worker_options.worker_id, on_stopped=stopped)
-    await consumer.open()
+    # Holds shards that gain keys while the shard count changes (workers.reshard_gate).
+    gate = ReshardGate(settings, Keyspace.of(settings))
+    consumer = build_consumer(
+        settings, options, worker_options.worker_id, on_stopped=stopped, gate=gate
+    )
+    await gate.start()
     try:
-        worker = Worker(settings, worker_options, consumer)
-        holder.append(worker)
-        yield worker
+        await consumer.open()
+        try:
+            worker = Worker(settings, worker_options, consumer)
+            holder.append(worker)
+            yield worker
+        finally:
+            await consumer.close()
     finally:
-        await consumer.close()
+        await gate.close()
