@@ -54,7 +54,7 @@ class ShardCount(NamedTuple):
 
 
 def kafka_high_watermarks(
-    settings: Settings, topics: list[str], num_shards: int
+    settings: Settings, options: CdcOptions, topics: list[str], num_shards: int
 ) -> dict[str, list[int]]:
     """Per existing topic, the high watermark of partitions 0..num_shards-1.
 
@@ -65,7 +65,10 @@ def kafka_high_watermarks(
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     conf: dict[str, Any] = {
+        # The reader's own connection settings (security options may be among them);
+        # librdkafka ignores the producer-only ones here.
         **settings.kafka.client_config(),
+        **options.kafka_options,
         # Never subscribes or commits: the group id only satisfies the client.
         "group.id": "shardctl-reshard-barrier",
         "enable.auto.commit": False,
@@ -198,7 +201,9 @@ class ShardSwitch:
     ) -> bool:
         barrier: dict[str, list[int]] = {}
         if config.transport in ("kafka", "both"):
-            barrier = kafka_high_watermarks(self._settings, config.topics, reshard.to_shards)
+            barrier = kafka_high_watermarks(
+                self._settings, self._options, config.topics, reshard.to_shards
+            )
         switched = reshard.model_copy(
             update={
                 "state": "switched",

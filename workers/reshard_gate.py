@@ -114,6 +114,7 @@ class ReshardGate:
         self._changed = asyncio.Event()
         self._held_logged: set[int] = set()
         self._revision = -1  # mod_revision of the record last read (0: none)
+        self.progress_reads = 0  # times the old shards' progress was read
 
     async def start(self) -> None:
         """Connect and follow the `reshard` record. Until it is first read, every
@@ -214,6 +215,7 @@ class ReshardGate:
 
     async def _check(self, reshard: Reshard) -> None:
         assert self._client is not None
+        self.progress_reads += 1
         listing = await self._client.get_prefix(self._keys.offsets_prefix)
         committed: dict[int, dict[str, int]] = {}
         for kv in listing.items:

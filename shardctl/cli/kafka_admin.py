@@ -140,7 +140,7 @@ def create_topics(
 def grow_partitions(settings: Settings, topics: list[str], partitions: int) -> None:
     """Grow each of `topics` to `partitions` partitions; one grown meanwhile is fine."""
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import NewPartitions
+    from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
 
     if not topics:
         return
