@@ -36,7 +36,7 @@ that changed shard against the least any hash can move ((12-8)/12 of them).
 
 Not a test: it asserts nothing about speed.
 
-    .venv/bin/python bench/rebalance_pause.py [--skip-reshard]
+    .venv/bin/python bench/rebalance_pause.py [--skip-reshard | --only-reshard]
 """
 
 from __future__ import annotations
@@ -342,9 +342,9 @@ def reshard_run(args: argparse.Namespace) -> None:
             started = time.monotonic()
             with conn.cursor() as cur:
                 while not stop.is_set():
-                    due = started + tick * RESHARD_TICK_S
-                    if due > time.monotonic():
-                        time.sleep(due - time.monotonic())
+                    wait = started + tick * RESHARD_TICK_S - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
                     now_us = time.time_ns() // 1000
                     rows = [(1 + (tick * per_tick + i) % keys, now_us) for i in range(per_tick)]
                     cur.executemany(
@@ -360,6 +360,8 @@ def reshard_run(args: argparse.Namespace) -> None:
         load.start()
         deadline = time.monotonic() + 120
         while len({f[0] for f in read_lines(out)}) < keys:
+            if not load.is_alive():
+                raise RuntimeError("the writer stopped (its error is printed above)")
             for name in ("cdc", "coordinator", "w1", "w2", "w3"):
                 if not bench.alive(name):
                     raise RuntimeError(f"{name} exited:\n{bench.log(name)[-3000:]}")
@@ -452,9 +454,15 @@ def main() -> None:
     )
     parser.add_argument("--skip-reshard", action="store_true", help="no resharding run")
     parser.add_argument(
+        "--only-reshard", action="store_true", help="only the resharding run (no join/drain/kill)"
+    )
+    parser.add_argument(
         "--reshard-keys", type=int, default=120, help="rows updated during the resharding run"
     )
     args = parser.parse_args()
+    if args.only_reshard:
+        reshard_run(args)
+        return
 
     workdir = Path(tempfile.mkdtemp(prefix="shardctl-rebalance-"))
     bench = Bench("rebalance", workdir)
