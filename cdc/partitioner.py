@@ -2,8 +2,10 @@
 
 `kafka_partition_hash` picks the hash and, with it, the hash input.
 
-**`crc32`** (the default): `shard = crc32(hash input) % num_shards`. crc32 is
-`shardctl.hashing.shard_of` (IEEE CRC-32, unsigned). The hash input is a byte
+**`crc32`** (the default) means shardctl's own shard hash, whichever the cluster
+config's `shard_hash` names: `shard = shard_of(hash input, num_shards, shard_hash)`
+with `shardctl.hashing.shard_of`, jump consistent hash for clusters created with it,
+`crc32 % num_shards` for clusters created before it. The hash input is a byte
 string that depends on `producer_partition_by`:
 
 | mode             | hash input (UTF-8 bytes)                                            |
@@ -55,7 +57,7 @@ import decimal
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,7 +65,7 @@ import mmh3
 
 from cdc.rows import TxnContext
 from shardctl.config import ConfigError
-from shardctl.hashing import shard_of
+from shardctl.hashing import SHARD_HASHES, ShardHash, shard_function
 
 PartitionBy = Literal["primary_key", "table", "database", "transaction_id", "column"]
 FallbackBy = Literal["primary_key", "table", "database", "transaction_id"]
@@ -166,8 +168,13 @@ class Partitioner:
     columns: tuple[str, ...] = ()
     fallback: FallbackBy = "database"
     hash_function: PartitionHash = "crc32"
+    shard_hash: ShardHash = "crc32"
 
     def __post_init__(self) -> None:
+        if self.shard_hash not in SHARD_HASHES:
+            raise ConfigError(
+                f"config.shard_hash: {self.shard_hash!r} is not one of {', '.join(SHARD_HASHES)}"
+            )
         if self.num_shards <= 0:
             raise ConfigError(f"cdc.num_shards: must be positive, got {self.num_shards}")
         if self.by not in MODES:
@@ -191,8 +198,8 @@ class Partitioner:
 
     @property
     def by_message_key(self) -> bool:
-        """True when the shard is crc32 of the message key: callers may then use
-        `shard_of(key, num_shards)` directly."""
+        """True when the shard is shardctl's hash of the message key: callers may then
+        use `shard_for(key, num_shards)` directly."""
         return self.by == "primary_key" and self.hash_function == "crc32"
 
     def hash_input(
@@ -203,7 +210,7 @@ class Partitioner:
         ctx: TxnContext | None,
         data: Mapping[str, Any] | None,
     ) -> bytes:
-        """The bytes whose crc32 picks the shard; see the module docstring."""
+        """The bytes whose hash picks the shard; see the module docstring."""
         return self._input(self.by, key, database, table, ctx, data)
 
     def shard(
@@ -220,10 +227,16 @@ class Partitioner:
         if self.hash_function != "crc32":
             text = self.partition_string(self.by, database, table, ctx, data, primary_key)
             return self._maxwell_shard(text)
+        shard_for = self.shard_for
         if self.by == "primary_key":
             # The common case, once per row: skip the mode dispatch.
-            return shard_of(key, self.num_shards)
-        return shard_of(self.hash_input(key, database, table, ctx, data), self.num_shards)
+            return shard_for(key, self.num_shards)
+        return shard_for(self.hash_input(key, database, table, ctx, data), self.num_shards)
+
+    @property
+    def shard_for(self) -> Callable[[bytes, int], int]:
+        """The hash as a function of (hash input, shard count)."""
+        return shard_function(self.shard_hash)
 
     def ddl_shard(self, key: bytes, database: str, table: str, ctx: TxnContext) -> int:
         """The shard of a DDL message: with Maxwell's hashes by database, as Maxwell's

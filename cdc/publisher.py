@@ -24,7 +24,6 @@ from cdc.partitioner import Partitioner
 from cdc.producers.base import Outgoing
 from cdc.replication.transaction import RowChange, Transaction
 from cdc.rows import Message
-from shardctl.hashing import shard_of
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,7 @@ class Publisher:
         partitioner = self.partitioner
         by_key = partitioner.by_message_key
         num_shards = partitioner.num_shards
+        shard_for = partitioner.shard_for
         changes = self._published_changes(txn)
         change = next(changes, None)
         while change is not None:
@@ -71,7 +71,7 @@ class Publisher:
             message = fmt(ctx, change.table, change.row, index, following is None)
             key = message.key
             shard = (
-                shard_of(key, num_shards)
+                shard_for(key, num_shards)
                 if by_key
                 else partitioner.shard(
                     key,

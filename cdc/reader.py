@@ -19,6 +19,9 @@ While leading:
 3. Every `checkpoint_interval_s`, store the end of the newest transaction whose
    messages, and all before it, were acknowledged (`cdc.acks`).
 4. On stop: flush the producer, store the final checkpoint, resign.
+5. When `shardctl shards set` asks for another shard count: flush and store the
+   checkpoint as on stop, then lead again from it, keeping the leadership;
+   `cdc.reshard` switches the count at that boundary and records it.
 
 After a crash the new leader resumes at the stored boundary, which is at or
 before the last delivered transaction: messages after it are published again,
@@ -59,6 +62,7 @@ from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.replication.server_check import binlog_lag_bytes, check_server, current_position
 from cdc.replication.source import BinlogSource, SourceOptions
 from cdc.replication.transaction import Transaction
+from cdc.reshard import ShardSwitch
 from shardctl import health
 from shardctl.config import ConfigError, Settings
 from shardctl.etcd.client import EtcdClient, EtcdUnavailable
@@ -76,7 +80,6 @@ from shardctl.metrics import (
     CDC_PUBLISH_AGE,
     CDC_ROWS,
 )
-from shardctl.records import ClusterConfig, RecordError
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +267,11 @@ class Reader:
                     leadership = self._campaign(loop, client, session)
                     if leadership is None:
                         return
-                    self._lead(loop, client, store, leadership)
+                    while self._lead(loop, client, store, leadership) and not self.stopping:
+                        log.info(
+                            "reader %s: leading again to switch the shard count",
+                            self.options.reader_id,
+                        )
                     if self.stopping:
                         loop.run(leadership.resign(), timeout=self.settings.etcd.timeout_s + 1)
                 except LeadershipLost as exc:
@@ -313,36 +320,10 @@ class Reader:
             )
             return leadership
 
-    def _num_shards(self, loop: LoopThread, client: EtcdClient) -> int:
-        kv = call_with_retry(
-            loop,
-            lambda: client.get(self.keyspace.config),
-            f"reading {self.keyspace.config}",
-            timeout_s=self.settings.etcd.timeout_s + 1,
-        )
-        cluster: int | None = None
-        if kv is not None:
-            try:
-                cluster = ClusterConfig.decode(kv.key, kv.value).num_shards
-            except RecordError as exc:
-                raise ConfigError(f"config: {exc}") from None
-        configured = self.options.num_shards
-        if configured is not None and cluster is not None and configured != cluster:
-            raise ConfigError(
-                f"cdc.num_shards: {configured} differs from num_shards={cluster} in the "
-                f"cluster config ({self.keyspace.config})"
-            )
-        found = configured or cluster
-        if found is None:
-            raise ConfigError(
-                "cdc.num_shards: not set, and the cluster has no config key "
-                f"({self.keyspace.config}) to take it from"
-            )
-        return found
-
     def _lead(
         self, loop: LoopThread, client: EtcdClient, store: CheckpointStore, leadership: Leadership
-    ) -> None:
+    ) -> bool:
+        """Publish while leading; True when it ended to switch the shard count."""
         options = self.options
         timeout = self.settings.etcd.timeout_s + 1
         connect = self.settings.mysql.connect_kwargs()
@@ -381,7 +362,11 @@ class Reader:
         # End of the last transaction registered with the ack tracker: the only
         # checkpoint that messages published after it (a bootstrap) may vouch for.
         published = checkpoint
-        num_shards = self._num_shards(loop, client)
+        switch = ShardSwitch(loop, client, self.keyspace, self.settings, options)
+        try:
+            num_shards, shard_hash = switch.start(leadership, checkpoint)
+        except (NotLeader, SessionLost) as exc:
+            raise LeadershipLost(str(exc)) from exc
         row_filter = Filter(options.filter)
         decoding = FilteredDecoding(BinlogDecoder(json_model), row_filter)
         publisher = Publisher(
@@ -391,7 +376,8 @@ class Reader:
                 options.producer_partition_by,
                 tuple(options.producer_partition_columns),
                 options.producer_partition_by_fallback,
-                options.kafka_partition_hash,
+                hash_function=options.kafka_partition_hash,
+                shard_hash=shard_hash,
             ),
             row_filter,
             ddl_topic=options.ddl_kafka_topic,
@@ -430,6 +416,7 @@ class Reader:
         # A checkpoint without a commit time (a first start): count from now.
         lag.read(checkpoint, checkpoint.ts or time.time())
         clean = False
+        switching = False
 
         def check_leadership() -> None:
             health.beat()
@@ -478,6 +465,11 @@ class Reader:
                 if self.stopping:
                     clean = True
                     break
+                if switch.requested():
+                    # At a transaction boundary: everything before it goes out with
+                    # the old count, flushed and checkpointed below.
+                    clean = switching = True
+                    break
         except (NotLeader, SessionLost) as exc:
             raise LeadershipLost(str(exc)) from exc
         except DeliveryError:
@@ -497,10 +489,14 @@ class Reader:
             bootstrap.close()
             lost.cancel()
             if clean:
-                log.info("reader %s: stopping (%s); flushing", options.reader_id, self._stop_reason)
+                why = (
+                    "to switch the shard count" if switching else f"stopping ({self._stop_reason})"
+                )
+                log.info("reader %s: %s; flushing", options.reader_id, why)
                 producer.flush(60)
                 self._advance(loop, store, leadership, tracker, saved)
             producer.close()
+        return switching
 
     @staticmethod
     def _lost_reason(lost: concurrent.futures.Future[str], leadership: Leadership) -> str:

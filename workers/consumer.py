@@ -40,6 +40,10 @@ whole batch is handled or dead-lettered (P5). Undecodable messages are dead-lett
 without calling the handler. `claim.valid()` is checked before every batch, so a
 zombie (paused past its TTL) handles nothing after it resumes.
 
+With a `gate` (`workers.reshard_gate`), a shard that gains keys in a change of the
+shard count handles records only below the gate's limits until the gate opens; the
+rest wait in its queue.
+
 A shard whose loop stops by itself must not go silent. If a sink refused the owner
 token it is DROPPED (Ownership will see the newer owner); for anything else it is
 FAILED and reported through `claim.fail(reason)`: the worker gives that shard up
@@ -51,11 +55,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -94,6 +99,19 @@ class ShardClaim(Protocol):
     def valid(self) -> bool: ...
 
     def fail(self, reason: str) -> None: ...
+
+
+class ShardGate(Protocol):
+    """Holds back records of shards that gain keys in a change of the shard count."""
+
+    def limits(self, shard: int) -> Mapping[str, int] | None:
+        """Per topic, the first position of `shard` that waits (a topic not in the map
+        waits from 0); None when nothing of `shard` waits."""
+        ...
+
+    async def wait(self, wake: asyncio.Event, timeout_s: float) -> None:
+        """Until the gate changes, `wake` is set, or `timeout_s` passes."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -204,8 +222,10 @@ class Consumer:
         dead_letters: DeadLetterWriter,
         config: ConsumerConfig | None = None,
         worker_id: str = "local",
+        gate: ShardGate | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self._gate = gate
         handler.observe_seconds = WORKER_HANDLER_SECONDS.labels(worker_id).observe
         self.transport = transport
         self.handler = handler
@@ -486,6 +506,12 @@ class Consumer:
                         await asyncio.wait_for(st.wake.wait(), self.config.idle_wait_s)
                     continue
                 take = min(self.config.batch_size, len(st.queue))
+                if self._gate is not None:
+                    take = self._admitted(self._gate, st, take)
+                    if take == 0:
+                        st.wake.clear()
+                        await self._gate.wait(st.wake, self.config.idle_wait_s)
+                        continue
                 records = [st.queue.popleft() for _ in range(take)]
                 if st.paused and len(st.queue) <= self.config.max_in_flight // 2:
                     self.transport.resume(st.shard)
@@ -507,6 +533,17 @@ class Consumer:
         except Exception as exc:
             log.exception("shard %d: consume loop failed", st.shard)
             self._stop_self(st, f"consume loop failed: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _admitted(gate: ShardGate, st: _Shard, take: int) -> int:
+        """How many of the first `take` queued records the gate lets through."""
+        limits = gate.limits(st.shard)
+        if limits is None:
+            return take
+        for index, record in enumerate(itertools.islice(st.queue, take)):
+            if record.position is not None and record.position >= limits.get(record.topic, 0):
+                return index
+        return take
 
     def _stop_self(self, st: _Shard, reason: str, fenced: bool = False) -> None:
         """The shard cannot go on here; nothing more is handled. Unless fenced, what was

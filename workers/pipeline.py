@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shardctl.config import ConfigError, Settings
-from workers.consumer import Consumer, ConsumerConfig
+from shardctl.keyspace import Keyspace
+from workers.consumer import Consumer, ConsumerConfig, ShardGate
 from workers.deadletters import (
     DEFAULT_TEMPLATE,
     DeadLetterWriter,
@@ -34,6 +35,7 @@ from workers.deadletters import (
     dead_letter_topic,
 )
 from workers.handlers import HandlerContext, load_handler
+from workers.reshard_gate import ReshardGate
 from workers.retry import RetryPolicy
 from workers.transports.base import Transport
 from workers.transports.kafka import KafkaTransport
@@ -122,6 +124,7 @@ def build_consumer(
     options: ConsumeOptions,
     worker_id: str,
     config: ConsumerConfig | None = None,
+    gate: ShardGate | None = None,
 ) -> Consumer:
     """Everything but the etcd side. Raises ConfigError/HandlerError naming the setting."""
     if not options.topics:
@@ -153,6 +156,7 @@ def build_consumer(
             max_in_flight=options.max_in_flight, batch_size=options.batch_size, retry=retry
         ),
         worker_id=worker_id,
+        gate=gate,
     )
 
 
@@ -164,9 +168,15 @@ async def consuming_worker(
     (transport, handler) when the block ends. A shard that fails for a reason other
     than fencing is given up alone (`Claim.fail`): committed, released, and
     acquired again after a backoff, while the other shards keep flowing."""
-    consumer = build_consumer(settings, options, worker_options.worker_id)
-    await consumer.open()
+    # Holds shards that gain keys while the shard count changes (workers.reshard_gate).
+    gate = ReshardGate(settings, Keyspace.of(settings))
+    consumer = build_consumer(settings, options, worker_options.worker_id, gate=gate)
+    await gate.start()
     try:
-        yield Worker(settings, worker_options, consumer)
+        await consumer.open()
+        try:
+            yield Worker(settings, worker_options, consumer)
+        finally:
+            await consumer.close()
     finally:
-        await consumer.close()
+        await gate.close()

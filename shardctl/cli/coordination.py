@@ -751,25 +751,47 @@ async def _read_cluster_config(settings: Settings) -> tuple[ClusterConfig | None
 # -- shards set ------------------------------------------------------------------
 
 
+def partition_plan(
+    counts: dict[str, int | None], old: int, new: int
+) -> tuple[dict[str, int], list[str]]:
+    """Topics to grow to `new` partitions, and the problems that refuse the change.
+
+    Partition = shard, so a topic must end with exactly `new` partitions. One with
+    `new` already is fine; one with the current count `old` below `new` grows;
+    anything else (more partitions than `new`, or a count that is neither) is refused.
+    """
+    grow: dict[str, int] = {}
+    problems: list[str] = []
+    for topic, count in sorted(counts.items()):
+        if count is None or count == new:
+            continue
+        if count == old and old < new:
+            grow[topic] = count
+        else:
+            problems.append(f"{topic} has {count} partition(s)")
+    return grow, problems
+
+
 @shards_app.command("set")
 def set_shards(
     num_shards: Annotated[int, typer.Argument(help="The new shard count.", min=1)],
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
 ) -> None:
-    """Change the shard count in the cluster's `config` key.
+    """Change the shard count of a running cluster, keeping per-key order.
 
-    What happens: if the transport is Kafka, every configured topic that exists must
-    already have exactly N partitions (partition = shard), or the command refuses and
-    changes nothing. Then `config.num_shards` becomes N, in a txn guarded against a
-    concurrent edit. N is at most 294864, the most shards one assignment (one etcd
-    value) holds. The leading coordinator writes a new generation for N shards:
-    shards below min(old, new) keep their owners, new shards are assigned to the
-    least-loaded workers, and owners of removed shards release them. A message's
-    shard is crc32(key) % N, so keys change shards: stop producers and let workers
-    drain first if per-key order must hold across the change.
+    On Kafka the configured topics grow to N partitions (partition = shard); Kafka
+    partitions cannot shrink, so a smaller N is refused there (allowed on NSQ). N is
+    at most 294864, the most shards one assignment (one etcd value) holds. Once a
+    reader has published (the cluster has a CDC checkpoint), the change is online:
+    the reader switches to N at a transaction boundary and records it in etcd, and a
+    shard that gains keys handles them only after every old shard has passed that
+    point; `config.num_shards` is max(old, N) until then. Without a checkpoint the
+    count changes at once. A change still in progress is not replaced.
     """
-    from shardctl.cli.kafka_admin import KafkaUnavailable, partition_counts
+    import time as clock
+
+    from shardctl.cli.kafka_admin import KafkaUnavailable, grow_partitions, partition_counts
     from shardctl.etcd import EtcdClient, ModRevisionIs, Put
     from shardctl.keyspace import Keyspace
     from shardctl.records import (
@@ -777,6 +799,7 @@ def set_shards(
         ASSIGNMENT_WORKER_TABLE_BYTES,
         MAX_SHARDS,
         ClusterConfig,
+        Reshard,
     )
 
     if num_shards > MAX_SHARDS:
@@ -790,12 +813,40 @@ def set_shards(
     settings = _settings(config, cluster)
     keys = Keyspace.of(settings)
 
-    current, mod_revision = _run(_read_cluster_config(settings))
+    async def read() -> tuple[ClusterConfig | None, int, Reshard | None, int, bool]:
+        async with EtcdClient(settings.etcd) as client:
+            cfg_kv = await client.get(keys.config)
+            reshard_kv = await client.get(keys.reshard)
+            sources = await client.get_prefix(f"{keys.root}cdc/")
+        published = any(kv.key.endswith("/checkpoint") for kv in sources.items)
+        cfg = None if cfg_kv is None else ClusterConfig.decode(cfg_kv.key, cfg_kv.value)
+        pending = None if reshard_kv is None else Reshard.decode(reshard_kv.key, reshard_kv.value)
+        return (
+            cfg,
+            0 if cfg_kv is None else cfg_kv.mod_revision,
+            pending,
+            0 if reshard_kv is None else reshard_kv.mod_revision,
+            published,
+        )
+
+    current, mod_revision, pending, reshard_revision, published = _run(read())
+    if pending is not None and pending.in_progress:
+        raise _fail(
+            f"a change of the shard count from {pending.from_shards} to {pending.to_shards} "
+            f"is in progress ({keys.reshard} is {pending.state}); run this again once it is "
+            "complete. Shard count unchanged"
+        )
     if current is not None and current.num_shards == num_shards:
         typer.echo(f"num_shards is already {num_shards}; nothing to do")
         return
+    old = current.num_shards if current else None
     topics = current.topics if current else []
     transport = current.transport if current else "kafka"
+    if transport in ("kafka", "both") and old is not None and num_shards < old:
+        raise _fail(
+            f"cannot shrink from {old} to {num_shards} shards: transport {transport} uses "
+            "Kafka, whose partitions (one per shard) can only grow; shard count unchanged"
+        )
     if not topics:
         typer.echo(f"no topics configured in {keys.config}: no Kafka partitions to check")
     elif transport in ("kafka", "both"):
@@ -803,33 +854,69 @@ def set_shards(
             counts = partition_counts(settings, topics)
         except KafkaUnavailable as exc:
             raise _fail(f"{exc}; shard count unchanged") from None
-        wrong = {t: n for t, n in counts.items() if n is not None and n != num_shards}
-        if wrong:
-            detail = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+        grow, problems = partition_plan(counts, old or num_shards, num_shards)
+        if problems:
             raise _fail(
-                f"cannot set num_shards to {num_shards}: Kafka partition = shard, and {detail} "
-                f"partition(s). Partitions can only grow (kafka-topics --alter "
-                f"--partitions {num_shards}); shard count unchanged"
+                f"cannot set num_shards to {num_shards}: Kafka partition = shard, and "
+                f"{', '.join(problems)}, neither {old} (the current count) nor "
+                f"{num_shards}; shard count unchanged"
             )
         for topic in sorted(t for t, n in counts.items() if n is None):
             typer.echo(f"topic {topic} does not exist yet: create it with {num_shards} partitions")
+        if grow:
+            try:
+                grow_partitions(settings, list(grow), num_shards)
+            except KafkaUnavailable as exc:
+                raise _fail(f"{exc}; shard count unchanged") from None
+            for topic, count in sorted(grow.items()):
+                typer.echo(f"topic {topic}: {count} -> {num_shards} partitions")
 
-    updated = (current or ClusterConfig(num_shards=num_shards)).model_copy(
-        update={"num_shards": num_shards}
-    )
+    online = current is not None and old is not None and published
+    if online and transport in ("kafka", "both") and not topics:
+        raise _fail(
+            f"cannot change the shard count online without topics in {keys.config}: the "
+            "switch records each topic's offsets per shard, and the workers wait on them. "
+            "Set them with `shardctl cluster init`; shard count unchanged"
+        )
+    if current is None:
+        updated = ClusterConfig(num_shards=num_shards, shard_hash="jump")
+    else:
+        count = max(current.num_shards, num_shards) if online else num_shards
+        updated = current.model_copy(update={"num_shards": count})
+    ops = [Put(keys.config, updated.encode())]
+    if online and current is not None and old is not None:
+        request = Reshard(
+            from_shards=old,
+            to_shards=num_shards,
+            shard_hash=current.shard_hash,
+            requested_at=clock.time(),
+        )
+        ops.append(Put(keys.reshard, request.encode()))
 
     async def write() -> bool:
         async with EtcdClient(settings.etcd) as client:
             ok, _ = await client.txn(
-                [ModRevisionIs(keys.config, mod_revision)],
-                [Put(keys.config, updated.encode())],
+                [
+                    ModRevisionIs(keys.config, mod_revision),
+                    ModRevisionIs(keys.reshard, reshard_revision),
+                ],
+                ops,
             )
             return ok
 
     if not _run(write()):
         raise _fail(f"{keys.config} changed while checking; run the command again")
-    old = current.num_shards if current else "unset"
-    typer.echo(f"num_shards: {old} -> {num_shards}; the coordinator writes the new assignment")
+    if online:
+        typer.echo(
+            f"num_shards: {old} -> {num_shards} requested; the reader switches at its next "
+            f"transaction boundary, and shards that gain keys wait until every old shard "
+            f"has passed it ({keys.reshard})"
+        )
+    else:
+        typer.echo(
+            f"num_shards: {old or 'unset'} -> {num_shards}; the coordinator writes the new "
+            "assignment"
+        )
 
 
 # -- shards place ------------------------------------------------------------------

@@ -137,6 +137,31 @@ def create_topics(
             ) from None
 
 
+def grow_partitions(settings: Settings, topics: list[str], partitions: int) -> None:
+    """Grow each of `topics` to `partitions` partitions; one grown meanwhile is fine."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
+
+    if not topics:
+        return
+    admin = _admin(settings)
+    requests = [NewPartitions(topic, partitions) for topic in topics]
+    futures = admin.create_partitions(requests, request_timeout=METADATA_TIMEOUT_S)
+    for topic, future in futures.items():
+        try:
+            future.result(METADATA_TIMEOUT_S + 5)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.INVALID_PARTITIONS:
+                counts = partition_counts(settings, [topic])
+                if counts.get(topic) == partitions:
+                    continue
+            raise KafkaUnavailable(
+                f"growing topic {topic} to {partitions} partitions at "
+                f"{settings.kafka.bootstrap_servers}: {exc}"
+            ) from None
+
+
 class UnknownTopic(Exception):
     """The brokers answered: the topic does not exist."""
 

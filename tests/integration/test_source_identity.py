@@ -370,7 +370,7 @@ def test_a_worker_stops_the_shard_and_resumes_after_forget_stream(
             _execute(conn, f"UPDATE `{unique}`.items SET name = 'after' WHERE id = 3")
         stream = "src/7|gtid:0"
         key = json.dumps({"database": unique, "table": "items"}, separators=(",", ":"))
-        shard = shard_of(f'{key[:-1]},"pk.id":3}}'.encode(), NUM_SHARDS)
+        shard = shard_of(f'{key[:-1]},"pk.id":3}}'.encode(), NUM_SHARDS, "jump")
         wait_for(
             "the worker stopping the shard",
             lambda: (
