@@ -253,6 +253,13 @@ def worker_run(
         Path | None,
         typer.Option(help="--handler noop: append one JSON line per handled event here."),
     ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Events handed to the handler at most per call.", min=1)
+    ] = 200,
+    max_in_flight: Annotated[
+        int,
+        typer.Option(help="Records read ahead per shard; at least the batch size.", min=1),
+    ] = 1000,
     metrics_port: MetricsPortOpt = 0,
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
@@ -320,6 +327,8 @@ def worker_run(
             transport=transport.value,
             topics=topics,
             handler_options=handler_options,
+            batch_size=batch_size,
+            max_in_flight=max(max_in_flight, batch_size),
         )
         try:
             async with consuming_worker(settings, options, consume) as worker:
@@ -338,6 +347,9 @@ def forget_stream(
     shard: Annotated[int, typer.Option(help="The shard the SQL sink stopped.", min=0)],
     topic: Annotated[str, typer.Option(help="The topic named in the error.")],
     stream: Annotated[str, typer.Option(help="The stream named in the error.")],
+    handler: Annotated[
+        str, typer.Option(help="The sink that stopped the shard: sql or postgres.")
+    ] = "sql",
     handler_option: Annotated[
         list[str] | None,
         typer.Option(help="The SQL sink's key=value options, as given to `worker run`."),
@@ -346,25 +358,27 @@ def forget_stream(
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
 ) -> None:
-    """Make the SQL sink forget what it applied of one source stream of a shard's topic.
+    """Make a SQL sink forget what it applied of one source stream of a shard's topic.
 
     For a shard the sink stopped because the source's position went backwards (RESET
     MASTER, a restore, binlog renumbering): once the source is checked, the shard
     applies the stream's changes from its next batch on, whatever their position.
     """
-    import pymysql
-
     from shardctl.config import ConfigError
     from workers.handlers import HandlerContext
+    from workers.sinks.postgres import PostgresSink
     from workers.sinks.sql import SqlSink
 
+    sinks: dict[str, type[SqlSink]] = {"sql": SqlSink, "postgres": PostgresSink}
+    if handler not in sinks:
+        raise _fail(f"--handler {handler!r}: expected sql or postgres", EXIT_USAGE)
     settings = _settings(config, cluster)
     options = _key_values("--handler-option", handler_option or [])
     try:
-        sink = SqlSink(HandlerContext(settings=settings, options=options))
+        sink = sinks[handler](HandlerContext(settings=settings, options=options))
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    what = f"sql sink {sink.scope}: shard {shard} topic {topic} stream {stream}"
+    what = f"{handler} sink {sink.scope}: shard {shard} topic {topic} stream {stream}"
     if not yes and not typer.confirm(
         f"{what}: forget the applied record? Changes of the stream at or below its "
         "stored position are then applied again",
@@ -373,7 +387,7 @@ def forget_stream(
         raise _fail("nothing changed")
     try:
         deleted = sink.forget_stream(shard, topic, stream)
-    except pymysql.MySQLError as exc:
+    except sink.dialect.driver_errors as exc:
         raise _fail(f"{what}: {type(exc).__name__}: {exc}") from None
     finally:
         sink.on_close()

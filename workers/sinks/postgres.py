@@ -6,6 +6,9 @@ transaction that takes the shard's fence row lock (`SELECT ... FOR UPDATE`), ref
 a stale token, skips what was applied (offsets, and the applied-change record per
 source stream), writes the data with `INSERT ... ON CONFLICT (primary key) DO UPDATE`
 and `DELETE`, and stores the offsets and the newest applied changes, then commits.
+The writes are folded per primary key and sent as multi-row statements (many VALUES
+rows in one INSERT ... ON CONFLICT, one DELETE ... IN (...) per table), as in the
+MariaDB sink; `fold_changes = false` keeps every change a write of its own.
 
 Target: schema `target_schema` (default: the event's own database name, as a schema),
 table = the event's table; the tables must exist, with a primary key (or the event
@@ -18,7 +21,7 @@ json/jsonb.
 Settings (environment `SHARDCTL_SINK_POSTGRES_*`, or handler options, except the
 password which is environment/file only): host, port, user, password /
 password_file, database (the database connected to), target_schema, scope (default:
-the cluster name), replay_window, and TLS: `SHARDCTL_SINK_POSTGRES_TLS__CA_FILE`
+the cluster name), replay_window, fold_changes, and TLS: `SHARDCTL_SINK_POSTGRES_TLS__CA_FILE`
 (then TLS is required and the server's certificate and host name are verified:
 sslmode verify-full), `..._TLS__CERT_FILE` and `..._TLS__KEY_FILE` (a client
 certificate).
@@ -57,6 +60,8 @@ class PostgresSinkSettings(BaseSettings):
     target_schema: str | None = None
     scope: str | None = None
     replay_window: int = Field(default=10_000, ge=1)
+    # Fold a batch's changes per primary key (false: each change is a write of its own).
+    fold_changes: bool = True
     tls: TLSSettings = TLSSettings()
 
     @model_validator(mode="after")
