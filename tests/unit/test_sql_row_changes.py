@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.sinks.postgres import PostgresDialect
+from workers.sinks.postgres import PostgresDialect, numbered
 from workers.sinks.row_changes import MAX_STATEMENT_BYTES, RowChanges, chunks
 from workers.sinks.sql import MariaDBDialect, uses_row_alias
 from workers.sinks.sql_common import Dialect
@@ -228,3 +228,12 @@ def test_deletes_name_the_primary_key_in_one_statement() -> None:
     assert PostgresDialect().delete('"t"', ["a", "b"], rows=2) == (
         'DELETE FROM "t" WHERE ("a", "b") IN ((%s, %s), (%s, %s))'
     )
+
+
+def test_postgres_statements_run_with_numbered_placeholders() -> None:
+    sql = PostgresDialect().upsert('"t"', ["id", "name"], ["id"], ["name"], rows=2)
+    assert numbered(sql) == (
+        'INSERT INTO "t" ("id", "name") VALUES ($1, $2), ($3, $4) '
+        'ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name"'
+    )
+    assert numbered('DELETE FROM "t" WHERE "id" IN (%s)') == 'DELETE FROM "t" WHERE "id" IN ($1)'

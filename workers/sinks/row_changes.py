@@ -26,6 +26,7 @@ column), which are the values the source stored.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from itertools import chain
 from typing import Any
 
 from workers.sinks.sql_common import Dialect
@@ -97,19 +98,20 @@ class RowChanges:
                 for chunk in chunks(keys, dialect):
                     yield (
                         dialect.delete(table, primary_key, len(chunk)),
-                        [v for key in chunk for v in key],
+                        list(chain.from_iterable(chunk)),
                     )
             for (table, primary_key, columns), rows in upserts.items():
                 updates = [c for c in columns if c not in primary_key] or list(columns[:1])
                 for chunk in chunks(rows, dialect):
                     yield (
                         dialect.upsert(table, columns, primary_key, updates, rows=len(chunk)),
-                        [v for row in chunk for v in row],
+                        list(chain.from_iterable(chunk)),
                     )
 
 
 def _size(row: tuple[Any, ...]) -> int:
-    return sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
+    """About the length of a row's values in a statement (its repr: one C call)."""
+    return len(repr(row))
 
 
 def chunks(

@@ -77,6 +77,7 @@ import re
 import threading
 from collections.abc import Sequence
 from decimal import Decimal
+from itertools import chain
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -459,14 +460,15 @@ class SqlSink:
                 changes = RowChanges(fold=self.settings.fold_changes)
                 last_ids: dict[str, str] = {}
                 for event in batch.events:
-                    if event.event_id is not None:
-                        last_ids[event.topic] = event.event_id
+                    event_id = event.event_id
+                    if event_id is not None:
+                        last_ids[event.topic] = event_id
                     if event.position is not None and event.position < stored.get(event.topic, -1):
                         continue  # this record was applied by an earlier transaction
                     # Only the row changes it applies are ordered (DDL carries no source).
                     place = (
-                        order_key(event.event_id, event.source)
-                        if event.event_id and event.type in _ROW_TYPES
+                        order_key(event_id, event.source)
+                        if event_id and event.type in _ROW_TYPES
                         else None
                     )
                     if place is not None:
@@ -492,7 +494,7 @@ class SqlSink:
                     self._add(cur, event, changes)
                     applied += 1
                 for statement, params in changes.statements(self.dialect):
-                    cur.execute(statement, params)
+                    self.dialect.execute(cur, statement, params)
                 for topic, stream in changed:
                     self._remember_txns(cur, batch.shard, topic, stream, added[(topic, stream)])
                     cur.execute(
@@ -634,7 +636,8 @@ class SqlSink:
             return
         rows = [(self.scope, shard, topic, stream, txn, fp) for txn, fp in txns.items()]
         for chunk in chunks(rows, self.dialect):
-            cur.execute(
+            self.dialect.execute(
+                cur,
                 self.dialect.upsert(
                     "shardctl_applied_txns",
                     ("scope", "shard", "topic", "stream", "txn", "fingerprint"),
@@ -642,7 +645,7 @@ class SqlSink:
                     ("fingerprint",),
                     rows=len(chunk),
                 ),
-                [v for row in chunk for v in row],
+                list(chain.from_iterable(chunk)),
             )
         counter = (shard, topic, stream)
         count = self._unpruned.get(counter, 0) + len(txns)
@@ -720,33 +723,33 @@ class SqlSink:
 
     def _add(self, cur: Any, event: Event, changes: RowChanges) -> None:
         """Add the row writes of `event` to the batch's `changes`."""
-        if event.type not in _UPSERT_TYPES and event.type != "delete":
+        kind = event.type
+        if kind not in _UPSERT_TYPES and kind != "delete":
             return
         table = self._table(cur, self.target_namespace(event), event.table)
         pk = _primary_key(event, table)
         data = event.data
-        if event.type == "delete":
+        if kind == "delete":
             changes.delete(table.name, pk, self._key_values(table, pk, data, event))
             return
-        old = event.old or {}
-        if any(col in old for col in pk):
+        old = event.old
+        if old and any(col in old for col in pk):
             moved_from = {**data, **{c: old[c] for c in pk if c in old}}
             changes.delete(table.name, pk, self._key_values(table, pk, moved_from, event))
-        unknown = [c for c in data if c not in table.types]
-        if unknown:
+        if not table.types.keys() >= data.keys():
             # The target may have gained the columns since it was read (an ALTER that
             # followed the source's): read it again once before refusing the event.
             table = self._table(cur, self.target_namespace(event), event.table, reread=True)
             unknown = [c for c in data if c not in table.types]
-        if unknown:
-            raise LookupError(
-                f"{self.dialect.name} sink: {event.describe()}: {table.name} has no "
-                f"column(s) {unknown}"
-            )
-        self._key_values(table, pk, data, event)  # every key column is there
-        changes.upsert(
-            table.name, pk, {c: column_value(v, table.types[c]) for c, v in data.items()}
-        )
+            if unknown:
+                raise LookupError(
+                    f"{self.dialect.name} sink: {event.describe()}: {table.name} has no "
+                    f"column(s) {unknown}"
+                )
+        if not data.keys() >= set(pk):
+            self._key_values(table, pk, data, event)  # raises, naming the missing columns
+        types = table.types
+        changes.upsert(table.name, pk, {c: column_value(v, types[c]) for c, v in data.items()})
 
     def _key_values(
         self, table: _Table, pk: Sequence[str], row: dict[str, Any], event: Event

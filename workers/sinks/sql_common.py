@@ -108,6 +108,10 @@ class Dialect:
         """Read a target table's columns; LookupError naming it if it does not exist."""
         raise NotImplementedError
 
+    def execute(self, cur: Any, statement: str, params: Sequence[Any]) -> None:
+        """Run one of the batch's data statements (`%s` placeholders) on `cur`."""
+        cur.execute(statement, params)
+
     def after_values(self) -> str:
         """What follows the VALUES list before the conflict clause (MySQL 8's row alias)."""
         return ""
