@@ -441,7 +441,8 @@ def worker_run(
             dead_letter_template=tuning.dead_letter_template,
             create_dead_letter_topics=tuning.create_dead_letter_topics,
             batch_size=tuning.batch_size,
-            max_in_flight=tuning.max_in_flight,
+            # A shard reads ahead at least one batch.
+            max_in_flight=max(tuning.max_in_flight, tuning.batch_size),
             retry_attempts=tuning.retry_attempts,
             retry_initial_delay_s=tuning.retry_initial_delay_s,
             retry_max_delay_s=tuning.retry_max_delay_s,
@@ -464,6 +465,9 @@ def forget_stream(
     shard: Annotated[int, typer.Option(help="The shard the SQL sink stopped.", min=0)],
     topic: Annotated[str, typer.Option(help="The topic named in the error.")],
     stream: Annotated[str, typer.Option(help="The stream named in the error.")],
+    handler: Annotated[
+        str, typer.Option(help="The sink that stopped the shard: sql or postgres.")
+    ] = "sql",
     handler_option: Annotated[
         list[str] | None,
         typer.Option(help="The SQL sink's key=value options, as given to `worker run`."),
@@ -472,25 +476,27 @@ def forget_stream(
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
 ) -> None:
-    """Make the SQL sink forget what it applied of one source stream of a shard's topic.
+    """Make a SQL sink forget what it applied of one source stream of a shard's topic.
 
     For a shard the sink stopped because the source's position went backwards (RESET
     MASTER, a restore, binlog renumbering): once the source is checked, the shard
     applies the stream's changes from its next batch on, whatever their position.
     """
-    import pymysql
-
     from shardctl.config import ConfigError
     from workers.handlers import HandlerContext
+    from workers.sinks.postgres import PostgresSink
     from workers.sinks.sql import SqlSink
 
+    sinks: dict[str, type[SqlSink]] = {"sql": SqlSink, "postgres": PostgresSink}
+    if handler not in sinks:
+        raise _fail(f"--handler {handler!r}: expected sql or postgres", EXIT_USAGE)
     settings = _settings(config, cluster)
     options = _key_values("--handler-option", handler_option or [])
     try:
-        sink = SqlSink(HandlerContext(settings=settings, options=options))
+        sink = sinks[handler](HandlerContext(settings=settings, options=options))
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    what = f"sql sink {sink.scope}: shard {shard} topic {topic} stream {stream}"
+    what = f"{handler} sink {sink.scope}: shard {shard} topic {topic} stream {stream}"
     if not yes and not typer.confirm(
         f"{what}: forget the applied record? Changes of the stream at or below its "
         "stored position are then applied again",
@@ -499,7 +505,7 @@ def forget_stream(
         raise _fail("nothing changed")
     try:
         deleted = sink.forget_stream(shard, topic, stream)
-    except pymysql.MySQLError as exc:
+    except sink.dialect.driver_errors as exc:
         raise _fail(f"{what}: {type(exc).__name__}: {exc}") from None
     finally:
         sink.on_close()
