@@ -114,7 +114,7 @@ class Cluster:
         return self.processes.procs
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        return self.processes.shardctl(name, *args)
+        return self.processes.shardctl(name, *args, env=self.env)
 
     def start_coordinator(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
         return self.spawn(
