@@ -220,7 +220,6 @@ class NSQSettings(BaseSettings):
 
     nsqd_tcp_addresses: str = "127.0.0.1:4150"
     nsqd_http_address: str = "127.0.0.1:4151"
-    lookupd_http_addresses: str = "127.0.0.1:4161"
 
 
 class WorkerSettings(BaseSettings):
