@@ -6,7 +6,6 @@ import itertools
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 
 from coordinator.assignment import Member, minimal_moves, moves
 from coordinator.writer import Current, write_assignment
-from shardctl.config import Settings
 from shardctl.etcd import Leadership, Mirror, NotLeader, Session
 from shardctl.records import Assignment, OffsetRecord, WorkerRecord
 from tests.integration.coordination_harness import (
@@ -26,15 +24,6 @@ from tests.integration.coordination_harness import (
 from workers.offsets import OffsetFenced, OffsetStore
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cluster(stack: Any, settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(stack.env(), settings, tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def event_logs(cluster: Cluster, names: list[str]) -> list[Path]:

@@ -4,26 +4,14 @@ else the TOML file."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from shardctl.config import Settings
 from shardctl.records import WorkerRecord
 from tests.integration.coordination_harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cluster(stack: Any, settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(stack.env(), settings, tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_worker_settings_come_from_flag_then_env_then_toml(
