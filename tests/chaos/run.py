@@ -602,6 +602,11 @@ class ChaosRun:
         for name in p.names("r"):  # the operator stops every reader of the source first
             if name not in p.dead():
                 p.kill9(name)
+        # ... and waits for the last leader's lease to lapse: `checkpoint skip` is refused
+        # while a reader leads, and a reader killed while leading holds the key a TTL.
+        lapsed = time.monotonic() + 3 * self.config.ttl + 10
+        while p.cdc_leader() is not None and time.monotonic() < lapsed:
+            time.sleep(0.2)
         skip = p.shardctl("cdc", "checkpoint", "skip", "--source", SOURCE, "--position", position)
         if skip.returncode != 0:
             self.report.findings.append(
