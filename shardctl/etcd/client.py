@@ -369,6 +369,15 @@ class EtcdClient:
                 ) from exc
             except aetcd.ClientError as exc:
                 raise EtcdError(f"etcd {op} {key} at {self.endpoint}: {exc}") from exc
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this task is being cancelled: let it end
+                # The connection was closed under the call (another task reconnected
+                # after a timeout): etcd did not answer it, as when etcd is down.
+                raise EtcdUnavailable(
+                    f"etcd {op} {key} at {self.endpoint}: the connection was closed during the call"
+                ) from None
         raise AssertionError("unreachable")
 
     # -- key/value ---------------------------------------------------------------

@@ -86,3 +86,27 @@ def test_a_timed_out_watch_create_is_never_answered_onto_the_next_watch(
         f"timed-out watch create was matched to it"
     )
     assert event.kv.value == b"b"
+
+
+def test_a_call_cut_by_another_tasks_reconnect_is_etcd_unavailable(settings: Settings) -> None:
+    """Dropping the connection (as after a watch-create timeout) cancels the calls in
+    flight on it. Their callers must see EtcdUnavailable, which they retry, and not a
+    bare CancelledError: a reader's shard-count check died of one in the chaos soak."""
+    keys = Keyspace.of(settings)
+    etcd_settings = settings.etcd.model_copy(update={"timeout_s": 30.0})
+
+    async def main() -> BaseException | None:
+        async with EtcdClient(etcd_settings) as client:
+            await client.get(f"{keys.root}cut")  # connected
+            connection = client._client
+            with etcd_paused():
+                pending = asyncio.ensure_future(client.get(f"{keys.root}cut"))
+                for _ in range(10):
+                    await asyncio.sleep(0)
+                await client._reconnect(failed=connection)
+                done, _ = await asyncio.wait([pending], timeout=20)
+            assert done, "the cut call did not end"
+            return pending.exception() if not pending.cancelled() else asyncio.CancelledError()
+
+    error = asyncio.run(main())
+    assert isinstance(error, EtcdUnavailable), repr(error)
