@@ -61,6 +61,8 @@ class PostgresSinkSettings(BaseSettings):
     target_schema: str | None = None
     scope: str | None = None
     replay_window: int = Field(default=10_000, ge=1)
+    # Prune a stream's remembered transactions to replay_window once this many were added.
+    prune_every: int = Field(default=1000, ge=1)
     # Fold a batch's changes per primary key (false: each change is a write of its own).
     fold_changes: bool = True
     tls: TLSSettings = TLSSettings()

@@ -57,7 +57,9 @@ Settings (environment `SHARDCTL_SINK_SQL_*`, or handler options, except the pass
 which is environment/file only): host, port, user, password / password_file,
 database, scope (default: the cluster name), replay_window (transactions remembered
 per shard, topic and stream to recognise a replay; a reader replay deeper than that
-stops the shard as a backward position would), fold_changes (default true). TLS,
+stops the shard as a backward position would), prune_every (how many transactions
+a stream adds between two prunes to replay_window, default 1000), fold_changes
+(default true). TLS,
 from the environment only: SHARDCTL_SINK_SQL_TLS__CA_FILE (required TLS, certificate
 and host name verified), ..._TLS__CERT_FILE and ..._TLS__KEY_FILE (a client
 certificate).
@@ -100,9 +102,6 @@ _ROW_TYPES = {"insert", "update", "delete"}
 
 # Longest stream name the bookkeeping tables hold (source identity plus the id's stream).
 _STREAM_CHARS = STREAM_CHARS
-
-# Prune the remembered transactions of a stream once this many were added.
-_PRUNE_EVERY = 1000
 
 
 # Server error codes that pass by waiting: the batch is retried, never dead-lettered.
@@ -149,6 +148,8 @@ class SqlSinkSettings(BaseSettings):
     database: str | None = None  # where the bookkeeping tables live, and the target
     scope: str | None = None
     replay_window: int = Field(default=10_000, ge=1)
+    # Prune a stream's remembered transactions to replay_window once this many were added.
+    prune_every: int = Field(default=1000, ge=1)
     # Fold a batch's changes per primary key (false: each change is a write of its own).
     fold_changes: bool = True
     # Required, verified TLS when tls.ca_file is set (SHARDCTL_SINK_SQL_TLS__CA_FILE...).
@@ -649,7 +650,7 @@ class SqlSink:
             )
         counter = (shard, topic, stream)
         count = self._unpruned.get(counter, 0) + len(txns)
-        if count < _PRUNE_EVERY:
+        if count < self.settings.prune_every:
             self._unpruned[counter] = count
             return
         self._unpruned[counter] = 0
