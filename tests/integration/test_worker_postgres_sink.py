@@ -3,7 +3,6 @@ tokens refused, a batch or a change applied twice has one effect."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 from tests.conftest import StackHandle
 from tests.integration.cdc_support import SHARDCTL
 from tests.integration.postgres_support import count_effects, fresh_database, pg_query
-from tests.integration.workers_support import maxwell
+from tests.integration.workers_support import MIXED_CHANGES, MIXED_RESULT, maxwell, row_event
 from workers.events import Batch, Event, decode_message
 from workers.handlers import Fenced, HandlerContext, ShardHalted
 from workers.sinks.postgres import PostgresSink
@@ -233,34 +232,6 @@ def test_a_failing_event_rolls_back_its_whole_batch(pg: dict[str, Any], sink: Po
     assert pg_query(pg, "SELECT id FROM items") == [(0,)]
 
 
-def _row_event(n: int, kind: str, data: dict[str, Any], old: dict[str, Any] | None = None) -> Event:
-    doc = json.loads(maxwell(n, 0, kind=kind, data=data))
-    if old is not None:
-        doc["old"] = old
-    raw = json.dumps(doc).encode()
-    return Event(0, "orders", n, None, raw, decode_message(raw, 0, "orders", n), 7)
-
-
-# Row 1: updated, deleted, inserted again, updated with a partial image; row 2:
-# deleted and inserted again; row 4 inserted and deleted; row 3 moved to key 5 and
-# updated there; row 6 inserted and updated.
-MIXED_CHANGES = [
-    ("update", {"id": 1, "name": "a"}, None),
-    ("delete", {"id": 1, "name": "a"}, None),
-    ("insert", {"id": 1, "name": "b", "payload": "AAEC"}, None),
-    ("update", {"id": 1, "name": "c"}, {"name": "b"}),
-    ("delete", {"id": 2, "name": "n2"}, None),
-    ("insert", {"id": 2, "name": "x"}, None),
-    ("insert", {"id": 4, "name": "n4"}, None),
-    ("delete", {"id": 4, "name": "n4"}, None),
-    ("update", {"id": 5, "name": "n3"}, {"id": 3}),
-    ("update", {"id": 5, "name": "z"}, {"name": "n3"}),
-    ("insert", {"id": 6, "name": "n6"}, None),
-    ("update", {"id": 6, "name": "y"}, {"name": "n6"}),
-]
-MIXED_RESULT = [(1, "c", b"\x00\x01\x02"), (2, "x", None), (5, "z", None), (6, "y", None)]
-
-
 @pytest.mark.parametrize(
     ("fold", "writes"),
     # Folded: rows 1 and 2 deleted then written, row 3 deleted, rows 5 and 6 written
@@ -273,11 +244,9 @@ def test_several_changes_to_one_key_end_in_the_state_of_the_last_one(
 ) -> None:
     sink.settings.fold_changes = fold
     sink.on_assign(0, 7)
-    first = [_row_event(n, "insert", {"id": n, "name": f"n{n}"}) for n in (1, 2, 3)]
+    first = [row_event(n, "insert", {"id": n, "name": f"n{n}"}) for n in (1, 2, 3)]
     sink.on_events(_batch(0, 7, first))
-    batch = [
-        _row_event(4 + n, kind, data, old) for n, (kind, data, old) in enumerate(MIXED_CHANGES)
-    ]
+    batch = [row_event(4 + n, kind, data, old) for n, (kind, data, old) in enumerate(MIXED_CHANGES)]
     sink.on_events(_batch(0, 7, batch))
     assert pg_query(pg, "SELECT id, name, payload FROM items ORDER BY id") == MIXED_RESULT
     assert pg_query(pg, "SELECT n FROM effects") == [(3 + writes,)]
@@ -292,13 +261,13 @@ def test_a_failure_in_the_middle_of_a_batch_rolls_back_data_and_offsets_together
     pg_query(pg, "ALTER TABLE items ADD CONSTRAINT no_bad_name CHECK (name <> 'bad')")
     sink.on_assign(0, 7)
     sink.on_events(
-        _batch(0, 7, [_row_event(n, "insert", {"id": n, "name": f"n{n}"}) for n in (0, 1)])
+        _batch(0, 7, [row_event(n, "insert", {"id": n, "name": f"n{n}"}) for n in (0, 1)])
     )
     failing = [
-        _row_event(2, "delete", {"id": 0, "name": "n0"}),
-        _row_event(3, "update", {"id": 1, "name": "changed"}, {"name": "n1"}),
-        _row_event(4, "insert", {"id": 5, "name": "bad"}),
-        _row_event(5, "insert", {"id": 6, "name": "n6"}),
+        row_event(2, "delete", {"id": 0, "name": "n0"}),
+        row_event(3, "update", {"id": 1, "name": "changed"}, {"name": "n1"}),
+        row_event(4, "insert", {"id": 5, "name": "bad"}),
+        row_event(5, "insert", {"id": 6, "name": "n6"}),
     ]
     with pytest.raises(psycopg.errors.CheckViolation, match="no_bad_name"):
         sink.on_events(_batch(0, 7, failing))
