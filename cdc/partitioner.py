@@ -58,7 +58,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import mmh3
@@ -169,12 +169,15 @@ class Partitioner:
     fallback: FallbackBy = "database"
     hash_function: PartitionHash = "crc32"
     shard_hash: ShardHash = "crc32"
+    # The hash as a function of (hash input, shard count); made once, used per row.
+    shard_for: Callable[[bytes, int], int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.shard_hash not in SHARD_HASHES:
             raise ConfigError(
                 f"config.shard_hash: {self.shard_hash!r} is not one of {', '.join(SHARD_HASHES)}"
             )
+        object.__setattr__(self, "shard_for", shard_function(self.shard_hash))
         if self.num_shards <= 0:
             raise ConfigError(f"cdc.num_shards: must be positive, got {self.num_shards}")
         if self.by not in MODES:
@@ -232,11 +235,6 @@ class Partitioner:
             # The common case, once per row: skip the mode dispatch.
             return shard_for(key, self.num_shards)
         return shard_for(self.hash_input(key, database, table, ctx, data), self.num_shards)
-
-    @property
-    def shard_for(self) -> Callable[[bytes, int], int]:
-        """The hash as a function of (hash input, shard count)."""
-        return shard_function(self.shard_hash)
 
     def ddl_shard(self, key: bytes, database: str, table: str, ctx: TxnContext) -> int:
         """The shard of a DDL message: with Maxwell's hashes by database, as Maxwell's
