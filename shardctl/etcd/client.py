@@ -9,9 +9,8 @@ error becomes an `EtcdError` subclass that names the operation and the key:
 
 Transactions are expressed with the small op model below (`Put`, `Delete`, and the
 guards `CreateRevisionIs`, `ValueIs`, `Absent`), and `txn` reports whether the guards
-held. `create_if_absent` and the `*_if_created_at` helpers are the two shapes the
-keyspace uses: "create owners/<s> only if absent" and "write only while the fencing
-key still has the token's create_revision".
+held. `create_if_absent` is "create owners/<s> only if absent"; "write only while the
+fencing key still has the token's create_revision" is `shardctl.etcd.fence.Fence`.
 
 An aetcd client is bound to the event loop it first connected on; use one
 `EtcdClient` per loop (the lease keepalive thread opens its own).
