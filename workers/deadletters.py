@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from workers.events import Event, where
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "{topic}.dlq"
 
@@ -127,7 +131,14 @@ class DeadLetterWriter(Protocol):
 
 
 class KafkaDeadLetterWriter:
-    """Dead letters to Kafka. The topic must exist (brokers may not auto-create)."""
+    """Dead letters to Kafka. The topic must exist (brokers may not auto-create).
+
+    A producer whose write failed is closed and a new one made for the next try: an
+    idempotent producer can take a fatal error across a broker restart (a sequence
+    out of sync) and would fail every later write, so the shard would wait forever;
+    and a timed-out letter purged from the old one is not delivered later behind the
+    retry's copy. A letter that was in flight when it timed out may still land, so
+    the dead-letter topic is at least once: its readers dedupe by `event_id`."""
 
     def __init__(
         self,
@@ -136,14 +147,34 @@ class KafkaDeadLetterWriter:
         template: str = DEFAULT_TEMPLATE,
         timeout_s: float = 30.0,
     ) -> None:
-        from confluent_kafka import Producer
-
-        self._producer = Producer(
-            {**client_config, "enable.idempotence": "true", "acks": "all", "linger.ms": "0"}
-        )
+        self._config: dict[str, str] = {
+            **client_config,
+            "enable.idempotence": "true",
+            "acks": "all",
+            "linger.ms": "0",
+        }
+        self._producer: Any = None
+        self._lock = threading.Lock()  # shards write from executor threads
         self._worker = worker
         self._template = template
         self._timeout_s = timeout_s
+
+    def _current(self) -> Any:
+        if self._producer is None:
+            from confluent_kafka import Producer
+
+            self._producer = Producer(self._config)
+        return self._producer
+
+    def _discard(self, producer: Any) -> None:
+        from confluent_kafka import KafkaException
+
+        self._producer = None
+        try:
+            producer.purge()
+            producer.flush(0)
+        except KafkaException as exc:  # a fatal producer may refuse even this
+            log.warning("dead-letter producer: closing the failed producer: %s", exc)
 
     def _write_blocking(self, letter: DeadLetter) -> None:
         topic = dead_letter_topic(self._template, letter.topic)
@@ -151,28 +182,38 @@ class KafkaDeadLetterWriter:
 
         def delivered(err: Any, _msg: Any) -> None:
             if err is not None:
-                failures.append(str(err))
+                failures.append(f"{err} (fatal)" if err.fatal() else str(err))
 
-        self._producer.produce(
-            topic,
-            value=letter.encode(self._worker),
-            key=letter.key,
-            on_delivery=delivered,
-            headers=[("shardctl.error_type", letter.error_type.encode())],
-        )
-        remaining = self._producer.flush(self._timeout_s)
-        if failures:
-            raise RuntimeError(f"dead-letter topic {topic}: delivery failed: {failures[0]}")
-        if remaining:
-            raise TimeoutError(
-                f"dead-letter topic {topic}: not acknowledged within {self._timeout_s}s"
-            )
+        with self._lock:
+            producer = self._current()
+            try:
+                producer.produce(
+                    topic,
+                    value=letter.encode(self._worker),
+                    key=letter.key,
+                    on_delivery=delivered,
+                    headers=[("shardctl.error_type", letter.error_type.encode())],
+                )
+                remaining = producer.flush(self._timeout_s)
+            except Exception:
+                self._discard(producer)
+                raise
+            if failures or remaining:
+                self._discard(producer)
+            if failures:
+                raise RuntimeError(f"dead-letter topic {topic}: delivery failed: {failures[0]}")
+            if remaining:
+                raise TimeoutError(
+                    f"dead-letter topic {topic}: not acknowledged within {self._timeout_s}s"
+                )
 
     async def write(self, letter: DeadLetter) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._write_blocking, letter)
 
     def close(self) -> None:
-        self._producer.flush(self._timeout_s)
+        with self._lock:
+            if self._producer is not None:
+                self._producer.flush(self._timeout_s)
 
 
 class NsqDeadLetterWriter:

@@ -185,8 +185,10 @@ class TopicManager:
             raise DeliveryError(f"kafka topic {topic}: metadata error: {found.error}")
         return len(found.partitions)
 
-    def max_message_bytes(self, topics: list[str]) -> dict[str, int]:
-        """Each topic's effective `max.message.bytes` (its own or the broker's default)."""
+    def max_message_bytes(self, topics: list[str], wait_out_outage: bool = True) -> dict[str, int]:
+        """Each topic's effective `max.message.bytes` (its own or the broker's default).
+        Without `wait_out_outage`, one attempt: a periodic refresh must not hold the
+        reader for message.timeout.ms while the broker is away; the next one retries."""
         if not topics:
             return {}
 
@@ -198,7 +200,8 @@ class TopicManager:
             return {resource: future.result() for resource, future in futures.items()}
 
         try:
-            configs = self._through_outage(f"topics {', '.join(topics)} configs", describe)
+            what = f"topics {', '.join(topics)} configs"
+            configs = self._through_outage(what, describe) if wait_out_outage else describe()
             found: dict[str, int] = {}
             for resource, config in configs.items():
                 entry = config.get("max.message.bytes")
@@ -399,7 +402,7 @@ class KafkaProducer(Producer):
 
     def _refresh_limits(self) -> None:
         try:
-            found = self._topics.max_message_bytes(sorted(self._limits))
+            found = self._topics.max_message_bytes(sorted(self._limits), wait_out_outage=False)
         except DeliveryError as exc:
             # Not fatal: a lowered limit not yet seen shows as a refused batch, which stops.
             log.warning("kafka: topic limits not refreshed: %s", exc)

@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 SOURCE = "src"
 SOURCE2 = "src2"
 HANDLER = "tests.chaos.flaky_sink:FlakySqlSink"
+# What a log line of a complaint holds (the structured log marks levels "[warning  ]").
+COMPLAINT_MARKS = ("[warning", "[error", "[critical", "Traceback", "WARNING", "ERROR")
 
 
 def port_of(stack: Any, mariadb: str) -> int:
@@ -235,6 +237,20 @@ class Pipeline:
     def log_tail(self, name: str, chars: int = 3000) -> str:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def complaints(self, per_process: int = 12) -> str:
+        """The last warning, error and traceback lines of every process's log: what a
+        report shows when a fault did not recover, since the logs die with the run."""
+        out: list[str] = []
+        for name in sorted(self.procs):
+            lines = [
+                line
+                for line in self.log_tail(name, 200_000).splitlines()
+                if any(mark in line for mark in COMPLAINT_MARKS) and "chaos rule" not in line
+            ]
+            out.append(f"== {name}: {len(lines)} warning/error lines, the last:")
+            out += [f"   {line[:400]}" for line in lines[-per_process:]]
+        return "\n".join(out)
 
     # -- etcd views ------------------------------------------------------------------
 

@@ -753,6 +753,11 @@ class ChaosRun:
                     time.sleep(wait)
                 recovery = self.inject(fault)
                 self.report.recoveries.append(recovery)
+                if recovery.seconds is None:
+                    self.report.findings.append(
+                        f"{fault.describe()}: not recovered; the processes' last warnings:\n"
+                        + self.pipeline.complaints()
+                    )
                 took = "not recovered" if recovery.seconds is None else f"{recovery.seconds:.2f}s"
                 self.say(f"{fault.describe()} -> {recovery.target}: recovered in {took}")
             rest = start + cfg.duration_s - time.monotonic()
