@@ -19,7 +19,14 @@ from typing import Any
 
 from shardctl.etcd import EtcdClient, KeyValue
 from shardctl.keyspace import Keyspace
-from shardctl.records import Assignment, ClusterConfig, Maintenance, OffsetRecord, WorkerRecord
+from shardctl.records import (
+    Assignment,
+    ClusterConfig,
+    Maintenance,
+    OffsetRecord,
+    Reshard,
+    WorkerRecord,
+)
 
 # (keyspace, the workers/ keys by key, the cluster config) -> shards no worker may own.
 UnplaceableRule = Callable[[Keyspace, Mapping[str, KeyValue], ClusterConfig], list[int]]
@@ -66,6 +73,12 @@ class ClusterStatus:
     owners: dict[int, Holder]  # shard -> owner
     readers: dict[str, str | None]  # CDC source -> id of the reader leading it (None: none)
     unplaceable: list[int] = field(default_factory=list)
+    reshard: Reshard | None = None  # the last change of the shard count, if any
+
+    @property
+    def resharding(self) -> Reshard | None:
+        """The change of shard count under way (requested or switched), else None."""
+        return self.reshard if self.reshard is not None and self.reshard.in_progress else None
 
     @property
     def generation(self) -> int | None:
@@ -136,6 +149,7 @@ class ClusterStatus:
             "absent_owners": self.absent_owners,
             "in_handoff": self.in_handoff,
             "readers": self.readers,
+            "reshard": None if self.reshard is None else self.reshard.model_dump(),
         }
 
 
@@ -153,6 +167,7 @@ async def read_cluster_status(
     config_kv = await client.get(keys.config)
     maintenance_kv = await client.get(keys.maintenance)
     cdc = await client.get_prefix(f"{keys.root}cdc/")
+    reshard_kv = await client.get(keys.reshard)
 
     assignment = (
         Assignment.decode(assignment_kv.key, assignment_kv.value) if assignment_kv else None
@@ -200,6 +215,7 @@ async def read_cluster_status(
         workers=rows,
         owners=owners,
         readers=dict(sorted(readers.items())),
+        reshard=Reshard.decode(reshard_kv.key, reshard_kv.value) if reshard_kv else None,
         unplaceable=(
             unplaceable(keys, {kv.key: kv for kv in workers.items}, config)
             if unplaceable is not None and config is not None and config.affinity
@@ -247,4 +263,19 @@ def maintenance_banner(record: Maintenance) -> str:
     return (
         f"MAINTENANCE MODE ON since {since}{reason}: the assignment is frozen, no shard "
         "moves, not even away from dead workers. `shardctl maintenance off` to resume"
+    )
+
+
+def reshard_line(record: Reshard) -> str:
+    """What `status` says of a change of shard count that is under way."""
+    head = f"RESHARDING {record.from_shards} -> {record.to_shards} shards ({record.shard_hash}): "
+    if record.state == "requested":
+        return head + (
+            "requested; the leading reader switches at its next transaction boundary, "
+            "publishing with the old count until then"
+        )
+    gaining = record.gaining
+    return head + (
+        f"the reader switched at {record.position}; shards {gaining.start}-{gaining.stop - 1} "
+        "handle nothing past their barrier until every old shard has passed it"
     )

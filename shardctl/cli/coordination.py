@@ -537,7 +537,7 @@ def status(
     with lag per shard, events/s and rebalances (a summary of the shards that need a
     look when they do not fit the screen)."""
     from shardctl.cli.read_model import read_status
-    from shardctl.status import maintenance_banner, shard_ranges
+    from shardctl.status import maintenance_banner, reshard_line, shard_ranges
 
     settings = _settings(config, cluster)
     if watch:
@@ -560,6 +560,8 @@ def status(
     leader = state.leader
     if state.maintenance is not None:
         typer.secho(maintenance_banner(state.maintenance), fg=typer.colors.RED, bold=True)
+    if state.resharding is not None:
+        typer.secho(reshard_line(state.resharding), fg=typer.colors.YELLOW, bold=True)
     typer.echo(f"cluster     {state.cluster}")
     leader_text = f"{leader.id} (token {leader.token})" if leader else "none"
     typer.echo(f"leader      {leader_text}")
