@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from cdc.replication.position import Checkpoint
 from shardctl.etcd import Put
 from shardctl.records import Reshard
 from tests.integration.coordination_harness import Cluster
@@ -15,8 +16,15 @@ pytestmark = pytest.mark.integration
 
 
 def test_status_shows_a_reshard_until_it_completes(cluster: Cluster) -> None:
-    cluster.set_shards(8)
+    topic = f"reshard-status-{cluster.settings.cluster}"
+    init = cluster.shardctl("cluster", "init", "--shards", "8", "--topic", topic)
+    assert init.returncode == 0, init.stderr
     assert "RESHARDING" not in cluster.shardctl("status").stdout
+    # A reader has published with 8 shards (its checkpoint exists): the change is online.
+    checkpoint = Checkpoint("binlog.000003", 4, None, int(time.time()), 1)
+    cluster.loop.run(
+        cluster.client.txn([], [Put(cluster.keys.cdc_checkpoint("src"), checkpoint.to_json())])
+    )
 
     requested = cluster.shardctl("shards", "set", "12")
     assert requested.returncode == 0, requested.stderr
@@ -34,7 +42,7 @@ def test_status_shows_a_reshard_until_it_completes(cluster: Cluster) -> None:
             "state": "switched",
             "position": "binlog.000003:4242",
             "switched_at": time.time(),
-            "barrier": {"shop": [5] * 12},
+            "barrier": {topic: [5] * 12},
         }
     )
     cluster.loop.run(cluster.client.txn([], [Put(cluster.keys.reshard, switched.encode())]))
