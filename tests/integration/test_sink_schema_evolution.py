@@ -290,3 +290,17 @@ def test_a_number_its_column_would_round_is_refused(target: Target) -> None:
     with pytest.raises(Unmappable, match=r"'amount'.*1\.005 has 3 digits after the point"):
         sink.on_events(_batch(_event(2, {"id": 3, "amount": Decimal("1.005")})))
     assert _amounts(target) == [(1, Decimal("1.5")), (2, Decimal("2.5"))]
+
+
+def test_adding_a_column_another_worker_just_added_is_no_error(target: Target) -> None:
+    """Two workers may add the same new column at once: the second ADD finds it there
+    (MySQL 8 has no ADD COLUMN IF NOT EXISTS; the MariaDB dialect takes the duplicate
+    column error as done)."""
+    sink = target.sink()
+    sink.on_events(_batch(_event(0, {"id": 1, "name": "a"}, primary_key=["id"])))
+    conn = sink._conn(SHARD)
+    name = sink.dialect.qualified(target.namespace, "items")
+    kind = sink.dialect.column_types["text"]
+    for _ in range(2):
+        sink.dialect.add_column(conn, name, "note", kind)
+    assert "note" in target.columns()
