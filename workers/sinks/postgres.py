@@ -12,7 +12,9 @@ MariaDB sink; `fold_changes = false` keeps every change a write of its own.
 
 Target: schema `target_schema` (default: the event's own database name, as a schema),
 table = the event's table; the tables must exist, with a primary key (or the event
-names its `primary_key_columns`). The bookkeeping tables (shardctl_fences,
+names its `primary_key_columns`), unless `schema_evolution = basic` creates them and
+adds new columns (as in the MariaDB sink; the types in
+workers.sinks.schema_evolution). The bookkeeping tables (shardctl_fences,
 shardctl_offsets, shardctl_applied, shardctl_applied_txns) are made in the first
 schema of the user's search_path (`public` by default). Maxwell values are converted
 by the target column's type: base64 -> bytes for bytea, JSON values -> JSON text for
@@ -21,10 +23,10 @@ json/jsonb.
 Settings (environment `SHARDCTL_SINK_POSTGRES_*`, or handler options, except the
 password which is environment/file only): host, port, user, password /
 password_file, database (the database connected to), target_schema, scope (default:
-the cluster name), replay_window, fold_changes, and TLS: `SHARDCTL_SINK_POSTGRES_TLS__CA_FILE`
-(then TLS is required and the server's certificate and host name are verified:
-sslmode verify-full), `..._TLS__CERT_FILE` and `..._TLS__KEY_FILE` (a client
-certificate).
+the cluster name), replay_window, fold_changes, schema_evolution, and TLS:
+`SHARDCTL_SINK_POSTGRES_TLS__CA_FILE` (then TLS is required and the server's
+certificate and host name are verified: sslmode verify-full), `..._TLS__CERT_FILE`
+and `..._TLS__KEY_FILE` (a client certificate).
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shardctl.config import TLSSettings, read_secret
 from workers.events import Event
+from workers.sinks.schema_evolution import POSTGRES_TYPES, SchemaEvolution, postgres_refusal
 from workers.sinks.sql import SqlSink
-from workers.sinks.sql_common import Dialect, TargetTable
+from workers.sinks.sql_common import Dialect, MissingTable, TargetTable
 
 # PostgreSQL type names -> the names `workers.sinks.sql.column_value` converts by.
 _COLUMN_KINDS = {"bytea": "varbinary", "json": "json", "jsonb": "json"}
@@ -65,6 +68,8 @@ class PostgresSinkSettings(BaseSettings):
     prune_every: int = Field(default=1000, ge=1)
     # Fold a batch's changes per primary key (false: each change is a write of its own).
     fold_changes: bool = True
+    # basic: create missing target tables and add new columns (workers.sinks.schema_evolution).
+    schema_evolution: SchemaEvolution = "none"
     tls: TLSSettings = TLSSettings()
 
     @model_validator(mode="after")
@@ -143,6 +148,7 @@ class PostgresDialect(Dialect):
     name = "postgres"
     connection_errors = (psycopg.Error,)
     driver_errors = (psycopg.Error, OSError)
+    column_types = POSTGRES_TYPES
 
     def is_transient(self, error: BaseException) -> bool:
         return postgres_error_is_transient(error)
@@ -180,14 +186,23 @@ class PostgresDialect(Dialect):
 
     def target_table(self, cur: Any, namespace: str, table: str) -> TargetTable:
         cur.execute(
-            "SELECT column_name, data_type FROM information_schema.columns "
+            "SELECT column_name, data_type, numeric_scale FROM information_schema.columns "
             "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
             (namespace, table),
         )
         rows = cur.fetchall()
         if not rows:
-            raise LookupError(f"postgres sink: target table {namespace}.{table} does not exist")
-        types = {str(name): _COLUMN_KINDS.get(str(kind), str(kind)) for name, kind in rows}
+            raise MissingTable(
+                f"postgres sink: target table {namespace}.{table} does not exist (create it, "
+                "or set schema_evolution = basic)"
+            )
+        types = {str(name): _COLUMN_KINDS.get(str(kind), str(kind)) for name, kind, _s in rows}
+        # An unconstrained NUMERIC has no scale, and rounds nothing.
+        scales = {
+            str(name): int(scale)
+            for name, kind, scale in rows
+            if str(kind) == "numeric" and scale is not None
+        }
         cur.execute(
             "SELECT k.column_name FROM information_schema.table_constraints t "
             "JOIN information_schema.key_column_usage k ON k.constraint_schema = "
@@ -197,7 +212,25 @@ class PostgresDialect(Dialect):
             (namespace, table),
         )
         primary = [str(name) for (name,) in cur.fetchall()]
-        return TargetTable(f"{quote(namespace)}.{quote(table)}", types, primary)
+        return TargetTable(self.qualified(namespace, table), types, primary, scales)
+
+    def refusal(self, kind: str, value: Any) -> str | None:
+        return postgres_refusal(kind, value)
+
+    def create_table(
+        self, conn: Any, name: str, columns: Sequence[tuple[str, str]], key: Sequence[str]
+    ) -> None:
+        try:
+            super().create_table(conn, name, columns, key)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+            # Another worker created it at the same moment (IF NOT EXISTS does not
+            # cover a concurrent CREATE in PostgreSQL).
+            conn.rollback()
+
+    def add_column(self, conn: Any, name: str, column: str, kind: str) -> None:
+        with conn.cursor() as cur:
+            cur.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {quote(column)} {kind} NULL")
+        conn.commit()
 
 
 class PostgresSink(SqlSink):

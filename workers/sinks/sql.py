@@ -48,7 +48,13 @@ raises the fence to the new token at once, so a zombie is refused even before th
 new owner's first batch.
 
 Target: database `database` (default: the event's own database), table = the event's
-table; the tables must exist. The primary key comes from the event's
+table; the tables must exist, unless `schema_evolution = basic`: then, before the
+batch's transaction (MariaDB commits DDL at once), a missing table is created and
+new columns are added from the row values (workers.sinks.schema_evolution), each
+change logged with the event id that needed it. Nothing is dropped or narrowed. With
+`none` (the default) a missing table or column dead-letters the event, naming both.
+A number with more digits after the point than its DECIMAL column keeps is
+dead-lettered, never rounded. The primary key comes from the event's
 `primary_key_columns` or else from the target table. Maxwell values are converted
 back by the target column's type: base64 -> bytes for binary columns, JSON values ->
 JSON text, SET lists -> comma lists.
@@ -59,7 +65,7 @@ database, scope (default: the cluster name), replay_window (transactions remembe
 per shard, topic and stream to recognise a replay; a reader replay deeper than that
 stops the shard as a backward position would), prune_every (how many transactions
 a stream adds between two prunes to replay_window, default 1000), fold_changes
-(default true). TLS,
+(default true), schema_evolution (none or basic, default none). TLS,
 from the environment only: SHARDCTL_SINK_SQL_TLS__CA_FILE (required TLS, certificate
 and host name verified), ..._TLS__CERT_FILE and ..._TLS__KEY_FILE (a client
 certificate).
@@ -92,17 +98,31 @@ from shardctl.event_ids import describe_key, order_key
 from workers.events import Batch, Event
 from workers.handlers import Fenced, HandlerContext, ShardHalted, TransientError
 from workers.sinks.row_changes import RowChanges, chunks
-from workers.sinks.sql_common import STREAM_CHARS, Dialect, TargetTable
+from workers.sinks.schema_evolution import (
+    MARIADB_TYPES,
+    MYSQL_TYPES,
+    SchemaEvolution,
+    Unmappable,
+    fraction_digits,
+    key_columns,
+    mariadb_refusal,
+    value_kind,
+)
+from workers.sinks.sql_common import STREAM_CHARS, Dialect, MissingTable, TargetTable
 
 log = logging.getLogger(__name__)
 
 _BINARY = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
 _UPSERT_TYPES = {"insert", "update", "bootstrap-insert"}
+_WRITE_TYPES = _UPSERT_TYPES | {"delete"}
 _ROW_TYPES = {"insert", "update", "delete"}
 
 # Longest stream name the bookkeeping tables hold (source identity plus the id's stream).
 _STREAM_CHARS = STREAM_CHARS
 
+
+# ER_DUP_FIELDNAME: ADD COLUMN of a column the table has.
+_DUPLICATE_COLUMN = 1060
 
 # Server error codes that pass by waiting: the batch is retried, never dead-lettered.
 TRANSIENT_MYSQL_CODES = frozenset(
@@ -152,6 +172,8 @@ class SqlSinkSettings(BaseSettings):
     prune_every: int = Field(default=1000, ge=1)
     # Fold a batch's changes per primary key (false: each change is a write of its own).
     fold_changes: bool = True
+    # basic: create missing target tables and add new columns (workers.sinks.schema_evolution).
+    schema_evolution: SchemaEvolution = "none"
     # Required, verified TLS when tls.ca_file is set (SHARDCTL_SINK_SQL_TLS__CA_FILE...).
     tls: TLSSettings = TLSSettings()
 
@@ -200,6 +222,9 @@ def column_value(value: Any, data_type: str) -> Any:
     if data_type in _BINARY and isinstance(value, str):
         return base64.b64decode(value, validate=True)
     if data_type == "json" or isinstance(value, dict):
+        return json_text(value)
+    if isinstance(value, bool) and data_type == "longtext":
+        # true/false come from a JSON column (MariaDB's JSON is LONGTEXT), never as 1/0.
         return json_text(value)
     if data_type == "set" and isinstance(value, list):
         return ",".join(str(v) for v in value)
@@ -255,6 +280,7 @@ class MariaDBDialect(Dialect):
         self._streams_checked = False
         # Set from the server's version at each connect (see `uses_row_alias`).
         self.row_alias = row_alias
+        self.column_types = MYSQL_TYPES if row_alias else MARIADB_TYPES
 
     def is_transient(self, error: BaseException) -> bool:
         return mysql_error_is_transient(error)
@@ -288,6 +314,7 @@ class MariaDBDialect(Dialect):
         conn = pymysql.connect(**kwargs, database=s.database, autocommit=False, charset="utf8mb4")
         version: str = conn.get_server_info()  # type: ignore[no-untyped-call]
         self.row_alias = uses_row_alias(version)
+        self.column_types = MYSQL_TYPES if self.row_alias else MARIADB_TYPES
         return conn
 
     def is_open(self, conn: Any) -> bool:
@@ -318,16 +345,41 @@ class MariaDBDialect(Dialect):
 
     def target_table(self, cur: Any, namespace: str, table: str) -> TargetTable:
         cur.execute(
-            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_KEY FROM information_schema.COLUMNS "
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_KEY, NUMERIC_SCALE "
+            "FROM information_schema.COLUMNS "
             "WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s ORDER BY ORDINAL_POSITION",
             (namespace, table),
         )
         rows = cur.fetchall()
         if not rows:
-            raise LookupError(f"sql sink: target table {namespace}.{table} does not exist")
-        types = {str(name): str(kind).lower() for name, kind, _k in rows}
-        primary = [str(name) for name, _t, k in rows if k == "PRI"]
-        return TargetTable(f"{quote(namespace)}.{quote(table)}", types, primary)
+            raise MissingTable(
+                f"sql sink: target table {namespace}.{table} does not exist (create it, "
+                "or set schema_evolution = basic)"
+            )
+        types = {str(name): str(kind).lower() for name, kind, _k, _s in rows}
+        primary = [str(name) for name, _t, k, _s in rows if k == "PRI"]
+        scales = {
+            str(name): int(scale)
+            for name, kind, _k, scale in rows
+            if str(kind).lower() == "decimal" and scale is not None
+        }
+        return TargetTable(self.qualified(namespace, table), types, primary, scales)
+
+    def refusal(self, kind: str, value: Any) -> str | None:
+        return mariadb_refusal(kind, value)
+
+    def table_options(self) -> str:
+        return " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+
+    def add_column(self, conn: Any, name: str, column: str, kind: str) -> None:
+        # Not ADD COLUMN IF NOT EXISTS: MySQL 8 has no such clause.
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"ALTER TABLE {name} ADD COLUMN {quote(column)} {kind} NULL")
+        except pymysql.err.MySQLError as exc:
+            if not exc.args or exc.args[0] != _DUPLICATE_COLUMN:
+                raise
+        conn.commit()
 
 
 class SqlSink:
@@ -443,6 +495,8 @@ class SqlSink:
             conn = self._conn(batch.shard)
         except self.dialect.driver_errors as exc:
             self._raise_classified(batch, exc)
+        if self.settings.schema_evolution == "basic":
+            self._evolve(conn, batch)
         try:
             with conn.cursor() as cur:
                 self.dialect.begin(conn)
@@ -571,6 +625,102 @@ class SqlSink:
             self.on_revoke(shard)
 
     # -- internals -------------------------------------------------------------------
+
+    def _evolve(self, conn: Any, batch: Batch) -> None:
+        """schema_evolution = basic: create the tables and add the columns the batch's
+        row changes need. It runs before the batch's transaction, since MariaDB commits
+        DDL at once; each change only adds, so one made for a batch that then fails
+        (or for a zombie owner, which the fence then refuses) leaves nothing wrong."""
+        try:
+            with conn.cursor() as cur:
+                for event in batch.events:
+                    if event.type not in _WRITE_TYPES:
+                        continue
+                    namespace = self.target_namespace(event)
+                    try:
+                        table = self._table(cur, namespace, event.table)
+                    except MissingTable:
+                        self._create_table(conn, namespace, event)
+                        self._table(cur, namespace, event.table, reread=True)
+                        continue
+                    data = event.data
+                    if all(c in table.types or data[c] is None for c in data):
+                        continue
+                    # Another worker may have added them since the table was read.
+                    table = self._table(cur, namespace, event.table, reread=True)
+                    missing = [c for c in data if c not in table.types and data[c] is not None]
+                    if missing:
+                        for column in missing:
+                            kind = self._column_type(table.name, column, data[column], event)
+                            self.dialect.add_column(conn, table.name, column, kind)
+                            log.info(
+                                "%s sink: %s: added column %s %s to %s (schema_evolution = basic)",
+                                self.dialect.name,
+                                event.describe(),
+                                self.dialect.quote(column),
+                                kind,
+                                table.name,
+                            )
+                        self._table(cur, namespace, event.table, reread=True)
+            conn.commit()
+        except BaseException as exc:
+            try:
+                conn.rollback()
+            except self.dialect.driver_errors:
+                self._conns.pop(batch.shard, None)  # broken: the next batch reconnects
+            if isinstance(exc, self.dialect.driver_errors):
+                self._raise_classified(batch, exc)
+            raise
+
+    def _create_table(self, conn: Any, namespace: str, event: Event) -> None:
+        """Create the missing target table of `event` from its row's values."""
+        name = self.dialect.qualified(namespace, event.table)
+        key = key_columns(event.message, event.key)
+        data = event.data
+        if not key:
+            raise LookupError(
+                f"{self.dialect.name} sink: {event.describe()}: cannot create {name}: the "
+                "event names no primary key (give the reader output_primary_key_columns, "
+                "or use Kafka keys with pk. fields), or create the table"
+            )
+        absent = [c for c in key if data.get(c) is None]
+        if absent:
+            raise LookupError(
+                f"{self.dialect.name} sink: {event.describe()}: cannot create {name}: "
+                f"primary key column(s) {absent} absent from the event"
+            )
+        columns = [
+            (column, self._column_type(name, column, value, event, key=column in key))
+            for column, value in data.items()
+            if value is not None
+        ]
+        self.dialect.create_table(conn, name, columns, key)
+        log.info(
+            "%s sink: %s: created table %s (%s), primary key (%s) (schema_evolution = basic)",
+            self.dialect.name,
+            event.describe(),
+            name,
+            ", ".join(f"{self.dialect.quote(c)} {kind}" for c, kind in columns),
+            ", ".join(self.dialect.quote(c) for c in key),
+        )
+
+    def _column_type(
+        self, table: str, column: str, value: Any, event: Event, key: bool = False
+    ) -> str:
+        """The SQL type a new column is made with for `value`; Unmappable, naming the
+        table, column and event, if the target cannot hold the value exactly."""
+        try:
+            kind = value_kind(value, key)
+            why = None if kind is None else self.dialect.refusal(kind, value)
+        except Unmappable as exc:
+            kind, why = None, str(exc)
+        if kind is None or why is not None:
+            raise Unmappable(
+                f"{self.dialect.name} sink: {event.describe()}: {table} column {column!r}: "
+                f"{why or 'null: nothing to make the column from'}; nothing of the event "
+                "is written"
+            )
+        return self.dialect.column_types[kind]
 
     def _newest_applied(self, cur: Any, shard: int) -> dict[tuple[str, str], tuple[int, ...]]:
         """(topic, stream) -> the order key of the newest change applied for it."""
@@ -738,17 +888,27 @@ class SqlSink:
             moved_from = {**data, **{c: old[c] for c in pk if c in old}}
             changes.delete(table.name, pk, self._key_values(table, pk, moved_from, event))
         if not table.types.keys() >= data.keys():
-            # The target may have gained the columns since it was read (an ALTER that
-            # followed the source's): read it again once before refusing the event.
-            table = self._table(cur, self.target_namespace(event), event.table, reread=True)
-            unknown = [c for c in data if c not in table.types]
-            if unknown:
-                raise LookupError(
-                    f"{self.dialect.name} sink: {event.describe()}: {table.name} has no "
-                    f"column(s) {unknown}"
-                )
+            basic = self.settings.schema_evolution == "basic"
+            if basic and all(c in table.types or data[c] is None for c in data):
+                # A column made once a value comes: until then a row reads NULL there.
+                data = {c: v for c, v in data.items() if c in table.types}
+            else:
+                # The target may have gained the columns since it was read (an ALTER
+                # that followed the source's): read it again once before refusing.
+                table = self._table(cur, self.target_namespace(event), event.table, reread=True)
+                unknown = [c for c in data if c not in table.types]
+                if unknown and basic and all(data[c] is None for c in unknown):
+                    data = {c: v for c, v in data.items() if c in table.types}
+                elif unknown:
+                    raise LookupError(
+                        f"{self.dialect.name} sink: {event.describe()}: {table.name} has no "
+                        f"column(s) {unknown} (add them to the target, or set "
+                        "schema_evolution = basic)"
+                    )
         if not data.keys() >= set(pk):
             self._key_values(table, pk, data, event)  # raises, naming the missing columns
+        if table.scales:
+            _check_scales(table, data, event, self.dialect.name)
         types = table.types
         changes.upsert(table.name, pk, {c: column_value(v, types[c]) for c, v in data.items()})
 
@@ -774,3 +934,18 @@ def _primary_key(event: Event, table: _Table) -> list[str]:
             "and the event names none"
         )
     return table.primary_key
+
+
+def _check_scales(table: _Table, data: dict[str, Any], event: Event, sink: str) -> None:
+    """Refuse a number with more digits after the point than its DECIMAL/NUMERIC
+    column keeps: both databases would round it without an error."""
+    for column, scale in table.scales.items():
+        value = data.get(column)
+        if isinstance(value, Decimal) and value.is_finite():
+            places = fraction_digits(value)
+            if places > scale:
+                raise Unmappable(
+                    f"{sink} sink: {event.describe()}: {table.name} column {column!r}: "
+                    f"{value} has {places} digits after the point, the column keeps "
+                    f"{scale}; it would be rounded, so nothing of the event is written"
+                )

@@ -10,7 +10,7 @@ an upsert and a name, and how to read a target table's columns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # Longest stream name the bookkeeping tables hold (source identity plus the id's stream).
@@ -43,12 +43,23 @@ BOOKKEEPING_TABLES = (
 
 class TargetTable:
     """A target table: its quoted full name, column types (as `column_value` knows
-    them) and primary key."""
+    them), primary key, and the scale of each DECIMAL/NUMERIC column that has one."""
 
-    def __init__(self, name: str, types: dict[str, str], primary_key: list[str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        types: dict[str, str],
+        primary_key: list[str],
+        scales: dict[str, int] | None = None,
+    ) -> None:
         self.name = name
         self.types = types
         self.primary_key = primary_key
+        self.scales = scales or {}
+
+
+class MissingTable(LookupError):
+    """The target table does not exist."""
 
 
 class Dialect:
@@ -105,7 +116,45 @@ class Dialect:
         raise NotImplementedError
 
     def target_table(self, cur: Any, namespace: str, table: str) -> TargetTable:
-        """Read a target table's columns; LookupError naming it if it does not exist."""
+        """Read a target table's columns; MissingTable naming it if it does not exist."""
+        raise NotImplementedError
+
+    # -- schema evolution (workers.sinks.schema_evolution) ----------------------------
+
+    #: The column type made for each kind of value.
+    column_types: Mapping[str, str] = {}
+
+    def refusal(self, kind: str, value: Any) -> str | None:
+        """Why the type made for `kind` cannot hold `value` exactly; None if it can."""
+        raise NotImplementedError
+
+    def qualified(self, namespace: str, table: str) -> str:
+        """A table's quoted full name, as `TargetTable.name` holds it."""
+        return f"{self.quote(namespace)}.{self.quote(table)}"
+
+    def create_table(
+        self, conn: Any, name: str, columns: Sequence[tuple[str, str]], key: Sequence[str]
+    ) -> None:
+        """Create table `name` (quoted) with `columns` (name, SQL type) and primary key
+        `key` unless it exists, and commit."""
+        q = self.quote
+        made = ", ".join(
+            f"{q(c)} {kind} {'NOT NULL' if c in key else 'NULL'}" for c, kind in columns
+        )
+        with conn.cursor() as cur:
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {name} ({made}, "
+                f"PRIMARY KEY ({', '.join(q(c) for c in key)})){self.table_options()}"
+            )
+        conn.commit()
+
+    def table_options(self) -> str:
+        """What follows a created table's column list."""
+        return ""
+
+    def add_column(self, conn: Any, name: str, column: str, kind: str) -> None:
+        """Add a nullable `column` of SQL type `kind` to table `name` unless it has it
+        (another worker may have added it a moment ago), and commit."""
         raise NotImplementedError
 
     def execute(self, cur: Any, statement: str, params: Sequence[Any]) -> None:
