@@ -11,9 +11,10 @@ The seed is printed; set SHARDCTL_CHAOS_SEED to replay a schedule, and
 SHARDCTL_CHAOS_KINDS (short names, see tests/chaos/schedule.py, or `all`) to choose
 the kinds.
 
-By default the short run leaves out `ddl`: the SQL sink reads a table's columns once
-per process and keeps them, so after an ALTER of its table it dead-letters every row
-that names a new column. `make soak` runs every kind.
+By default the short run leaves out `ddl`: a DDL step first waits for the sink to
+apply everything before it (it alters the sink's table as an operator would, after
+the source's), which can add minutes to a run meant to take a few. `make soak` runs
+every kind.
 """
 
 from __future__ import annotations
