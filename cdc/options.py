@@ -93,7 +93,7 @@ class CdcOptions(BaseSettings):
     lag_interval_s: float = Field(default=1.0, gt=0, le=60)
     # Where the read stage (binlog reading, decoding, formatting) runs: in a second
     # process ("two-process", so the reader uses two cores) or in the reader's own.
-    pipeline: Literal["two-process", "one-process"] = "two-process"
+    pipeline: Literal["two-process", "one-process"] = "one-process"
 
     @field_validator("source", "reader_id")
     @classmethod

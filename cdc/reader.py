@@ -15,7 +15,7 @@ While leading:
 1. Read the checkpoint (or, on first start, take `start_position` and store it
    at once, so a crash before the first transaction loses nothing).
 2. Stream transactions from the checkpoint through the read stage (`cdc.stage`:
-   binlog reading, decoding and formatting, by default in a second process);
+   binlog reading, decoding and formatting, in this process or a second one);
    publish each one's messages and register the transaction with the ack tracker.
 3. Every `checkpoint_interval_s`, store the end of the newest transaction whose
    messages, and all before it, were acknowledged (`cdc.acks`).
@@ -60,6 +60,7 @@ from cdc.stage import (
     ProcessStage,
     StageSpec,
     build_publisher,
+    prepare_stage,
     recovery_command,
     start_stage,
 )
@@ -240,11 +241,13 @@ class Reader:
                     self._stop.wait(1.0)
                     continue
                 health.update("standby", session)
+                # Started now, so that it is ready (imported) when this reader leads.
+                prepared = prepare_stage(self.options)
                 try:
                     leadership = self._campaign(loop, client, session)
                     if leadership is None:
                         return
-                    self._lead(loop, client, store, leadership)
+                    self._lead(loop, client, store, leadership, prepared)
                     if self.stopping:
                         loop.run(leadership.resign(), timeout=self.settings.etcd.timeout_s + 1)
                 except LeadershipLost as exc:
@@ -255,6 +258,8 @@ class Reader:
                     log.error("reader %s: %s; starting over", self.options.reader_id, exc)
                     self._stop.wait(1.0)
                 finally:
+                    if prepared is not None:
+                        prepared.close()
                     session.close_blocking()
         finally:
             if client is not None:
@@ -316,7 +321,12 @@ class Reader:
         return found
 
     def _lead(
-        self, loop: LoopThread, client: EtcdClient, store: CheckpointStore, leadership: Leadership
+        self,
+        loop: LoopThread,
+        client: EtcdClient,
+        store: CheckpointStore,
+        leadership: Leadership,
+        prepared: ProcessStage | None = None,
     ) -> None:
         options = self.options
         timeout = self.settings.etcd.timeout_s + 1
@@ -380,7 +390,7 @@ class Reader:
         lag.start()
         stage: LocalStage | ProcessStage | None = None
         try:
-            stage = start_stage(StageSpec(self.settings, options, checkpoint, num_shards))
+            stage = start_stage(StageSpec(self.settings, options, checkpoint, num_shards), prepared)
             for item in stage:
                 check_leadership()
                 if isinstance(item, Chunk):

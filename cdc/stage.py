@@ -6,10 +6,9 @@ JSON-column model in step with the DDL it reads, and formats and partitions ever
 message (`Publisher`). The reader publishes what it yields, acknowledges, and moves
 the checkpoint. It runs in one of two ways (`cdc.pipeline`):
 
-- `two-process` (the default): in a second process, so that reading, decoding and
-  formatting use one core while publishing, delivery reports and checkpoints use
-  the other.
-- `one-process`: in the reader's own process, as a generator.
+- `two-process`: in a second process, so that reading, decoding and formatting use
+  one core while publishing, delivery reports and checkpoints use the other.
+- `one-process` (the default): in the reader's own process, as a generator.
 
 Both yield the same items in the same order:
 
@@ -30,7 +29,7 @@ reader's handlers. An error in the child (an undecodable value, a purged binlog,
 session setting) is sent after every chunk before it, as the same exception, and
 the child exits; the reader raises it at the same point of the stream as the
 one-process stage would. The child ends with the reader: a send to a closed pipe
-fails (it sends at least a heartbeat per `heartbeat_s`), and `close()` ends it.
+fails, it checks every 0.2 s that its parent is still there, and `close()` ends it.
 """
 
 from __future__ import annotations
@@ -40,8 +39,11 @@ import dataclasses
 import logging
 import logging.handlers
 import multiprocessing
+import os
 import pickle
 import signal
+import threading
+import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,6 +75,8 @@ log = logging.getLogger(__name__)
 CHUNK_MESSAGES = 1000
 # How long the reader waits for the child before doing its periodic work.
 _IDLE_S = 0.2
+# How often the child checks that the reader is still there.
+_PARENT_CHECK_S = 0.2
 
 Pipeline = Literal["two-process", "one-process"]
 
@@ -243,14 +247,25 @@ def _rebuilt(
     return exc
 
 
-def _child_main(conn: Connection, spec: StageSpec, log_level: int) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """End this process as soon as the reader is gone (killed with SIGKILL, say): a
+    read stage left behind would keep reconnecting with the source's server_id and
+    cut off the next reader's connection."""
+    while os.getppid() == parent:
+        time.sleep(_PARENT_CHECK_S)
+    os._exit(0)
+
+
+def _child_main(conn: Connection, log_level: int, parent: int) -> None:
     # The reader decides when this process ends; a terminal's ^C goes to it alone.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(_PipeQueue(conn))]  # type: ignore[arg-type]
     root.setLevel(log_level)
     stage: LocalStage | None = None
     try:
+        spec: StageSpec = conn.recv()  # sent once the reader leads
         stage = LocalStage(spec)
         for item in stage:
             if isinstance(item, Chunk):
@@ -275,19 +290,26 @@ def _child_main(conn: Connection, spec: StageSpec, log_level: int) -> None:
 
 
 class ProcessStage:
-    """The read stage in a child process (spawned: the reader holds threads)."""
+    """The read stage in a child process (spawned: the reader holds threads).
 
-    def __init__(self, spec: StageSpec) -> None:
+    The process is started before the reader leads (it takes a moment to import
+    everything) and waits; `start` hands it the checkpoint to read from."""
+
+    def __init__(self, source: str) -> None:
         context = multiprocessing.get_context("spawn")
-        self._conn, child_conn = context.Pipe(duplex=False)
+        self._conn, child_conn = context.Pipe(duplex=True)
         self._process = context.Process(
             target=_child_main,
-            args=(child_conn, spec, logging.getLogger().getEffectiveLevel()),
-            name=f"cdc-{spec.options.source}-read",
+            args=(child_conn, logging.getLogger().getEffectiveLevel(), os.getpid()),
+            name=f"cdc-{source}-read",
             daemon=True,
         )
         self._process.start()
         child_conn.close()
+
+    def start(self, spec: StageSpec) -> ProcessStage:
+        self._conn.send(spec)
+        return self
 
     def __iter__(self) -> Iterator[StageItem]:
         conn = self._conn
@@ -332,7 +354,14 @@ class ProcessStage:
             self._process.join(10)
 
 
-def start_stage(spec: StageSpec) -> LocalStage | ProcessStage:
+def prepare_stage(options: CdcOptions) -> ProcessStage | None:
+    """The read stage's process, started ahead of leadership (two-process only)."""
+    return ProcessStage(options.source) if options.pipeline == "two-process" else None
+
+
+def start_stage(spec: StageSpec, prepared: ProcessStage | None) -> LocalStage | ProcessStage:
+    if prepared is not None:
+        return prepared.start(spec)
     if spec.options.pipeline == "one-process":
         return LocalStage(spec)
-    return ProcessStage(spec)
+    return ProcessStage(spec.options.source).start(spec)

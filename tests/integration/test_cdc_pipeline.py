@@ -1,4 +1,4 @@
-"""The read stage in a second process (`cdc.pipeline=two-process`, the default) against
+"""The read stage in a second process (`cdc.pipeline=two-process`) against
 the same stage in the reader's own process, on real MariaDB and Kafka: the same binlog
 range gives the same messages, byte for byte, in the same order on every shard."""
 
@@ -181,6 +181,7 @@ def test_the_read_stage_process_ends_with_the_reader(
         dead_letter_topic=f"{unique}_dlq",
         filter=f"exclude: *.*, include: {mysql_db}.*",
         start_position=start,
+        pipeline="two-process",
     )
     reader = ReaderProcess(env, tmp_path, "reader")
     try:
