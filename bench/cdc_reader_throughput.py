@@ -17,7 +17,7 @@ Run it against the local stack (`shardctl dev up`); it loads data as the server'
 root user (no password on the local stack). Not a test; it asserts nothing about
 speed.
 
-    .venv/bin/python bench/cdc_reader_throughput.py [--quick]
+    .venv/bin/python bench/cdc_reader_throughput.py [--quick] [--pipeline two-process]
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def acknowledged(consumer: Consumer, topic: str) -> int:
 
 
 def run_reader(
-    kafka: str, db: str, start: BinlogPosition, rows: int
+    kafka: str, db: str, start: BinlogPosition, rows: int, pipeline: str
 ) -> tuple[list[tuple[float, int]], ProcessStats]:
     """Start `shardctl cdc run` at `start`; until `rows` messages are in the topic:
     [(seconds since start, messages)] and the process's CPU and peak RSS."""
@@ -161,6 +161,7 @@ def run_reader(
             "SHARDCTL_CDC_KAFKA_TOPIC": f"{name}_%{{table}}",
             "SHARDCTL_CDC_DEAD_LETTER_TOPIC": f"{name}_dlq",
             "SHARDCTL_CDC_FILTER": f"exclude: *.*, include: {db}.*",
+            "SHARDCTL_CDC_PIPELINE": pipeline,
         }
     )
     consumer = Consumer({"bootstrap.servers": kafka, "group.id": f"bench-{name}"})
@@ -253,6 +254,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200,000 rows instead of 1,000,000")
     parser.add_argument("--rows", type=int, default=None)
+    parser.add_argument(
+        "--pipeline",
+        choices=("one-process", "two-process"),
+        default="one-process",
+        help="cdc.pipeline of the reader",
+    )
     args = parser.parse_args()
     rows = args.rows or (200_000 if args.quick else 1_000_000)
 
@@ -271,11 +278,11 @@ def main() -> None:
         dbs.append(db)
         start, end = load(conn, db, rows, TXN_ROWS)
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {rows:,} rows, ", end="")
-        print(f"{TXN_ROWS}-row transactions, binlog {start} .. {end}")
+        print(f"{TXN_ROWS}-row transactions, cdc.pipeline={args.pipeline}, binlog {start} .. {end}")
         load1, load5, _ = os.getloadavg()
         print(f"load average before the run: {load1:.2f} (1 min), {load5:.2f} (5 min)")
 
-        samples, stats = run_reader(kafka, db, start, rows)
+        samples, stats = run_reader(kafka, db, start, rows, args.pipeline)
         t10, t90, total = time_to(samples, rows * 0.1), time_to(samples, rows * 0.9), samples[-1][0]
         print(
             f"shardctl cdc run   first 10%: {rows * 0.1 / t10:>9,.0f} rows/s   "
@@ -292,7 +299,7 @@ def main() -> None:
         big = f"bench_reader_{uuid.uuid4().hex[:8]}"
         dbs.append(big)
         start, end = load(conn, big, rows, rows)
-        samples, stats = run_reader(kafka, big, start, rows)
+        samples, stats = run_reader(kafka, big, start, rows, args.pipeline)
         print(
             f"one {rows:,}-row transaction: {rows / samples[-1][0]:>9,.0f} rows/s, "
             f"peak RSS {stats.peak_rss / 2**20:.0f} MiB"
