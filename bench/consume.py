@@ -1,44 +1,56 @@
-"""Consume throughput of one worker: events/s with a no-op handler and with the SQL sink.
+"""Consume throughput of one real worker process: events/s and p99 apply latency per
+batch, for a no-op handler, the MariaDB sink and the PostgreSQL sink.
 
-Produces N synthetic Maxwell JSON messages to a fresh Kafka topic of the local
-stack (P partitions = shards), then runs the worker's consumer layer (Kafka
-transport, batching, retries, position tracking; no etcd) over every partition until
-each event is handled, and prints events/s for:
+Produces N synthetic Maxwell JSON row changes (inserts of distinct rows, GTID event
+ids, P partitions) to a fresh Kafka topic of the local stack, once. Then, for each
+handler and batch size, a fresh cluster (so the worker reads the topic from its
+start), a fresh target database, a coordinator and ONE `shardctl worker run`
+process owning all P shards. From the worker's /metrics it samples
+shardctl_worker_events_total until every event is handled, and reads the handler's
+per-batch latency histogram (shardctl_worker_handler_seconds):
 
-  noop-async    an async batch handler that does nothing (the framework's ceiling)
-  noop-sync     a sync per-event handler (runs on the handler thread pool)
-  sql-sink      workers.sinks.sql:SqlSink upserting into MariaDB, offsets in the
-                same transaction (one transaction per batch)
+  events/s   N / (time of the sample that saw all N - time of the first sample that
+             saw any), so the worker's start-up is left out
+  p99 batch  the 99th percentile of the handler's time per batch, interpolated in
+             the histogram's buckets as Prometheus' histogram_quantile does
+
+Handlers: `noop` (bench/consume.py:discard, a batch handler that does nothing: the
+consumer framework's ceiling), `sql` (MariaDB), `postgres`. The SQL sinks' tables
+are checked to hold N rows afterwards. The machine's load (`uptime`) is printed
+with the figures: on a shared machine they are a lower bound.
 
 Not a test: it asserts nothing about speed.
 
-    .venv/bin/python bench/consume.py --events 50000 --sql-events 20000
+    .venv/bin/python bench/consume.py --events 100000
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
+import subprocess
 import sys
+import tempfile
 import time
-import uuid
+import urllib.request
 from pathlib import Path
 
-import pymysql
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from shardctl.cli.dev import load_devstack
-from workers.consumer import Consumer, ConsumerConfig, StaticClaim
-from workers.deadletters import KafkaDeadLetterWriter
-from workers.events import Batch, Event
-from workers.handlers import Handler, HandlerContext, batch_handler
-from workers.sinks.sql import SqlSink
-from workers.transports.kafka import KafkaTransport
+from processes import Bench
+
+from workers.events import Batch
+from workers.handlers import batch_handler
+
+HANDLERS = {"noop": "consume:discard", "sql": "sql", "postgres": "postgres"}
+TABLE = "items"
+
+
+@batch_handler
+def discard(batch: Batch) -> None:
+    """The no-op handler: the framework's ceiling."""
 
 
 def produce(bootstrap: str, topic: str, partitions: int, count: int) -> None:
@@ -48,12 +60,14 @@ def produce(bootstrap: str, topic: str, partitions: int, count: int) -> None:
     for n in range(count):
         doc = {
             "database": "bench",
-            "table": "items",
+            "table": TABLE,
             "type": "insert",
             "ts": 1700000000,
             "xid": n,
             "commit": True,
-            "event_id": f"bench-{n}",
+            "source": "bench",
+            "event_id": f"0-1-{n + 1}#0",
+            "primary_key_columns": ["id"],
             "data": {"id": n, "name": f"name-{n}", "amount": n % 1000},
         }
         producer.produce(topic, json.dumps(doc).encode(), key=b"%d" % n, partition=n % partitions)
@@ -62,149 +76,235 @@ def produce(bootstrap: str, topic: str, partitions: int, count: int) -> None:
     producer.flush(60)
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.count = 0
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+        return text
 
 
-async def run(
-    bootstrap: str,
-    topic: str,
-    partitions: int,
-    expect: int,
-    handler: Handler,
-    counter: Counter,
-    batch_size: int,
-) -> tuple[int, float]:
-    transport = KafkaTransport({"bootstrap.servers": bootstrap}, [topic], group_id=f"bench.{topic}")
-    consumer = Consumer(
-        transport,
-        handler,
-        KafkaDeadLetterWriter({"bootstrap.servers": bootstrap}, "bench"),
-        ConsumerConfig(batch_size=batch_size, max_in_flight=batch_size * 5),
+def handled(metrics: str) -> int:
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("shardctl_worker_events_total{")
+        )
     )
-    await consumer.open()
-    started = time.perf_counter()
-    for shard in range(partitions):
-        await consumer.start(StaticClaim(shard))
-    while counter.count < expect:
-        await asyncio.sleep(0.01)
-    elapsed = time.perf_counter() - started
-    handled = counter.count
-    for shard in range(partitions):
-        await consumer.stop(shard, 0)
-    await consumer.close()
-    return handled, elapsed
+
+
+def p99_seconds(metrics: str) -> float:
+    """The 99th percentile of the handler's per-batch time, from its histogram."""
+    buckets: list[tuple[float, float]] = []
+    for line in metrics.splitlines():
+        if line.startswith("shardctl_worker_handler_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    rank = 0.99 * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = bound, count
+    return lower
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def prepare_target(bench: Bench, handler: str) -> dict[str, str]:
+    """A fresh target database for the SQL sinks; the worker's environment for it."""
+    database = f"bench_{bench.token}"
+    if handler == "sql":
+        import pymysql
+
+        conn = pymysql.connect(
+            host="127.0.0.1", port=bench.mysql_port, user="root", password="", autocommit=True
+        )
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{database}`")
+            cur.execute(
+                f"CREATE TABLE `{database}`.{TABLE} (id INT PRIMARY KEY, "
+                "name VARCHAR(64), amount INT)"
+            )
+        conn.close()
+        return {
+            "SHARDCTL_SINK_SQL_PORT": str(bench.mysql_port),
+            "SHARDCTL_SINK_SQL_USER": "root",
+            "SHARDCTL_SINK_SQL_DATABASE": database,
+        }
+    if handler == "postgres":
+        import psycopg
+
+        admin = postgres_args(bench)
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+        with psycopg.connect(**{**admin, "dbname": database}, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, name VARCHAR(64), amount INT)")
+        return {
+            "SHARDCTL_SINK_POSTGRES_DATABASE": database,
+            "SHARDCTL_SINK_POSTGRES_TARGET_SCHEMA": "public",
+        }
+    return {}
+
+
+def postgres_args(bench: Bench) -> dict[str, object]:
+    from shardctl.cli.dev import load_devstack
+
+    args: dict[str, object] = load_devstack().Postgres(bench.stack).connect_args()
+    return args
+
+
+def target_rows(bench: Bench, handler: str) -> int | None:
+    database = f"bench_{bench.token}"
+    if handler == "sql":
+        import pymysql
+
+        conn = pymysql.connect(host="127.0.0.1", port=bench.mysql_port, user="root", password="")
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM `{database}`.{TABLE}")
+            row = cur.fetchone()
+        conn.close()
+        return int(row[0]) if row else 0
+    if handler == "postgres":
+        import psycopg
+
+        with psycopg.connect(**{**postgres_args(bench), "dbname": database}) as conn:
+            found = conn.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()
+        return int(found[0]) if found else 0
+    return None
+
+
+def drop_target(bench: Bench, handler: str) -> None:
+    database = f"bench_{bench.token}"
+    if handler == "sql":
+        import pymysql
+
+        conn = pymysql.connect(
+            host="127.0.0.1", port=bench.mysql_port, user="root", password="", autocommit=True
+        )
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        conn.close()
+    elif handler == "postgres":
+        import psycopg
+
+        with psycopg.connect(**postgres_args(bench), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def measure(
+    topic: str, partitions: int, count: int, handler: str, batch_size: int, timeout: float
+) -> tuple[float, float, int | None]:
+    """(events/s, p99 seconds per batch, rows in the target) of one worker process."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"consume-{handler}-{batch_size}-"))
+    bench = Bench(f"consume-{handler}", workdir)
+    port = free_port()
+    try:
+        env = prepare_target(bench, handler)
+        bench.run_shardctl("shards", "set", str(partitions))
+        bench.shardctl("c1", "coordinator", "run", "--id", "c1", "--stabilization", "0.3")
+        bench.shardctl(
+            "w1",
+            "worker",
+            "run",
+            "--id",
+            "w1",
+            "--topic",
+            topic,
+            "--handler",
+            HANDLERS[handler],
+            "--batch-size",
+            str(batch_size),
+            "--max-in-flight",
+            str(max(1000, 2 * batch_size)),
+            "--metrics-port",
+            str(port),
+            env=env,
+        )
+        first: float | None = None
+        deadline = time.monotonic() + timeout
+        done = 0
+        while done < count:
+            if time.monotonic() > deadline or not bench.alive("w1"):
+                raise RuntimeError(
+                    f"{handler} batch {batch_size}: {done} of {count} events handled; "
+                    f"worker log:\n{bench.log('w1')[-3000:]}"
+                )
+            try:
+                metrics = scrape(port)
+            except OSError:
+                time.sleep(0.2)  # the worker's metrics port is not up yet
+                continue
+            now = time.monotonic()
+            done = handled(metrics)
+            if done > 0 and first is None:
+                first = now
+            if done < count:
+                time.sleep(0.02)
+        assert first is not None
+        elapsed = time.monotonic() - first
+        p99 = p99_seconds(scrape(port))
+        rows = target_rows(bench, handler)
+        return count / max(elapsed, 1e-9), p99, rows
+    finally:
+        bench.close()
+        drop_target(bench, handler)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--sql-events", type=int, default=20_000)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-sizes", default="100,1000,5000")
+    parser.add_argument("--handlers", default="noop,sql,postgres")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     args = parser.parse_args()
+    handlers = [h for h in args.handlers.split(",") if h]
+    unknown = [h for h in handlers if h not in HANDLERS]
+    if unknown:
+        parser.error(f"unknown handler(s) {unknown}; choose from {', '.join(HANDLERS)}")
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b]
 
-    stack = load_devstack().Stack()
-    bootstrap = f"127.0.0.1:{stack.ports.kafka}"
-    mysql_port = int(stack.ports.mariadb)
-    topic = f"bench-consume-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=args.partitions, replication_factor=1)])[
-        topic
-    ].result(30)
-    database = f"bench_{uuid.uuid4().hex[:8]}"
-    root = pymysql.connect(
-        host="127.0.0.1", port=mysql_port, user="root", password="", autocommit=True
-    )
-    results: list[tuple[str, int, float]] = []
+    setup = Bench("consume-topic", Path(tempfile.mkdtemp(prefix="consume-")))
+    if "postgres" in handlers:
+        setup.stack.up(["postgres"], echo=lambda _m: None)
+    topic = f"bench-consume-{setup.token}"
+    setup.create_topic(topic, args.partitions)
+    results: list[tuple[str, int, float, float, int | None]] = []
     try:
-        t0 = time.perf_counter()
-        produce(bootstrap, topic, args.partitions, args.events)
+        started = time.perf_counter()
+        produce(setup.bootstrap, topic, args.partitions, args.events)
         print(
             f"produced {args.events} events to {args.partitions} partitions in "
-            f"{time.perf_counter() - t0:.1f}s"
+            f"{time.perf_counter() - started:.1f}s"
         )
-
-        counter = Counter()
-
-        @batch_handler
-        async def noop_batch(batch: Batch) -> None:
-            counter.count += len(batch.events)
-
-        handled, elapsed = asyncio.run(
-            run(
-                bootstrap,
-                topic,
-                args.partitions,
-                args.events,
-                Handler("noop-async", noop_batch),
-                counter,
-                args.batch_size,
-            )
-        )
-        results.append(("noop-async", handled, elapsed))
-
-        counter_sync = Counter()
-
-        def noop_event(_event: Event) -> None:
-            counter_sync.count += 1
-
-        handled, elapsed = asyncio.run(
-            run(
-                bootstrap,
-                topic,
-                args.partitions,
-                args.events,
-                Handler("noop-sync", noop_event),
-                counter_sync,
-                args.batch_size,
-            )
-        )
-        results.append(("noop-sync", handled, elapsed))
-
-        with root.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{database}`")
-            cur.execute(
-                f"CREATE TABLE `{database}`.items (id INT PRIMARY KEY, "
-                "name VARCHAR(64), amount INT)"
-            )
-        os.environ.update(
-            {"SHARDCTL_SINK_SQL_PORT": str(mysql_port), "SHARDCTL_SINK_SQL_USER": "root"}
-        )
-        sink = SqlSink(HandlerContext(options={"database": database, "scope": "bench"}))
-        counter_sql = Counter()
-        sql_expect = min(args.sql_events, args.events)
-        real_on_events = sink.on_events
-
-        def counted(batch: Batch) -> None:
-            real_on_events(batch)
-            counter_sql.count += len(batch.events)
-
-        sink.on_events = counted  # type: ignore[method-assign]
-        # Only the first sql_expect events are awaited; the rest may be half consumed.
-        handled, elapsed = asyncio.run(
-            run(
-                bootstrap,
-                topic,
-                args.partitions,
-                sql_expect,
-                Handler("sql-sink", sink),
-                counter_sql,
-                args.batch_size,
-            )
-        )
-        results.append(("sql-sink", handled, elapsed))
+        for handler in handlers:
+            for size in sizes:
+                rate, p99, rows = measure(
+                    topic, args.partitions, args.events, handler, size, args.timeout
+                )
+                results.append((handler, size, rate, p99, rows))
+                print(f"  {handler} batch {size}: {rate:.0f} events/s, p99 {p99 * 1000:.0f} ms")
     finally:
-        with root.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
-        root.close()
-        for future in admin.delete_topics([topic]).values():
-            future.result(30)
+        setup.close()
 
-    print(f"\n{'handler':<12} {'events':>8} {'seconds':>8} {'events/s':>10}")
-    for name, count, elapsed in results:
-        print(f"{name:<12} {count:>8} {elapsed:>8.2f} {count / elapsed:>10.0f}")
+    load = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    print(f"\none worker, {args.partitions} shards, {args.events} events; uptime: {load}")
+    print(f"{'handler':<10} {'batch':>6} {'events/s':>10} {'p99 batch ms':>13} {'rows':>8}")
+    for handler, size, rate, p99, rows in results:
+        shown = "-" if rows is None else str(rows)
+        print(f"{handler:<10} {size:>6} {rate:>10.0f} {p99 * 1000:>13.1f} {shown:>8}")
 
 
 if __name__ == "__main__":

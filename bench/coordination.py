@@ -10,9 +10,17 @@ Prints the median of `--runs` runs of:
    until the assignment is balanced over 4 and every moved shard is owned by its
    new worker (includes process start-up and the stabilization delay);
 3. with 64 shards and 4 workers, from kill -9 of one until every shard is owned again
-   (bounded below by the lease TTL).
-Parts 2 and 3 use real etcd (SHARDCTL_ETCD_*) and real processes, in a cluster name
-of their own that is deleted afterwards.
+   (bounded below by the lease TTL);
+4. a rolling restart of 3 workers over 64 shards (each in turn: SIGTERM, wait for its
+   exit, start it again under the same id, wait until balanced and owned), without
+   and with `--restart-grace`: the shard moves over every generation written, and
+   the time the whole restart took;
+5. an etcd outage longer than the TTL (`--outage`, default TTL + 2 s; the local
+   stack's etcd is stopped and started again, `--skip-outage` leaves it alone): from
+   etcd's start until every one of 64 shards has committed an offset again.
+Parts 2 to 5 use real etcd (SHARDCTL_ETCD_*) and real processes (`--handler noop`),
+in a cluster name of their own that is deleted afterwards. The load average is
+printed with the figures: the machine may be shared.
 """
 
 from __future__ import annotations
@@ -20,17 +28,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
+from itertools import pairwise
 from pathlib import Path
 
 from coordinator.assignment import Member, assign
 from shardctl.config import Settings, load_settings
-from shardctl.etcd import EtcdClient
+from shardctl.etcd import EtcdClient, EtcdUnavailable
 from shardctl.keyspace import Keyspace
+from shardctl.processes import ProcessGroup
 from shardctl.records import Assignment
 
 
@@ -66,19 +76,15 @@ class Run:
         self.stabilization = stabilization
         self.logdir = logdir
         self.env = {**os.environ, "SHARDCTL_CLUSTER": self.cluster}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes = ProcessGroup(logdir, self.env, prefix=f"{self.cluster}-")
 
     def spawn(self, name: str, *args: str) -> None:
-        log = (self.logdir / f"{self.cluster}-{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "shardctl.cli.main", *args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        self.processes.shardctl(name, *args)
 
-    def worker(self, name: str) -> None:
-        self.spawn(name, "worker", "run", "--handler", "noop", "--id", name, "--ttl", str(self.ttl))
+    def worker(self, name: str, *extra: str) -> None:
+        self.spawn(
+            name, "worker", "run", "--handler", "noop", "--id", name, "--ttl", str(self.ttl), *extra
+        )
 
     def coordinator(self) -> None:
         self.spawn(
@@ -115,10 +121,7 @@ class Run:
             await asyncio.sleep(0.01)
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        self.processes.stop_all(grace_s=0)
 
 
 async def one_run(base: Settings, args: argparse.Namespace, logdir: Path) -> tuple[float, float]:
@@ -135,12 +138,110 @@ async def one_run(base: Settings, args: argparse.Namespace, logdir: Path) -> tup
             await run.wait_settled(client, {"w1", "w2", "w3", "w4"}, 64)
             join = time.monotonic() - started
             killed = time.monotonic()
-            run.procs["w2"].kill()
+            run.processes.signal("w2", signal.SIGKILL)
             await run.wait_settled(client, {"w1", "w3", "w4"}, 64)
             failover = time.monotonic() - killed
             return join, failover
         finally:
             run.close()
+            await client.delete_prefix(run.keys.root)
+
+
+def owner_changes(assignments: list[Assignment]) -> int:
+    """Shards given to another worker, summed over consecutive generations."""
+    moves = 0
+    for before, after in pairwise(assignments):
+        for shard, owner in enumerate(after.owners):
+            old = before.owners[shard] if shard < len(before.owners) else None
+            if owner is not None and old is not None and owner != old:
+                moves += 1
+    return moves
+
+
+async def rolling_restart(
+    base: Settings, args: argparse.Namespace, logdir: Path, grace: float
+) -> tuple[int, float]:
+    """(shard moves, seconds) of a rolling restart of w1..w3 with `--restart-grace`."""
+    from shardctl.etcd.watch import watch_key
+
+    run = Run(base, args.ttl, args.stabilization, logdir)
+    workers = {"w1", "w2", "w3"}
+    extra = ("--restart-grace", str(grace)) if grace else ()
+    seen: list[Assignment] = []
+
+    async def follow(client: EtcdClient) -> None:
+        # Runs until cancelled: a comprehension would never hand the list over.
+        async for kv in watch_key(client, run.keys.assignment):
+            if kv is not None:
+                seen.append(Assignment.decode(kv.key, kv.value))  # noqa: PERF401
+
+    async with EtcdClient(run.settings.etcd) as client:
+        watcher = asyncio.get_running_loop().create_task(follow(client))
+        try:
+            await client.put(run.keys.config, b'{"num_shards": 64}')
+            run.coordinator()
+            for name in sorted(workers):
+                run.worker(name, *extra)
+            await run.wait_settled(client, workers, 64)
+            first = len(seen) - 1
+            started = time.monotonic()
+            for name in sorted(workers):
+                run.procs[name].terminate()
+                await asyncio.to_thread(run.procs[name].wait, 60)
+                run.worker(name, *extra)
+                await run.wait_settled(client, workers, 64)
+            took = time.monotonic() - started
+            return owner_changes(seen[max(0, first) :]), took
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            run.close()
+            await client.delete_prefix(run.keys.root)
+
+
+async def etcd_outage(base: Settings, args: argparse.Namespace, logdir: Path) -> float:
+    """Seconds from etcd's start, after an outage of `args.outage` s, until every
+    shard committed an offset again."""
+    from shardctl.cli.dev import load_devstack
+
+    stack = load_devstack().Stack()
+    run = Run(base, args.ttl, args.stabilization, logdir)
+    workers = {"w1", "w2", "w3"}
+    try:
+        async with EtcdClient(run.settings.etcd) as client:
+            await client.put(run.keys.config, b'{"num_shards": 64}')
+            run.coordinator()
+            for name in sorted(workers):
+                run.worker(name, "--commit-interval", "0.2")
+            await run.wait_settled(client, workers, 64)
+        await asyncio.to_thread(stack.stop, "etcd")
+        await asyncio.sleep(args.outage)
+        await asyncio.to_thread(stack.start, "etcd", lambda _msg: None)
+        back = time.monotonic()
+        async with EtcdClient(run.settings.etcd) as client:
+            since = None
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    listing = await client.get_prefix(run.keys.offsets_prefix)
+                except EtcdUnavailable:
+                    await asyncio.sleep(0.05)
+                    continue
+                if since is None:
+                    since = listing.revision
+                fresh = {
+                    run.keys.shard_of_offset_key(kv.key)
+                    for kv in listing.items
+                    if kv.mod_revision > since
+                }
+                if len(fresh) == 64:
+                    return time.monotonic() - back
+                await asyncio.sleep(0.05)
+            raise RuntimeError(f"{run.cluster}: shards not all committing 120 s after the outage")
+    finally:
+        await asyncio.to_thread(stack.start, "etcd", lambda _msg: None)
+        run.close()
+        async with EtcdClient(run.settings.etcd) as client:
             await client.delete_prefix(run.keys.root)
 
 
@@ -150,6 +251,9 @@ def main() -> None:
     parser.add_argument("--ttl", type=int, default=3)
     parser.add_argument("--stabilization", type=float, default=1.0)
     parser.add_argument("--skip-processes", action="store_true")
+    parser.add_argument("--skip-outage", action="store_true", help="leave etcd running")
+    parser.add_argument("--outage", type=float, default=None, help="seconds; default TTL + 2")
+    parser.add_argument("--grace", type=float, default=15.0, help="--restart-grace in part 4")
     parser.add_argument("--logdir", type=Path, default=Path("/tmp"))
     args = parser.parse_args()
     bench_assign(args.runs)
@@ -169,6 +273,26 @@ def main() -> None:
     )
     print(f"  4th worker start -> balanced and owned: {statistics.median(joins):.2f}s")
     print(f"  kill -9 -> every shard owned again:     {statistics.median(failovers):.2f}s")
+    print(f"  load average {os.getloadavg()[0]:.2f}")
+
+    for grace in (0.0, args.grace):
+        moves, took = asyncio.run(rolling_restart(base, args, args.logdir, grace))
+        what = f"--restart-grace {grace:g}" if grace else "no grace (SIGTERM drains)"
+        print(
+            f"rolling restart of 3 workers, 64 shards, {what}: {moves} shard moves, "
+            f"{took:.2f}s; load average {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
+    if args.skip_outage:
+        return
+    if args.outage is None:
+        args.outage = args.ttl + 2.0
+    recovery = asyncio.run(etcd_outage(base, args, args.logdir))
+    print(
+        f"etcd down {args.outage:g}s (TTL {args.ttl}s), 64 shards over 3 workers: every shard "
+        f"committing again {recovery:.2f}s after etcd started; load average "
+        f"{os.getloadavg()[0]:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -25,6 +24,7 @@ from shardctl.cli.dev import load_devstack  # noqa: E402
 from shardctl.config import Settings, load_settings  # noqa: E402
 from shardctl.etcd import EtcdClient  # noqa: E402
 from shardctl.keyspace import Keyspace  # noqa: E402
+from shardctl.processes import SHARDCTL, ProcessGroup  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -53,7 +53,7 @@ class Bench:
             # The handler classes of the benchmarks live in bench/.
             "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), str(ROOT)]),
         }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes = ProcessGroup(workdir, self.env, cwd=ROOT)
         self.topics: list[str] = []
 
     def settings(self) -> Settings:
@@ -67,25 +67,15 @@ class Bench:
 
     def shardctl(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         """Start `shardctl <args>` in the background; its output goes to <name>.log."""
-        log = (self.workdir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "shardctl.cli.main", *args],
-            env={**self.env, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+        self.processes.shardctl(name, *args, env=env)
 
     def python(self, name: str, *args: str) -> None:
         """Start a Python process in the background; its output goes to <name>.log."""
-        log = (self.workdir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
-        )
+        self.processes.start(name, [sys.executable, *args])
 
     def run_shardctl(self, *args: str) -> None:
         done = subprocess.run(
-            [sys.executable, "-m", "shardctl.cli.main", *args],
+            [*SHARDCTL, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -104,27 +94,16 @@ class Bench:
         self.topics.append(topic)
 
     def alive(self, name: str) -> bool:
-        return self.procs[name].poll() is None
+        return self.processes.alive(name)
 
     def signal(self, name: str, sig: int) -> None:
-        self.procs[name].send_signal(sig)
-
-    def wait_exit(self, name: str, timeout: float) -> int:
-        return self.procs[name].wait(timeout)
+        self.processes.signal(name, sig)
 
     def log(self, name: str) -> str:
-        return (self.workdir / f"{name}.log").read_text(errors="replace")
+        return self.processes.log(name)
 
     def close(self, extra_topics: list[str] | None = None) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        self.processes.stop_all(grace_s=15)
         topics = self.topics + (extra_topics or [])
         if topics:
             admin = AdminClient({"bootstrap.servers": self.bootstrap})

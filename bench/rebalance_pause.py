@@ -23,15 +23,27 @@ time until the dead consumer's shards all flowed again. The lease TTL of the wor
 and the session timeout of the group are both `--timeout` seconds (6 by default, the
 broker's minimum session timeout). The workers commit offsets every
 `--commit-interval` seconds (1 by default, the worker's default); a handoff does not
-wait for that tick. Not a test: it asserts nothing about speed.
+wait for that tick.
 
-    .venv/bin/python bench/rebalance_pause.py
+Then, unless `--skip-reshard`, an online change of the shard count under load, on the
+whole pipeline: MariaDB -> `shardctl cdc run` -> Kafka -> 3 workers. A writer updates
+`--reshard-keys` rows round-robin (each about every 0.5 s), each update carrying its
+wall time; `shardctl shards set 12` on a cluster of 8 (jump hash). Prints the time
+until the reader switched and until the change completed, per key the longest
+delay from write to handling and the longest gap between two handlings (moved and
+unmoved keys apart, and the same before the change for comparison), and the keys
+that changed shard against the least any hash can move ((12-8)/12 of them).
+
+Not a test: it asserts nothing about speed.
+
+    .venv/bin/python bench/rebalance_pause.py [--skip-reshard | --only-reshard]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -60,6 +72,26 @@ class BatchClock:
 
     async def on_events(self, batch: Batch) -> None:
         self._out.write(f"{batch.shard} {time.time_ns() // 1000} {len(batch.events)}\n")
+        self._out.flush()
+
+    def on_close(self) -> None:
+        self._out.close()
+
+
+class KeyClock:
+    """Handler: appends `<row id> <receive µs> <written µs>` per row change to `out`."""
+
+    def __init__(self, context: HandlerContext) -> None:
+        self._out = _open_append(context.options["out"])
+
+    async def on_events(self, batch: Batch) -> None:
+        now_us = time.time_ns() // 1000
+        lines = [
+            f"{e.data['id']} {now_us} {e.data['written_us']}\n"
+            for e in batch.events
+            if e.type in ("insert", "update") and "written_us" in e.data
+        ]
+        self._out.write("".join(lines))
         self._out.flush()
 
     def on_close(self) -> None:
@@ -211,6 +243,202 @@ def wait_flowing(files: dict[str, Path], since: float, timeout: float, expect: i
     raise RuntimeError(f"not every shard flowed on {expect} consumers within {timeout}s")
 
 
+RESHARD_FROM, RESHARD_TO = 8, 12
+RESHARD_TICK_S = 0.01
+
+
+def key_of(database: str, row: int) -> bytes:
+    """The Kafka message key of row `row` of `items` (the shard hash input)."""
+    return f'{{"database":"{database}","table":"items","pk.id":{row}}}'.encode()
+
+
+def per_key(lines: list[list[str]], since: float, until: float) -> dict[int, tuple[float, float]]:
+    """Per row id: (longest write -> handling delay, longest gap between handlings) of
+    the handlings in [since, until], in seconds."""
+    seen: dict[int, list[tuple[float, float]]] = {}
+    for fields in lines:
+        received = int(fields[1]) / 1e6
+        if since <= received <= until:
+            seen.setdefault(int(fields[0]), []).append((received, int(fields[2]) / 1e6))
+    out: dict[int, tuple[float, float]] = {}
+    for row, items in seen.items():
+        items.sort()
+        delay = max(r - w for r, w in items)
+        gap = max((b[0] - a[0] for a, b in pairwise(items)), default=0.0)
+        out[row] = (delay, gap)
+    return out
+
+
+def reshard_run(args: argparse.Namespace) -> None:
+    """Grow 8 -> 12 shards under load on the whole pipeline; prints the figures."""
+    import asyncio
+    import zlib
+
+    import pymysql
+    from processes import Bench, percentile, read_lines
+
+    from shardctl.etcd import EtcdClient
+    from shardctl.hashing import shard_of
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import Reshard
+
+    workdir = Path(tempfile.mkdtemp(prefix="shardctl-reshard-"))
+    bench = Bench("reshard", workdir)
+    database = f"bench_reshard_{bench.token}"
+    topic = f"bench-reshard-{bench.token}"
+    out = workdir / "keys.txt"
+    keys = args.reshard_keys
+    per_tick = max(1, round(keys * RESHARD_TICK_S / 0.5))  # each key about every 0.5 s
+    root = pymysql.connect(
+        host="127.0.0.1", port=bench.mysql_port, user="root", password="", autocommit=True
+    )
+    settings = bench.settings()
+    reshard_key = Keyspace.of(settings).reshard
+
+    async def read_reshard() -> Reshard | None:
+        async with EtcdClient(settings.etcd) as client:
+            kv = await client.get(reshard_key)
+        return None if kv is None else Reshard.decode(kv.key, kv.value)
+
+    stop = threading.Event()
+    try:
+        with root.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{database}`")
+            cur.execute(
+                f"CREATE TABLE `{database}`.items (id INT PRIMARY KEY, written_us BIGINT NOT NULL)"
+            )
+        bench.topics.append(topic)
+        bench.run_shardctl("cluster", "init", "--shards", str(RESHARD_FROM), "--topic", topic)
+        cdc_env = {
+            "SHARDCTL_CDC_KAFKA_TOPIC": topic,
+            "SHARDCTL_CDC_SOURCE": f"reshard-{bench.token}",
+            "SHARDCTL_CDC_SERVER_ID": str(20_000 + zlib.crc32(bench.token.encode()) % 2**30),
+            "SHARDCTL_CDC_FILTER": f"exclude: *.*, include: {database}.items",
+        }
+        bench.shardctl("cdc", "cdc", "run", "--reader-id", "r1", env=cdc_env)
+        bench.shardctl("coordinator", "coordinator", "run", "--id", "c1", "--stabilization", "0.3")
+        for name in ("w1", "w2", "w3"):
+            bench.shardctl(
+                name,
+                "worker",
+                "run",
+                "--id",
+                name,
+                "--topic",
+                topic,
+                "--commit-interval",
+                str(args.commit_interval),
+                "--handler",
+                "rebalance_pause:KeyClock",
+                "--handler-option",
+                f"out={out}",
+            )
+
+        def writer() -> None:
+            conn = pymysql.connect(
+                host="127.0.0.1", port=bench.mysql_port, user="root", password="", database=database
+            )
+            tick = 0
+            started = time.monotonic()
+            with conn.cursor() as cur:
+                while not stop.is_set():
+                    wait = started + tick * RESHARD_TICK_S - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    now_us = time.time_ns() // 1000
+                    rows = [(1 + (tick * per_tick + i) % keys, now_us) for i in range(per_tick)]
+                    cur.executemany(
+                        "INSERT INTO items VALUES (%s, %s) "
+                        "ON DUPLICATE KEY UPDATE written_us = VALUES(written_us)",
+                        rows,
+                    )
+                    conn.commit()
+                    tick += 1
+            conn.close()
+
+        load = threading.Thread(target=writer, daemon=True)
+        load.start()
+        deadline = time.monotonic() + 120
+        while len({f[0] for f in read_lines(out)}) < keys:
+            if not load.is_alive():
+                raise RuntimeError("the writer stopped (its error is printed above)")
+            for name in ("cdc", "coordinator", "w1", "w2", "w3"):
+                if not bench.alive(name):
+                    raise RuntimeError(f"{name} exited:\n{bench.log(name)[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("not every key reached a worker within 120 s")
+            time.sleep(0.5)
+        steady_from = time.time()
+        time.sleep(args.window)
+        requested = time.time()
+        bench.run_shardctl("shards", "set", str(RESHARD_TO))
+        switched = completed = None
+        deadline = time.monotonic() + 300
+        while completed is None:
+            record = asyncio.run(read_reshard())
+            if record is not None and record.switched_at is not None:
+                switched = record.switched_at
+            if record is not None and record.state == "complete":
+                completed = record.completed_at
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the change did not complete within 300 s: {record}")
+            time.sleep(0.05)
+        time.sleep(args.window)
+        stop.set()
+        load.join(10)
+        time.sleep(3.0)  # the last writes reach the handler
+    finally:
+        stop.set()
+        with root.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        root.close()
+        bench.close()
+
+    assert switched is not None and completed is not None
+    lines = read_lines(out)
+    before = per_key(lines, steady_from, requested)
+    during = per_key(lines, requested, completed + 2.0)
+    moved = {
+        row
+        for row in range(1, keys + 1)
+        if shard_of(key_of(database, row), RESHARD_FROM, "jump")
+        != shard_of(key_of(database, row), RESHARD_TO, "jump")
+    }
+    crc_moved = sum(
+        zlib.crc32(key_of(database, row)) % RESHARD_FROM
+        != zlib.crc32(key_of(database, row)) % RESHARD_TO
+        for row in range(1, keys + 1)
+    )
+
+    def fmt(values: list[float]) -> str:
+        if not values:
+            return "-"
+        return f"{percentile(values, 50):.3f}/{percentile(values, 99):.3f}/{max(values):.3f}"
+
+    print(
+        f"\nresharding {RESHARD_FROM} -> {RESHARD_TO} under load: {keys} keys, each updated "
+        f"every {keys / per_tick * RESHARD_TICK_S:.2f} s ({per_tick / RESHARD_TICK_S:.0f} "
+        f"rows/s); commit interval "
+        f"{args.commit_interval} s; load average {os.getloadavg()[0]:.2f}"
+    )
+    print(f"  shards set -> reader switched: {switched - requested:.2f} s")
+    print(f"  shards set -> change complete: {completed - requested:.2f} s")
+    print(f"  {'per key, s':<34} {'delay p50/p99/max':>20} {'gap p50/p99/max':>20}")
+    for label, figures, rows in (
+        ("before the change, all keys", before, set(before)),
+        ("during the change, unmoved keys", during, set(during) - moved),
+        ("during the change, moved keys", during, set(during) & moved),
+    ):
+        delays = [figures[r][0] for r in rows]
+        gaps = [figures[r][1] for r in rows]
+        print(f"  {label:<34} {fmt(delays):>20} {fmt(gaps):>20}")
+    minimum = keys * (RESHARD_TO - RESHARD_FROM) / RESHARD_TO
+    print(
+        f"  keys moved: {len(moved)} of {keys} (jump); the least possible is {minimum:.0f}; "
+        f"crc32 % N would move {crc_moved}"
+    )
+
+
 def main() -> None:
     from processes import Bench
 
@@ -224,7 +452,17 @@ def main() -> None:
         help="workers' --commit-interval, s (default: the worker's own default; a "
         "handoff does not wait for it)",
     )
+    parser.add_argument("--skip-reshard", action="store_true", help="no resharding run")
+    parser.add_argument(
+        "--only-reshard", action="store_true", help="only the resharding run (no join/drain/kill)"
+    )
+    parser.add_argument(
+        "--reshard-keys", type=int, default=120, help="rows updated during the resharding run"
+    )
     args = parser.parse_args()
+    if args.only_reshard:
+        reshard_run(args)
+        return
 
     workdir = Path(tempfile.mkdtemp(prefix="shardctl-rebalance-"))
     bench = Bench("rebalance", workdir)
@@ -328,6 +566,8 @@ def main() -> None:
     )
     report("shardctl workers (fenced handoff, assign())", read_timeline(worker_files), ours)
     report("baseline: consumer group, cooperative-sticky", read_timeline(group_files), theirs)
+    if not args.skip_reshard:
+        reshard_run(args)
 
 
 if __name__ == "__main__":

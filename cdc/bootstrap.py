@@ -394,7 +394,14 @@ class BootstrapRunner:
                     event_id=f"bootstrap:{request.id}#{count}",
                     data=data,
                 )
-                shard = partitioner.shard(message.key, message.database, message.table, None, data)
+                shard = partitioner.shard(
+                    message.key,
+                    message.database,
+                    message.table,
+                    None,
+                    data,
+                    armed.table.primary_key,
+                )
                 rows.append(_outgoing(message, shard))
                 if len(rows) >= 1000:
                     self._send(producer, tracker, boundary, sent + rows)

@@ -10,12 +10,12 @@ This module classifies DDL statements into Maxwell's DDL event types, for the
 `output_ddl` option and to drop cached per-table facts the binlog does not
 carry (which MariaDB LONGTEXT columns hold JSON):
 
-    CREATE DATABASE/SCHEMA        -> database-create
-    ALTER DATABASE/SCHEMA         -> database-alter
+    CREATE DATABASE/SCHEMA        -> database-create  (`charset` as written, if written)
+    ALTER DATABASE/SCHEMA         -> database-alter   (`charset` as written, if written)
     DROP DATABASE/SCHEMA          -> database-drop
     CREATE TABLE                  -> table-create   (not TEMPORARY)
     ALTER TABLE                   -> table-alter
-    RENAME TABLE a TO b[, ...]    -> table-alter    (one per pair; `old_table` = a)
+    RENAME TABLE a TO b[, ...]    -> table-alter    (one per pair; `table` = b, `old_table` = a)
     DROP TABLE a[, b ...]         -> table-drop     (one per table; not TEMPORARY)
 
 Everything else (GRANT, users, routines, triggers, index statements, TEMPORARY
@@ -35,9 +35,11 @@ _NAME = r"(?:`(?:[^`]|``)+`|[A-Za-z0-9_$\u0080-\uffff]+)"
 _QUALIFIED = rf"({_NAME})(?:\s*\.\s*({_NAME}))?"
 
 _DB_STMT = re.compile(
-    rf"^(CREATE|ALTER|DROP)\s+(?:DATABASE|SCHEMA)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?({_NAME})",
-    re.I,
+    rf"^(CREATE|ALTER|DROP)\s+(?:DATABASE|SCHEMA)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?({_NAME})(.*)$",
+    re.I | re.S,
 )
+_DB_CHARSET = re.compile(r"(?:CHARACTER\s+SET|CHARSET)\s*(?:=\s*)?['\"`]?([A-Za-z0-9_]+)", re.I)
+_DB_COLLATE = re.compile(r"COLLATE\s*(?:=\s*)?['\"`]?([A-Za-z0-9_]+)", re.I)
 _CREATE_TABLE = re.compile(
     rf"^CREATE\s+(?:OR\s+REPLACE\s+)?(TEMPORARY\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?{_QUALIFIED}",
     re.I,
@@ -63,6 +65,9 @@ class SchemaChange:
     sql: str
     old_database: str | None = None
     old_table: str | None = None
+    # Database statements: the charset the statement names (CHARACTER SET, or the
+    # charset a COLLATE belongs to); None when it names neither.
+    charset: str | None = None
 
 
 def _unquote(name: str) -> str:
@@ -123,7 +128,10 @@ def classify(sql: str, default_db: str) -> list[SchemaChange]:
     match = _DB_STMT.match(text)
     if match:
         verb = match.group(1).lower()
-        return [SchemaChange(f"database-{verb}", _unquote(match.group(2)), None, sql)]
+        charset = None if verb == "drop" else _database_charset(match.group(3))
+        return [
+            SchemaChange(f"database-{verb}", _unquote(match.group(2)), None, sql, charset=charset)
+        ]
     match = _CREATE_TABLE.match(text)
     if match:
         if match.group(1):
@@ -176,3 +184,16 @@ def _pair(match: re.Match[str], group: int, default_db: str) -> tuple[str, str]:
     if second is None:
         return default_db, _unquote(first)
     return _unquote(first), _unquote(second)
+
+
+def _database_charset(options: str) -> str | None:
+    """The charset named by CREATE/ALTER DATABASE options. A collation's name
+    starts with its charset's name (`latin1_swedish_ci`), except `binary`."""
+    found = _DB_CHARSET.search(options)
+    if found is not None:
+        return found.group(1).lower()
+    collation = _DB_COLLATE.search(options)
+    if collation is not None:
+        name = collation.group(1).lower()
+        return name if name == "binary" else name.split("_", 1)[0]
+    return None

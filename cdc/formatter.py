@@ -397,35 +397,31 @@ class MaxwellFormatter:
         position: str,
         event_id: str,
         gtid: str | None = None,
+        charset: str | None = None,
         definition: dict[str, Any] | None = None,
         old_definition: dict[str, Any] | None = None,
     ) -> Message | None:
         """A DDL message (`table-alter`, `database-create`, ...), or None unless
-        `output_ddl` is on. As in Maxwell, `ts` is in milliseconds here and
-        `position` is always present; `def`/`old` are the table definitions
-        when the caller tracks them."""
+        `output_ddl` is on. The fields follow Maxwell's DDLMap: a database
+        statement carries `database` and (create, alter) `charset`, no `table`;
+        a table statement `database`, `table` and the `old`/`def` definitions the
+        caller has. `ts` is in milliseconds; `position` only with
+        `output_binlog_position`, `gtid` only with `output_gtid_position`."""
         if not self.options.output_ddl:
             return None
-        parts = [
-            '{"type":',
-            encode(ddl_type),
-            ',"database":',
-            encode(database),
-            ',"table":',
-            encode(table),
-        ]
+        parts = ['{"type":', encode(ddl_type), ',"database":', encode(database)]
+        if table is None:
+            if ddl_type != "database-drop":
+                parts += [',"charset":', encode(charset)]
+        else:
+            parts += [',"table":', encode(table)]
         if old_definition is not None:
             parts += [',"old":', encode(old_definition)]
         if definition is not None:
             parts += [',"def":', encode(definition)]
-        parts += [
-            ',"ts":',
-            str(int(ts_ms)),
-            ',"sql":',
-            encode(sql),
-            ',"position":',
-            encode(position),
-        ]
+        parts += [',"ts":', str(int(ts_ms)), ',"sql":', encode(sql)]
+        if self.options.output_binlog_position:
+            parts += [',"position":', encode(position)]
         if self.options.output_gtid_position and gtid is not None:
             parts += [',"gtid":', encode(gtid)]
         if self.options.output_event_id:

@@ -205,12 +205,22 @@ def translate(properties: Mapping[str, str], cdc_options: frozenset[str]) -> Tra
             if name == "producer_partition_by" and value.strip() not in _PARTITION_BY:
                 out.skip(name, f"shardctl has no partitioning by {value!r}")
                 continue
+            if name == "kafka_partition_hash":
+                # Maxwell takes any value but murmur3 as its default hash.
+                out.put("cdc", name, "murmur3" if value.strip() == "murmur3" else "default")
+                continue
             if name == "producer_partition_columns":
                 out.put("cdc", name, [c.strip() for c in value.split(",") if c.strip()])
                 continue
             out.put("cdc", name, value.strip())
             continue
         out.skip(name, _NOT_CARRIED.get(name, "not a setting shardctl has"))
+    cdc = out.sections.get("cdc", {})
+    if cdc.get("producer") == "kafka" and "kafka_partition_hash" in cdc_options:
+        # Maxwell's partitions by Maxwell's defaults, where shardctl's differ.
+        cdc.setdefault("kafka_partition_hash", "default")
+        if "producer_partition_by" not in properties:
+            cdc["producer_partition_by"] = "database"
     return out
 
 

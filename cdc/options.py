@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdc.formatter import FormatterOptions
-from cdc.partitioner import FallbackBy, PartitionBy
+from cdc.partitioner import FallbackBy, PartitionBy, PartitionHash
 from cdc.replication.transaction import DEFAULT_MEMORY_BYTES, DEFAULT_MEMORY_ROWS
 from shardctl.config import config_path, load_section, read_config_file, refuse_secret_options
 from shardctl.keyspace import check_name
@@ -56,6 +56,9 @@ class CdcOptions(BaseSettings):
     producer_partition_by: PartitionBy = "primary_key"
     producer_partition_columns: list[str] = Field(default_factory=list)
     producer_partition_by_fallback: FallbackBy = "database"
+    # "crc32" (ours), or Maxwell's "default" (Java String.hashCode) or "murmur3", which
+    # also take Maxwell's partition strings: Maxwell's partition numbers.
+    kafka_partition_hash: PartitionHash = "crc32"
 
     filter: str | None = None
 

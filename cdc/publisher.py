@@ -6,8 +6,10 @@ transaction. Messages are made one at a time as the caller asks for them (a
 transaction's rows may be spilled to a file; they are never all in memory).
 A statement becomes DDL messages when `output_ddl` is on (and the
 table passes the filter), and always drops the cached facts about the tables it
-changed. A transaction may yield no message at all; its end still counts for
-the checkpoint.
+changed. A CREATE TABLE ... SELECT is a statement with rows: its DDL messages
+come first (event ids `#0`...), then its rows, numbered on from there. A
+transaction may yield no message at all; its end still counts for the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from cdc.partitioner import Partitioner
 from cdc.producers.base import Outgoing
 from cdc.replication.transaction import RowChange, Transaction
 from cdc.rows import Message
-from shardctl.hashing import shard_of
 
 log = logging.getLogger(__name__)
 
@@ -35,35 +36,51 @@ class Publisher:
         row_filter: Filter,
         ddl_topic: str | None = None,
         invalidate: Callable[[str, str | None], None] | None = None,
+        server_charset: str | None = None,
     ) -> None:
         self.formatter = formatter
         self.partitioner = partitioner
         self.filter = row_filter
         self.ddl_topic = ddl_topic
         self._invalidate = invalidate
+        # The charset of a CREATE DATABASE that names none (as Maxwell does:
+        # the server's character_set_server).
+        self._server_charset = server_charset
 
     def messages(self, txn: Transaction) -> Iterator[Outgoing]:
         """The transaction's messages in order, made as they are asked for."""
+        index = 0
         if txn.statement is not None:
             yield from self._statement(txn)
-            return
+            if not txn.row_count:
+                return
+            # CREATE TABLE ... SELECT: its DDL messages come first, in their place;
+            # its rows count on after them, so every event id stays distinct.
+            index = len(classify(txn.statement.sql, txn.statement.database))
         ctx = txn.ctx
         fmt = self.formatter.format
         partitioner = self.partitioner
-        by_key = partitioner.by == "primary_key"
+        by_key = partitioner.by_message_key
         num_shards = partitioner.num_shards
+        shard_for = partitioner.shard_for
         changes = self._published_changes(txn)
         change = next(changes, None)
-        index = 0
         while change is not None:
             # One change ahead: the last one carries `commit: true`.
             following = next(changes, None)
             message = fmt(ctx, change.table, change.row, index, following is None)
             key = message.key
             shard = (
-                shard_of(key, num_shards)
+                shard_for(key, num_shards)
                 if by_key
-                else partitioner.shard(key, message.database, message.table, ctx, change.row.data)
+                else partitioner.shard(
+                    key,
+                    message.database,
+                    message.table,
+                    ctx,
+                    change.row.data,
+                    change.table.primary_key,
+                )
             )
             yield Outgoing(
                 key, message.value, shard, message.event_id, message.database, message.table
@@ -100,22 +117,37 @@ class Publisher:
                 self._invalidate(change.database, change.table)
                 if change.old_table is not None and change.old_database is not None:
                     self._invalidate(change.old_database, change.old_table)
-            table = change.table or ""
-            if self.filter.is_blacklisted(change.database, table) or (
-                change.table is not None and not self.filter.includes_table(change.database, table)
+            # As in Maxwell, a RENAME names the table it renames; the new name
+            # goes in `def`.
+            table: str | None
+            if change.old_table is not None and change.old_database is not None:
+                database, table = change.old_database, change.old_table
+                definition: dict[str, str] | None = {
+                    "database": change.database,
+                    "table": change.table or "",
+                }
+            else:
+                database, table, definition = change.database, change.table, None
+            if self.filter.is_blacklisted(database, table or "") or (
+                table is not None and not self.filter.includes_table(database, table)
             ):
                 continue
+            charset = change.charset
+            if change.type == "database-create" and charset is None:
+                charset = self._server_charset
             gtid = txn.ctx.gtid
             event_id = f"{gtid}#{index}" if gtid else f"{txn.ctx.file}:{txn.ctx.pos}#{index}"
             message: Message | None = self.formatter.format_ddl(
                 ddl_type=change.type,
-                database=change.database,
-                table=change.table,
+                database=database,
+                table=table,
                 sql=statement.sql,
                 ts_ms=txn.ctx.ts * 1000,
                 position=f"{txn.ctx.file}:{txn.ctx.pos}",
                 event_id=event_id,
                 gtid=gtid,
+                charset=charset,
+                definition=definition,
             )
             if message is None:
                 continue
@@ -123,8 +155,8 @@ class Publisher:
                 Outgoing(
                     key=message.key,
                     value=message.value,
-                    shard=self.partitioner.shard(
-                        message.key, message.database, message.table, txn.ctx, None
+                    shard=self.partitioner.ddl_shard(
+                        message.key, message.database, message.table, txn.ctx
                     ),
                     event_id=message.event_id,
                     database=message.database,

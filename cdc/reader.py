@@ -20,6 +20,10 @@ While leading:
 3. Every `checkpoint_interval_s`, store the end of the newest transaction whose
    messages, and all before it, were acknowledged (`cdc.acks`).
 4. On stop: flush the producer, store the final checkpoint, resign.
+5. When `shardctl shards set` asks for another shard count: at a transaction
+   boundary, flush and store the checkpoint as on stop, then lead again from it,
+   keeping the leadership; `cdc.reshard` switches the count at that boundary and
+   records it, and the read stage is built again with the new count.
 
 After a crash the new leader resumes at the stored boundary, which is at or
 before the last delivered transaction: messages after it are published again,
@@ -54,6 +58,7 @@ from cdc.replication.errors import SessionSettingError
 from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.replication.server_check import binlog_lag_bytes, check_server, current_position
 from cdc.replication.source import Heartbeat
+from cdc.reshard import ShardSwitch
 from cdc.stage import (
     Chunk,
     LocalStage,
@@ -81,11 +86,10 @@ from shardctl.metrics import (
     CDC_PUBLISH_AGE,
     CDC_ROWS,
 )
-from shardctl.records import ClusterConfig, RecordError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LagMonitor", "Reader", "recovery_command", "resolve_start"]
+__all__ = ["LagMonitor", "Reader", "recovery_command", "resolve_start", "server_charset"]
 
 
 class LagMonitor:
@@ -168,6 +172,19 @@ class LeadershipLost(Exception):
     """This reader no longer leads its source; it must stop publishing at once."""
 
 
+def server_charset(connect: Callable[[], Any]) -> str:
+    """The server's `character_set_server`: Maxwell's charset for a CREATE
+    DATABASE that names none."""
+    conn = connect()
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT @@character_set_server")
+            row = cursor.fetchone()
+    finally:
+        conn.close()
+    return str(row[0])
+
+
 def resolve_start(options: CdcOptions, connect: dict[str, Any]) -> Checkpoint:
     """The checkpoint to use when the source has none: `cdc.start_position`."""
     connection = pymysql.connect(**connect)
@@ -247,7 +264,16 @@ class Reader:
                     leadership = self._campaign(loop, client, session)
                     if leadership is None:
                         return
-                    self._lead(loop, client, store, leadership, prepared)
+                    while self._lead(loop, client, store, leadership, prepared):
+                        # The read stage was built for the old count; the next
+                        # lead builds its own.
+                        prepared = None
+                        if self.stopping:
+                            break
+                        log.info(
+                            "reader %s: leading again to switch the shard count",
+                            self.options.reader_id,
+                        )
                     if self.stopping:
                         loop.run(leadership.resign(), timeout=self.settings.etcd.timeout_s + 1)
                 except LeadershipLost as exc:
@@ -290,35 +316,13 @@ class Reader:
                 self.options.reader_id,
                 self.options.source,
                 leadership.token,
+                extra={
+                    "reader": self.options.reader_id,
+                    "source": self.options.source,
+                    "token": leadership.token,
+                },
             )
             return leadership
-
-    def _num_shards(self, loop: LoopThread, client: EtcdClient) -> int:
-        kv = call_with_retry(
-            loop,
-            lambda: client.get(self.keyspace.config),
-            f"reading {self.keyspace.config}",
-            timeout_s=self.settings.etcd.timeout_s + 1,
-        )
-        cluster: int | None = None
-        if kv is not None:
-            try:
-                cluster = ClusterConfig.decode(kv.key, kv.value).num_shards
-            except RecordError as exc:
-                raise ConfigError(f"config: {exc}") from None
-        configured = self.options.num_shards
-        if configured is not None and cluster is not None and configured != cluster:
-            raise ConfigError(
-                f"cdc.num_shards: {configured} differs from num_shards={cluster} in the "
-                f"cluster config ({self.keyspace.config})"
-            )
-        found = configured or cluster
-        if found is None:
-            raise ConfigError(
-                "cdc.num_shards: not set, and the cluster has no config key "
-                f"({self.keyspace.config}) to take it from"
-            )
-        return found
 
     def _lead(
         self,
@@ -327,7 +331,8 @@ class Reader:
         store: CheckpointStore,
         leadership: Leadership,
         prepared: ProcessStage | None = None,
-    ) -> None:
+    ) -> bool:
+        """Publish while leading; True when it ended to switch the shard count."""
         options = self.options
         timeout = self.settings.etcd.timeout_s + 1
         connect = self.settings.mysql.connect_kwargs()
@@ -338,15 +343,37 @@ class Reader:
             checkpoint = dataclasses.replace(checkpoint, json_columns=json_model.state)
             self._save(loop, store, leadership, checkpoint)
             log.info(
-                "source %s: no checkpoint; starting at %s", options.source, checkpoint.describe()
+                "source %s: no checkpoint; starting at %s",
+                options.source,
+                checkpoint.describe(),
+                extra={"source": options.source, "position": checkpoint.describe()},
             )
         else:
-            log.info("source %s: resuming at checkpoint %s", options.source, checkpoint.describe())
+            log.info(
+                "source %s: resuming at checkpoint %s",
+                options.source,
+                checkpoint.describe(),
+                extra={"source": options.source, "position": checkpoint.describe()},
+            )
         self.last_end = checkpoint
         # End of the last transaction registered with the ack tracker: the only
         # checkpoint that messages published after it (a bootstrap) may vouch for.
         published = checkpoint
-        num_shards = self._num_shards(loop, client)
+        switch = ShardSwitch(loop, client, self.keyspace, self.settings, options)
+        try:
+            num_shards, shard_hash = switch.start(leadership, checkpoint)
+        except (NotLeader, SessionLost) as exc:
+            raise LeadershipLost(str(exc)) from exc
+        # The one description of how messages are made and partitioned, for the
+        # read stage (in either process) and for the bootstrap alike.
+        spec = StageSpec(
+            self.settings,
+            options,
+            checkpoint,
+            num_shards,
+            shard_hash,
+            server_charset(partial(pymysql.connect, **connect)),
+        )
         row_filter = Filter(options.filter)
         producer = (
             self._producer_factory(num_shards)
@@ -359,7 +386,7 @@ class Reader:
             self.keyspace,
             options,
             connect,
-            build_publisher(options, num_shards, row_filter, None),
+            build_publisher(spec, row_filter, None),
             row_filter,
         )
         lost: concurrent.futures.Future[str] = loop.submit(leadership.wait_lost())
@@ -371,6 +398,7 @@ class Reader:
         # A checkpoint without a commit time (a first start): count from now.
         lag.read(checkpoint, checkpoint.ts or time.time())
         clean = False
+        switching = False
         in_transaction = False  # chunks of a transaction are arriving
 
         def check_leadership() -> None:
@@ -390,7 +418,7 @@ class Reader:
         lag.start()
         stage: LocalStage | ProcessStage | None = None
         try:
-            stage = start_stage(StageSpec(self.settings, options, checkpoint, num_shards), prepared)
+            stage = start_stage(spec, prepared)
             for item in stage:
                 check_leadership()
                 if isinstance(item, Chunk):
@@ -423,6 +451,11 @@ class Reader:
                 if self.stopping:
                     clean = True
                     break
+                if not in_transaction and switch.requested():
+                    # At a transaction boundary: everything before it goes out with
+                    # the old count, flushed and checkpointed below.
+                    clean = switching = True
+                    break
         except (NotLeader, SessionLost) as exc:
             raise LeadershipLost(str(exc)) from exc
         except DeliveryError:
@@ -443,10 +476,14 @@ class Reader:
             bootstrap.close()
             lost.cancel()
             if clean:
-                log.info("reader %s: stopping (%s); flushing", options.reader_id, self._stop_reason)
+                why = (
+                    "to switch the shard count" if switching else f"stopping ({self._stop_reason})"
+                )
+                log.info("reader %s: %s; flushing", options.reader_id, why)
                 producer.flush(60)
                 self._advance(loop, store, leadership, tracker, saved)
             producer.close()
+        return switching
 
     @staticmethod
     def _lost_reason(lost: concurrent.futures.Future[str], leadership: Leadership) -> str:

@@ -68,6 +68,7 @@ from cdc.replication.source import BinlogSource, Heartbeat, SourceOptions
 from cdc.replication.transaction import Transaction
 from cdc.rows import TxnContext
 from shardctl.config import Settings
+from shardctl.hashing import ShardHash
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,22 @@ StageItem = Chunk | Heartbeat | Idle
 
 @dataclass(frozen=True)
 class StageSpec:
-    """Everything the read stage is built from; picklable, for the child process."""
+    """Everything the read stage is built from; picklable, for the child process.
+
+    The reader settles the facts that need etcd or a query once, as it starts to
+    lead, and both stages (and the bootstrap) build their publisher from this one
+    spec, so that they format and partition alike. The message form and
+    `kafka_partition_hash` are in `options`. After a change of the shard count the
+    reader leads again with a new spec and a new stage."""
 
     settings: Settings
     options: CdcOptions
     start: Checkpoint
     num_shards: int
+    shard_hash: ShardHash
+    # The charset of a CREATE DATABASE that names none (the server's
+    # character_set_server, as Maxwell writes it).
+    server_charset: str
 
 
 def recovery_command(source: str) -> str:
@@ -118,21 +129,25 @@ def recovery_command(source: str) -> str:
 
 
 def build_publisher(
-    options: CdcOptions, num_shards: int, row_filter: Filter, decoding: FilteredDecoding | None
+    spec: StageSpec, row_filter: Filter, decoding: FilteredDecoding | None
 ) -> Publisher:
-    """The formatter and partitioner of the reader's options; `decoding` (when given)
-    drops its cached facts about the tables a DDL statement changes."""
+    """The formatter and partitioner of `spec`; `decoding` (when given) drops its
+    cached facts about the tables a DDL statement changes."""
+    options = spec.options
     return Publisher(
         MaxwellFormatter(options.formatter_options()),
         Partitioner(
-            num_shards,
+            spec.num_shards,
             options.producer_partition_by,
             tuple(options.producer_partition_columns),
             options.producer_partition_by_fallback,
+            hash_function=options.kafka_partition_hash,
+            shard_hash=spec.shard_hash,
         ),
         row_filter,
         ddl_topic=options.ddl_kafka_topic,
         invalidate=decoding.invalidate if decoding is not None else None,
+        server_charset=spec.server_charset,
     )
 
 
@@ -187,7 +202,7 @@ class LocalStage:
         self._json_model = json_model_at(spec.start, connect, options.source)
         row_filter = Filter(options.filter)
         decoding = FilteredDecoding(BinlogDecoder(self._json_model), row_filter)
-        self._publisher = build_publisher(options, spec.num_shards, row_filter, decoding)
+        self._publisher = build_publisher(spec, row_filter, decoding)
         self._source = BinlogSource(
             SourceOptions(
                 source=options.source,

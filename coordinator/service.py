@@ -1,9 +1,11 @@
 """The coordinator process: several replicas, one leader, one assignment writer.
 
-    CANDIDATE --won coordinator/leader--> LEADING --lease lost or key taken--> CANDIDATE
-        ^  (new session if the lease was lost)                                   |
-        +-------------------------------------------------------------------------+
-    any state --stop--> resign (delete the leader key if still ours) --> DONE
+Each replica (`CoordinatorState`, one transition per line):
+
+    CANDIDATE --won coordinator/leader--> LEADING
+    LEADING --lease lost or key taken (a new session if the lease was lost)--> CANDIDATE
+    LEADING --stop: resign (delete the leader key if still ours)--> DONE
+    CANDIDATE --stop--> DONE
 
 While LEADING it mirrors workers/, config, assignment and owners/, and writes a new
 generation when the inputs call for one:
@@ -31,7 +33,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 
 from coordinator.assignment import Member
 from coordinator.writer import Current, compute_assignment, members_from, write_assignment
@@ -55,6 +58,7 @@ from shardctl.etcd import (
 from shardctl.keyspace import Keyspace
 from shardctl.metrics import COORD_GENERATION, COORD_LEADER, COORD_MOVES, COORD_REBALANCES
 from shardctl.records import Assignment, ClusterConfig, RecordError
+from shardctl.states import Transitions
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,61 @@ def moved_shards(old: Assignment | None, new: Assignment) -> int:
         for before, after in zip(old.owners, new.owners, strict=False)
         if before is not None and before != after
     )
+
+
+class CoordinatorState(Enum):
+    CANDIDATE = "candidate"  # campaigning, or waiting for etcd or a session
+    LEADING = "leading"
+    DONE = "done"
+
+
+COORDINATOR_TRANSITIONS = Transitions(
+    "coordinator",
+    {
+        CoordinatorState.CANDIDATE: {CoordinatorState.LEADING, CoordinatorState.DONE},
+        CoordinatorState.LEADING: {CoordinatorState.CANDIDATE, CoordinatorState.DONE},
+    },
+)
+
+
+@dataclass
+class _LeaderView:
+    """The leader's mirrors of etcd."""
+
+    workers: Mirror
+    config: Mirror
+    current: Mirror  # the assignment
+    owners: Mirror
+    maintenance: Mirror
+
+    @classmethod
+    def start(cls, client: EtcdClient, keys: Keyspace) -> _LeaderView:
+        return cls(
+            workers=Mirror(client, keys.workers_prefix).start(),
+            config=Mirror(client, keys.config, prefix=False).start(),
+            current=Mirror(client, keys.assignment, prefix=False).start(),
+            owners=Mirror(client, keys.owners_prefix).start(),
+            maintenance=Mirror(client, keys.maintenance, prefix=False).start(),
+        )
+
+    @property
+    def mirrors(self) -> tuple[Mirror, ...]:
+        return (self.workers, self.config, self.current, self.owners, self.maintenance)
+
+
+@dataclass
+class _LeaderRun:
+    """What `Coordinator._lead` keeps from one pass to the next."""
+
+    last_change: float  # when the member set last changed
+    applied: dict[str, Member] | None = None  # members of the last computation
+    last_seen: dict[str, Member] | None = None
+    pending_since: float = float("inf")
+    config_missing_logged: bool = False
+    frozen_logged: bool = False
+    frozen_members: dict[str, Member] | None = None  # last logged while frozen
+    registered_before: dict[str, Member] = field(default_factory=dict)
+    reserved: dict[str, tuple[float, Member]] = field(default_factory=dict)  # id -> deadline
 
 
 @dataclass
@@ -84,8 +143,12 @@ class Coordinator:
         self.options = options
         self.keys = Keyspace.of(settings)
         self.stop_requested = asyncio.Event()
-        self.generations_written = 0
+        self.state = CoordinatorState.CANDIDATE
         self.unplaceable: list[int] = []  # as last logged
+
+    def _move(self, new: CoordinatorState) -> None:
+        if new is not self.state:
+            self.state = COORDINATOR_TRANSITIONS.check(self.options.coordinator_id, self.state, new)
 
     async def run(self) -> None:
         me = self.options.coordinator_id
@@ -112,6 +175,7 @@ class Coordinator:
                 finally:
                     if not await session.close(revoke=True):
                         stale_leases.append(session.lease_id)
+            self._move(CoordinatorState.DONE)
             log.info("%s: stop requested; leaving", me)
 
     async def _campaign_and_lead(
@@ -134,7 +198,9 @@ class Coordinator:
             try:
                 await self._lead(client, leadership)
             finally:
-                if self.stop_requested.is_set():
+                stopping = self.stop_requested.is_set()
+                self._move(CoordinatorState.DONE if stopping else CoordinatorState.CANDIDATE)
+                if stopping:
                     try:
                         await leadership.resign()
                     except EtcdError as exc:
@@ -144,87 +210,33 @@ class Coordinator:
 
     async def _lead(self, client: EtcdClient, leadership: Leadership) -> None:
         me = self.options.coordinator_id
-        keys = self.keys
-        workers = Mirror(client, keys.workers_prefix).start()
-        config = Mirror(client, keys.config, prefix=False).start()
-        current = Mirror(client, keys.assignment, prefix=False).start()
-        owners = Mirror(client, keys.owners_prefix).start()
-        maintenance = Mirror(client, keys.maintenance, prefix=False).start()
-        mirrors = (workers, config, current, owners, maintenance)
+        view = _LeaderView.start(client, self.keys)
         lost = threadsafe_event(leadership.session.on_lost)
         deposed = asyncio.Event()
         watcher = asyncio.ensure_future(self._watch_leadership(leadership, deposed))
+        ended = [lost, deposed, self.stop_requested]
         try:
-            for m in mirrors:
-                await wait_any([m.ready, lost, deposed, self.stop_requested], None)
-            if not all(m.ready.is_set() for m in mirrors):
+            for m in view.mirrors:
+                await wait_any([m.ready, *ended], None)
+            if not all(m.ready.is_set() for m in view.mirrors):
                 return  # lost, deposed or stopping before etcd answered
-            log.info("%s: leading with token %d", me, leadership.token)
+            self._move(CoordinatorState.LEADING)
+            log.info(
+                "%s: leading with token %d",
+                me,
+                leadership.token,
+                extra={"coordinator": me, "token": leadership.token},
+            )
             health.update("leading")
             COORD_LEADER.set(1)
-            applied: dict[str, Member] | None = None  # members of the last computation
-            last_seen: dict[str, Member] | None = None
-            last_change, pending_since = time.monotonic(), float("inf")
-            config_missing_logged = False
-            frozen_logged = False
-            frozen_members: dict[str, Member] | None = None  # last logged while frozen
-            registered_before: dict[str, Member] = {}
-            reserved: dict[str, tuple[float, Member]] = {}  # id -> (deadline, member)
-            while not (lost.is_set() or deposed.is_set() or self.stop_requested.is_set()):
-                for m in mirrors:
+            run = _LeaderRun(last_change=time.monotonic())
+            while not any(event.is_set() for event in ended):
+                for m in view.mirrors:
                     m.check()
                     m.changed.clear()
-                delay: float | None = None
                 now = time.monotonic()
                 try:
-                    registered = members_from(keys, workers.items)
-                    members = self._with_reserved(registered, registered_before, reserved, now)
-                    registered_before = registered
-                    if members != last_seen:
-                        last_seen, last_change = members, now
-                    if applied is not None and members != applied:
-                        pending_since = min(pending_since, last_change)
-                        quiet = now - last_change
-                        stab = self.options.stabilization_s
-                        orphaned = self._orphaned(applied, members, current.items)
-                        if quiet < stab and now - pending_since < 10 * stab and not orphaned:
-                            delay = stab - quiet
-                    frozen = maintenance.items.get(keys.maintenance) is not None
-                    if frozen != frozen_logged:
-                        frozen_logged = frozen
-                        log.warning(
-                            "%s: maintenance mode is %s",
-                            me,
-                            f"on ({keys.maintenance} exists): the assignment is frozen, no "
-                            "shard moves until `shardctl maintenance off`"
-                            if frozen
-                            else "off: assigning again",
-                        )
-                    cfg_kv = config.items.get(keys.config)
-                    if frozen:
-                        delay = None  # woken by the maintenance key's removal
-                        if members != frozen_members:
-                            frozen_members = members
-                            log.warning(
-                                "%s: maintenance mode: members are now [%s]; the assignment "
-                                "stays frozen",
-                                me,
-                                ", ".join(sorted(members)),
-                            )
-                    elif cfg_kv is None:
-                        if not config_missing_logged:
-                            log.warning(
-                                "%s: no %s yet; run `shardctl shards set N`", me, keys.config
-                            )
-                            config_missing_logged = True
-                    elif delay is None:
-                        cfg = ClusterConfig.decode(cfg_kv.key, cfg_kv.value)
-                        seen = Current.of(current.items.get(keys.assignment))
-                        if seen.assignment is not None:
-                            COORD_GENERATION.set(seen.assignment.generation)
-                        due = members != applied or self._settled(seen.assignment, owners.items)
-                        if due and await self._write(leadership, seen, members, cfg):
-                            applied, pending_since = members, float("inf")
+                    delay = await self._lead_once(leadership, view, run, now)
                 except (NotLeader, SessionLost) as exc:
                     log.error("%s: %s", me, exc)
                     return
@@ -234,33 +246,98 @@ class Coordinator:
                 except (EtcdError, RecordError) as exc:
                     log.error("%s: %s", me, exc)
                     delay = 1.0
-                if reserved:
-                    until_expiry = max(0.0, min(d for d, _ in reserved.values()) - now)
+                if run.reserved:
+                    until_expiry = max(0.0, min(d for d, _ in run.reserved.values()) - now)
                     delay = until_expiry if delay is None else min(delay, until_expiry)
-                await wait_any(
-                    [
-                        workers.changed,
-                        config.changed,
-                        current.changed,
-                        owners.changed,
-                        maintenance.changed,
-                        lost,
-                        deposed,
-                        self.stop_requested,
-                    ],
-                    delay,
-                )
+                await wait_any([*(m.changed for m in view.mirrors), *ended], delay)
         finally:
             COORD_LEADER.set(0)
             health.update("standby")
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
-            for m in mirrors:
+            for m in view.mirrors:
                 await m.stop()
+
+    async def _lead_once(
+        self, leadership: Leadership, view: _LeaderView, run: _LeaderRun, now: float
+    ) -> float | None:
+        """One pass of the leader: write the next generation if one is due. Returns how
+        long to wait at most before the next pass (None: until something changes)."""
+        keys = self.keys
+        registered = members_from(keys, view.workers.items)
+        members = self._with_reserved(registered, run.registered_before, run.reserved, now)
+        run.registered_before = registered
+        if members != run.last_seen:
+            run.last_seen, run.last_change = members, now
+        delay = self._until_quiet(run, members, view, now)
+        frozen = view.maintenance.items.get(keys.maintenance) is not None
+        self._log_maintenance(run, frozen, members)
+        cfg_kv = view.config.items.get(keys.config)
+        if frozen:
+            return None  # woken by the maintenance key's removal
+        if cfg_kv is None:
+            if not run.config_missing_logged:
+                log.warning(
+                    "%s: no %s yet; run `shardctl shards set N`",
+                    self.options.coordinator_id,
+                    keys.config,
+                )
+                run.config_missing_logged = True
+            return delay
+        if delay is not None:
+            return delay
+        cfg = ClusterConfig.decode(cfg_kv.key, cfg_kv.value)
+        seen = Current.of(view.current.items.get(keys.assignment))
+        if seen.assignment is not None:
+            COORD_GENERATION.set(seen.assignment.generation)
+        due = members != run.applied or self._settled(seen.assignment, view.owners.items)
+        if due and await self._write(leadership, seen, members, cfg):
+            run.applied, run.pending_since = members, float("inf")
+        return None
+
+    def _until_quiet(
+        self, run: _LeaderRun, members: dict[str, Member], view: _LeaderView, now: float
+    ) -> float | None:
+        """How long the member set must stay quiet before a change of it is applied
+        (`stabilization_s`, at most 10 x that in a row); None if it may be now."""
+        if run.applied is None or members == run.applied:
+            return None
+        run.pending_since = min(run.pending_since, run.last_change)
+        quiet = now - run.last_change
+        stab = self.options.stabilization_s
+        orphaned = self._orphaned(run.applied, members, view.current.items)
+        if quiet < stab and now - run.pending_since < 10 * stab and not orphaned:
+            return stab - quiet
+        return None
+
+    def _log_maintenance(self, run: _LeaderRun, frozen: bool, members: dict[str, Member]) -> None:
+        me = self.options.coordinator_id
+        if frozen != run.frozen_logged:
+            run.frozen_logged = frozen
+            log.warning(
+                "%s: maintenance mode is %s",
+                me,
+                f"on ({self.keys.maintenance} exists): the assignment is frozen, no "
+                "shard moves until `shardctl maintenance off`"
+                if frozen
+                else "off: assigning again",
+            )
+        if frozen and members != run.frozen_members:
+            run.frozen_members = members
+            log.warning(
+                "%s: maintenance mode: members are now [%s]; the assignment stays frozen",
+                me,
+                ", ".join(sorted(members)),
+            )
 
     async def _watch_leadership(self, leadership: Leadership, deposed: asyncio.Event) -> None:
         reason = await leadership.wait_lost()
-        log.error("%s: leadership lost: %s", self.options.coordinator_id, reason)
+        log.error(
+            "%s: leadership lost: %s",
+            self.options.coordinator_id,
+            reason,
+            extra={"coordinator": self.options.coordinator_id},
+        )
         deposed.set()
 
     def _with_reserved(
@@ -343,7 +420,6 @@ class Coordinator:
             return True
         if not await write_assignment(leadership, self.keys, seen, new):
             return False  # someone wrote in between; recompute from the fresh view
-        self.generations_written += 1
         COORD_GENERATION.set(new.generation)
         COORD_REBALANCES.inc()
         COORD_MOVES.inc(moved_shards(seen.assignment, new))
@@ -353,5 +429,6 @@ class Coordinator:
             new.generation,
             new.num_shards,
             len(members),
+            extra={"coordinator": self.options.coordinator_id, "generation": new.generation},
         )
         return True

@@ -220,10 +220,62 @@ class NSQSettings(BaseSettings):
 
     nsqd_tcp_addresses: str = "127.0.0.1:4150"
     nsqd_http_address: str = "127.0.0.1:4151"
-    lookupd_http_addresses: str = "127.0.0.1:4161"
 
 
-SECTIONS: tuple[type[BaseSettings], ...] = (EtcdSettings, KafkaSettings, MySQLSettings, NSQSettings)
+class WorkerSettings(BaseSettings):
+    """How `shardctl worker run` runs and consumes. Its flags of the same names beat
+    SHARDCTL_WORKER_* in the environment, which beats [worker] in the TOML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHARDCTL_WORKER_", env_nested_delimiter="__", extra="forbid"
+    )
+    section: ClassVar[str] = "worker"
+
+    capacity: int = Field(default=1, ge=1, description="relative capacity (weight)")
+    ttl: int = Field(default=10, ge=2, description="lease TTL in seconds")
+    restart_grace_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="seconds the coordinator keeps a stopped worker's shards for it; 0 = off",
+    )
+    commit_interval_s: float = Field(
+        default=1.0, ge=0.05, description="seconds between fenced offset commits"
+    )
+    drain_timeout_s: float = Field(
+        default=60.0, ge=0, description="seconds of draining before giving up and exiting"
+    )
+    batch_size: int = Field(default=200, ge=1, description="most events per handler call")
+    max_in_flight: int = Field(
+        default=1000, ge=1, description="most events read ahead of the handler, per worker"
+    )
+    retry_attempts: int = Field(
+        default=5, ge=1, description="tries of a failing event before it is dead-lettered"
+    )
+    retry_initial_delay_s: float = Field(
+        default=0.2, ge=0, description="wait before the first retry; doubles per retry"
+    )
+    retry_max_delay_s: float = Field(default=10.0, ge=0, description="longest wait between tries")
+    handler_threads: int = Field(
+        default=8, ge=1, description="threads that run blocking handlers and sinks"
+    )
+    dead_letter_template: str = Field(
+        default="{topic}.dlq", min_length=1, description="dead-letter topic of {topic}"
+    )
+    create_dead_letter_topics: bool = Field(
+        default=True, description="create missing dead-letter topics at start (Kafka)"
+    )
+    nsq_channel: str | None = Field(
+        default=None, description="NSQ channel (default shardctl.<cluster>)"
+    )
+
+
+SECTIONS: tuple[type[BaseSettings], ...] = (
+    EtcdSettings,
+    KafkaSettings,
+    MySQLSettings,
+    NSQSettings,
+    WorkerSettings,
+)
 # Tables of the TOML file read by a process of its own, not by Settings.
 PROCESS_SECTIONS: tuple[str, ...] = ("cdc",)  # cdc/options.py
 # Top-level settings that are not tables.
@@ -238,6 +290,7 @@ class Settings(BaseModel):
     kafka: KafkaSettings
     mysql: MySQLSettings
     nsq: NSQSettings
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
     def etcd_root(self) -> str:
         """The key prefix under which this cluster lives: `<prefix>/<cluster>/`."""

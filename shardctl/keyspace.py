@@ -12,6 +12,7 @@ All keys live under one root, `<etcd.prefix>/<cluster>/` (default `/shardctl/def
     cdc/<source>/bootstrap/<id>  a pending `shardctl cdc bootstrap` request
     config                    {num_shards, topics, transport}
     maintenance               {since, reason}: present while the assignment is frozen
+    reshard                   the last change of the shard count (`shardctl shards set`)
 
 Shard numbers in key names are zero-padded to six digits so that a range read lists
 them in shard order.
@@ -114,6 +115,11 @@ class Keyspace:
     @property
     def maintenance(self) -> str:
         return f"{self.root}maintenance"
+
+    # reshard
+    @property
+    def reshard(self) -> str:
+        return f"{self.root}reshard"
 
 
 def _shard(shard: int) -> str:

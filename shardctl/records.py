@@ -6,8 +6,10 @@
                                      owner_indices: base64 of one u16 per shard}
     offsets/<shard>  OffsetRecord   {positions: {topic: offset}, event_id, token,
                                      topic_ids: {topic: id}, stalled: {since, error} | null}
-    config           ClusterConfig  {num_shards, topics, transport, weights, affinity}
+    config           ClusterConfig  {num_shards, topics, transport, weights, affinity, shard_hash}
     maintenance      Maintenance    {since, reason}
+    reshard          Reshard        {from_shards, to_shards, state, requested_at, position,
+                                     switched_at, barrier: {topic: [offset, ...]}, completed_at}
 
 Decoding is strict: a malformed document raises RecordError naming the key, never
 yields a guess.
@@ -23,6 +25,8 @@ from array import array
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shardctl.hashing import ShardHash, gaining_shards
 
 SCHEMA_VERSION = 1
 
@@ -213,6 +217,16 @@ class OffsetRecord(_Record):
     topic_ids: dict[str, str] = Field(default_factory=dict)
     stalled: ShardStall | None = None
 
+    def same_place(self, other: OffsetRecord | None) -> bool:
+        """Whether `other` says the same as this record, whichever owner wrote it: a
+        new owner need not rewrite a position only to put its token in."""
+        return other is not None and self.model_copy(update={"token": other.token}) == other
+
+    def describe(self) -> str:
+        at = ", ".join(f"{t}@{p}" for t, p in sorted(self.positions.items())) or "no position"
+        at = f"{at} (event {self.event_id})" if self.event_id else at
+        return f"{at}, stalled since {self.stalled.since:.0f}" if self.stalled else at
+
     @model_validator(mode="before")
     @classmethod
     def _one_position_per_topic(cls, data: Any) -> Any:
@@ -228,7 +242,10 @@ class OffsetRecord(_Record):
 
 class ClusterConfig(_Record):
     """The cluster's settings. `weights` (shard -> weight, default 1) and `affinity`
-    (shard -> labels its owner must carry) steer placement (coordinator/placement.py)."""
+    (shard -> labels its owner must carry) steer placement (coordinator/placement.py).
+    `shard_hash` is the message key -> shard function (`shardctl.hashing`); a config
+    written before it existed has none and means crc32, the hash its topics were
+    filled with. New clusters get jump."""
 
     num_shards: int = Field(ge=1)
     topics: list[str] = Field(default_factory=list)
@@ -237,6 +254,7 @@ class ClusterConfig(_Record):
         default_factory=dict
     )
     affinity: dict[Annotated[int, Field(ge=0)], dict[str, str]] = Field(default_factory=dict)
+    shard_hash: ShardHash = "crc32"
 
 
 class Maintenance(_Record):
@@ -246,3 +264,42 @@ class Maintenance(_Record):
 
     since: float
     reason: str = ""
+
+
+class Reshard(_Record):
+    """A change of the shard count on a running cluster (`shardctl shards set`).
+
+    requested  written by `shards set` (with `config.num_shards` = max(from, to), so
+               every shard of either count has an owner); the reader still publishes
+               with `from_shards`.
+    switched   the leading reader published everything before `position` (its
+               checkpoint, a transaction boundary) with `from_shards` and everything
+               after with `to_shards`. `barrier[topic][s]` is the Kafka offset of
+               shard s's first message after the switch (its high watermark then).
+    complete   every shard below `from_shards` has committed offsets at or past its
+               barrier, so no message of the old count is left unhandled; written by
+               the first worker that sees it, with `config.num_shards` = `to_shards`.
+
+    Until complete, a shard that gains keys (`gaining`) handles nothing at or past
+    its barrier: the keys it gains may still have older changes in other shards.
+    """
+
+    from_shards: int = Field(ge=1)
+    to_shards: int = Field(ge=1)
+    shard_hash: ShardHash
+    state: Literal["requested", "switched", "complete"] = "requested"
+    requested_at: float
+    source: str | None = None  # the CDC source whose reader switched
+    position: str | None = None
+    switched_at: float | None = None
+    barrier: dict[str, list[Annotated[int, Field(ge=0)]]] = Field(default_factory=dict)
+    completed_at: float | None = None
+
+    @property
+    def gaining(self) -> range:
+        """The shards that may receive keys another shard held before the switch."""
+        return gaining_shards(self.from_shards, self.to_shards, self.shard_hash)
+
+    @property
+    def in_progress(self) -> bool:
+        return self.state != "complete"

@@ -15,9 +15,15 @@ from typing import Any
 
 import pymysql
 import pytest
+from hypothesis import HealthCheck, settings
 
 from shardctl.cli.dev import load_devstack
 from shardctl.config import Settings, load_settings
+
+# No timed checks: hypothesis' per-example deadline and its too-slow health check fail
+# a correct test on a busy machine. A test may still choose more or fewer examples.
+settings.register_profile("shardctl", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shardctl")
 
 
 @dataclass

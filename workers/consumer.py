@@ -1,7 +1,7 @@
 """Per-shard consume loops: fetch, handle, report handled positions, hand shards over.
 
 `Consumer` is the consumer layer of a worker: it implements
-`workers.ownership.ShardHandler`, so `Ownership` drives it and does the fenced offset
+`workers.ownership.ShardConsumer`, so `Ownership` drives it and does the fenced offset
 commits:
 
     start(claim)        a shard was acquired (owners/<s> created; claim.token is the
@@ -14,11 +14,19 @@ commits:
     abort(shards, why)  ownership is gone (lease lost, fenced): stop at once, commit
                         nothing; thread-safe, returns immediately
 
-Each shard goes through
+Each shard goes through (`ShardState`, one transition per line; `start` enters
+RUNNING, and the shard is gone once its loop ended in STOPPING, FAILED or DROPPED)
 
-    start --> RUNNING --stop--> STOPPING --(batch in hand done)--> gone
-                 |
-                 +--abort / sink refused the token / claim no longer valid--> DROPPED --> gone
+    RUNNING --stop(): finish the batch in hand, then give the position--> STOPPING
+    RUNNING --its loop failed (not fenced): Claim.fail()--> FAILED
+    RUNNING --abort / sink refused the token / claim no longer valid--> DROPPED
+    STOPPING --its loop failed while finishing the batch in hand--> FAILED
+    STOPPING --abort / fenced while finishing the batch in hand--> DROPPED
+    FAILED --abort / fenced before the release committed--> DROPPED
+
+STOPPING and FAILED still give their position (everything handled before is
+committable); DROPPED commits nothing. Fetching is a separate flag (`paused`), the
+transport's FETCHING/PAUSED state of the shard.
 
 RUNNING: records of the shard wait in a queue of at most `max_in_flight` records; when
 the queue is full the transport pauses the shard, and resumes it once the queue has
@@ -32,23 +40,29 @@ whole batch is handled or dead-lettered (P5). Undecodable messages are dead-lett
 without calling the handler. `claim.valid()` is checked before every batch, so a
 zombie (paused past its TTL) handles nothing after it resumes.
 
-A shard whose loop stops by itself is reported through `on_stopped(shard, token,
-reason, fenced)`: it must not go silent. `fenced` is True when a sink refused the
-owner token (Ownership will see the newer owner and drop the shard); False for
-anything else, and then the worker gives the shard up (`Ownership.fail`): `stop`
-returns the position handled so far, which is committed before the shard is
-released and, after a backoff, acquired again.
+With a `gate` (`workers.reshard_gate`), a shard that gains keys in a change of the
+shard count handles records only below the gate's limits until the gate opens; the
+rest wait in its queue.
+
+A shard whose loop stops by itself must not go silent. If a sink refused the owner
+token it is DROPPED (Ownership will see the newer owner); for anything else it is
+FAILED and reported through `claim.fail(reason)`: the worker gives that shard up
+(`Ownership.fail`), `stop` returns the position handled so far, which is committed
+before the shard is released and, after a backoff, acquired again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 from shardctl.metrics import (
@@ -59,10 +73,11 @@ from shardctl.metrics import (
     WORKER_TRANSIENT_RETRIES,
 )
 from shardctl.records import OffsetRecord, ShardStall
+from shardctl.states import Transitions
 from workers.deadletters import DeadLetter, DeadLetterWriter
 from workers.events import Batch, Event, EventDecodeError, decode_message
 from workers.handlers import Fenced, Handler
-from workers.offsets import Position, TopicRecreated, check_topic_ids
+from workers.offsets import TopicRecreated, check_topic_ids
 from workers.retry import RetryPolicy, Stopped, dead_letter, process_batch
 from workers.transports.base import Record, Transport, TransportError
 
@@ -83,6 +98,21 @@ class ShardClaim(Protocol):
 
     def valid(self) -> bool: ...
 
+    def fail(self, reason: str) -> None: ...
+
+
+class ShardGate(Protocol):
+    """Holds back records of shards that gain keys in a change of the shard count."""
+
+    def limits(self, shard: int) -> Mapping[str, int] | None:
+        """Per topic, the first position of `shard` that waits (a topic not in the map
+        waits from 0); None when nothing of `shard` waits."""
+        ...
+
+    async def wait(self, wake: asyncio.Event, timeout_s: float) -> None:
+        """Until the gate changes, `wake` is set, or `timeout_s` passes."""
+        ...
+
 
 @dataclass(frozen=True)
 class StaticClaim:
@@ -94,6 +124,10 @@ class StaticClaim:
 
     def valid(self) -> bool:
         return True
+
+    def fail(self, reason: str) -> None:
+        """Nothing to release without etcd: the consumer logged the error, and the shard
+        stays stopped."""
 
 
 @dataclass(frozen=True)
@@ -113,16 +147,33 @@ class ConsumerConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
+class ShardState(Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"  # handed over: finishing the batch in hand
+    FAILED = "failed"  # stopped by an error of its own; what was handled is committable
+    DROPPED = "dropped"  # ownership gone: nothing more is handled or committed
+
+
+SHARD_TRANSITIONS = Transitions(
+    "consumer shard",
+    {
+        ShardState.RUNNING: {ShardState.STOPPING, ShardState.FAILED, ShardState.DROPPED},
+        ShardState.STOPPING: {ShardState.FAILED, ShardState.DROPPED},
+        ShardState.FAILED: {ShardState.DROPPED},
+    },
+)
+
+
 @dataclass
 class _Shard:
     claim: ShardClaim
     queue: deque[Record] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-    stopping: bool = False
-    dropped: bool = False
-    failed: bool = False  # stopped by an error of its own, not by losing ownership
-    paused: bool = False
+    state: ShardState = ShardState.RUNNING
+    # `abort` moves a shard to DROPPED from the keepalive thread.
+    _moving: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    paused: bool = False  # the transport is not fetching it: its queue is full
     handled: dict[str, int] = field(default_factory=dict)
     last_event_id: str | None = None
     events_handled: int = 0
@@ -139,7 +190,28 @@ class _Shard:
         return self.claim.token
 
     def halted(self) -> bool:
-        return self.stopping or self.dropped
+        return self.state is not ShardState.RUNNING
+
+    @property
+    def dropped(self) -> bool:
+        return self.state is ShardState.DROPPED
+
+    def handling(self) -> bool:
+        """Whether it still handles records (the batch in hand, when STOPPING)."""
+        return self.state in (ShardState.RUNNING, ShardState.STOPPING)
+
+    def move(
+        self, new: ShardState, only_from: Collection[ShardState] | None = None
+    ) -> ShardState | None:
+        """Move to `new` (`SHARD_TRANSITIONS`) and return the state it left; None, and no
+        move, if it already is in `new` or (with `only_from`) in another state than
+        those. Any thread: the check and the move are one step."""
+        with self._moving:
+            old = self.state
+            if old is new or (only_from is not None and old not in only_from):
+                return None
+            self.state = SHARD_TRANSITIONS.check(f"{self.shard} (token {self.token})", old, new)
+            return old
 
 
 class Consumer:
@@ -149,16 +221,16 @@ class Consumer:
         handler: Handler,
         dead_letters: DeadLetterWriter,
         config: ConsumerConfig | None = None,
-        on_stopped: Callable[[int, int, str, bool], None] | None = None,
         worker_id: str = "local",
+        gate: ShardGate | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self._gate = gate
         handler.observe_seconds = WORKER_HANDLER_SECONDS.labels(worker_id).observe
         self.transport = transport
         self.handler = handler
         self.dead_letters = dead_letters
         self.config = config or ConsumerConfig()
-        self._on_stopped = on_stopped
         self._shards: dict[int, _Shard] = {}
         self._cleanups: dict[int, asyncio.Task[None]] = {}
         self._fetcher: asyncio.Task[None] | None = None
@@ -191,7 +263,7 @@ class Consumer:
         await self.transport.close()
         await self.handler.close()
 
-    # -- ShardHandler --------------------------------------------------------------
+    # -- ShardConsumer -------------------------------------------------------------
 
     async def start(self, claim: ShardClaim) -> None:
         """Consume `claim.shard` from the furthest stored position (etcd's, or the
@@ -240,19 +312,19 @@ class Consumer:
             "shard %d: consuming as token %d from %s", shard, claim.token, positions or "the start"
         )
 
-    def position(self, shard: int) -> Position | None:
+    def position(self, shard: int) -> OffsetRecord | None:
         st = self._shards.get(shard)
-        if st is None or st.dropped:
+        if st is None or not st.handling():
             return None
         return self._final_position(st)
 
-    async def stop(self, shard: int, token: int) -> Position | None:
+    async def stop(self, shard: int, token: int) -> OffsetRecord | None:
         """Stop fetching `shard`, finish the batch in hand, give back queued records,
         and return the position to commit (None if there is nothing to commit)."""
         st = self._shards.get(shard)
         if st is None or st.token != token:
             return None
-        st.stopping = True
+        st.move(ShardState.STOPPING, only_from=(ShardState.RUNNING,))
         self.transport.pause(shard)
         queued = list(st.queue)
         st.queue.clear()
@@ -263,7 +335,7 @@ class Consumer:
         st.stall = None  # no longer waiting: it stopped
         # A shard that failed by itself handled everything up to its position; one
         # dropped because its ownership ended must commit nothing.
-        final = None if st.dropped and not st.failed else self._final_position(st)
+        final = None if st.dropped else self._final_position(st)
         await self._finish(st)
         log.info("shard %d: stopped (token %d) at %s", shard, token, final)
         return final
@@ -273,7 +345,7 @@ class Consumer:
         for shard in shards:
             st = self._shards.get(shard)
             if st is not None:
-                st.dropped = True  # seen by the shard loop before its next batch
+                st.move(ShardState.DROPPED)  # seen by the shard loop before its next batch
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -292,7 +364,7 @@ class Consumer:
         st = self._shards.get(shard)
         return 0 if st is None else len(st.queue)
 
-    def lag(self, shard: int, committed: Position | None) -> int | None:
+    def lag(self, shard: int, committed: OffsetRecord | None) -> int | None:
         """Records of `shard` past its committed position: the transport's high
         watermark minus the committed offset, summed over topics (a topic without a
         committed offset counts from 0). None when the transport has no positions."""
@@ -311,11 +383,17 @@ class Consumer:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _final_position(self, st: _Shard) -> Position | None:
+    def _final_position(self, st: _Shard) -> OffsetRecord | None:
         if not self.transport.positional or not st.handled:
             # No position to commit; a stall is still worth reporting.
-            return None if st.stall is None else Position(stalled=st.stall)
-        return Position(dict(st.handled), st.last_event_id, st.stall, dict(st.topic_ids))
+            return None if st.stall is None else OffsetRecord(token=st.token, stalled=st.stall)
+        return OffsetRecord(
+            positions=dict(st.handled),
+            event_id=st.last_event_id,
+            token=st.token,
+            topic_ids=dict(st.topic_ids),
+            stalled=st.stall,
+        )
 
     def _on_transient(self, st: _Shard) -> Callable[[BaseException | None], None]:
         labels = (self.worker_id, str(st.shard))
@@ -346,7 +424,7 @@ class Consumer:
         st = self._shards.get(shard)
         if st is None or shard in self._cleanups:
             return
-        st.dropped = True
+        st.move(ShardState.DROPPED)
         task = asyncio.get_running_loop().create_task(self._drop(st, reason))
         self._cleanups[shard] = task
         task.add_done_callback(lambda _t: self._cleanups.pop(shard, None))
@@ -419,20 +497,29 @@ class Consumer:
 
     async def _run_shard(self, st: _Shard) -> None:
         try:
-            while not st.dropped:
+            while st.handling():
                 if not st.queue:
-                    if st.stopping:
+                    if st.state is ShardState.STOPPING:
                         return
                     st.wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(st.wake.wait(), self.config.idle_wait_s)
                     continue
                 take = min(self.config.batch_size, len(st.queue))
+                if self._gate is not None:
+                    take = self._admitted(self._gate, st, take)
+                    if take == 0:
+                        st.wake.clear()
+                        await self._gate.wait(st.wake, self.config.idle_wait_s)
+                        continue
                 records = [st.queue.popleft() for _ in range(take)]
                 if st.paused and len(st.queue) <= self.config.max_in_flight // 2:
                     self.transport.resume(st.shard)
                     st.paused = False
-                if st.dropped or not st.claim.valid():
+                if not st.handling():
+                    await self.transport.abandon(records)  # it stopped meanwhile
+                    return
+                if not st.claim.valid():
                     await self.transport.abandon(records)
                     self._stop_self(st, "ownership is no longer valid", fenced=True)
                     return
@@ -447,15 +534,28 @@ class Consumer:
             log.exception("shard %d: consume loop failed", st.shard)
             self._stop_self(st, f"consume loop failed: {type(exc).__name__}: {exc}")
 
+    @staticmethod
+    def _admitted(gate: ShardGate, st: _Shard, take: int) -> int:
+        """How many of the first `take` queued records the gate lets through."""
+        limits = gate.limits(st.shard)
+        if limits is None:
+            return take
+        for index, record in enumerate(itertools.islice(st.queue, take)):
+            if record.position is not None and record.position >= limits.get(record.topic, 0):
+                return index
+        return take
+
     def _stop_self(self, st: _Shard, reason: str, fenced: bool = False) -> None:
         """The shard cannot go on here; nothing more is handled. Unless fenced, what was
         handled before stays committable: `stop` still returns its position."""
-        already = st.dropped
-        st.dropped = True
-        st.failed = not fenced
         log.error("shard %d: stopped (token %d): %s", st.shard, st.token, reason)
-        if not already and not st.stopping and self._on_stopped is not None:
-            self._on_stopped(st.shard, st.token, reason, fenced)
+        if fenced:
+            st.move(ShardState.DROPPED)
+        else:
+            left = st.move(ShardState.FAILED, only_from=(ShardState.RUNNING, ShardState.STOPPING))
+            if left is ShardState.RUNNING:
+                # Not while stopping: the release is under way already.
+                st.claim.fail(reason)
 
     async def _process(self, st: _Shard, records: Sequence[Record]) -> None:
         done = 0  # records settled (or given back) so far, in order
@@ -483,7 +583,7 @@ class Consumer:
                         self.dead_letters,
                         self.config.retry,
                         asyncio.sleep,
-                        lambda: st.dropped,
+                        lambda: not st.handling(),
                     )
                     st.dead_lettered += 1
                     WORKER_DLQ.labels(self.worker_id, str(st.shard)).inc()
@@ -534,7 +634,7 @@ class Consumer:
         await self._advance(st, records, batch.last_event_id)
 
     async def _advance(self, st: _Shard, records: Sequence[Record], event_id: str | None) -> None:
-        if st.dropped:
+        if not st.handling():
             # Handled by a former owner's leftovers: report nothing, give records back.
             await self.transport.abandon(records)
             return

@@ -1,9 +1,11 @@
-"""The no-op handler: stands in for the consumer layer until transports exist.
+"""The no-op consumer: what `shardctl worker run` consumes with when no handler is
+given (`--handler noop`, the default). It reads no transport.
 
 For each owned shard it "handles" one synthetic event per tick, but only while its
 claim is valid, and counts them as the shard's position (resuming from the committed
-offset). That exercises the whole ownership path: acquire, fenced periodic commits,
-release with a final commit, and abort on lease loss.
+offset). That exercises the whole ownership path without a broker (coordination
+tests, the demo, benchmarks): acquire, fenced periodic commits, release with a final
+commit, and abort on lease loss.
 
 With `event_log`, every handled event is appended as one JSON line
 `{"t": unix time, "worker", "shard", "token", "position"}`, so a test can prove that
@@ -20,18 +22,25 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TextIO
 
-from workers.offsets import Position
+from shardctl.records import OffsetRecord
 from workers.ownership import Claim
 
 # The synthetic events have no transport; their count is stored under this topic.
 NOOP_TOPIC = "noop"
 
 
+def _record(position: int, token: int) -> OffsetRecord:
+    return OffsetRecord(positions={NOOP_TOPIC: position}, event_id=f"noop:{position}", token=token)
+
+
 class NoopHandler:
+    """A `workers.ownership.ShardConsumer` of synthetic events."""
+
     def __init__(self, worker_id: str, tick_s: float = 0.2, event_log: Path | None = None) -> None:
         self.worker_id = worker_id
         self.tick_s = tick_s
         self._positions: dict[int, int] = {}
+        self._tokens: dict[int, int] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._aborted: set[int] = set()
         self._lock = threading.Lock()
@@ -44,6 +53,7 @@ class NoopHandler:
         with self._lock:
             self._aborted.discard(claim.shard)
             self._positions[claim.shard] = start
+            self._tokens[claim.shard] = claim.token
         self._tasks[claim.shard] = self._loop.create_task(self._consume(claim))
 
     async def _consume(self, claim: Claim) -> None:
@@ -76,21 +86,22 @@ class NoopHandler:
                     + "\n"
                 )
 
-    async def stop(self, shard: int, token: int) -> Position | None:
+    async def stop(self, shard: int, token: int) -> OffsetRecord | None:
         task = self._tasks.pop(shard, None)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         with self._lock:
             position = self._positions.pop(shard, None)
-        return None if position is None else Position({NOOP_TOPIC: position}, f"noop:{position}")
+        return None if position is None else _record(position, token)
 
-    def position(self, shard: int) -> Position | None:
+    def position(self, shard: int) -> OffsetRecord | None:
         with self._lock:
             position = self._positions.get(shard)
-        return None if position is None else Position({NOOP_TOPIC: position}, f"noop:{position}")
+            token = self._tokens.get(shard)
+        return None if position is None or token is None else _record(position, token)
 
-    def lag(self, shard: int, committed: Position | None) -> int | None:
+    def lag(self, shard: int, committed: OffsetRecord | None) -> int | None:
         return None  # synthetic events have no backlog
 
     def abort(self, shards: Collection[int], reason: str) -> None:

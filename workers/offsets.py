@@ -1,20 +1,21 @@
 """Offset commits fenced by the owner token.
 
-`offsets/<shard>` holds the transport positions of a shard, one per topic. Only the current owner
-may write it: the write is a txn that requires `owners/<shard>` to still have the
-create_revision equal to the writer's token. A worker whose ownership ended (lease
-expired while it was paused, or the key was handed over) gets OffsetFenced and must
-stop processing the shard.
+`offsets/<shard>` holds the transport positions of a shard, one per topic: an
+`OffsetRecord`, the one offset type from etcd to the consumer and back (the consumer
+reports its position as the record to commit, with its owner token in it). Only the
+current owner may write it: the write is fenced (`shardctl.etcd.Fence`) by
+`owners/<shard>` still having the create_revision equal to the writer's token. A
+worker whose ownership ended (lease expired while it was paused, or the key was
+handed over) gets OffsetFenced and must stop processing the shard.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
-from shardctl.etcd import CreateRevisionIs, EtcdClient, EtcdError, Put
+from shardctl.etcd import EtcdClient, EtcdError, Fence, Put
 from shardctl.keyspace import Keyspace
-from shardctl.records import OffsetRecord, ShardStall
+from shardctl.records import OffsetRecord
 
 
 class OffsetFenced(EtcdError):
@@ -58,27 +59,6 @@ def check_topic_ids(
             raise TopicRecreated(shard, topic, stored.positions.get(topic), was, now)
 
 
-@dataclass(frozen=True)
-class Position:
-    """Where a shard's consumer is: per topic the transport position of the next record
-    to read, the last handled event id, and whether it is stalled on a transient
-    failure (a change of that is committed too, so `doctor` sees it)."""
-
-    positions: Mapping[str, int] = field(default_factory=dict)
-    event_id: str | None = None
-    stalled: ShardStall | None = None
-    topic_ids: Mapping[str, str] = field(default_factory=dict)  # the topics' incarnations
-
-    @classmethod
-    def of(cls, record: OffsetRecord) -> Position:
-        return cls(dict(record.positions), record.event_id, record.stalled, dict(record.topic_ids))
-
-    def describe(self) -> str:
-        at = ", ".join(f"{t}@{p}" for t, p in sorted(self.positions.items())) or "no position"
-        at = f"{at} (event {self.event_id})" if self.event_id else at
-        return f"{at}, stalled since {self.stalled.since:.0f}" if self.stalled else at
-
-
 class OffsetStore:
     def __init__(self, client: EtcdClient, keys: Keyspace) -> None:
         self.client = client
@@ -91,32 +71,14 @@ class OffsetStore:
         decoded: OffsetRecord = OffsetRecord.decode(kv.key, kv.value)
         return decoded
 
-    async def commit(self, shard: int, token: int, at: Position) -> None:
-        """Write the position if `token` still owns the shard; else raise OffsetFenced."""
-        record = OffsetRecord(
-            positions=dict(at.positions),
-            event_id=at.event_id,
-            token=token,
-            stalled=at.stalled,
-            topic_ids=dict(at.topic_ids),
-        )
-        owner_key = self.keys.owner(shard)
-        ok, found = await self.client.txn(
-            [CreateRevisionIs(owner_key, token)],
-            [Put(self.keys.offset(shard), record.encode())],
-            read_back=[owner_key],
-        )
-        if not ok:
-            now = found[owner_key]
-            holder = (
-                "absent"
-                if now is None
-                else f"held by {now.value.decode()!r} with token {now.create_revision}"
-            )
+    async def commit(self, shard: int, record: OffsetRecord) -> None:
+        """Write `record` if its token still owns the shard; else raise OffsetFenced."""
+        fence = Fence(self.keys.owner(shard), record.token)
+        result = await fence.txn(self.client, [Put(self.keys.offset(shard), record.encode())])
+        if not result.written:
             raise OffsetFenced(
-                f"offset commit for shard {shard} ({at.describe()}) rejected: "
-                f"token {token} no longer owns "
-                f"{owner_key} ({holder})",
+                f"offset commit for shard {shard} ({record.describe()}) rejected: "
+                f"token {record.token} no longer owns {fence.key} ({result.describe()})",
                 shard,
-                token,
+                record.token,
             )

@@ -1,23 +1,24 @@
 """Shard ownership and handoff on the worker side.
 
-Per shard, on one worker:
+Per shard, on one worker (`OwnerState`, one transition per line):
 
-    IDLE --assigned, owners/<s> absent: create it under our lease--> OWNED(token)
-    OWNED --unassigned--> RELEASING: handler.stop() (stop fetching, finish in-flight
-             work), commit the offset fenced by token, delete owners/<s> only if its
-             create_revision is still token --> IDLE
-    OWNED --lease lost / fenced write refused / owners/<s> re-created by another--> IDLE
-             at once, through handler.abort(); nothing is committed.
-    RELEASING --etcd error after stop (commit or delete not done)--> still RELEASING:
-             every reconcile finishes it (the commit and the delete are idempotent),
-             even when the shard is assigned back meanwhile; then IDLE, and acquired
-             again with a new token.
-    IDLE with owners/<s> ours (an acquire cut short by an etcd error) and the shard
-             no longer assigned --> the key is deleted (fenced by its revision).
-    OWNED --fail(s): the shard broke here (its consumer loop or on_assign raised)-->
-             RELEASING as above (what was handled is committed, then owners/<s> goes)
-             --> COOLING for a backoff (1 s, doubling up to 60 s while it keeps
-             failing) --> IDLE, and so acquired again if still assigned.
+    IDLE --assigned, owners/<s> absent (or ours): created under our lease--> OWNED
+    OWNED --unassigned: consumer.stop() (stop fetching, finish in-flight work)--> RELEASING
+    OWNED --fail(): the shard broke here (its consumer loop or start raised)--> FAILING
+    FAILING --the next reconcile: consumer.stop()--> RELEASING
+    RELEASING --offset committed fenced by token, owners/<s> deleted (fenced)--> IDLE
+    RELEASING --the same, after a failure: a backoff before acquiring again--> COOLING
+    RELEASING --the offset commit was fenced: nothing more to do--> IDLE
+    COOLING --backoff passed (1 s, doubling up to 60 s while it keeps failing)--> IDLE
+    OWNED --lease lost / fenced write refused / owners/<s> re-created--> IDLE
+    FAILING --lease lost / fenced write refused / owners/<s> re-created--> COOLING
+
+Lost (the last two) is at once, through consumer.abort(); nothing is committed. A
+RELEASING shard whose commit or delete met an etcd error stays RELEASING: every
+reconcile finishes it (the commit and the delete are idempotent), even when the
+shard is assigned back meanwhile; then it is acquired again with a new token. An
+IDLE shard whose owners/<s> is ours (an acquire cut short by an etcd error) and
+that is no longer assigned has the key deleted (fenced by its revision).
 
 A failed shard is released and retried in place rather than draining the whole
 worker: the coordinator would hand it back to the same worker anyway, and a shard
@@ -28,7 +29,7 @@ no one, so its events wait; the error is logged at every failure.
 The token is the create_revision of `owners/<s>`. An assigned shard whose key is
 still held by someone else stays IDLE until that key is deleted (released, or its
 owner's lease expired); the worker never takes it over by force. So a gaining
-worker starts only after the losing one committed and let go (DESIGN.md, handoff).
+worker starts only after the losing one committed and let go (docs/coordination.md, Handoff).
 
 Every claim handed to the consumer layer carries `valid()`: True while the session
 is surely alive, the shard was not aborted, and it is still owned. The consumer
@@ -45,13 +46,15 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
-from shardctl.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyValue, Session
+from shardctl.etcd import EtcdClient, EtcdError, EtcdUnavailable, Fence, KeyValue, Session
 from shardctl.keyspace import Keyspace
 from shardctl.metrics import WORKER_LAG, WORKER_SHARDS_OWNED
 from shardctl.records import OffsetRecord
-from workers.offsets import OffsetFenced, OffsetStore, Position
+from shardctl.states import Transitions
+from workers.offsets import OffsetFenced, OffsetStore
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,13 @@ class Claim:
     def valid(self) -> bool:
         return self._ownership.holds(self.shard, self.token)
 
+    def fail(self, reason: str) -> None:
+        """The shard broke here by itself (not fenced): release it, committing what was
+        handled, and acquire it again after a backoff (`Ownership.fail`). Event loop only."""
+        self._ownership.fail(self.shard, self.token, reason)
 
-class ShardHandler(Protocol):
+
+class ShardConsumer(Protocol):
     """The consumer layer of a worker.
 
     `start` and `stop` run on the worker's event loop. `abort` may be called from the
@@ -80,22 +88,42 @@ class ShardHandler(Protocol):
 
     async def start(self, claim: Claim) -> None: ...
 
-    async def stop(self, shard: int, token: int) -> Position | None: ...
+    async def stop(self, shard: int, token: int) -> OffsetRecord | None: ...
 
-    def position(self, shard: int) -> Position | None: ...
+    def position(self, shard: int) -> OffsetRecord | None: ...
 
     def abort(self, shards: Collection[int], reason: str) -> None: ...
 
-    def lag(self, shard: int, committed: Position | None) -> int | None: ...
+    def lag(self, shard: int, committed: OffsetRecord | None) -> int | None: ...
+
+
+class OwnerState(Enum):
+    IDLE = "idle"  # not owned here (no entry in `Ownership.owned`)
+    OWNED = "owned"
+    FAILING = "failing"  # broke here: released by the next reconcile, though assigned
+    RELEASING = "releasing"  # stopped; the final commit or the key's delete is pending
+    COOLING = "cooling"  # released after a failure, waiting out its backoff
+
+
+OWNER_TRANSITIONS = Transitions(
+    "shard ownership",
+    {
+        OwnerState.IDLE: {OwnerState.OWNED},
+        OwnerState.OWNED: {OwnerState.RELEASING, OwnerState.FAILING, OwnerState.IDLE},
+        OwnerState.FAILING: {OwnerState.RELEASING, OwnerState.COOLING},
+        OwnerState.RELEASING: {OwnerState.IDLE, OwnerState.COOLING},
+        OwnerState.COOLING: {OwnerState.IDLE},
+    },
+)
 
 
 @dataclass
 class _Owned:
     token: int
-    committed: Position | None
-    stopped: bool = False
-    final: Position | None = None
-    failed: bool = False  # release it although it is still assigned
+    committed: OffsetRecord | None
+    since: float  # when it was acquired (Ownership's clock)
+    state: OwnerState = OwnerState.OWNED
+    final: OffsetRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +153,7 @@ class Ownership:
         keys: Keyspace,
         worker_id: str,
         session: Session,
-        handler: ShardHandler,
+        consumer: ShardConsumer,
         backoff: FailureBackoff | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -136,11 +164,13 @@ class Ownership:
         self.keys = keys
         self.worker_id = worker_id
         self.session = session
-        self.handler = handler
+        self.consumer = consumer
         self.offsets = OffsetStore(client, keys)
         self.owned: dict[int, _Owned] = {}
         self._lock = asyncio.Lock()
         self._aborted = threading.Event()
+        # Set by `fail`: the worker reconciles at once to release the failed shard.
+        self.shard_failed = asyncio.Event()
 
     # -- queries -------------------------------------------------------------
 
@@ -148,16 +178,22 @@ class Ownership:
         if self._aborted.is_set() or not self.session.is_valid():
             return False
         owned = self.owned.get(shard)
-        return owned is not None and owned.token == token and not owned.stopped and not owned.failed
+        return owned is not None and owned.token == token and owned.state is OwnerState.OWNED
+
+    def state(self, shard: int) -> OwnerState:
+        owned = self.owned.get(shard)
+        if owned is not None:
+            return owned.state
+        cooling = self._cooling.get(shard)
+        return OwnerState.COOLING if cooling and cooling.until > self._clock() else OwnerState.IDLE
+
+    def _move(self, shard: int, owned: _Owned, new: OwnerState) -> None:
+        owned.state = OWNER_TRANSITIONS.check(f"{shard} (token {owned.token})", owned.state, new)
 
     def cooling(self) -> dict[int, float]:
         """Failed shards waiting to be acquired again, with the seconds left."""
         now = self._clock()
         return {s: c.until - now for s, c in self._cooling.items() if c.until > now}
-
-    @property
-    def aborted(self) -> bool:
-        return self._aborted.is_set()
 
     # -- lease loss (any thread) -----------------------------------------------
 
@@ -168,7 +204,7 @@ class Ownership:
         self._aborted.set()
         shards = list(self.owned)
         log.error("%s: stopping shards %s now: %s", self.worker_id, shards, reason)
-        self.handler.abort(shards, reason)
+        self.consumer.abort(shards, reason)
         WORKER_SHARDS_OWNED.labels(self.worker_id).set(0)
         for shard in shards:
             self._forget_lag(shard)
@@ -192,7 +228,9 @@ class Ownership:
             # finished first, even if the shard was assigned back meanwhile, and then
             # acquired again below with a new token.
             leaving = sorted(
-                s for s, o in self.owned.items() if s not in assigned or o.failed or o.stopped
+                s
+                for s, o in self.owned.items()
+                if s not in assigned or o.state is not OwnerState.OWNED
             )
             await self._each(self._release, leaving, "release")
             # owners/<s> created under our lease by an acquire cut short (an etcd error
@@ -204,13 +242,10 @@ class Ownership:
                 if s not in assigned and s not in self.owned and self._may_acquire(kv)
             )
             await self._each(lambda s: self._undo_acquire(s, owners[s]), strays, "undo acquire")
-            now = self._clock()
             joining = sorted(
                 s
                 for s in assigned
-                if s not in self.owned
-                and self._may_acquire(owners.get(s))
-                and not (s in self._cooling and self._cooling[s].until > now)
+                if self.state(s) is OwnerState.IDLE and self._may_acquire(owners.get(s))
             )
             await self._each(self._acquire, joining, "acquire")
 
@@ -245,44 +280,64 @@ class Ownership:
         offset = await self.offsets.read(shard)
         if self._aborted.is_set() or not self.session.is_valid():
             return  # the key goes away with the lease
-        committed = None if offset is None else Position.of(offset)
-        self.owned[shard] = _Owned(token=token, committed=committed)
+        committed = offset
+        OWNER_TRANSITIONS.check(f"{shard} (token {token})", self.state(shard), OwnerState.OWNED)
+        self.owned[shard] = _Owned(token=token, committed=committed, since=self._clock())
         WORKER_SHARDS_OWNED.labels(self.worker_id).set(len(self.owned))
-        log.info("%s: acquired shard %d token %d at %s", self.worker_id, shard, token, committed)
+        at = "no offset" if committed is None else committed.describe()
+        log.info(
+            "%s: acquired shard %d token %d at %s",
+            self.worker_id,
+            shard,
+            token,
+            at,
+            extra={
+                "worker": self.worker_id,
+                "shard": shard,
+                "token": token,
+                "position": None if committed is None else committed.describe(),
+            },
+        )
         try:
-            await self.handler.start(Claim(shard, token, offset, self))
+            await self.consumer.start(Claim(shard, token, offset, self))
         except Exception as exc:
             log.exception("%s: starting shard %d as token %d failed", self.worker_id, shard, token)
             self.fail(shard, token, f"starting it failed: {type(exc).__name__}: {exc}")
             return
         if self._aborted.is_set():
-            self.handler.abort([shard], "lease lost while starting")
+            self.consumer.abort([shard], "lease lost while starting")
 
     async def _release(self, shard: int) -> None:
         owned = self.owned[shard]
-        if not owned.stopped:
-            owned.final = await self.handler.stop(shard, owned.token)
-            owned.stopped = True
-        if owned.final is not None and owned.final != owned.committed:
+        if owned.state is not OwnerState.RELEASING:
+            owned.final = await self.consumer.stop(shard, owned.token)
+            self._move(shard, owned, OwnerState.RELEASING)
+        if owned.final is not None and not owned.final.same_place(owned.committed):
             try:
-                await self.offsets.commit(shard, owned.token, owned.final)
+                await self.offsets.commit(shard, owned.final)
             except OffsetFenced as exc:
                 log.error("%s: %s", self.worker_id, exc)
                 self._gone(shard)
                 return
             owned.committed = owned.final
-        await self.client.delete_if_created_at(self.keys.owner(shard), owned.token)
+        await Fence(self.keys.owner(shard), owned.token).release(self.client)
         self._gone(shard)
         log.info(
             "%s: released shard %d token %d at %s",
             self.worker_id,
             shard,
             owned.token,
-            owned.committed,
+            "no offset" if owned.committed is None else owned.committed.describe(),
+            extra={
+                "worker": self.worker_id,
+                "shard": shard,
+                "token": owned.token,
+                "position": None if owned.committed is None else owned.committed.describe(),
+            },
         )
 
     async def _undo_acquire(self, shard: int, kv: KeyValue) -> None:
-        if await self.client.delete_if_created_at(self.keys.owner(shard), kv.create_revision):
+        if await Fence(self.keys.owner(shard), kv.create_revision).release(self.client):
             log.warning(
                 "%s: deleted owners/%d (token %d) left by an acquire cut short",
                 self.worker_id,
@@ -291,18 +346,24 @@ class Ownership:
             )
 
     def _drop(self, shard: int, reason: str) -> None:
-        log.error("%s: lost shard %d: %s", self.worker_id, shard, reason)
+        log.error(
+            "%s: lost shard %d: %s",
+            self.worker_id,
+            shard,
+            reason,
+            extra={"worker": self.worker_id, "shard": shard},
+        )
         self._gone(shard)
-        self.handler.abort([shard], reason)
+        self.consumer.abort([shard], reason)
 
     def fail(self, shard: int, token: int, reason: str) -> None:
         """Give up `shard` (owned as `token`) after an error of its own: the next
         reconcile releases it with a final fenced commit, and it is acquired again
         after a backoff. A report about an older token is ignored. Event loop only."""
         owned = self.owned.get(shard)
-        if owned is None or owned.token != token or owned.failed:
+        if owned is None or owned.token != token or owned.state is not OwnerState.OWNED:
             return
-        owned.failed = True
+        self._move(shard, owned, OwnerState.FAILING)
         now = self._clock()
         before = self._cooling.get(shard)
         failures = 1
@@ -310,6 +371,7 @@ class Ownership:
             failures = before.failures + 1
         delay = self.backoff.delay(failures)
         self._cooling[shard] = _Cooling(failures, now, now + delay)
+        self.shard_failed.set()
         log.error(
             "%s: shard %d failed as token %d (%d time(s) in a row): %s; releasing it and "
             "acquiring it again in %.1f s",
@@ -322,7 +384,13 @@ class Ownership:
         )
 
     def _gone(self, shard: int) -> None:
-        self.owned.pop(shard, None)
+        owned = self.owned.get(shard)
+        if owned is not None:
+            # COOLING when it failed while owned this time (`fail`).
+            cooling = self._cooling.get(shard)
+            failed = cooling is not None and cooling.failed_at >= owned.since
+            self._move(shard, owned, OwnerState.COOLING if failed else OwnerState.IDLE)
+            del self.owned[shard]
         WORKER_SHARDS_OWNED.labels(self.worker_id).set(len(self.owned))
         self._forget_lag(shard)
 
@@ -333,14 +401,11 @@ class Ownership:
     def report_lag(self) -> None:
         """Set each owned shard's lag gauge: records past its committed offset."""
         for shard, owned in list(self.owned.items()):
-            if owned.stopped:
+            if owned.state is OwnerState.RELEASING:
                 continue
-            lag = self.handler.lag(shard, owned.committed)
+            lag = self.consumer.lag(shard, owned.committed)
             if lag is not None:
                 WORKER_LAG.labels(self.worker_id, str(shard)).set(lag)
-
-    async def release_all(self) -> None:
-        await self.reconcile((), {})
 
     # -- offsets ---------------------------------------------------------------
 
@@ -349,15 +414,15 @@ class Ownership:
         async with self._lock:
             todo = []
             for shard, owned in self.owned.items():
-                if owned.stopped:
+                if owned.state is OwnerState.RELEASING:
                     continue
-                at = self.handler.position(shard)
-                if at is not None and at != owned.committed:
+                at = self.consumer.position(shard)
+                if at is not None and not at.same_place(owned.committed):
                     todo.append((shard, owned, at))
             if not todo or not self.session.is_valid():
                 return
             results = await asyncio.gather(
-                *(self.offsets.commit(s, o.token, at) for s, o, at in todo),
+                *(self.offsets.commit(s, at) for s, _o, at in todo),
                 return_exceptions=True,
             )
             for (shard, owned, at), result in zip(todo, results, strict=True):

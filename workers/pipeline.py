@@ -7,7 +7,7 @@ The whole worker, in one call (this is what `shardctl worker run --handler` does
         await worker.run()        # worker.stop_requested.set() drains it
 
 or piece by piece: `build_consumer(...)`, `await consumer.open()`,
-`Worker(settings, worker_options, consumer)` (a Consumer is a ShardHandler), and
+`Worker(settings, worker_options, consumer)` (a Consumer is a ShardConsumer), and
 `await consumer.close()` after the worker returned.
 
 Kafka dead-letter topics must exist before the first poison event; with
@@ -18,14 +18,15 @@ so a broker refusal stops the worker at once with the topic's name.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
 from shardctl.config import ConfigError, Settings
-from workers.consumer import Consumer, ConsumerConfig
+from shardctl.keyspace import Keyspace
+from workers.consumer import Consumer, ConsumerConfig, ShardGate
 from workers.deadletters import (
     DEFAULT_TEMPLATE,
     DeadLetterWriter,
@@ -34,6 +35,7 @@ from workers.deadletters import (
     dead_letter_topic,
 )
 from workers.handlers import HandlerContext, load_handler
+from workers.reshard_gate import ReshardGate
 from workers.retry import RetryPolicy
 from workers.transports.base import Transport
 from workers.transports.kafka import KafkaTransport
@@ -122,7 +124,7 @@ def build_consumer(
     options: ConsumeOptions,
     worker_id: str,
     config: ConsumerConfig | None = None,
-    on_stopped: Callable[[int, int, str, bool], None] | None = None,
+    gate: ShardGate | None = None,
 ) -> Consumer:
     """Everything but the etcd side. Raises ConfigError/HandlerError naming the setting."""
     if not options.topics:
@@ -153,8 +155,8 @@ def build_consumer(
         or ConsumerConfig(
             max_in_flight=options.max_in_flight, batch_size=options.batch_size, retry=retry
         ),
-        on_stopped=on_stopped,
         worker_id=worker_id,
+        gate=gate,
     )
 
 
@@ -164,19 +166,17 @@ async def consuming_worker(
 ) -> AsyncIterator[Worker]:
     """A Worker whose shards are consumed by `options.handler`; closes the consumer
     (transport, handler) when the block ends. A shard that fails for a reason other
-    than fencing is given up alone (`Worker.fail_shard`): committed, released, and
+    than fencing is given up alone (`Claim.fail`): committed, released, and
     acquired again after a backoff, while the other shards keep flowing."""
-    holder: list[Worker] = []
-
-    def stopped(shard: int, token: int, reason: str, fenced: bool) -> None:
-        if not fenced and holder:
-            holder[0].fail_shard(shard, token, reason)
-
-    consumer = build_consumer(settings, options, worker_options.worker_id, on_stopped=stopped)
-    await consumer.open()
+    # Holds shards that gain keys while the shard count changes (workers.reshard_gate).
+    gate = ReshardGate(settings, Keyspace.of(settings))
+    consumer = build_consumer(settings, options, worker_options.worker_id, gate=gate)
+    await gate.start()
     try:
-        worker = Worker(settings, worker_options, consumer)
-        holder.append(worker)
-        yield worker
+        await consumer.open()
+        try:
+            yield Worker(settings, worker_options, consumer)
+        finally:
+            await consumer.close()
     finally:
-        await consumer.close()
+        await gate.close()

@@ -1,16 +1,28 @@
-"""The worker process: membership, ownership and a handler, around one lease at a time.
+"""The worker process: membership, ownership and a consumer, around one lease at a time.
 
-    STARTING --session open, registered--> SERVING --lease lost--> STARTING (new
-        session, new registration, new tokens; every shard was stopped at once)
-    SERVING --stop requested (SIGTERM, `shardctl drain`)--> DRAINING
+Its lifecycle (`WorkerState`, one transition per line):
+
+    STARTING --session open, registered--> SERVING
+    STARTING --registered again while a drain is under way--> DRAINING
+    STARTING --stop requested with restart_grace_s > 0--> RESTARTING
+    STARTING --stop requested before etcd answered or before our id was free--> DONE
+    SERVING --stop requested (SIGTERM), or `shardctl drain`--> DRAINING
+    SERVING --stop requested with restart_grace_s > 0: release all, no drain--> RESTARTING
+    SERVING --lease lost: every shard stopped at once; a new session--> STARTING
+    SERVING --lease lost after a stop request: nothing left to hand over--> DONE
     DRAINING --`shardctl undrain` (not after a stop request)--> SERVING
     DRAINING --assignment gives us nothing and every shard is released--> DONE
-    DRAINING --drain_timeout_s passed (e.g. no coordinator)--> releases all --> DONE
-    SERVING --stop requested with restart_grace_s > 0--> releases all, no drain --> DONE
-        (the coordinator keeps the shards reserved for this id; see coordinator.service)
+    DRAINING --lease lost: a new session, still draining--> STARTING
+    RESTARTING --`shardctl drain` meanwhile: drain instead--> DRAINING
+    RESTARTING --every shard released, or the lease lost--> DONE
+
+A new session is a new registration with new tokens. DRAINING releases everything
+after drain_timeout_s (e.g. with no coordinator) and then is done. After RESTARTING
+the coordinator keeps the shards reserved for this id (see coordinator.service).
+A lost lease leads to DONE instead of STARTING when a stop was requested.
 
 While SERVING the worker reconciles whenever the assignment, the owners/ keys or its
-own record change, or a shard failed (`fail_shard`: that shard alone is released and
+own record change, or a shard failed (`Claim.fail`: that shard alone is released and
 retried after a backoff, see `workers.ownership`), and commits handled positions
 every `commit_interval_s`, updating the lag gauges. With `metrics_port` it serves
 Prometheus /metrics while it runs.
@@ -22,6 +34,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 
 from shardctl import health, metrics
 from shardctl.aio import threadsafe_event, wait_any
@@ -38,10 +51,40 @@ from shardctl.etcd import (
 )
 from shardctl.keyspace import Keyspace
 from shardctl.records import Assignment, RecordError
+from shardctl.states import Transitions
 from workers.membership import Membership, WorkerIdInUse
-from workers.ownership import Ownership, ShardHandler
+from workers.ownership import Ownership, ShardConsumer
 
 log = logging.getLogger(__name__)
+
+
+class WorkerState(Enum):
+    STARTING = "starting"  # a session is open; not registered yet
+    SERVING = "serving"
+    DRAINING = "draining"  # registered as draining: handing every shard over
+    RESTARTING = "restarting"  # stopping with a restart grace: releasing, no drain
+    DONE = "done"
+
+
+WORKER_TRANSITIONS = Transitions(
+    "worker",
+    {
+        WorkerState.STARTING: {
+            WorkerState.SERVING,
+            WorkerState.DRAINING,
+            WorkerState.RESTARTING,
+            WorkerState.DONE,
+        },
+        WorkerState.SERVING: {
+            WorkerState.DRAINING,
+            WorkerState.RESTARTING,
+            WorkerState.STARTING,
+            WorkerState.DONE,
+        },
+        WorkerState.DRAINING: {WorkerState.SERVING, WorkerState.DONE, WorkerState.STARTING},
+        WorkerState.RESTARTING: {WorkerState.DRAINING, WorkerState.DONE},
+    },
+)
 
 
 @dataclass
@@ -57,30 +100,22 @@ class WorkerOptions:
 
 
 class Worker:
-    def __init__(self, settings: Settings, options: WorkerOptions, handler: ShardHandler) -> None:
+    def __init__(self, settings: Settings, options: WorkerOptions, consumer: ShardConsumer) -> None:
         self.settings = settings
         self.options = options
-        self.handler = handler
+        self.consumer = consumer
         self.keys = Keyspace.of(settings)
         self.stop_requested = asyncio.Event()
-        self.sessions = 0  # sessions opened so far; > 1 means the worker recovered a loss
-        self._ownership: Ownership | None = None
-        self._shard_failed = asyncio.Event()
+        self.state = WorkerState.STARTING
         # The local views of etcd while running (None before and after): what this
         # worker has seen, for status and tests.
         self.mirrors: _Mirrors | None = None
+        self._ownership: Ownership | None = None  # of the current session, for tests
 
-    def fail_shard(self, shard: int, token: int, reason: str) -> None:
-        """A shard broke on its own (not fenced): release it, retry it after a backoff
-        (`Ownership.fail`). Event loop only."""
-        ownership = self._ownership
-        if ownership is None:
-            log.error(
-                "%s: shard %d failed with no session: %s", self.options.worker_id, shard, reason
-            )
-            return
-        ownership.fail(shard, token, reason)
-        self._shard_failed.set()
+    def _move(self, new: WorkerState) -> None:
+        if new is not self.state:
+            self.state = WORKER_TRANSITIONS.check(self.options.worker_id, self.state, new)
+            log.info("%s: %s", self.options.worker_id, new.value)
 
     async def run(self) -> None:
         server = None
@@ -108,53 +143,58 @@ class Worker:
                 self.options.labels,
                 restart_grace_s=self.options.restart_grace_s,
             )
-            name = f"worker-{self.options.worker_id}"
             try:
                 if not await self._until_ready(mirrors):
                     log.info(
                         "%s: stop requested before etcd answered; nothing held, leaving",
                         self.options.worker_id,
                     )
-                    return
-                stale_leases: list[int] = []  # of lost sessions whose revoke failed
-                while True:
-                    session = await open_session(
-                        self.settings.etcd, self.options.ttl, name, self.stop_requested
-                    )
-                    if session is None:
-                        log.info(
-                            "%s: stop requested while etcd is unavailable; nothing held, leaving",
-                            self.options.worker_id,
-                        )
-                        return
-                    self.sessions += 1
-                    done = False
-                    try:
-                        # Before registering: their owners/ keys block our shards,
-                        # and etcd renewed them if it restarted meanwhile.
-                        for lease in list(stale_leases):
-                            if await revoke_stale_lease(
-                                client, lease, session, self.stop_requested
-                            ):
-                                stale_leases.remove(lease)
-                        done = await self._serve(client, session, membership, mirrors)
-                    finally:
-                        # Done: revoke, which deletes our keys at once. Lost: the lease
-                        # may still exist if etcd was only unreachable; revoking it frees
-                        # our old owners/ keys for the next owner sooner. If that fails
-                        # (etcd down), the next session revokes it.
-                        if not await session.close(revoke=True):
-                            stale_leases.append(session.lease_id)
-                    if done:
-                        return
-                    if self.stop_requested.is_set():
-                        # The lease was lost while stopping: every shard was aborted
-                        # with it, so there is nothing left to hand over.
-                        log.info("%s: stop requested and lease lost; leaving", name)
-                        return
+                else:
+                    await self._sessions(client, membership, mirrors)
+                self._move(WorkerState.DONE)
             finally:
                 self.mirrors = None
                 await mirrors.stop()
+
+    async def _sessions(
+        self, client: EtcdClient, membership: Membership, mirrors: _Mirrors
+    ) -> None:
+        """Serve one session after another until done or stopped."""
+        name = f"worker-{self.options.worker_id}"
+        stale_leases: list[int] = []  # of lost sessions whose revoke failed
+        while True:
+            session = await open_session(
+                self.settings.etcd, self.options.ttl, name, self.stop_requested
+            )
+            if session is None:
+                log.info(
+                    "%s: stop requested while etcd is unavailable; nothing held, leaving",
+                    self.options.worker_id,
+                )
+                return
+            done = False
+            try:
+                # Before registering: their owners/ keys block our shards, and etcd
+                # renewed them if it restarted meanwhile.
+                for lease in list(stale_leases):
+                    if await revoke_stale_lease(client, lease, session, self.stop_requested):
+                        stale_leases.remove(lease)
+                done = await self._serve(client, session, membership, mirrors)
+            finally:
+                # Done: revoke, which deletes our keys at once. Lost: the lease may
+                # still exist if etcd was only unreachable; revoking it frees our old
+                # owners/ keys for the next owner sooner. If that fails (etcd down), the
+                # next session revokes it.
+                if not await session.close(revoke=True):
+                    stale_leases.append(session.lease_id)
+            if done:
+                return
+            if self.stop_requested.is_set():
+                # The lease was lost while stopping: every shard was aborted with it,
+                # so there is nothing left to hand over.
+                log.info("%s: stop requested and lease lost; leaving", name)
+                return
+            self._move(WorkerState.STARTING)
 
     async def _until_ready(self, mirrors: _Mirrors) -> bool:
         """Wait for the first listing of every mirror; False if a stop came first."""
@@ -168,125 +208,174 @@ class Worker:
         self, client: EtcdClient, session: Session, membership: Membership, mirrors: _Mirrors
     ) -> bool:
         """Serve one session. True when drained and done, False when the lease was lost."""
-        worker_id = self.options.worker_id
-        ownership = Ownership(client, self.keys, worker_id, session, self.handler)
+        ownership = Ownership(client, self.keys, self.options.worker_id, session, self.consumer)
         self._ownership = ownership
         session.on_lost(ownership.abort_all)
         lost = threadsafe_event(session.on_lost)
-        registered = False
-        waiting_logged = False
-        drain_since: float | None = None
-        release_logged = False
-        next_commit = time.monotonic() + self.options.commit_interval_s
+        run = _SessionRun(next_commit=time.monotonic() + self.options.commit_interval_s)
         while True:
             # Clear the wake-ups before reading any state, never after: a change that
             # lands while this pass runs (an owners/ delete during the reconcile's
             # awaits) then stays set and wakes the wait below at once. Clearing after
             # the pass would erase it, and the shard would wait for the commit tick.
             mirrors.clear()
-            self._shard_failed.clear()
+            ownership.shard_failed.clear()
             if lost.is_set() or not session.is_valid():
                 ownership.abort_all(session.lost_reason or "lease unconfirmed past its TTL")
                 return False
             mirrors.check()
-            own = mirrors.own_record()
-            if own is not None and own.lease not in membership.leases:
-                holder = membership.describe(own.value)
-                if membership.leases:
-                    raise WorkerIdInUse(
-                        f"{worker_id}: {membership.key} was taken over by {holder}; "
-                        "two workers must not share an id"
-                    )
+            if self._id_held_elsewhere(membership, mirrors, run):
                 if self.stop_requested.is_set():
                     return True
-                if not waiting_logged:
-                    log.warning(
-                        "%s: id still registered by %s; waiting for it to expire", worker_id, holder
-                    )
-                    waiting_logged = True
                 await wait_any(
                     [*mirrors.changed(), lost, self.stop_requested], self.options.commit_interval_s
                 )
                 continue
-            # With a restart grace, a stop is a restart: release without draining, so
-            # the shards stay assigned to this id for the next process to take back.
-            restarting = self.stop_requested.is_set() and self.options.restart_grace_s > 0
             try:
-                if restarting and not membership.draining:
-                    if not release_logged:
-                        release_logged = True
-                        log.info(
-                            "%s: stop requested with a restart grace of %gs: releasing every "
-                            "shard without draining",
-                            worker_id,
-                            self.options.restart_grace_s,
-                        )
-                elif self.stop_requested.is_set() and not membership.draining:
-                    log.info("%s: stop requested, draining", worker_id)
-                    await membership.set_draining(session)
-                    registered = True
-                own = mirrors.own_record()
-                requested = own is not None and membership.drain_requested(own.value)
-                if requested and not membership.draining:
-                    log.info("%s: drain requested through %s", worker_id, membership.key)
-                    membership.draining = True
-                elif own is not None and membership.undrain_requested(own):
-                    if self.stop_requested.is_set():
-                        log.warning(
-                            "%s: undrain through %s refused: the worker is stopping",
-                            worker_id,
-                            membership.key,
-                        )
-                        await membership.register(session)  # writes "draining" back
-                    else:
-                        log.info(
-                            "%s: undrain requested through %s; serving", worker_id, membership.key
-                        )
-                        membership.draining = False
-                        drain_since = None
-                if not registered or own is None or own.lease != session.lease_id:
-                    await membership.register(session)
-                    registered = True
-                    health.update("serving", session)
-                if membership.draining and drain_since is None:
-                    drain_since = time.monotonic()
-
-                assigned = set() if restarting else mirrors.assigned_to(worker_id)
-                timed_out = (
-                    drain_since is not None
-                    and time.monotonic() - drain_since >= self.options.drain_timeout_s
-                )
-                if timed_out:
-                    log.warning(
-                        "%s: drain timeout of %ss passed; releasing everything",
-                        worker_id,
-                        self.options.drain_timeout_s,
-                    )
-                    assigned = set()
+                await self._follow_requests(session, membership, mirrors, run)
+                assigned = self._assigned(mirrors, run)
                 await ownership.reconcile(assigned, mirrors.owners_by_shard())
-                if time.monotonic() >= next_commit:
-                    await ownership.commit_positions()
-                    ownership.report_lag()
-                    next_commit = time.monotonic() + self.options.commit_interval_s
-                if membership.draining and not assigned and not ownership.owned:
-                    log.info("%s: drained; leaving", worker_id)
-                    return True
-                if restarting and not ownership.owned:
-                    log.info("%s: every shard released; leaving", worker_id)
+                await self._commit_if_due(ownership, run)
+                if self._finished(ownership, assigned):
                     return True
             except EtcdUnavailable as exc:
-                log.warning("%s: etcd unavailable, retrying: %s", worker_id, exc)
+                log.warning("%s: etcd unavailable, retrying: %s", self.options.worker_id, exc)
                 await asyncio.sleep(0.2)
             except (EtcdError, RecordError) as exc:
-                log.error("%s: %s", worker_id, exc)
+                log.error("%s: %s", self.options.worker_id, exc)
                 await asyncio.sleep(0.5)
-            wait = max(0.0, next_commit - time.monotonic())
-            # Once draining, the stop request stays set: waiting on it would spin.
-            wake = [*mirrors.changed(), lost, self._shard_failed]
-            if not membership.draining and not restarting:
+            wait = max(0.0, run.next_commit - time.monotonic())
+            # Once draining or restarting, the stop request stays set: waiting on it
+            # would spin.
+            wake = [*mirrors.changed(), lost, ownership.shard_failed]
+            if not membership.draining and not self._restarting(membership):
                 wake.append(self.stop_requested)
             await wait_any(wake, wait)
             await asyncio.sleep(0)  # yield even when an event was already set
+
+    def _id_held_elsewhere(
+        self, membership: Membership, mirrors: _Mirrors, run: _SessionRun
+    ) -> bool:
+        """Whether our id is registered under a lease this process never held: an older
+        process's registration, which we wait out. WorkerIdInUse once we registered and
+        someone took the id over: two workers must not share an id."""
+        own = mirrors.own_record()
+        if own is None or own.lease in membership.leases:
+            return False
+        holder = membership.describe(own.value)
+        if membership.leases:
+            raise WorkerIdInUse(
+                f"{self.options.worker_id}: {membership.key} was taken over by {holder}; "
+                "two workers must not share an id"
+            )
+        if not run.waiting_logged:
+            log.warning(
+                "%s: id still registered by %s; waiting for it to expire",
+                self.options.worker_id,
+                holder,
+            )
+            run.waiting_logged = True
+        return True
+
+    def _restarting(self, membership: Membership) -> bool:
+        # With a restart grace, a stop is a restart: release without draining, so the
+        # shards stay assigned to this id for the next process to take back.
+        return (
+            self.stop_requested.is_set()
+            and self.options.restart_grace_s > 0
+            and not membership.draining
+        )
+
+    async def _follow_requests(
+        self, session: Session, membership: Membership, mirrors: _Mirrors, run: _SessionRun
+    ) -> None:
+        """Apply a stop, a drain or an undrain request, register this session, and move
+        to the state they call for."""
+        worker_id = self.options.worker_id
+        if self._restarting(membership):
+            if self.state is not WorkerState.RESTARTING:
+                log.info(
+                    "%s: stop requested with a restart grace of %gs: releasing every "
+                    "shard without draining",
+                    worker_id,
+                    self.options.restart_grace_s,
+                )
+        elif self.stop_requested.is_set() and not membership.draining:
+            log.info("%s: stop requested, draining", worker_id)
+            await membership.set_draining(session)
+            run.registered = True
+        own = mirrors.own_record()
+        requested = own is not None and membership.drain_requested(own.value)
+        if requested and not membership.draining:
+            log.info("%s: drain requested through %s", worker_id, membership.key)
+            membership.draining = True
+        elif own is not None and membership.undrain_requested(own):
+            if self.stop_requested.is_set():
+                log.warning(
+                    "%s: undrain through %s refused: the worker is stopping",
+                    worker_id,
+                    membership.key,
+                )
+                await membership.register(session)  # writes "draining" back
+            else:
+                log.info("%s: undrain requested through %s; serving", worker_id, membership.key)
+                membership.draining = False
+                run.drain_since = None
+        if not run.registered or own is None or own.lease != session.lease_id:
+            await membership.register(session)
+            run.registered = True
+            health.update("serving", session)
+        if membership.draining and run.drain_since is None:
+            run.drain_since = time.monotonic()
+        if self._restarting(membership):
+            self._move(WorkerState.RESTARTING)
+        else:
+            self._move(WorkerState.DRAINING if membership.draining else WorkerState.SERVING)
+
+    def _assigned(self, mirrors: _Mirrors, run: _SessionRun) -> set[int]:
+        """The shards to own now: the assignment's, none when restarting or once the
+        drain timed out."""
+        if self.state is WorkerState.RESTARTING:
+            return set()
+        timed_out = (
+            run.drain_since is not None
+            and time.monotonic() - run.drain_since >= self.options.drain_timeout_s
+        )
+        if timed_out:
+            log.warning(
+                "%s: drain timeout of %ss passed; releasing everything",
+                self.options.worker_id,
+                self.options.drain_timeout_s,
+            )
+            return set()
+        return mirrors.assigned_to(self.options.worker_id)
+
+    async def _commit_if_due(self, ownership: Ownership, run: _SessionRun) -> None:
+        if time.monotonic() >= run.next_commit:
+            await ownership.commit_positions()
+            ownership.report_lag()
+            run.next_commit = time.monotonic() + self.options.commit_interval_s
+
+    def _finished(self, ownership: Ownership, assigned: set[int]) -> bool:
+        if ownership.owned:
+            return False
+        if self.state is WorkerState.DRAINING and not assigned:
+            log.info("%s: drained; leaving", self.options.worker_id)
+            return True
+        if self.state is WorkerState.RESTARTING:
+            log.info("%s: every shard released; leaving", self.options.worker_id)
+            return True
+        return False
+
+
+@dataclass
+class _SessionRun:
+    """What `Worker._serve` keeps from one pass to the next within one session."""
+
+    next_commit: float
+    registered: bool = False
+    waiting_logged: bool = False  # for an older registration of our id to expire
+    drain_since: float | None = None
 
 
 class _Mirrors:

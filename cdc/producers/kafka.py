@@ -14,6 +14,11 @@ framing margin: batches never exceed any topic's limit. When that changes, the
 producer is flushed (every message so far delivered and acknowledged) and
 rebuilt with the new sizes, so order per partition holds.
 
+Metadata reads (partitions, `max.message.bytes`, topic creation) wait out a broker
+outage like deliveries do: a transient error (broker down, timeout) is retried with
+the shared backoff for up to `message.timeout.ms`, so a broker restart does not end
+the reader; past that, the reader stops with the topic and the error.
+
 A single record over its topic's limit is not dropped: a dead-letter record in
 Maxwell's form (database, table, type, reason, and data with only the primary
 key columns) with its key, event id, binlog position, shard, size and the error
@@ -33,7 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import Producer as RdKafkaProducer
@@ -51,8 +56,10 @@ from cdc.producers.base import (
     render_topic,
 )
 from shardctl.config import ConfigError, KafkaSettings
+from shardctl.etcd.backoff import Backoff
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Settings the delivery guarantee depends on; user options cannot override them.
 _REQUIRED = {
@@ -85,6 +92,23 @@ class TopicPartitionsMismatch(ConfigError):
     """A topic exists with a partition count other than num_shards."""
 
 
+# Errors librdkafka gives while no broker answers; `retriable()` covers the broker's own.
+_BROKER_UNAVAILABLE = {
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._TIMED_OUT,
+    KafkaError._RESOLVE,
+    KafkaError._WAIT_COORD,
+}
+
+
+def _broker_unavailable(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and (
+        error.retriable() or error.code() in _BROKER_UNAVAILABLE
+    )
+
+
 class TopicManager:
     """Makes sure each topic exists with `num_shards` partitions."""
 
@@ -94,12 +118,35 @@ class TopicManager:
         num_shards: int,
         replication_factor: int = -1,
         timeout_s: float = 15.0,
+        outage_s: float = 120.0,
     ) -> None:
         self._admin = admin
         self._num_shards = num_shards
         self._replication_factor = replication_factor
         self._timeout_s = timeout_s
+        self._outage_s = outage_s
         self._ready: set[str] = set()
+
+    def _through_outage(self, what: str, call: Callable[[], T]) -> T:
+        """`call()`, retried while the broker is unavailable, for up to `outage_s`."""
+        deadline = time.monotonic() + self._outage_s
+        backoff = Backoff()
+        while True:
+            try:
+                return call()
+            except KafkaException as exc:
+                if not _broker_unavailable(exc) or time.monotonic() >= deadline:
+                    raise
+                delay = backoff.next()
+                log.warning(
+                    "kafka %s: broker unavailable, retrying in %.1fs (for up to "
+                    "message.timeout.ms=%d): %s",
+                    what,
+                    delay,
+                    int(self._outage_s * 1000),
+                    exc,
+                )
+                time.sleep(delay)
 
     def ensure(self, topic: str) -> None:
         if topic in self._ready:
@@ -120,7 +167,10 @@ class TopicManager:
 
     def _partitions(self, topic: str) -> int | None:
         try:
-            metadata = self._admin.list_topics(topic=topic, timeout=self._timeout_s)
+            metadata = self._through_outage(
+                f"topic {topic} metadata",
+                lambda: self._admin.list_topics(topic=topic, timeout=self._timeout_s),
+            )
         except KafkaException as exc:
             raise DeliveryError(f"kafka topic {topic}: cannot read metadata: {exc}") from exc
         found = metadata.topics.get(topic)
@@ -139,14 +189,19 @@ class TopicManager:
         """Each topic's effective `max.message.bytes` (its own or the broker's default)."""
         if not topics:
             return {}
-        try:
+
+        def describe() -> dict[Any, Any]:
             futures = self._admin.describe_configs(
                 [ConfigResource(ResourceType.TOPIC, t) for t in topics],
                 request_timeout=self._timeout_s,
             )
+            return {resource: future.result() for resource, future in futures.items()}
+
+        try:
+            configs = self._through_outage(f"topics {', '.join(topics)} configs", describe)
             found: dict[str, int] = {}
-            for resource, future in futures.items():
-                entry = future.result().get("max.message.bytes")
+            for resource, config in configs.items():
+                entry = config.get("max.message.bytes")
                 if entry is None or entry.value is None:
                     raise DeliveryError(
                         f"kafka topic {resource.name}: describe_configs gave no max.message.bytes"
@@ -159,13 +214,15 @@ class TopicManager:
             ) from exc
 
     def _create(self, topic: str) -> None:
-        futures = self._admin.create_topics(
-            [NewTopic(topic, self._num_shards, self._replication_factor)],
-            operation_timeout=self._timeout_s,
-            request_timeout=self._timeout_s,
-        )
+        def create() -> None:
+            self._admin.create_topics(
+                [NewTopic(topic, self._num_shards, self._replication_factor)],
+                operation_timeout=self._timeout_s,
+                request_timeout=self._timeout_s,
+            )[topic].result()
+
         try:
-            futures[topic].result()
+            self._through_outage(f"topic {topic} creation", create)
             log.info("created kafka topic %s with %d partitions", topic, self._num_shards)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
@@ -245,7 +302,12 @@ class KafkaProducer(Producer):
             for k, v in settings.client_config().items()
             if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "client."))
         }
-        self._topics = TopicManager(AdminClient(admin_conf), num_shards, replication_factor)
+        self._topics = TopicManager(
+            AdminClient(admin_conf),
+            num_shards,
+            replication_factor,
+            outage_s=int(conf["message.timeout.ms"]) / 1000,
+        )
         self._template = topic_template
         self._dead_letter_topic = dead_letter_topic
         # (template, database, table) -> topic, for topics known to be ready.

@@ -109,6 +109,10 @@ _ER_MASTER_FATAL_ERROR_READING_BINLOG = 1236
 _FATAL_MYSQL_ERRORS = {1045, 1227, 1236}
 
 
+# The replication session's net_write_timeout (see `_connect_settings`).
+NET_WRITE_TIMEOUT_S = 600
+
+
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     """The server is alive and has nothing new; the reader may do its periodic work."""
@@ -231,6 +235,12 @@ class BinlogSource:
         # A silent connection is dead after three missed heartbeats.
         settings["read_timeout"] = max(int(self._options.heartbeat_s * 3) + 1, 5)
         settings.setdefault("connect_timeout", 5)
+        # While Kafka does not acknowledge, the reader stops reading the binlog, and
+        # the server aborts a dump connection it cannot write to for net_write_timeout
+        # (60 s by default). The reader would then read a large transaction again from
+        # its start, and a reader that stalls that long on every pass never gets past
+        # it. 600 s is Connector/J's default for streaming reads.
+        settings["init_command"] = f"SET SESSION net_write_timeout = {NET_WRITE_TIMEOUT_S}"
         return settings
 
     def _check(self) -> ServerInfo:

@@ -7,6 +7,8 @@ State machine (one instance per stream connection):
     IN_TXN --TABLE_MAP / ROWS--> IN_TXN                 to IN_TXN)
     IN_TXN --XID or COMMIT/ROLLBACK query--> IDLE    (emit a row transaction)
     OPENED or IDLE --other query--> IDLE             (emit a statement: DDL)
+    IN_TXN --DDL query--> IN_TXN                     (CREATE TABLE ... SELECT: kept with
+    OPENED --DDL ... START TRANSACTION--> IN_TXN        the rows, published before them)
     IN_TXN or OPENED --ROTATE / FORMAT_DESCRIPTION / GTID / BEGIN--> error
 
 A transaction is emitted only when its end event arrives, so its rows carry the
@@ -38,6 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+from cdc.ddl import classify
 from cdc.replication.errors import (
     PartialRowImage,
     SessionSettingError,
@@ -66,6 +69,7 @@ _DML_TABLE = re.compile(
     re.IGNORECASE,
 )
 _QUALIFIED = re.compile(rf"\s+({_NAME})(?:\s*\.\s*({_NAME}))?")
+_STARTS_TRANSACTION = re.compile(r"\bSTART\s+TRANSACTION\s*;?\s*$", re.IGNORECASE)
 
 
 def dml_statement(sql: str) -> str | None:
@@ -103,7 +107,8 @@ class RowChange:
 
 @dataclass(frozen=True, slots=True)
 class Statement:
-    """A statement outside any row transaction, usually DDL."""
+    """A statement outside any row transaction, usually DDL; or the CREATE of a
+    CREATE TABLE ... SELECT, which comes with the rows it writes."""
 
     database: str
     sql: str
@@ -213,6 +218,8 @@ class _Open:
     changes: list[RowChange] = field(default_factory=list)
     memory_bytes: int = 0  # rows events' bytes behind `changes`
     spilled: SpilledRows | None = None
+    # CREATE TABLE ... SELECT: the schema change logged before the rows it fills.
+    statement: Statement | None = None
 
 
 def event_start(event: Any) -> int:
@@ -398,11 +405,34 @@ class TransactionAssembler:
                 return None
             return self._close(event, xid=None, statement=None)
         if self._open is not None and self._open.begun:
-            # A statement logged inside a row transaction (SAVEPOINT and the like)
-            # changes no rows; the transaction goes on.
+            if classify(sql, schema):
+                self._statement_in_transaction(event, Statement(database=schema, sql=sql))
+            # Any other statement logged inside a row transaction (SAVEPOINT and the
+            # like) changes no rows; the transaction goes on.
             return None
-        self._open_at_query(event)
+        opened = self._open_at_query(event)
+        if _STARTS_TRANSACTION.search(sql) and classify(sql, schema):
+            # MySQL's atomic CREATE TABLE ... SELECT: `CREATE TABLE ... START
+            # TRANSACTION`, then its rows and an XID, with no BEGIN.
+            opened.begun = True
+            self._statement_in_transaction(event, Statement(database=schema, sql=sql))
+            return None
         return self._close(event, xid=None, statement=Statement(database=schema, sql=sql))
+
+    def _statement_in_transaction(self, event: Any, statement: Statement) -> None:
+        """A schema change the server logs inside the transaction of the rows it
+        writes (CREATE TABLE ... SELECT): kept, to publish before those rows."""
+        opened = self._open
+        assert opened is not None
+        if opened.statement is not None or opened.changes or opened.spilled is not None:
+            # A CREATE implicitly commits what came before it: a schema change after
+            # rows, or a second one, is not a form the reader knows how to order.
+            raise SourceError(
+                f"schema change {statement.sql[:200]!r} at {self.where(event)} inside the "
+                f"transaction that starts at {opened.file}:{opened.pos}, after its rows or "
+                "another schema change: the reader cannot place it in the stream"
+            )
+        opened.statement = statement
 
     def _open_at_query(self, event: Any) -> _Open:
         """The transaction a QUERY event belongs to: the one a GTID event opened (the
@@ -443,5 +473,9 @@ class TransactionAssembler:
             server_id=opened.server_id,
         )
         return Transaction(
-            ctx=ctx, end=end, changes=opened.changes, statement=statement, spilled=opened.spilled
+            ctx=ctx,
+            end=end,
+            changes=opened.changes,
+            statement=statement or opened.statement,
+            spilled=opened.spilled,
         )

@@ -906,7 +906,6 @@ class Stack:
             "SHARDCTL_MYSQL_PASSWORD_FILE": str(self.cdc_password_file),
             "SHARDCTL_NSQ_NSQD_TCP_ADDRESSES": f"127.0.0.1:{p.nsqd_tcp}",
             "SHARDCTL_NSQ_NSQD_HTTP_ADDRESS": f"127.0.0.1:{p.nsqd_http}",
-            "SHARDCTL_NSQ_LOOKUPD_HTTP_ADDRESSES": f"127.0.0.1:{p.lookupd_http}",
             **Postgres(self).env(),
         }
 

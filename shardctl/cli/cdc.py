@@ -451,9 +451,3 @@ def status(
         )
     elif data["lag_bytes"] is not None:
         typer.echo(f"lag          {data['lag_bytes']:,} bytes, {data['lag_seconds']:.1f} s")
-
-
-# The Maxwell migration commands (they use the helpers above).
-from shardctl.cli.maxwell import register as _register_maxwell  # noqa: E402
-
-_register_maxwell(app)

@@ -146,7 +146,9 @@ def init(
             f"{replication_factor}: no write could ever succeed",
             EXIT_USAGE,
         )
-    wanted = ClusterConfig(num_shards=shards, topics=topics, transport=transport.value)
+    wanted = ClusterConfig(
+        num_shards=shards, topics=topics, transport=transport.value, shard_hash="jump"
+    )
     current, mod_revision, key = _run(_read_config(settings))
     if current is not None:
         conflicts = config_conflicts(current, wanted)
@@ -238,6 +240,7 @@ def show(
         typer.echo(f"cluster     {settings.cluster}")
         typer.echo(f"num_shards  {current.num_shards}")
         typer.echo(f"transport   {current.transport}")
+        typer.echo(f"shard hash  {current.shard_hash}")
         typer.echo(f"topics      {', '.join(current.topics) or 'none'}")
         for name, state in topics.items():
             what = (

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -49,7 +49,7 @@ ConfigOpt = Annotated[
         "--config",
         "-c",
         help="TOML config file (or SHARDCTL_CONFIG); sections [etcd], [kafka], [mysql], "
-        "[nsq], [cdc].",
+        "[nsq], [cdc], [worker].",
         show_default=False,
     ),
 ]
@@ -83,12 +83,17 @@ def die(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise fail(message, code)
 
 
-def load(config: Path | None, cluster: str | None) -> Settings:
-    """The settings, or exit 2 naming the bad setting."""
+def load(
+    config: Path | None,
+    cluster: str | None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Settings:
+    """The settings (flags in `overrides` by section beat env and file), or exit 2
+    naming the bad setting."""
     from shardctl.config import ConfigError, load_settings
 
     try:
-        return load_settings(path=config, cluster=cluster)
+        return load_settings(path=config, overrides=overrides, cluster=cluster)
     except ConfigError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
 

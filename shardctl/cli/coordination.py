@@ -189,6 +189,13 @@ async def _configured_topics(settings: Settings) -> list[str]:
 NOOP_HANDLER = "noop"
 
 
+def _worker_help(text: str, name: str, default: object) -> str:
+    """A `worker run` tuning flag's help: where else it is set, and its default (the
+    config model's, which a unit test compares: importing the model here would make
+    every `shardctl --help` pay for pydantic)."""
+    return f"{text} (or [worker] {name} / SHARDCTL_WORKER_{name.upper()}; default {default})."
+
+
 @worker_app.command("run")
 def worker_run(
     handler: Annotated[
@@ -216,7 +223,6 @@ def worker_run(
         str | None,
         typer.Option("--id", help="Worker id (or SHARDCTL_WORKER_ID; default host-pid)."),
     ] = None,
-    capacity: Annotated[int, typer.Option(help="Relative capacity (weight).", min=1)] = 1,
     label: Annotated[
         list[str] | None,
         typer.Option(help="key=value label; repeatable. Shard affinity matches on labels."),
@@ -225,27 +231,115 @@ def worker_run(
         str | None,
         typer.Option(help="The worker's zone (label zone=Z): a group's shards spread over zones."),
     ] = None,
-    ttl: Annotated[int, typer.Option(help="Lease TTL in seconds.", min=2)] = 10,
+    capacity: Annotated[
+        int | None,
+        typer.Option(help=_worker_help("Relative capacity (weight)", "capacity", 1), min=1),
+    ] = None,
+    ttl: Annotated[
+        int | None, typer.Option(help=_worker_help("Lease TTL in seconds", "ttl", 10), min=2)
+    ] = None,
     restart_grace: Annotated[
-        float,
+        float | None,
         typer.Option(
-            help="If this worker dies or stops, the coordinator keeps its shards reserved "
-            "this many seconds for it to come back under the same --id (SIGTERM then "
-            "releases them without draining); 0 = off.",
+            help=_worker_help(
+                "If this worker dies or stops, the coordinator keeps its shards reserved "
+                "this many seconds for it to come back under the same --id (SIGTERM then "
+                "releases them without draining); 0 = off",
+                "restart_grace_s",
+                0.0,
+            ),
             min=0,
         ),
-    ] = 0.0,
+    ] = None,
     commit_interval: Annotated[
-        float, typer.Option(help="Seconds between fenced offset commits.", min=0.05)
-    ] = 1.0,
-    drain_timeout: Annotated[
-        float,
+        float | None,
         typer.Option(
-            help="Give up waiting for the coordinator after this many "
-            "seconds of draining, release everything and exit.",
+            help=_worker_help("Seconds between fenced offset commits", "commit_interval_s", 1.0),
+            min=0.05,
+        ),
+    ] = None,
+    drain_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help=_worker_help(
+                "Give up waiting for the coordinator after this many seconds of draining, "
+                "release everything and exit",
+                "drain_timeout_s",
+                60.0,
+            ),
             min=0,
         ),
-    ] = 60.0,
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help=_worker_help("Most events per handler call", "batch_size", 200), min=1),
+    ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            help=_worker_help("Most events read ahead of the handler", "max_in_flight", 1000), min=1
+        ),
+    ] = None,
+    retry_attempts: Annotated[
+        int | None,
+        typer.Option(
+            help=_worker_help(
+                "Tries of a failing event before it is dead-lettered", "retry_attempts", 5
+            ),
+            min=1,
+        ),
+    ] = None,
+    retry_initial_delay: Annotated[
+        float | None,
+        typer.Option(
+            help=_worker_help(
+                "Seconds before the first retry; doubles per retry", "retry_initial_delay_s", 0.2
+            ),
+            min=0,
+        ),
+    ] = None,
+    retry_max_delay: Annotated[
+        float | None,
+        typer.Option(
+            help=_worker_help("Longest wait between tries, in seconds", "retry_max_delay_s", 10.0),
+            min=0,
+        ),
+    ] = None,
+    handler_threads: Annotated[
+        int | None,
+        typer.Option(
+            help=_worker_help("Threads for blocking handlers and sinks", "handler_threads", 8),
+            min=1,
+        ),
+    ] = None,
+    dead_letter_template: Annotated[
+        str | None,
+        typer.Option(
+            help=_worker_help(
+                "Dead-letter topic of a source topic; only {topic} may appear",
+                "dead_letter_template",
+                "{topic}.dlq",
+            )
+        ),
+    ] = None,
+    create_dead_letter_topics: Annotated[
+        bool | None,
+        typer.Option(
+            "--create-dead-letter-topics/--no-create-dead-letter-topics",
+            help=_worker_help(
+                "Create missing Kafka dead-letter topics at start",
+                "create_dead_letter_topics",
+                True,
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    nsq_channel: Annotated[
+        str | None,
+        typer.Option(
+            help=_worker_help("NSQ channel; none means shardctl.<cluster>", "nsq_channel", None)
+        ),
+    ] = None,
     tick: Annotated[
         float, typer.Option(help="--handler noop: seconds per synthetic event.", min=0.01)
     ] = 0.2,
@@ -262,13 +356,36 @@ def worker_run(
     """Run one worker: it registers under a lease, owns the shards the coordinator
     assigns it, and feeds their events to the handler. SIGTERM drains it (its shards
     move away with fenced handoff, then it exits); a second SIGTERM stops it at once.
+    Its tuning lives in the [worker] section; these flags override it.
     """
     from shardctl import health
     from shardctl.aio import install_stop_signals
     from shardctl.config import ConfigError
+    from workers.deadletters import dead_letter_topic
     from workers.worker import Worker, WorkerOptions
 
-    settings = _settings(config, cluster)
+    flags: dict[str, Any] = {
+        "capacity": capacity,
+        "ttl": ttl,
+        "restart_grace_s": restart_grace,
+        "commit_interval_s": commit_interval,
+        "drain_timeout_s": drain_timeout,
+        "batch_size": batch_size,
+        "max_in_flight": max_in_flight,
+        "retry_attempts": retry_attempts,
+        "retry_initial_delay_s": retry_initial_delay,
+        "retry_max_delay_s": retry_max_delay,
+        "handler_threads": handler_threads,
+        "dead_letter_template": dead_letter_template,
+        "create_dead_letter_topics": create_dead_letter_topics,
+        "nsq_channel": nsq_channel,
+    }
+    settings = load(config, cluster, {"worker": flags})
+    tuning = settings.worker
+    try:
+        dead_letter_topic(tuning.dead_letter_template, "topic")
+    except ValueError as exc:
+        raise _fail(f"worker.dead_letter_template: {exc}", EXIT_USAGE) from None
     wid = _check_name("worker id", worker_id or os.environ.get(WORKER_ID_ENV) or _default_id())
     labels = _key_values("--label", label or [])
     if zone is not None:
@@ -279,12 +396,12 @@ def worker_run(
         labels["zone"] = zone
     options = WorkerOptions(
         worker_id=wid,
-        capacity=capacity,
+        capacity=tuning.capacity,
         labels=labels,
-        restart_grace_s=restart_grace,
-        ttl=ttl,
-        commit_interval_s=commit_interval,
-        drain_timeout_s=drain_timeout,
+        restart_grace_s=tuning.restart_grace_s,
+        ttl=tuning.ttl,
+        commit_interval_s=tuning.commit_interval_s,
+        drain_timeout_s=tuning.drain_timeout_s,
         metrics_port=metrics_port,
     )
     handler_options = _key_values("--handler-option", handler_option or [])
@@ -320,6 +437,16 @@ def worker_run(
             transport=transport.value,
             topics=topics,
             handler_options=handler_options,
+            nsq_channel=tuning.nsq_channel,
+            dead_letter_template=tuning.dead_letter_template,
+            create_dead_letter_topics=tuning.create_dead_letter_topics,
+            batch_size=tuning.batch_size,
+            # A shard reads ahead at least one batch.
+            max_in_flight=max(tuning.max_in_flight, tuning.batch_size),
+            retry_attempts=tuning.retry_attempts,
+            retry_initial_delay_s=tuning.retry_initial_delay_s,
+            retry_max_delay_s=tuning.retry_max_delay_s,
+            handler_threads=tuning.handler_threads,
         )
         try:
             async with consuming_worker(settings, options, consume) as worker:
@@ -338,6 +465,9 @@ def forget_stream(
     shard: Annotated[int, typer.Option(help="The shard the SQL sink stopped.", min=0)],
     topic: Annotated[str, typer.Option(help="The topic named in the error.")],
     stream: Annotated[str, typer.Option(help="The stream named in the error.")],
+    handler: Annotated[
+        str, typer.Option(help="The sink that stopped the shard: sql or postgres.")
+    ] = "sql",
     handler_option: Annotated[
         list[str] | None,
         typer.Option(help="The SQL sink's key=value options, as given to `worker run`."),
@@ -346,25 +476,27 @@ def forget_stream(
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
 ) -> None:
-    """Make the SQL sink forget what it applied of one source stream of a shard's topic.
+    """Make a SQL sink forget what it applied of one source stream of a shard's topic.
 
     For a shard the sink stopped because the source's position went backwards (RESET
     MASTER, a restore, binlog renumbering): once the source is checked, the shard
     applies the stream's changes from its next batch on, whatever their position.
     """
-    import pymysql
-
     from shardctl.config import ConfigError
     from workers.handlers import HandlerContext
+    from workers.sinks.postgres import PostgresSink
     from workers.sinks.sql import SqlSink
 
+    sinks: dict[str, type[SqlSink]] = {"sql": SqlSink, "postgres": PostgresSink}
+    if handler not in sinks:
+        raise _fail(f"--handler {handler!r}: expected sql or postgres", EXIT_USAGE)
     settings = _settings(config, cluster)
     options = _key_values("--handler-option", handler_option or [])
     try:
-        sink = SqlSink(HandlerContext(settings=settings, options=options))
+        sink = sinks[handler](HandlerContext(settings=settings, options=options))
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    what = f"sql sink {sink.scope}: shard {shard} topic {topic} stream {stream}"
+    what = f"{handler} sink {sink.scope}: shard {shard} topic {topic} stream {stream}"
     if not yes and not typer.confirm(
         f"{what}: forget the applied record? Changes of the stream at or below its "
         "stored position are then applied again",
@@ -373,7 +505,7 @@ def forget_stream(
         raise _fail("nothing changed")
     try:
         deleted = sink.forget_stream(shard, topic, stream)
-    except pymysql.MySQLError as exc:
+    except sink.dialect.driver_errors as exc:
         raise _fail(f"{what}: {type(exc).__name__}: {exc}") from None
     finally:
         sink.on_close()
@@ -381,96 +513,6 @@ def forget_stream(
 
 
 # -- status --------------------------------------------------------------------
-
-
-async def collect_status(settings: Settings) -> dict[str, Any]:
-    """Everything `status` shows, as plain data (this is the --json document)."""
-    from shardctl.etcd import EtcdClient
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import Assignment, ClusterConfig, Maintenance, WorkerRecord
-
-    keys = Keyspace.of(settings)
-    async with EtcdClient(settings.etcd) as client:
-        workers = await client.get_prefix(keys.workers_prefix)
-        owners = await client.get_prefix(keys.owners_prefix)
-        leader = await client.get(keys.coordinator_leader)
-        assignment_kv = await client.get(keys.assignment)
-        config_kv = await client.get(keys.config)
-        maintenance_kv = await client.get(keys.maintenance)
-    maintenance = (
-        Maintenance.decode(maintenance_kv.key, maintenance_kv.value) if maintenance_kv else None
-    )
-    assignment = (
-        Assignment.decode(assignment_kv.key, assignment_kv.value) if assignment_kv else None
-    )
-    config = ClusterConfig.decode(config_kv.key, config_kv.value) if config_kv else None
-    owned: dict[str, list[int]] = {}
-    owner_of: dict[int, str] = {}
-    for kv in owners.items:
-        shard = keys.shard_of_owner_key(kv.key)
-        owner_of[shard] = kv.value.decode()
-        owned.setdefault(kv.value.decode(), []).append(shard)
-    rows = []
-    for kv in workers.items:
-        wid = keys.worker_id_of(kv.key)
-        record = WorkerRecord.decode(kv.key, kv.value)
-        rows.append(
-            {
-                "id": wid,
-                "state": record.state,
-                "capacity": record.capacity,
-                "labels": record.labels,
-                "restart_grace": record.restart_grace,
-                "host": record.host,
-                "pid": record.pid,
-                "assigned": sorted(assignment.shards_of(wid)) if assignment else [],
-                "owned": sorted(owned.get(wid, [])),
-            }
-        )
-    from coordinator.placement import unplaceable_shards
-    from coordinator.writer import members_from
-
-    unplaceable = (
-        unplaceable_shards(
-            members_from(keys, {kv.key: kv for kv in workers.items}),
-            config.num_shards,
-            config.affinity,
-        )
-        if config is not None and config.affinity
-        else []
-    )
-    registered = {keys.worker_id_of(kv.key) for kv in workers.items}
-    absent: dict[str, list[int]] = {}
-    if assignment is not None:
-        for shard, target in enumerate(assignment.owners):
-            if target is not None and target not in registered:
-                absent.setdefault(target, []).append(shard)
-    in_handoff = []
-    unassigned = []
-    if assignment is not None:
-        for shard, target in enumerate(assignment.owners):
-            if target is None:
-                unassigned.append(shard)
-            elif owner_of.get(shard) != target:
-                in_handoff.append(shard)
-    return {
-        "cluster": settings.cluster,
-        "leader": None
-        if leader is None
-        else {
-            "id": leader.value.decode(),
-            "token": leader.create_revision,
-        },
-        "generation": assignment.generation if assignment else None,
-        "num_shards": assignment.num_shards if assignment else None,
-        "config": None if config is None else config.model_dump(),
-        "maintenance": None if maintenance is None else maintenance.model_dump(),
-        "workers": rows,
-        "unassigned": unassigned,
-        "unplaceable": unplaceable,
-        "absent_owners": absent,
-        "in_handoff": in_handoff,
-    }
 
 
 def status(
@@ -492,45 +534,49 @@ def status(
     cluster: ClusterOpt = None,
 ) -> None:
     """Workers, shards per worker, generation and leader; --watch for a live view
-    with lag per shard, events/s and rebalances."""
-    from shardctl.cli.live import shard_ranges
+    with lag per shard, events/s and rebalances (a summary of the shards that need a
+    look when they do not fit the screen)."""
+    from shardctl.cli.read_model import read_status
+    from shardctl.status import maintenance_banner, shard_ranges
 
     settings = _settings(config, cluster)
     if watch:
+        from shardctl.cli.live import watch_status
+
         _run(watch_status(settings, topic, interval))
         return
-    data = _run(collect_status(settings))
+    state = _run(read_status(settings))
     if as_json:
         from shardctl.cli.offsets import status_offsets
 
         kafka_errors: dict[str, str] = {}
-        data["shards"] = _run(status_offsets(settings, data, kafka_errors))
+        data = state.to_json()
+        data["shards"] = _run(status_offsets(settings, state, kafka_errors))
         data["kafka_errors"] = kafka_errors
         for error in kafka_errors.values():
             typer.secho(f"warning: offsets and lag: {error}", fg=typer.colors.YELLOW, err=True)
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
         return
-    leader = data["leader"]
-    if data["maintenance"] is not None:
-        typer.secho(maintenance_banner(data["maintenance"]), fg=typer.colors.RED, bold=True)
-    typer.echo(f"cluster     {data['cluster']}")
-    leader_text = f"{leader['id']} (token {leader['token']})" if leader else "none"
+    leader = state.leader
+    if state.maintenance is not None:
+        typer.secho(maintenance_banner(state.maintenance), fg=typer.colors.RED, bold=True)
+    typer.echo(f"cluster     {state.cluster}")
+    leader_text = f"{leader.id} (token {leader.token})" if leader else "none"
     typer.echo(f"leader      {leader_text}")
-    typer.echo(f"generation  {data['generation'] if data['generation'] is not None else 'none'}")
-    cfg = data["config"]
+    typer.echo(f"generation  {state.generation if state.generation is not None else 'none'}")
     typer.echo(
-        f"shards      {data['num_shards']} assigned"
-        f" / {cfg['num_shards'] if cfg else 'no config'} configured"
+        f"shards      {state.num_shards} assigned"
+        f" / {state.config.num_shards if state.config else 'no config'} configured"
     )
-    typer.echo(f"unassigned  {shard_ranges(data['unassigned'])}")
-    if data["unplaceable"]:
+    typer.echo(f"unassigned  {shard_ranges(state.unassigned)}")
+    if state.unplaceable:
         typer.secho(
-            f"unplaceable {shard_ranges(data['unplaceable'])}: their affinity matches no "
+            f"unplaceable {shard_ranges(state.unplaceable)}: their affinity matches no "
             "active worker's labels (`shardctl shards place` without flags shows it)",
             fg=typer.colors.RED,
         )
-    typer.echo(f"in handoff  {shard_ranges(data['in_handoff'])}")
-    for wid, shards in sorted(data["absent_owners"].items()):
+    typer.echo(f"in handoff  {shard_ranges(state.in_handoff)}")
+    for wid, shards in sorted(state.absent_owners.items()):
         typer.echo(
             f"absent      {wid} is not registered but assigned {shard_ranges(shards)} "
             "(restart grace, maintenance, or about to move)"
@@ -540,53 +586,19 @@ def status(
         f"{'WORKER':<28} {'STATE':<9} {'CAP':>3} {'ZONE':<8} {'GRACE':>6} "
         f"{'ASSIGNED':>8} {'OWNED':>5}  SHARDS"
     )
-    for row in data["workers"]:
-        grace = f"{row['restart_grace']:g}s" if row["restart_grace"] else "off"
+    for row in state.workers:
+        record = row.record
+        grace = f"{record.restart_grace:g}s" if record.restart_grace else "off"
         typer.echo(
-            f"{row['id']:<28} {row['state']:<9} {row['capacity']:>3} "
-            f"{row['labels'].get('zone', '-'):<8} "
+            f"{row.id:<28} {record.state:<9} {record.capacity:>3} "
+            f"{record.labels.get('zone', '-'):<8} "
             f"{grace:>6} "
-            f"{len(row['assigned']):>8} {len(row['owned']):>5}  "
-            f"{shard_ranges(row['owned'])}"
+            f"{len(row.assigned):>8} {len(row.owned):>5}  "
+            f"{shard_ranges(row.owned)}"
         )
 
 
-async def watch_status(settings: Settings, topic: str | None, interval: float) -> None:
-    """Redraw the live view every `interval` seconds until Ctrl-C."""
-    from rich.live import Live
-
-    from shardctl.cli.live import LiveView, take_snapshot
-    from shardctl.etcd import EtcdClient
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import ClusterConfig
-
-    if topic is None:
-        keys = Keyspace.of(settings)
-        async with EtcdClient(settings.etcd) as client:
-            kv = await client.get(keys.config)
-        topics = ClusterConfig.decode(kv.key, kv.value).topics if kv else []
-        topic = topics[0] if len(topics) == 1 else None
-    view = LiveView(f"shardctl status --watch ({settings.cluster})")
-    try:
-        with Live(view.update(await take_snapshot(settings, topic)), auto_refresh=False) as live:
-            while True:
-                await asyncio.sleep(interval)
-                live.update(view.update(await take_snapshot(settings, topic)), refresh=True)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        return
-
-
 # -- maintenance -----------------------------------------------------------------
-
-
-def maintenance_banner(record: dict[str, Any]) -> str:
-    """The loud line `status` and `doctor` show while maintenance mode is on."""
-    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record["since"]))
-    reason = f" ({record['reason']})" if record.get("reason") else ""
-    return (
-        f"MAINTENANCE MODE ON since {since}{reason}: the assignment is frozen, no shard "
-        "moves, not even away from dead workers. `shardctl maintenance off` to resume"
-    )
 
 
 @maintenance_app.command("on")
@@ -745,12 +757,25 @@ async def _read_cluster_config(settings: Settings) -> tuple[ClusterConfig | None
 # -- shards set ------------------------------------------------------------------
 
 
-def kafka_partition_counts(settings: Settings, topics: list[str]) -> dict[str, int | None]:
-    """Partitions per topic (None: the topic does not exist); KafkaUnavailable names
-    the brokers when they do not answer."""
-    from shardctl.cli.kafka_admin import partition_counts
+def partition_plan(
+    counts: dict[str, int | None], old: int, new: int
+) -> tuple[dict[str, int], list[str]]:
+    """Topics to grow to `new` partitions, and the problems that refuse the change.
 
-    return partition_counts(settings, topics)
+    Partition = shard, so a topic must end with exactly `new` partitions. One with
+    `new` already is fine; one with the current count `old` below `new` grows;
+    anything else (more partitions than `new`, or a count that is neither) is refused.
+    """
+    grow: dict[str, int] = {}
+    problems: list[str] = []
+    for topic, count in sorted(counts.items()):
+        if count is None or count == new:
+            continue
+        if count == old and old < new:
+            grow[topic] = count
+        else:
+            problems.append(f"{topic} has {count} partition(s)")
+    return grow, problems
 
 
 @shards_app.command("set")
@@ -759,19 +784,20 @@ def set_shards(
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
 ) -> None:
-    """Change the shard count in the cluster's `config` key.
+    """Change the shard count of a running cluster, keeping per-key order.
 
-    What happens: if the transport is Kafka, every configured topic that exists must
-    already have exactly N partitions (partition = shard), or the command refuses and
-    changes nothing. Then `config.num_shards` becomes N, in a txn guarded against a
-    concurrent edit. N is at most 294864, the most shards one assignment (one etcd
-    value) holds. The leading coordinator writes a new generation for N shards:
-    shards below min(old, new) keep their owners, new shards are assigned to the
-    least-loaded workers, and owners of removed shards release them. A message's
-    shard is crc32(key) % N, so keys change shards: stop producers and let workers
-    drain first if per-key order must hold across the change.
+    On Kafka the configured topics grow to N partitions (partition = shard); Kafka
+    partitions cannot shrink, so a smaller N is refused there (allowed on NSQ). N is
+    at most 294864, the most shards one assignment (one etcd value) holds. Once a
+    reader has published (the cluster has a CDC checkpoint), the change is online:
+    the reader switches to N at a transaction boundary and records it in etcd, and a
+    shard that gains keys handles them only after every old shard has passed that
+    point; `config.num_shards` is max(old, N) until then. Without a checkpoint the
+    count changes at once. A change still in progress is not replaced.
     """
-    from shardctl.cli.kafka_admin import KafkaUnavailable
+    import time as clock
+
+    from shardctl.cli.kafka_admin import KafkaUnavailable, grow_partitions, partition_counts
     from shardctl.etcd import EtcdClient, ModRevisionIs, Put
     from shardctl.keyspace import Keyspace
     from shardctl.records import (
@@ -779,6 +805,7 @@ def set_shards(
         ASSIGNMENT_WORKER_TABLE_BYTES,
         MAX_SHARDS,
         ClusterConfig,
+        Reshard,
     )
 
     if num_shards > MAX_SHARDS:
@@ -792,46 +819,110 @@ def set_shards(
     settings = _settings(config, cluster)
     keys = Keyspace.of(settings)
 
-    current, mod_revision = _run(_read_cluster_config(settings))
+    async def read() -> tuple[ClusterConfig | None, int, Reshard | None, int, bool]:
+        async with EtcdClient(settings.etcd) as client:
+            cfg_kv = await client.get(keys.config)
+            reshard_kv = await client.get(keys.reshard)
+            sources = await client.get_prefix(f"{keys.root}cdc/")
+        published = any(kv.key.endswith("/checkpoint") for kv in sources.items)
+        cfg = None if cfg_kv is None else ClusterConfig.decode(cfg_kv.key, cfg_kv.value)
+        pending = None if reshard_kv is None else Reshard.decode(reshard_kv.key, reshard_kv.value)
+        return (
+            cfg,
+            0 if cfg_kv is None else cfg_kv.mod_revision,
+            pending,
+            0 if reshard_kv is None else reshard_kv.mod_revision,
+            published,
+        )
+
+    current, mod_revision, pending, reshard_revision, published = _run(read())
+    if pending is not None and pending.in_progress:
+        raise _fail(
+            f"a change of the shard count from {pending.from_shards} to {pending.to_shards} "
+            f"is in progress ({keys.reshard} is {pending.state}); run this again once it is "
+            "complete. Shard count unchanged"
+        )
     if current is not None and current.num_shards == num_shards:
         typer.echo(f"num_shards is already {num_shards}; nothing to do")
         return
+    old = current.num_shards if current else None
     topics = current.topics if current else []
     transport = current.transport if current else "kafka"
+    if transport in ("kafka", "both") and old is not None and num_shards < old:
+        raise _fail(
+            f"cannot shrink from {old} to {num_shards} shards: transport {transport} uses "
+            "Kafka, whose partitions (one per shard) can only grow; shard count unchanged"
+        )
     if not topics:
         typer.echo(f"no topics configured in {keys.config}: no Kafka partitions to check")
     elif transport in ("kafka", "both"):
         try:
-            counts = kafka_partition_counts(settings, topics)
+            counts = partition_counts(settings, topics)
         except KafkaUnavailable as exc:
             raise _fail(f"{exc}; shard count unchanged") from None
-        wrong = {t: n for t, n in counts.items() if n is not None and n != num_shards}
-        if wrong:
-            detail = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+        grow, problems = partition_plan(counts, old or num_shards, num_shards)
+        if problems:
             raise _fail(
-                f"cannot set num_shards to {num_shards}: Kafka partition = shard, and {detail} "
-                f"partition(s). Partitions can only grow (kafka-topics --alter "
-                f"--partitions {num_shards}); shard count unchanged"
+                f"cannot set num_shards to {num_shards}: Kafka partition = shard, and "
+                f"{', '.join(problems)}, neither {old} (the current count) nor "
+                f"{num_shards}; shard count unchanged"
             )
         for topic in sorted(t for t, n in counts.items() if n is None):
             typer.echo(f"topic {topic} does not exist yet: create it with {num_shards} partitions")
+        if grow:
+            try:
+                grow_partitions(settings, list(grow), num_shards)
+            except KafkaUnavailable as exc:
+                raise _fail(f"{exc}; shard count unchanged") from None
+            for topic, count in sorted(grow.items()):
+                typer.echo(f"topic {topic}: {count} -> {num_shards} partitions")
 
-    updated = (current or ClusterConfig(num_shards=num_shards)).model_copy(
-        update={"num_shards": num_shards}
-    )
+    online = current is not None and old is not None and published
+    if online and transport in ("kafka", "both") and not topics:
+        raise _fail(
+            f"cannot change the shard count online without topics in {keys.config}: the "
+            "switch records each topic's offsets per shard, and the workers wait on them. "
+            "Set them with `shardctl cluster init`; shard count unchanged"
+        )
+    if current is None:
+        updated = ClusterConfig(num_shards=num_shards, shard_hash="jump")
+    else:
+        count = max(current.num_shards, num_shards) if online else num_shards
+        updated = current.model_copy(update={"num_shards": count})
+    ops = [Put(keys.config, updated.encode())]
+    if online and current is not None and old is not None:
+        request = Reshard(
+            from_shards=old,
+            to_shards=num_shards,
+            shard_hash=current.shard_hash,
+            requested_at=clock.time(),
+        )
+        ops.append(Put(keys.reshard, request.encode()))
 
     async def write() -> bool:
         async with EtcdClient(settings.etcd) as client:
             ok, _ = await client.txn(
-                [ModRevisionIs(keys.config, mod_revision)],
-                [Put(keys.config, updated.encode())],
+                [
+                    ModRevisionIs(keys.config, mod_revision),
+                    ModRevisionIs(keys.reshard, reshard_revision),
+                ],
+                ops,
             )
             return ok
 
     if not _run(write()):
         raise _fail(f"{keys.config} changed while checking; run the command again")
-    old = current.num_shards if current else "unset"
-    typer.echo(f"num_shards: {old} -> {num_shards}; the coordinator writes the new assignment")
+    if online:
+        typer.echo(
+            f"num_shards: {old} -> {num_shards} requested; the reader switches at its next "
+            f"transaction boundary, and shards that gain keys wait until every old shard "
+            f"has passed it ({keys.reshard})"
+        )
+    else:
+        typer.echo(
+            f"num_shards: {old or 'unset'} -> {num_shards}; the coordinator writes the new "
+            "assignment"
+        )
 
 
 # -- shards place ------------------------------------------------------------------

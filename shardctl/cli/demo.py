@@ -392,7 +392,7 @@ def _run(
     from confluent_kafka import KafkaException
     from rich.live import Live
 
-    from shardctl.cli.live import LiveView, Snapshot, take_snapshot
+    from shardctl.cli.live import LiveView, Snapshot, SnapshotSource
     from shardctl.etcd import EtcdError
 
     names = run.names
@@ -428,8 +428,13 @@ def _run(
     thread.start()
     note(f"{0.0:6.1f}s  load started: ~{rate:.0f} transactions/s")
 
+    # One event loop for every snapshot, so that the view keeps one etcd connection
+    # and one Kafka client.
+    snapshots = SnapshotSource(run.settings, names.topic)
+    loop = asyncio.Runner()
+
     def snapshot() -> Snapshot:
-        return asyncio.run(take_snapshot(run.settings, names.topic))
+        return loop.run(snapshots.take())
 
     def act(step: Step, t: float) -> None:
         if step.label.startswith("add"):
@@ -495,9 +500,9 @@ def _run(
                 lag = snap.total_lag
                 rates = view.last_rates
                 eps = "-" if rates.events_per_s is None else f"{rates.events_per_s:.0f}"
-                owned = " ".join(f"{w['id']}:{len(w['owned'])}" for w in snap.status["workers"])
+                owned = " ".join(f"{w.id}:{len(w.owned)}" for w in snap.status.workers)
                 console.print(
-                    f"{t:6.1f}s generation {snap.status['generation']} shards per worker "
+                    f"{t:6.1f}s generation {snap.status.generation} shards per worker "
                     f"{owned} lag {lag} events/s {eps}"
                 )
             if stopped_load_at is not None:
@@ -509,6 +514,8 @@ def _run(
                     break
             time.sleep(1.0)
 
+    loop.run(snapshots.close())
+    loop.close()
     src, dst, src_rows, dst_rows = run.checksums()
     first = view.first
     last = view.previous
@@ -525,8 +532,8 @@ def _run(
     console.print(f"  events committed    {handled} (Kafka offsets committed by the workers)")
     console.print(
         f"  rebalances          {rebalances} (generation "
-        f"{first.status['generation'] if first else '-'} -> "
-        f"{last.status['generation'] if last else '-'})"
+        f"{first.status.generation if first else '-'} -> "
+        f"{last.status.generation if last else '-'})"
     )
     if caught_up_at is not None and stopped_load_at is not None:
         console.print(
@@ -539,8 +546,8 @@ def _run(
     else:
         console.print("[bold red]VERDICT: source != sink[/bold red]")
         if last is not None:
-            owner_of = {s: w["id"] for w in last.status["workers"] for s in w["owned"]}
-            for shard in range(last.status["num_shards"] or 0):
+            owner_of = last.status.owner_of
+            for shard in range(last.status.shard_count):
                 if last.lag(shard):
                     console.print(
                         f"shard {shard} (owner {owner_of.get(shard, 'none')}): committed "

@@ -12,6 +12,12 @@ Checks, in order (a check whose prerequisite failed is reported as skipped):
    `cdc.source` and every source with a checkpoint); workers are registered; every
    shard of the assignment is owned.
 6. No shard is stalled on a transient failure (its offset record says `stalled`).
+7. Lag and dead letters, sampled twice `--sample` seconds apart: a growing lag is a
+   warning, dead letters written during the sample are a problem.
+8. Each source's checkpoint: its binlog file is still on the server, and the server's
+   binlog retention covers how far the checkpoint is behind.
+First of all, each TLS file of the settings is readable, and each certificate in them
+is valid for more than CERT_WARN_DAYS days.
 
 Exit code: 0 when nothing is wrong (warnings allowed), 1 when a check found a
 problem, 2 when the settings themselves are invalid.
@@ -23,7 +29,10 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
@@ -165,8 +174,8 @@ def check_stalled_shards(settings: Settings) -> list[Finding]:
 
 def check_maintenance(key: str, raw: bytes) -> Finding:
     """A warning, loud on purpose: in maintenance mode dead workers' shards stay unprocessed."""
-    from shardctl.cli.coordination import maintenance_banner
     from shardctl.records import Maintenance, RecordError
+    from shardctl.status import maintenance_banner
 
     try:
         record = Maintenance.decode(key, raw)
@@ -180,7 +189,7 @@ def check_maintenance(key: str, raw: bytes) -> Finding:
     return Finding(
         "maintenance",
         "warning",
-        maintenance_banner(record.model_dump()),
+        maintenance_banner(record),
         "`shardctl maintenance off` when the maintenance is over",
     )
 
@@ -352,32 +361,21 @@ def check_topics(settings: Settings, num_shards: int, topics: list[str]) -> list
 
 
 def check_running(settings: Settings, config: ClusterConfig, source: str) -> list[Finding]:
-    """Leaders, workers and owners, read from etcd (which answered a moment ago)."""
-    from shardctl.cli.live import shard_ranges
-    from shardctl.etcd import EtcdClient, EtcdError
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import Assignment, RecordError, WorkerRecord
-
-    keys = Keyspace.of(settings)
-
-    async def read() -> tuple[Any, Any, Any, Any, Any]:
-        async with EtcdClient(settings.etcd) as client:
-            return (
-                await client.get(keys.coordinator_leader),
-                await client.get_prefix(f"{keys.root}cdc/"),
-                await client.get_prefix(keys.workers_prefix),
-                await client.get_prefix(keys.owners_prefix),
-                await client.get(keys.assignment),
-            )
+    """Leaders, workers and owners, from the cluster's read model (etcd answered a
+    moment ago)."""
+    from shardctl.cli.read_model import read_status
+    from shardctl.etcd import EtcdError
+    from shardctl.records import RecordError
+    from shardctl.status import shard_ranges
 
     try:
-        leader, cdc, workers, owners, assignment_kv = asyncio.run(
-            asyncio.wait_for(read(), settings.etcd.timeout_s * 4)
-        )
+        state = asyncio.run(asyncio.wait_for(read_status(settings), settings.etcd.timeout_s * 4))
     except (EtcdError, TimeoutError, OSError) as exc:
         return [Finding("running", "problem", f"cannot read the cluster's state: {exc}")]
+    except RecordError as exc:
+        return [Finding("running", "problem", str(exc), "rewrite or delete the key it names")]
     found: list[Finding] = []
-    if leader is None:
+    if state.leader is None:
         found.append(
             Finding(
                 "coordinator",
@@ -388,24 +386,12 @@ def check_running(settings: Settings, config: ClusterConfig, source: str) -> lis
         )
     else:
         found.append(
-            Finding(
-                "coordinator",
-                "ok",
-                f"{leader.value.decode()} leads (token {leader.create_revision})",
-            )
+            Finding("coordinator", "ok", f"{state.leader.id} leads (token {state.leader.token})")
         )
-    prefix = f"{keys.root}cdc/"
-    leaders: dict[str, str] = {}
-    sources = {source}
-    for kv in cdc.items:
-        name, _, rest = kv.key[len(prefix) :].partition("/")
-        if rest == "leader":
-            leaders[name] = kv.value.decode()
-        if rest in ("leader", "checkpoint"):
-            sources.add(name)
-    for name in sorted(sources):
-        if name in leaders:
-            found.append(Finding("cdc reader", "ok", f"source {name}: {leaders[name]} leads"))
+    readers: dict[str, str | None] = {source: None, **state.readers}
+    for name, reader in sorted(readers.items()):
+        if reader is not None:
+            found.append(Finding("cdc reader", "ok", f"source {name}: {reader} leads"))
         else:
             found.append(
                 Finding(
@@ -415,15 +401,8 @@ def check_running(settings: Settings, config: ClusterConfig, source: str) -> lis
                     f"start `shardctl cdc run --source {name}` (two: one stands by)",
                 )
             )
-    try:
-        records = [WorkerRecord.decode(kv.key, kv.value) for kv in workers.items]
-        assignment = (
-            Assignment.decode(assignment_kv.key, assignment_kv.value) if assignment_kv else None
-        )
-    except RecordError as exc:
-        return [*found, Finding("workers", "problem", str(exc))]
-    draining = sum(r.state == "draining" for r in records)
-    if not records:
+    draining = sum(w.record.state == "draining" for w in state.workers)
+    if not state.workers:
         found.append(
             Finding(
                 "workers",
@@ -433,10 +412,11 @@ def check_running(settings: Settings, config: ClusterConfig, source: str) -> lis
             )
         )
     else:
-        found.append(Finding("workers", "ok", f"{len(records)} registered ({draining} draining)"))
-    owned = {keys.shard_of_owner_key(kv.key) for kv in owners.items}
-    num_shards = assignment.num_shards if assignment is not None else config.num_shards
-    unowned = sorted(set(range(num_shards)) - owned)
+        found.append(
+            Finding("workers", "ok", f"{len(state.workers)} registered ({draining} draining)")
+        )
+    num_shards = state.num_shards if state.num_shards is not None else config.num_shards
+    unowned = [s for s in range(num_shards) if s not in state.owners]
     if unowned:
         found.append(
             Finding(
@@ -452,6 +432,306 @@ def check_running(settings: Settings, config: ClusterConfig, source: str) -> lis
     return found
 
 
+# -- TLS files ----------------------------------------------------------------------------
+
+CERT_WARN_DAYS = 14
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.S)
+
+
+def _tlv(der: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start, end) of the DER element at `at`: its content is der[start:end]."""
+    if at + 2 > len(der):
+        raise ValueError("truncated DER")
+    tag, length, at = der[at], der[at + 1], at + 2
+    if length & 0x80:
+        size = length & 0x7F
+        length, at = int.from_bytes(der[at : at + size], "big"), at + size
+    if at + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, at, at + length
+
+
+def _der_time(tag: int, text: bytes) -> datetime:
+    formats = {0x17: "%y%m%d%H%M%SZ", 0x18: "%Y%m%d%H%M%SZ"}  # UTCTime, GeneralizedTime
+    if tag not in formats:
+        raise ValueError(f"a time of DER tag {tag:#x}")
+    return datetime.strptime(text.decode("ascii"), formats[tag]).replace(tzinfo=UTC)
+
+
+def certificate_expiries(pem: bytes) -> list[datetime]:
+    """The notAfter of every certificate in a PEM file: X.509's TBSCertificate is
+    [0] version, serialNumber, signature, issuer, validity {notBefore, notAfter}, ...
+    ValueError when there is none, or one does not parse."""
+    import base64
+
+    expiries = []
+    for body in _PEM_CERT.findall(pem):
+        der = base64.b64decode(b"".join(body.split()))
+        _, start, _ = _tlv(der, 0)  # Certificate
+        _, at, _ = _tlv(der, start)  # TBSCertificate
+        tag, _, end = _tlv(der, at)
+        if tag == 0xA0:  # version
+            at = end
+        for _ in range(3):  # serialNumber, signature, issuer
+            at = _tlv(der, at)[2]
+        _, validity, _ = _tlv(der, at)
+        not_before_end = _tlv(der, validity)[2]
+        tag, start, end = _tlv(der, not_before_end)
+        expiries.append(_der_time(tag, der[start:end]))
+    if not expiries:
+        raise ValueError("no PEM certificate in it")
+    return expiries
+
+
+def tls_files(settings: Settings) -> list[tuple[str, Path, bool]]:
+    """(setting, path, holds certificates) of every TLS file the settings name."""
+    files: list[tuple[str, Path, bool]] = []
+    for section, tls in (("etcd", settings.etcd.tls), ("mysql", settings.mysql.tls)):
+        for name, is_cert in (("ca_file", True), ("cert_file", True), ("key_file", False)):
+            path = getattr(tls, name)
+            if path is not None:
+                files.append((f"{section}.tls.{name}", path, is_cert))
+    for option, is_cert in (
+        ("ssl.ca.location", True),
+        ("ssl.certificate.location", True),
+        ("ssl.key.location", False),
+    ):
+        if option in settings.kafka.options:
+            files.append((f"kafka.options.{option}", Path(settings.kafka.options[option]), is_cert))
+    return files
+
+
+def tls_finding(setting: str, path: Path, is_cert: bool, now: datetime) -> Finding:
+    """Readable, and (a certificate file) not expired nor about to."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return Finding(
+            "tls", "problem", f"{setting}: cannot read {path}: {exc.strerror}", "fix the path"
+        )
+    if not is_cert:
+        return Finding("tls", "ok", f"{setting}: {path} is readable")
+    try:
+        not_after = min(certificate_expiries(data))
+    except ValueError as exc:
+        return Finding(
+            "tls", "problem", f"{setting}: {path}: {exc}", "point it at a PEM certificate"
+        )
+    day = not_after.strftime("%Y-%m-%d %H:%M UTC")
+    renew = f"renew the certificate in {path}"
+    if not_after <= now:
+        return Finding("tls", "problem", f"{setting}: {path} expired on {day}", renew)
+    if not_after - now <= timedelta(days=CERT_WARN_DAYS):
+        left = (not_after - now).total_seconds() / 86400
+        return Finding(
+            "tls", "warning", f"{setting}: {path} expires on {day}, in {left:.1f} days", renew
+        )
+    return Finding("tls", "ok", f"{setting}: {path} is valid until {day}")
+
+
+def check_tls(settings: Settings) -> list[Finding]:
+    now = datetime.now(UTC)
+    return [tls_finding(setting, path, cert, now) for setting, path, cert in tls_files(settings)]
+
+
+# -- lag and dead letters, over a short sample ------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlowSample:
+    lag: dict[str, int]  # topic -> lag summed over the shards
+    dead_letters: dict[str, int]  # dead-letter topic -> records written (end offsets)
+
+
+def take_flow_sample(settings: Settings, config: ClusterConfig) -> FlowSample:
+    """The lag of every topic of the cluster and the size of their dead-letter topics
+    (a dead-letter topic that does not exist counts 0). KafkaUnavailable passes."""
+    from shardctl.cli.kafka_admin import EndOffsets, UnknownTopic
+    from shardctl.cli.offsets import shard_offsets
+    from shardctl.etcd import EtcdClient
+    from workers.deadletters import dead_letter_topic
+
+    async def lags() -> list[dict[str, Any]]:
+        async with EtcdClient(settings.etcd) as client:
+            return await shard_offsets(
+                settings, client, config.topics, list(range(config.num_shards))
+            )
+
+    lag: dict[str, int] = dict.fromkeys(config.topics, 0)
+    for row in asyncio.run(lags()):
+        lag[row["topic"]] += row["lag"] or 0
+    kafka = EndOffsets(settings)
+    dead: dict[str, int] = {}
+    for topic in config.topics:
+        name = dead_letter_topic(settings.worker.dead_letter_template, topic)
+        try:
+            partitions = kafka.partitions(name)
+        except UnknownTopic:
+            dead[name] = 0
+            continue
+        dead[name] = sum(kafka.end_offsets(name, partitions).values())
+    return FlowSample(lag, dead)
+
+
+def flow_findings(first: FlowSample, second: FlowSample, seconds: float) -> list[Finding]:
+    """Lag and dead letters from two samples `seconds` apart: growth is what matters."""
+    found: list[Finding] = []
+    for topic, lag in sorted(second.lag.items()):
+        before = first.lag.get(topic, lag)
+        if lag > before:
+            found.append(
+                Finding(
+                    "lag",
+                    "warning",
+                    f"topic {topic}: the lag grew from {before:,} to {lag:,} in {seconds:g} s",
+                    "if it keeps growing: start more workers, or look at the handler's sink "
+                    "(`shardctl status --watch`, `shardctl offsets describe`)",
+                )
+            )
+        else:
+            found.append(Finding("lag", "ok", f"topic {topic}: lag {lag:,}, not growing"))
+    for name, count in sorted(second.dead_letters.items()):
+        before = first.dead_letters.get(name, count)
+        if count > before:
+            found.append(
+                Finding(
+                    "dead letters",
+                    "problem",
+                    f"{name}: {count - before:,} dead letter(s) in {seconds:g} s "
+                    f"({count:,} in all): events are failing now",
+                    f"read them (`shardctl tail {name} --from-beginning`): each carries "
+                    "its error; fix the handler or the data it names",
+                )
+            )
+        elif count:
+            found.append(
+                Finding(
+                    "dead letters",
+                    "warning",
+                    f"{name}: {count:,} dead letter(s), none in the last {seconds:g} s",
+                    f"read them (`shardctl tail {name} --from-beginning`): each carries its error",
+                )
+            )
+        else:
+            found.append(Finding("dead letters", "ok", f"{name}: none"))
+    return found
+
+
+def check_flow(settings: Settings, config: ClusterConfig, seconds: float) -> list[Finding]:
+    from shardctl.cli.kafka_admin import KafkaUnavailable
+    from shardctl.etcd import EtcdError
+    from shardctl.records import RecordError
+
+    if not config.topics:
+        return []  # nothing consumes yet, so there is no lag to watch
+    if config.transport == "nsq":
+        return [Finding("lag", "skipped", "transport is nsq: no offsets to measure lag by")]
+    try:
+        first = take_flow_sample(settings, config)
+        time.sleep(seconds)
+        second = take_flow_sample(settings, config)
+    except (KafkaUnavailable, EtcdError, RecordError, ValueError) as exc:
+        return [Finding("lag", "skipped", f"cannot sample lag and dead letters: {exc}")]
+    return flow_findings(first, second, seconds)
+
+
+# -- the readers' checkpoints against the server's binlogs ------------------------------
+
+
+def binlog_retention_s(variables: Mapping[str, str | None]) -> float:
+    """Seconds the server keeps a binlog file (0: it never purges by age), from
+    `binlog_expire_logs_seconds` (MySQL 8, MariaDB 10.6+), else `expire_logs_days`."""
+    seconds = float(variables.get("binlog_expire_logs_seconds") or 0)
+    if seconds > 0:
+        return seconds
+    return float(variables.get("expire_logs_days") or 0) * 86400
+
+
+def retention_finding(source: str, age_s: float, retention_s: float) -> Finding:
+    """Does the server keep its binlogs long enough for the reader of `source`, whose
+    checkpoint is `age_s` behind the server's end?"""
+    check = "binlog retention"
+    if retention_s <= 0:
+        return Finding(check, "ok", f"source {source}: the server does not purge binlogs by age")
+    keeps = f"the server purges binlogs after {retention_s:,.0f} s"
+    fix = (
+        f"let the reader of {source} catch up (is it running and leading?), and raise "
+        "binlog_expire_logs_seconds on the server"
+    )
+    if age_s >= retention_s:
+        return Finding(
+            check,
+            "problem",
+            f"source {source}: the checkpoint is {age_s:,.0f} s behind and {keeps}: the "
+            "binlogs it still has to read are being purged",
+            fix,
+        )
+    if age_s >= retention_s / 2:
+        return Finding(
+            check,
+            "warning",
+            f"source {source}: the checkpoint is {age_s:,.0f} s behind and {keeps}: more "
+            "than half of the margin is used",
+            fix,
+        )
+    return Finding(check, "ok", f"source {source}: checkpoint {age_s:,.0f} s behind; {keeps}")
+
+
+def check_checkpoints(settings: Settings, sources: list[str]) -> list[Finding]:
+    """For each source: its checkpoint's binlog file is still on the server, and the
+    server's retention covers the checkpoint's age."""
+    import pymysql
+
+    from cdc.checkpoint import CheckpointError
+    from cdc.replication.errors import ServerSettingError
+    from shardctl.cli.cdc import collect_cdc_status
+    from shardctl.etcd import EtcdError
+
+    try:
+        connection = pymysql.connect(**settings.mysql.connect_kwargs(), connect_timeout=5)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SHOW GLOBAL VARIABLES WHERE Variable_name IN "
+                    "('binlog_expire_logs_seconds', 'expire_logs_days')"
+                )
+                variables = {str(row[0]).lower(): str(row[1]) for row in cursor}
+        finally:
+            connection.close()
+    except pymysql.err.MySQLError as exc:
+        return [Finding("checkpoint", "skipped", f"no connection to the server: {exc}")]
+    retention = binlog_retention_s(variables)
+    found: list[Finding] = []
+    for source in sources:
+        try:
+            status = collect_cdc_status(settings, source)
+        except (EtcdError, CheckpointError, ServerSettingError, pymysql.err.MySQLError) as exc:
+            found.append(Finding("checkpoint", "problem", f"source {source}: {exc}"))
+            continue
+        checkpoint = status["checkpoint"]
+        if checkpoint is None:
+            found.append(
+                Finding("checkpoint", "ok", f"source {source}: no checkpoint yet (first start)")
+            )
+            continue
+        where = f"{checkpoint['file']}:{checkpoint['pos']}"
+        if status["checkpoint_purged"]:
+            found.append(
+                Finding(
+                    "checkpoint",
+                    "problem",
+                    f"source {source}: the checkpoint is at {where}, but the server no "
+                    f"longer has {checkpoint['file']}: the reader cannot resume there",
+                    "see `shardctl cdc checkpoint reset` and, in the docs, Operations: "
+                    "Recovering from a purged binlog",
+                )
+            )
+            continue
+        found.append(Finding("checkpoint", "ok", f"source {source}: {where} is on the server"))
+        found.append(retention_finding(source, status["lag_seconds"] or 0.0, retention))
+    return found
+
+
 # -- the command ------------------------------------------------------------------------
 
 
@@ -461,8 +741,11 @@ def run_checks(
     cdc_topic: str | None,
     extra_topics: list[str],
     source: str = "default",
+    sample_s: float = 0.0,
 ) -> list[Finding]:
-    findings, config, etcd_ok = check_etcd(settings)
+    findings = check_tls(settings)
+    more, config, etcd_ok = check_etcd(settings)
+    findings += more
     if etcd_ok:
         findings += check_stalled_shards(settings)
     findings += check_mysql(settings, reader_server_id)
@@ -479,7 +762,23 @@ def run_checks(
             topics.append(cdc_topic)
         findings += check_topics(settings, config.num_shards, topics)
     findings += check_running(settings, config, source)
+    if sample_s > 0:
+        findings += check_flow(settings, config, sample_s)
+    findings += check_checkpoints(settings, reader_sources(settings, source))
     return findings
+
+
+def reader_sources(settings: Settings, source: str) -> list[str]:
+    """The configured source and every source with a reader or a checkpoint in etcd."""
+    from shardctl.cli.read_model import read_status
+    from shardctl.etcd import EtcdError
+    from shardctl.records import RecordError
+
+    try:
+        readers = asyncio.run(read_status(settings)).readers
+    except (EtcdError, RecordError, OSError):
+        readers = {}  # check_running has reported it
+    return sorted({source, *readers})
 
 
 SYMBOL = {"ok": ("ok", "green"), "warning": ("warn", "yellow"), "problem": ("FAIL", "red")}
@@ -490,6 +789,13 @@ def doctor(
         list[str] | None, typer.Option(help="Another Kafka topic to check; repeatable.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+    sample: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between the two samples of lag and dead letters (0: skip them).",
+            min=0,
+        ),
+    ] = 2.0,
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
 ) -> None:
@@ -506,7 +812,7 @@ def doctor(
         typer.secho(f"FAIL settings: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_USAGE) from None
     findings = run_checks(
-        settings, options.server_id, options.kafka_topic, topic or [], options.source
+        settings, options.server_id, options.kafka_topic, topic or [], options.source, sample
     )
     problems = sum(f.level == "problem" for f in findings)
     if as_json:

@@ -135,3 +135,88 @@ def create_topics(
             raise KafkaUnavailable(
                 f"creating topic {topic} at {settings.kafka.bootstrap_servers}: {exc}"
             ) from None
+
+
+def grow_partitions(settings: Settings, topics: list[str], partitions: int) -> None:
+    """Grow each of `topics` to `partitions` partitions; one grown meanwhile is fine."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
+
+    if not topics:
+        return
+    admin = _admin(settings)
+    requests = [NewPartitions(topic, partitions) for topic in topics]
+    futures = admin.create_partitions(requests, request_timeout=METADATA_TIMEOUT_S)
+    for topic, future in futures.items():
+        try:
+            future.result(METADATA_TIMEOUT_S + 5)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.INVALID_PARTITIONS:
+                counts = partition_counts(settings, [topic])
+                if counts.get(topic) == partitions:
+                    continue
+            raise KafkaUnavailable(
+                f"growing topic {topic} to {partitions} partitions at "
+                f"{settings.kafka.bootstrap_servers}: {exc}"
+            ) from None
+
+
+class UnknownTopic(Exception):
+    """The brokers answered: the topic does not exist."""
+
+
+class EndOffsets:
+    """Partition counts and end offsets (high watermarks) of topics, over ONE admin
+    client that lives as long as this object: a live view asks every refresh, and a
+    new client per refresh would cost a connection and a metadata round per view.
+    All partitions are asked in one ListOffsets request, however many there are."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.admin = _admin(settings)
+
+    def partitions(self, topic: str) -> int:
+        """The topic's partition count; UnknownTopic if it does not exist. Describing
+        (unlike a metadata request) never creates the topic on an auto-creating broker."""
+        from confluent_kafka import KafkaError, KafkaException, TopicCollection
+
+        try:
+            described = self.admin.describe_topics(TopicCollection([topic]))[topic].result(
+                timeout=METADATA_TIMEOUT_S
+            )
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            # The broker's answer, or librdkafka's own for a topic it knows is absent.
+            unknown = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
+            if isinstance(error, KafkaError) and error.code() in unknown:
+                raise UnknownTopic(
+                    f"topic {topic} does not exist at {self.settings.kafka.bootstrap_servers}"
+                ) from None
+            raise KafkaUnavailable(
+                f"topic {topic} at {self.settings.kafka.bootstrap_servers}: cannot describe "
+                f"it: {exc}"
+            ) from None
+        return len(described.partitions)
+
+    def end_offsets(self, topic: str, partitions: int) -> dict[int, int]:
+        """Partition -> end offset, for partitions 0..partitions-1 of `topic`."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        # Public in confluent_kafka.admin, but not re-exported for type checkers.
+        from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+
+        if partitions <= 0:
+            return {}
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        request = {TopicPartition(topic, p): latest for p in range(partitions)}
+        try:
+            futures = self.admin.list_offsets(request, request_timeout=METADATA_TIMEOUT_S)
+            return {
+                int(part.partition): int(future.result(timeout=METADATA_TIMEOUT_S + 5).offset)
+                for part, future in futures.items()
+            }
+        except (KafkaException, TimeoutError) as exc:
+            raise KafkaUnavailable(
+                f"topic {topic} at {self.settings.kafka.bootstrap_servers}: no end offsets: {exc}"
+            ) from None

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from shardctl import __version__
-from shardctl.cli import cdc, cluster, coordination, demo, dev, doctor, offsets, tail
+from shardctl.cli import cdc, cluster, coordination, demo, dev, doctor, maxwell, offsets, tail
 
 app = typer.Typer(
     name="shardctl",
@@ -43,6 +43,8 @@ def _root(
 
 
 app.add_typer(dev.app, name="dev")
+# The Maxwell migration commands belong to `cdc` (and use its helpers).
+maxwell.register(cdc.app)
 app.add_typer(cdc.app, name="cdc")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(coordination.coordinator_app, name="coordinator")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from shardctl.config import Settings
     from shardctl.etcd import EtcdClient
     from shardctl.keyspace import Keyspace
+    from shardctl.status import ClusterStatus
 
 app = typer.Typer(help="The shards' stored offsets.", no_args_is_help=True)
 
@@ -437,37 +439,132 @@ def reset(
         raise fail(str(exc)) from None
 
 
+def mirror_group(cluster: str) -> str:
+    """The consumer group `offsets mirror` commits into by default."""
+    return f"shardctl.{cluster}.offsets"
+
+
+def commit_to_group(settings: Settings, group: str, offsets: dict[tuple[str, int], int]) -> None:
+    """Commit `offsets` ((topic, partition) -> offset) into consumer group `group`,
+    without subscribing: the group gets no member and no rebalance, only offsets."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from shardctl.cli.kafka_admin import KafkaUnavailable, quiet_config
+
+    if not offsets:
+        return
+    conf: dict[str, str | int | float | bool] = {
+        **quiet_config(settings),
+        "group.id": group,
+        "enable.auto.commit": False,
+    }
+    consumer = Consumer(conf)
+    try:
+        parts = [TopicPartition(t, p, off) for (t, p), off in sorted(offsets.items())]
+        for part in consumer.commit(offsets=parts, asynchronous=False) or []:
+            if part.error is not None:
+                raise KafkaUnavailable(
+                    f"group {group}: {part.topic} partition {part.partition}: {part.error}"
+                )
+    except KafkaException as exc:
+        raise KafkaUnavailable(
+            f"group {group} at {settings.kafka.bootstrap_servers}: commit failed: {exc}"
+        ) from None
+    finally:
+        consumer.close()
+
+
+async def stored_offsets(client: EtcdClient, keys: Keyspace) -> dict[tuple[str, int], int]:
+    """(topic, shard) -> committed offset, from every offsets/<shard> record."""
+    from shardctl.records import OffsetRecord
+
+    found: dict[tuple[str, int], int] = {}
+    for kv in (await client.get_prefix(keys.offsets_prefix)).items:
+        record = OffsetRecord.decode(kv.key, kv.value)
+        shard = keys.shard_of_offset_key(kv.key)
+        for topic, offset in record.positions.items():
+            found[(topic, shard)] = offset
+    return found
+
+
+@app.command("mirror")
+def mirror(
+    group: Annotated[
+        str | None,
+        typer.Option(help="The consumer group (default: shardctl.<cluster>.offsets)."),
+    ] = None,
+    topic: Annotated[
+        list[str] | None,
+        typer.Option("--topic", help="A topic (repeatable; default: the cluster config's topics)."),
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between two copies.", min=0.5)] = 10.0,
+    once: Annotated[bool, typer.Option("--once", help="Copy once and exit.")] = False,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Copy the shards' committed offsets from etcd into a Kafka consumer group, so that
+    standard lag tools (Burrow, kafka-lag-exporter, kminion, Kafka UIs) see the workers.
+
+    Commit only: it never subscribes, so the group has no member and never rebalances.
+    etcd stays the source of truth: the workers never read these offsets back, and a
+    copy can be up to --interval old."""
+    from shardctl.cli.kafka_admin import KafkaUnavailable
+    from shardctl.etcd import EtcdClient, EtcdError
+    from shardctl.keyspace import Keyspace
+    from shardctl.records import RecordError
+
+    settings = load(config, cluster)
+    keys = Keyspace.of(settings)
+    name = group or mirror_group(settings.cluster)
+
+    async def read() -> dict[tuple[str, int], int]:
+        async with EtcdClient(settings.etcd) as client:
+            topics = set(topic or await _config_topics(client, keys))
+            return {
+                where: offset
+                for where, offset in (await stored_offsets(client, keys)).items()
+                if where[0] in topics
+            }
+
+    while True:
+        try:
+            offsets = asyncio.run(read())
+            commit_to_group(settings, name, offsets)
+        except (EtcdError, RecordError, KafkaUnavailable) as exc:
+            raise fail(str(exc)) from None
+        typer.echo(f"group {name}: {len(offsets)} offset(s) committed")
+        if once:
+            return
+        try:
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+
+
 async def status_offsets(
-    settings: Settings, status: dict[str, Any], kafka_errors: dict[str, str]
+    settings: Settings, status: ClusterStatus, kafka_errors: dict[str, str]
 ) -> list[dict[str, Any]]:
     """`status --json`'s `shards`: per shard of the cluster config, its owner and token,
     and per topic of the config the committed offset, end offset and lag (None for
     end and lag when the transport is NSQ, or Kafka does not answer about a topic:
     its error goes into `kafka_errors`)."""
     from shardctl.etcd import EtcdClient
-    from shardctl.keyspace import Keyspace
 
-    config = status.get("config")
+    config = status.config
     if config is None:
         return []
-    shards = list(range(config["num_shards"]))
-    keys = Keyspace.of(settings)
+    shards = list(range(config.num_shards))
+    # NSQ keeps no offsets, and there is no Kafka to ask.
+    topics = [] if config.transport == "nsq" else list(config.topics)
     async with EtcdClient(settings.etcd) as client:
-        owners = {
-            keys.shard_of_owner_key(kv.key): kv
-            for kv in (await client.get_prefix(keys.owners_prefix)).items
-        }
-        topics = list(config["topics"])
-        if config["transport"] == "nsq":  # no offsets, no Kafka to ask
-            topics = []
         rows = await shard_offsets(settings, client, topics, shards, kafka_errors)
     by_shard: dict[int, dict[str, Any]] = {}
     for shard in shards:
-        owner = owners.get(shard)
+        owner = status.owners.get(shard)
         by_shard[shard] = {
             "shard": shard,
-            "owner": None if owner is None else owner.value.decode(),
-            "token": None if owner is None else owner.create_revision,
+            "owner": None if owner is None else owner.id,
+            "token": None if owner is None else owner.token,
             "offsets": {},
         }
     for row in rows:

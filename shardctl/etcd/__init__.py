@@ -11,8 +11,6 @@ client.py
       delete(key) -> bool, delete_prefix(prefix ending in '/') -> count
       txn(guards, ops, read_back=()) -> (succeeded, {key: KeyValue | None})
       create_if_absent(key, value, lease=0) -> CreateResult(created, kv)
-      put_if_created_at(fence_key, create_revision, key, value, lease=0) -> bool
-      delete_if_created_at(key, create_revision) -> bool
       grant_lease / refresh_lease / revoke_lease, lease_ttl (-1 once gone),
       compact(revision=None)
     Ops: Put(key, value, lease=0), Delete(key)
@@ -33,6 +31,13 @@ session.py
     revoke_stale_lease(client, lease_id, session, stop) -> bool  revoke an earlier
       session's lease whose revoke failed (close() returned False)
 
+fence.py
+    Fence(key, token): the one fence, `create_revision(key) == token` (etcd's IsOwner)
+      guard() -> CreateRevisionIs
+      txn(client, ops, guards=()) -> Fenced(written, found, token): .holds, .describe()
+      release(client) -> bool                 delete the key if still that incarnation
+    Used by leader writes, offset commits and owner-key release.
+
 backoff.py
     Backoff(): next() -> seconds (0.2 doubling to 2), reset(); every etcd retry uses it
 
@@ -40,9 +45,9 @@ election.py
     Election(client, key)
       campaign(session, candidate) -> Leadership          blocks until elected
       leader() -> LeaderInfo(candidate, token, lease) | None
-    Leadership: token (= create_revision of the election key)
+    Leadership: token (= create_revision of the election key), fence
       guarded_put(key, value), guarded_txn(ops)           raise NotLeader once deposed
-      wait_lost() -> reason, is_current(), resign()
+      wait_lost() -> reason, resign()
 
 watch.py
     watch_updates(client, key, prefix=bool) -> async iterator of WatchUpdate
@@ -81,6 +86,7 @@ from shardctl.etcd.client import (
     WatchEvent,
 )
 from shardctl.etcd.election import Election, LeaderInfo, Leadership, NotLeader
+from shardctl.etcd.fence import Fence, Fenced
 from shardctl.etcd.loop_thread import LoopThread
 from shardctl.etcd.session import Session, SessionLost, open_session, revoke_stale_lease
 from shardctl.etcd.watch import Mirror, WatchUpdate, watch_key, watch_updates
@@ -96,6 +102,8 @@ __all__ = [
     "EtcdClient",
     "EtcdError",
     "EtcdUnavailable",
+    "Fence",
+    "Fenced",
     "KeyValue",
     "LeaderInfo",
     "Leadership",

@@ -9,9 +9,8 @@ error becomes an `EtcdError` subclass that names the operation and the key:
 
 Transactions are expressed with the small op model below (`Put`, `Delete`, and the
 guards `CreateRevisionIs`, `ValueIs`, `Absent`), and `txn` reports whether the guards
-held. `create_if_absent` and the `*_if_created_at` helpers are the two shapes the
-keyspace uses: "create owners/<s> only if absent" and "write only while the fencing
-key still has the token's create_revision".
+held. `create_if_absent` is "create owners/<s> only if absent"; "write only while the
+fencing key still has the token's create_revision" is `shardctl.etcd.fence.Fence`.
 
 An aetcd client is bound to the event loop it first connected on; use one
 `EtcdClient` per loop (the lease keepalive thread opens its own).
@@ -316,9 +315,14 @@ class EtcdClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _reconnect(self) -> None:
-        """Drop the channel; the next call builds a new one (and authenticates again)."""
+    async def _reconnect(self, failed: aetcd.Client | None = None) -> None:
+        """Drop the channel; the next call builds a new one (and authenticates again).
+
+        With `failed`, only if that is still the current connection: several tasks
+        that saw one connection fail must not close each other's fresh one."""
         async with self._lock:
+            if failed is not None and self._client is not failed:
+                return
             old, self._client = self._client, None
             # Rotate endpoints so a dead member is not retried forever.
             self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
@@ -364,6 +368,15 @@ class EtcdClient:
                 ) from exc
             except aetcd.ClientError as exc:
                 raise EtcdError(f"etcd {op} {key} at {self.endpoint}: {exc}") from exc
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this task is being cancelled: let it end
+                # The connection was closed under the call (another task reconnected
+                # after a timeout): etcd did not answer it, as when etcd is down.
+                raise EtcdUnavailable(
+                    f"etcd {op} {key} at {self.endpoint}: the connection was closed during the call"
+                ) from None
         raise AssertionError("unreachable")
 
     # -- key/value ---------------------------------------------------------------
@@ -468,20 +481,6 @@ class EtcdClient:
             raise EtcdError(f"etcd create_if_absent {key}: key missing right after the txn")
         return CreateResult(created=ok, kv=kv)
 
-    async def put_if_created_at(
-        self, fence_key: str, create_revision: int, key: str, value: bytes, lease: int = 0
-    ) -> bool:
-        """Put `key` only while `fence_key` still has `create_revision` (the token)."""
-        ok, _ = await self.txn(
-            [CreateRevisionIs(fence_key, create_revision)], [Put(key, value, lease)]
-        )
-        return ok
-
-    async def delete_if_created_at(self, key: str, create_revision: int) -> bool:
-        """Delete `key` only if it is still the incarnation made at `create_revision`."""
-        ok, _ = await self.txn([CreateRevisionIs(key, create_revision)], [Delete(key)])
-        return ok
-
     # -- leases ------------------------------------------------------------------
 
     async def grant_lease(self, ttl: int) -> int:
@@ -523,11 +522,21 @@ class EtcdClient:
         the stream breaks; `shardctl.etcd.watch` resumes it."""
         raw = key.encode()
         range_end = _prefix_end(raw) if prefix else None
-        stream = await self._call(
-            "watch",
-            key,
-            lambda c: c.watch(raw, range_end=range_end, start_revision=start_revision),
-        )
+        connection = self._client
+        try:
+            stream = await self._call(
+                "watch",
+                key,
+                lambda c: c.watch(raw, range_end=range_end, start_revision=start_revision),
+            )
+        except EtcdUnavailable:
+            # aetcd multiplexes a connection's watches on one stream and gives each
+            # `created` answer to the watch request pending at that moment. etcd still
+            # answers a create that timed out here, later, possibly while another watch
+            # waits for its own answer: that watch would get this key's events and lose
+            # its own. Dropping the connection sends the late answer nowhere.
+            await self._reconnect(failed=connection)
+            raise
         iterator = stream.__aiter__()
         try:
             while True:

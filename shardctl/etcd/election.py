@@ -7,7 +7,7 @@ leader resigned or its lease expired) and try again.
 
 The leadership token is the key's create_revision. It is unique and increases with
 every new leader, so a write guarded by "election key's create_revision == token"
-succeeds only while this very leadership lasts. A deposed leader's guarded writes
+(`Fence`) succeeds only while this very leadership lasts. A deposed leader's guarded writes
 fail with NotLeader, even if it has not noticed yet.
 
     CANDIDATE --created key--> LEADER --+--> DEPOSED (lease lost, or the key was deleted
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from shardctl.etcd.backoff import Backoff
 from shardctl.etcd.client import (
-    CreateRevisionIs,
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
@@ -32,6 +31,7 @@ from shardctl.etcd.client import (
     Op,
     Put,
 )
+from shardctl.etcd.fence import Fence
 from shardctl.etcd.session import Session, SessionLost
 from shardctl.etcd.watch import watch_key
 
@@ -60,6 +60,7 @@ class Leadership:
         self.key = key
         self.candidate = candidate
         self.token = token
+        self.fence = Fence(key, token)
 
     def __repr__(self) -> str:
         return f"Leadership({self.key!r}, candidate={self.candidate!r}, token={self.token})"
@@ -71,12 +72,10 @@ class Leadership:
         result is False (the leadership itself still held at that moment).
         """
         self.session.check()
-        fence = CreateRevisionIs(self.key, self.token)
-        ok, found = await self.client.txn([fence, *guards], ops, read_back=[self.key])
-        if ok:
+        result = await self.fence.txn(self.client, ops, guards)
+        if result.written:
             return True
-        current = found[self.key]
-        if current is not None and current.create_revision == self.token:
+        if result.holds:
             return False
         raise NotLeader(
             f"{self.candidate}: write to {', '.join(o.key for o in ops)} refused: "
@@ -85,10 +84,6 @@ class Leadership:
 
     async def guarded_put(self, key: str, value: bytes) -> None:
         await self.guarded_txn([Put(key, value)])
-
-    async def is_current(self) -> bool:
-        kv = await self.client.get(self.key)
-        return kv is not None and kv.create_revision == self.token
 
     async def wait_lost(self) -> str:
         """Return a reason once leadership is over: lease lost, or the key changed hands."""
@@ -110,7 +105,7 @@ class Leadership:
 
     async def resign(self) -> None:
         """Give up leadership; the key is deleted only if it is still ours."""
-        await self.client.delete_if_created_at(self.key, self.token)
+        await self.fence.release(self.client)
 
 
 class Election:

@@ -15,10 +15,11 @@ compaction the keys are listed again and the consumer gets a reset (`reset=True`
 with the full listing), so it never misses a deletion.
 
 An event for a key outside the watched key or prefix means the client delivered
-another watch's event to this one (seen after etcd restarts, when the client
-re-creates its multiplexed watch streams): this stream can no longer be trusted to
-carry every event of ours either, so the keys are listed again, as after a
-compaction, and the watch starts over.
+another watch's event to this one. aetcd does that when a watch create timed out and
+its late answer reached the next pending create; `EtcdClient.watch_events` drops the
+connection after such a timeout to prevent it, and this check stays as the backstop:
+the stream can no longer be trusted to carry every event of ours, so the keys are
+listed again, as after a compaction, and the watch starts over.
 
 `Mirror` keeps a local dict of the keys from these updates and sets `changed` after
 each one; `watch_key` yields one key's value (None when absent) on every change.

@@ -72,6 +72,8 @@ class Pipeline:
             "poison_table": "accounts",
             "poison_modulus": str(poison_modulus),
             "flaky_modulus": str(flaky_modulus),
+            # The verdict needs every version of a row applied: no folding per key.
+            "fold_changes": "false",
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.etcd = LoopThread(f"chaos-etcd-{settings.cluster}").start()

@@ -255,7 +255,11 @@ class Workload:
 
     def _large(self, conn: Any, count: int | None = None) -> None:
         """One transaction of `large_rows` inserts into `bulk`, plus (when rows are
-        there) an update of a tenth of them and a delete of another tenth."""
+        there) an update of a tenth as many rows and a delete of another tenth.
+
+        The update and delete are sized by `count`, not by the table: sized by the
+        table, which grows by most of each transaction, a "100k-row" transaction of a
+        long run carried several hundred thousand row changes."""
         count = self.large_rows if count is None else count
         with conn.cursor() as cur:
             cur.execute("BEGIN")
@@ -264,7 +268,7 @@ class Workload:
             low, high = cur.fetchone()
             first = int(high) + 1
             if high:
-                span = max(1, (int(high) - int(low)) // 10)
+                span = max(1, min(int(high) - int(low), count) // 10)
                 cur.execute(
                     "UPDATE bulk SET version=version+1, amount=amount+1 WHERE id BETWEEN %s AND %s",
                     (low + span, low + 2 * span - 1),

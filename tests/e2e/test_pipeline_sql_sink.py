@@ -54,6 +54,10 @@ class Pipeline:
             "SHARDCTL_CLUSTER": settings.cluster,
             "SHARDCTL_CDC_KAFKA_TOPIC": self.topic,
             "SHARDCTL_CDC_SOURCE": "src",
+            # The trigger counts every change: each must be a write of its own, not
+            # folded with the batch's other changes of its row.
+            "SHARDCTL_SINK_SQL_FOLD_CHANGES": "false",
+            "SHARDCTL_SINK_POSTGRES_FOLD_CHANGES": "false",
             # One replica server_id per test: the server evicts duplicates.
             "SHARDCTL_CDC_SERVER_ID": str(
                 10_000 + zlib.crc32(settings.cluster.encode()) % 2_000_000_000

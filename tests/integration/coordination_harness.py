@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from shardctl.config import Settings
 from shardctl.etcd import EtcdClient, LoopThread, watch_updates
 from shardctl.keyspace import Keyspace
+from shardctl.processes import SHARDCTL, ProcessGroup
 from shardctl.records import Assignment, ClusterConfig, OffsetRecord, WorkerRecord
 from tests.polling import wait_for as wait_for
 
@@ -87,7 +87,7 @@ class Cluster:
         self.keys = Keyspace.of(settings)
         self.workdir = workdir
         self.env = {**os.environ, **env, "SHARDCTL_CLUSTER": settings.cluster}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes = ProcessGroup(workdir, self.env)
         self.loop = LoopThread("test-etcd").start()
         self.client = self.loop.run(EtcdClient(settings.etcd).connect())
         self.recorder = Recorder(self.keys)
@@ -101,7 +101,7 @@ class Cluster:
 
     def shardctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "shardctl.cli.main", *args],
+            [*SHARDCTL, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -109,16 +109,12 @@ class Cluster:
             check=False,
         )
 
+    @property
+    def procs(self) -> dict[str, subprocess.Popen[bytes]]:
+        return self.processes.procs
+
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shardctl.cli.main", *args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.procs[name] = proc
-        return proc
+        return self.processes.shardctl(name, *args, env=self.env)
 
     def start_coordinator(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
         return self.spawn(
@@ -162,22 +158,16 @@ class Cluster:
         return self.workdir / f"{name}.events"
 
     def log_text(self, name: str) -> str:
-        return (self.workdir / f"{name}.log").read_text(errors="replace")
+        return self.processes.log(name)
 
     def signal(self, name: str, sig: signal.Signals) -> None:
-        self.procs[name].send_signal(sig)
+        self.processes.signal(name, sig)
 
     def kill9(self, name: str) -> None:
-        proc = self.procs[name]
-        proc.kill()
-        proc.wait(10)
+        self.processes.kill9(name)
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-                proc.wait(10)
+        self.processes.stop_all(grace_s=0)
         for fut in self._watches:
             fut.cancel()
         self.loop.run(self.client.delete_prefix(self.keys.root))

@@ -83,7 +83,9 @@ def test_session_setting_stops_the_reader_and_skip_recovers(
         assert reader.wait(60) == 1, reader.stderr()
         error = reader.stderr()
         assert setting in error, error
-        found = re.search(r"position=(\S+)", error)
+        # The error line's position (log lines carry `position=` fields too).
+        stop = next(line for line in error.splitlines() if line.startswith("error:"))
+        found = re.search(r"position=(\S+)", stop)
         assert found is not None, error
         position = found.group(1)
         assert f"shardctl cdc checkpoint skip --source main --position {position}" in error

@@ -97,6 +97,7 @@ def test_init_twice_then_a_conflict(
         "transport": "kafka",
         "weights": {},
         "affinity": {},
+        "shard_hash": "jump",
     }
     assert shown["kafka_topics"][topics[0]] == {
         "partitions": 4,

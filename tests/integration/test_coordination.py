@@ -6,7 +6,6 @@ import itertools
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +13,17 @@ import pytest
 
 from coordinator.assignment import Member, minimal_moves, moves
 from coordinator.writer import Current, write_assignment
-from shardctl.config import Settings
 from shardctl.etcd import Leadership, Mirror, NotLeader, Session
-from shardctl.records import Assignment, WorkerRecord
+from shardctl.records import Assignment, OffsetRecord, WorkerRecord
 from tests.integration.coordination_harness import (
     TTL,
     Cluster,
     processing_overlaps,
     wait_for,
 )
-from workers.offsets import OffsetFenced, OffsetStore, Position
+from workers.offsets import OffsetFenced, OffsetStore
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cluster(stack: Any, settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(stack.env(), settings, tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def event_logs(cluster: Cluster, names: list[str]) -> list[Path]:
@@ -98,7 +87,8 @@ def test_sigstop_past_ttl_zombie_stops_and_its_writes_are_fenced(cluster: Cluste
     offsets = OffsetStore(cluster.client, cluster.keys)
     for shard, token in zombie_tokens.items():
         with pytest.raises(OffsetFenced, match=f"token {token} no longer owns"):
-            cluster.loop.run(offsets.commit(shard, token, Position({"noop": 10**9}, "zombie")))
+            zombie = OffsetRecord(positions={"noop": 10**9}, event_id="zombie", token=token)
+            cluster.loop.run(offsets.commit(shard, zombie))
     # And none of the offset writes it attempted after the takeover landed.
     late = [
         (rev, shard, tok)
@@ -251,43 +241,61 @@ def test_scale_one_to_five_and_back_moves_the_minimum(cluster: Cluster) -> None:
         assert cluster.procs[leaving].wait(30) == 0, f"{leaving} did not exit cleanly"
 
 
-def test_shards_set_refuses_when_kafka_partitions_do_not_match(
+def test_shards_set_grows_kafka_topics_and_refuses_other_partition_counts(
     stack: Any, cluster: Cluster, unique: str
 ) -> None:
-    from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic
 
     done = cluster.shardctl("shards", "set", "4")
     assert done.returncode == 0, done.stderr
     assert "no topics configured" in done.stdout
 
-    topic = f"{unique}-rows"
+    grows, odd = f"{unique}-rows", f"{unique}-odd"
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(30)
+    created = admin.create_topics(
+        [NewTopic(grows, num_partitions=4, replication_factor=1), NewTopic(odd, 5, 1)]
+    )
+    for future in created.values():
+        future.result(30)
+
+    def partitions(topic: str) -> int:
+        return len(admin.list_topics(topic, timeout=30).topics[topic].partitions)
+
     try:
         config = cluster.config()
         assert config is not None
-        with_topics = config.model_copy(update={"topics": [topic, f"{unique}-absent"]})
+        with_topics = config.model_copy(update={"topics": [grows, odd, f"{unique}-absent"]})
         cluster.loop.run(cluster.client.put(cluster.keys.config, with_topics.encode()))
 
         refused = cluster.shardctl("shards", "set", "6")
         assert refused.returncode == 1
-        assert f"{topic} has 4 partition(s)" in refused.stderr
+        assert f"{odd} has 5 partition(s)" in refused.stderr
         assert "shard count unchanged" in refused.stderr
         after = cluster.config()
         assert after is not None and after.num_shards == 4
+        assert partitions(grows) == 4  # nothing changed, not even the topic that could grow
 
         same = cluster.shardctl("shards", "set", "4")
         assert same.returncode == 0 and "already 4" in same.stdout
 
-        # Grow the topic to 6 partitions: now the change is accepted.
-        admin.create_partitions([NewPartitions(topic, 6)])[topic].result(30)
+        without_odd = with_topics.model_copy(update={"topics": [grows, f"{unique}-absent"]})
+        cluster.loop.run(cluster.client.put(cluster.keys.config, without_odd.encode()))
         accepted = cluster.shardctl("shards", "set", "6")
         assert accepted.returncode == 0, accepted.stderr
+        assert f"topic {grows}: 4 -> 6 partitions" in accepted.stdout
         assert f"topic {unique}-absent does not exist yet" in accepted.stdout
+        assert partitions(grows) == 6
         after = cluster.config()
-        assert after is not None and after.num_shards == 6 and after.topics[0] == topic
+        assert after is not None and after.num_shards == 6 and after.topics[0] == grows
+
+        shrink = cluster.shardctl("shards", "set", "3")
+        assert shrink.returncode == 1
+        assert "cannot shrink from 6 to 3 shards" in shrink.stderr
+        after = cluster.config()
+        assert after is not None and after.num_shards == 6
     finally:
-        admin.delete_topics([topic])[topic].result(30)
+        for future in admin.delete_topics([grows, odd]).values():
+            future.result(30)
 
 
 def test_a_flapping_worker_causes_no_rebalance_storm(cluster: Cluster) -> None:

@@ -11,11 +11,14 @@ import pytest
 
 from shardctl.config import Settings
 from shardctl.etcd import (
+    Absent,
     Election,
     EtcdClient,
+    Fence,
     Leadership,
     Mirror,
     NotLeader,
+    Put,
     Session,
     SessionLost,
     watch_updates,
@@ -56,16 +59,25 @@ def test_create_if_absent_and_create_revision_guards(settings: Settings) -> None
         assert second.kv.value == b"w1"
         assert second.kv.create_revision == first.kv.create_revision
         token = first.kv.create_revision
-        assert await client.put_if_created_at(key, token, keys.offset(3), b"1")
-        assert not await client.put_if_created_at(key, token + 1, keys.offset(3), b"2")
+        fence, wrong = Fence(key, token), Fence(key, token + 1)
+        written = await fence.txn(client, [Put(keys.offset(3), b"1")])
+        assert written.written and written.holds
+        refused = await wrong.txn(client, [Put(keys.offset(3), b"2")])
+        assert not refused.written and not refused.holds
+        assert refused.describe() == f"held by 'w1' with token {token}"
         offset = await client.get(keys.offset(3))
         assert offset is not None and offset.value == b"1"
-        assert not await client.delete_if_created_at(key, token + 1)
-        assert await client.delete_if_created_at(key, token)
+        # The fence holds but another guard fails: nothing written, and it says so.
+        guarded = await fence.txn(client, [Put(keys.offset(3), b"x")], [Absent(keys.offset(3))])
+        assert not guarded.written and guarded.holds
+        assert not await wrong.release(client)
+        assert await fence.release(client)
+        gone = await fence.txn(client, [Put(keys.offset(3), b"y")])
+        assert not gone.written and gone.describe() == "absent"
         again = await client.create_if_absent(key, b"w2")
         assert again.created and again.kv.create_revision > token
         # The old token no longer fences anything.
-        assert not await client.put_if_created_at(key, token, keys.offset(3), b"3")
+        assert not (await fence.txn(client, [Put(keys.offset(3), b"3")])).written
 
     run(settings, body)
 

@@ -10,9 +10,9 @@ import pytest
 from shardctl.config import Settings
 from shardctl.etcd import EtcdClient
 from shardctl.keyspace import Keyspace
+from shardctl.records import OffsetRecord
 from tests.integration.workers_support import delete_cluster, wait_async, write_assignment
 from workers.noop_handler import NoopHandler
-from workers.offsets import Position
 from workers.ownership import Claim
 from workers.worker import Worker, WorkerOptions
 
@@ -38,7 +38,7 @@ class GatedHandler(NoopHandler):
             await self.gate.wait()
         await super().start(claim)
 
-    async def stop(self, shard: int, token: int) -> Position | None:
+    async def stop(self, shard: int, token: int) -> OffsetRecord | None:
         if shard == self.gated_stop:
             self.entered.set()
             await self.gate.wait()

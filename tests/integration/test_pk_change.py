@@ -114,14 +114,16 @@ def test_a_key_change_while_the_old_keys_worker_is_frozen_ends_equal(
 
     owners = wait_for("both workers owning every shard, the reader live", settled, timeout=120)
     old_id = next(
-        i for i in range(1, 10_000) if owners[shard_of(_key(mysql_db, i), NUM_SHARDS)][0] == "w1"
+        i
+        for i in range(1, 10_000)
+        if owners[shard_of(_key(mysql_db, i), NUM_SHARDS, "jump")][0] == "w1"
     )
     new_id = next(
         i
         for i in range(old_id + 1, 10_000)
-        if owners[shard_of(_key(mysql_db, i), NUM_SHARDS)][0] == "w2"
+        if owners[shard_of(_key(mysql_db, i), NUM_SHARDS, "jump")][0] == "w2"
     )
-    old_shard = shard_of(_key(mysql_db, old_id), NUM_SHARDS)
+    old_shard = shard_of(_key(mysql_db, old_id), NUM_SHARDS, "jump")
 
     p.procs["w1"].send_signal(signal.SIGSTOP)
     try:

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from shardctl.config import Settings
 from shardctl.records import Assignment
 from tests.integration.coordination_harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cluster(stack: Any, settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(stack.env(), settings, tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def owned_as_assigned(cluster: Cluster, expected: list[str | None]) -> Assignment | None:

@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from shardctl.config import Settings
 from tests.integration.coordination_harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cluster(stack: Any, settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(stack.env(), settings, tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_a_worker_back_within_its_grace_takes_its_shards_back_without_a_move(

@@ -28,7 +28,6 @@ from tests.integration.cdc_support import (
 from tests.integration.workers_support import create_topic, maxwell
 from workers.events import Batch, Event, decode_message
 from workers.handlers import HandlerContext, ShardHalted
-from workers.sinks import sql as sql_sink
 from workers.sinks.sql import SqlSink
 
 pytestmark = pytest.mark.integration
@@ -370,7 +369,7 @@ def test_a_worker_stops_the_shard_and_resumes_after_forget_stream(
             _execute(conn, f"UPDATE `{unique}`.items SET name = 'after' WHERE id = 3")
         stream = "src/7|gtid:0"
         key = json.dumps({"database": unique, "table": "items"}, separators=(",", ":"))
-        shard = shard_of(f'{key[:-1]},"pk.id":3}}'.encode(), NUM_SHARDS)
+        shard = shard_of(f'{key[:-1]},"pk.id":3}}'.encode(), NUM_SHARDS, "jump")
         wait_for(
             "the worker stopping the shard",
             lambda: (
@@ -436,12 +435,18 @@ def test_the_remembered_transactions_are_pruned_to_the_replay_window(
 ) -> None:
     """A replay inside the window is skipped; one older than the window is not
     silently skipped: it stops the shard, naming replay_window."""
-    monkeypatch.setattr(sql_sink, "_PRUNE_EVERY", 1)
     for name, value in _sink_env(stack).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("SHARDCTL_SINK_SQL_PASSWORD", raising=False)
     sink = SqlSink(
-        HandlerContext(options={"database": sink_db, "scope": "window", "replay_window": "2"})
+        HandlerContext(
+            options={
+                "database": sink_db,
+                "scope": "window",
+                "replay_window": "2",
+                "prune_every": "1",
+            }
+        )
     )
 
     def change(offset: int, seq: int) -> Event:

@@ -15,7 +15,6 @@ from shardctl.keyspace import Keyspace
 from shardctl.records import OffsetRecord
 from tests.conftest import StackHandle
 from tests.integration.workers_support import delete_cluster, wait_async, write_assignment
-from workers.offsets import Position
 from workers.ownership import Claim
 from workers.worker import Worker, WorkerOptions
 
@@ -31,26 +30,25 @@ class GatedHandler:
         self.running: dict[int, int] = {}
         self.stopping = asyncio.Event()
         self.proceed = asyncio.Event()
-        self.final = Position({"orders": 7}, "ev-7")
 
     async def start(self, claim: Claim) -> None:
         self.starts.append((claim.shard, claim.token, claim.offset))
         self.running[claim.shard] = claim.token
 
-    async def stop(self, shard: int, token: int) -> Position | None:
+    async def stop(self, shard: int, token: int) -> OffsetRecord | None:
         self.stopping.set()
         await self.proceed.wait()
         self.running.pop(shard, None)
-        return self.final
+        return OffsetRecord(positions={"orders": 7}, event_id="ev-7", token=token)
 
-    def position(self, shard: int) -> Position | None:
+    def position(self, shard: int) -> OffsetRecord | None:
         return None
 
     def abort(self, shards: Collection[int], reason: str) -> None:
         for shard in shards:
             self.running.pop(shard, None)
 
-    def lag(self, shard: int, committed: Position | None) -> int | None:
+    def lag(self, shard: int, committed: OffsetRecord | None) -> int | None:
         return None
 
 

@@ -3,14 +3,19 @@ tokens refused, a batch or a change applied twice has one effect."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.conftest import StackHandle
+from tests.integration.cdc_support import SHARDCTL
 from tests.integration.postgres_support import count_effects, fresh_database, pg_query
-from tests.integration.workers_support import maxwell
+from tests.integration.workers_support import MIXED_CHANGES, MIXED_RESULT, maxwell, row_event
 from workers.events import Batch, Event, decode_message
 from workers.handlers import Fenced, HandlerContext, ShardHalted
 from workers.sinks.postgres import PostgresSink
@@ -96,7 +101,9 @@ def test_rows_and_offsets_commit_together_and_a_replayed_batch_has_no_effect(
         ],
     )
     sink.on_events(first)
-    assert pg_query(pg, "SELECT n FROM effects") == [(5,)]
+    # Folded per key: row 0 written once (its insert and update), row 1 once, and row
+    # 2 (inserted, then deleted) only deleted: there was nothing to delete.
+    assert pg_query(pg, "SELECT n FROM effects") == [(2,)]
     rows = pg_query(pg, "SELECT id, name, payload, doc, amount::text FROM items ORDER BY id")
     assert rows == [
         (0, "renamed", None, None, None),
@@ -116,7 +123,7 @@ def test_rows_and_offsets_commit_together_and_a_replayed_batch_has_no_effect(
             [_event(4, 2, 100, kind="delete", data={"id": 2, "name": "n2"}), _event(5, 2, 100)],
         )
     )
-    assert pg_query(pg, "SELECT n FROM effects") == [(6,)], "a duplicate applied"
+    assert pg_query(pg, "SELECT n FROM effects") == [(3,)], "a duplicate applied"
     assert sink.resume_positions(2) == {"orders": 6}
 
 
@@ -140,34 +147,53 @@ def test_a_change_the_reader_published_again_has_no_second_effect(
     the same event ids: the sink applies each source change once."""
     sink.on_assign(1, 7)
     sink.on_events(_batch(1, 7, [_event(0, 1, 7, data={"id": 1, "name": "v0"})]))
+    # Three changes to row 1 fold into one write.
     sink.on_events(_batch(1, 7, [_change(1, 10, 0), _change(2, 11, 0), _change(3, 11, 1)]))
-    assert pg_query(pg, "SELECT n FROM effects") == [(4,)]
+    assert pg_query(pg, "SELECT n FROM effects") == [(2,)]
     # The tail again (offsets 4-5 repeat gtid 11), then a new change.
     sink.on_events(_batch(1, 7, [_change(4, 11, 0), _change(5, 11, 1), _change(6, 12, 0)]))
-    assert pg_query(pg, "SELECT n FROM effects") == [(5,)], "a replayed change applied"
+    assert pg_query(pg, "SELECT n FROM effects") == [(3,)], "a replayed change applied"
     assert pg_query(pg, "SELECT name FROM items WHERE id = 1") == [("v12.0",)]
     # Another topic of the same shard has its own order: an older GTID there still applies.
     sink.on_events(_batch(1, 7, [_change(0, 9, 0, topic="customers")]))
-    assert pg_query(pg, "SELECT n FROM effects") == [(6,)]
+    assert pg_query(pg, "SELECT n FROM effects") == [(4,)]
 
 
 def test_a_source_that_went_backwards_stops_the_shard_and_writes_nothing(
-    pg: dict[str, Any], sink: PostgresSink
+    stack: StackHandle, pg: dict[str, Any], sink: PostgresSink
 ) -> None:
     sink.on_assign(1, 7)
     sink.on_events(_batch(1, 7, [_change(0, 10, 0), _change(1, 11, 0)]))
     # GTID 11 again, but another transaction (another xid): the source was reset.
-    with pytest.raises(ShardHalted, match="went backwards"):
+    with pytest.raises(ShardHalted, match="went backwards") as halted:
         sink.on_events(_batch(1, 7, [_change(2, 12, 0), _change(3, 11, 0, xid=99)]))
-    assert pg_query(pg, "SELECT n, (SELECT name FROM items) FROM effects") == [(2, "v11.0")]
+    # Two changes of row 1, folded into one write.
+    assert pg_query(pg, "SELECT n, (SELECT name FROM items) FROM effects") == [(1, "v11.0")]
     assert sink.resume_positions(1) == {"orders": 2}
     [(stream,)] = pg_query(pg, "SELECT stream FROM shardctl_applied")
+    command = (
+        f"shardctl worker forget-stream --handler postgres --handler-option scope=test "
+        f"--handler-option database={pg['dbname']} --shard 1 --topic orders --stream '{stream}'"
+    )
+    assert command in str(halted.value)
+    # The command the error names, as an operator runs it.
+    forget = subprocess.run(
+        [SHARDCTL, *shlex.split(command)[1:], "--yes"],
+        env={**os.environ, **stack.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert forget.returncode == 0, forget.stderr
     # The newest applied change and both applied transactions.
-    assert sink.forget_stream(1, "orders", stream) == 3
+    assert f"postgres sink test: shard 1 topic orders stream {stream}: forgot 3 record(s)" in (
+        forget.stdout
+    )
     # Forgotten: the reset source's changes apply from the next batch on.
     sink.on_events(_batch(1, 7, [_change(2, 11, 0, xid=99), _change(3, 12, 0, xid=100)]))
     assert pg_query(pg, "SELECT name FROM items") == [("v12.0",)]
-    assert pg_query(pg, "SELECT n FROM effects") == [(4,)]
+    assert pg_query(pg, "SELECT n FROM effects") == [(2,)]
 
 
 def test_a_stale_token_is_refused_and_writes_nothing(
@@ -204,3 +230,51 @@ def test_a_failing_event_rolls_back_its_whole_batch(pg: dict[str, Any], sink: Po
     # The connection is usable after the rollback.
     sink.on_events(_batch(0, 5, [_event(0, 0, 5)]))
     assert pg_query(pg, "SELECT id FROM items") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("fold", "writes"),
+    # Folded: rows 1 and 2 deleted then written, row 3 deleted, rows 5 and 6 written
+    # (row 4's delete finds nothing). Unfolded: each of the 12 changes writes one row,
+    # the key move two.
+    [(True, 7), (False, 13)],
+)
+def test_several_changes_to_one_key_end_in_the_state_of_the_last_one(
+    pg: dict[str, Any], sink: PostgresSink, fold: bool, writes: int
+) -> None:
+    sink.settings.fold_changes = fold
+    sink.on_assign(0, 7)
+    first = [row_event(n, "insert", {"id": n, "name": f"n{n}"}) for n in (1, 2, 3)]
+    sink.on_events(_batch(0, 7, first))
+    batch = [row_event(4 + n, kind, data, old) for n, (kind, data, old) in enumerate(MIXED_CHANGES)]
+    sink.on_events(_batch(0, 7, batch))
+    assert pg_query(pg, "SELECT id, name, payload FROM items ORDER BY id") == MIXED_RESULT
+    assert pg_query(pg, "SELECT n FROM effects") == [(3 + writes,)]
+    assert sink.resume_positions(0) == {"orders": 4 + len(MIXED_CHANGES)}
+
+
+def test_a_failure_in_the_middle_of_a_batch_rolls_back_data_and_offsets_together(
+    pg: dict[str, Any], sink: PostgresSink
+) -> None:
+    """The batch's DELETE statement has run when its upsert fails on the server: the
+    delete, the rows before the bad one and the offsets are all rolled back."""
+    pg_query(pg, "ALTER TABLE items ADD CONSTRAINT no_bad_name CHECK (name <> 'bad')")
+    sink.on_assign(0, 7)
+    sink.on_events(
+        _batch(0, 7, [row_event(n, "insert", {"id": n, "name": f"n{n}"}) for n in (0, 1)])
+    )
+    failing = [
+        row_event(2, "delete", {"id": 0, "name": "n0"}),
+        row_event(3, "update", {"id": 1, "name": "changed"}, {"name": "n1"}),
+        row_event(4, "insert", {"id": 5, "name": "bad"}),
+        row_event(5, "insert", {"id": 6, "name": "n6"}),
+    ]
+    with pytest.raises(psycopg.errors.CheckViolation, match="no_bad_name"):
+        sink.on_events(_batch(0, 7, failing))
+    assert pg_query(pg, "SELECT id, name FROM items ORDER BY id") == [(0, "n0"), (1, "n1")]
+    assert pg_query(pg, "SELECT n FROM effects") == [(2,)]
+    assert sink.resume_positions(0) == {"orders": 2}
+    # Without the bad row (as the worker's one-by-one retry sends it) the rest applies.
+    sink.on_events(_batch(0, 7, failing[:2] + failing[3:]))
+    assert pg_query(pg, "SELECT id, name FROM items ORDER BY id") == [(1, "changed"), (6, "n6")]
+    assert sink.resume_positions(0) == {"orders": 6}

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import pymysql
 import pytest
 
 from tests.conftest import StackHandle
-from tests.integration.workers_support import maxwell
+from tests.integration.workers_support import MIXED_CHANGES, MIXED_RESULT, maxwell, row_event
 from workers.events import Batch, Event, decode_message
 from workers.handlers import Fenced, HandlerContext
 from workers.sinks.sql import SqlSink
@@ -93,7 +94,9 @@ def test_rows_and_offsets_commit_together_and_a_replayed_batch_has_no_effect(
         ],
     )
     sink.on_events(first)
-    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(5,)]
+    # Folded per key: row 0 written once (its insert and update), row 1 once, and row
+    # 2 (inserted, then deleted) only deleted: there was nothing to delete.
+    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(2,)]
     rows = _query(stack, mysql_db, "SELECT id, name, payload, doc FROM items ORDER BY id")
     assert rows == [(0, "renamed", None, None), (1, "b", b"\x00\x01\x02", '{"a": [1]}')]
     assert sink.resume_positions(2) == {"orders": 5}
@@ -110,7 +113,7 @@ def test_rows_and_offsets_commit_together_and_a_replayed_batch_has_no_effect(
             [_event(4, 2, 100, kind="delete", data={"id": 2, "name": "n2"}), _event(5, 2, 100)],
         )
     )
-    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(6,)], "a duplicate applied"
+    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(3,)], "a duplicate applied"
     assert sink.resume_positions(2) == {"orders": 6}
 
 
@@ -134,15 +137,16 @@ def test_a_change_the_reader_published_again_has_no_second_effect(
         )
 
     sink.on_events(_batch(1, 7, [_event(0, 1, 7, data={"id": 1, "name": "v0"})]))
+    # Three changes to row 1 fold into one write.
     sink.on_events(_batch(1, 7, [change(1, 10, 0), change(2, 11, 0), change(3, 11, 1)]))
-    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(4,)]
+    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(2,)]
     # The tail again (offsets 4-5 repeat gtid 11), then a new change.
     sink.on_events(_batch(1, 7, [change(4, 11, 0), change(5, 11, 1), change(6, 12, 0)]))
-    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(5,)], "a replayed change applied"
+    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(3,)], "a replayed change applied"
     assert _query(stack, mysql_db, "SELECT name FROM items WHERE id = 1") == [("v12.0",)]
     # Another topic of the same shard has its own order: an older GTID there still applies.
     sink.on_events(_batch(1, 7, [change(0, 9, 0, topic="customers")]))
-    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(6,)]
+    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(4,)]
 
 
 def test_a_stale_token_is_refused_and_writes_nothing(
@@ -201,3 +205,63 @@ def test_a_column_added_to_the_target_after_it_was_read_is_written(
     # A column the target really lacks is still refused, naming it.
     with pytest.raises(LookupError, match=r"has no column\(s\) \['missing'\]"):
         sink.on_events(_batch(0, 7, [_event(2, 0, 7, data={"id": 2, "missing": 1})]))
+
+
+@pytest.mark.parametrize(
+    ("fold", "writes"),
+    # Folded: rows 1 and 2 deleted then written, row 3 deleted, rows 5 and 6 written
+    # (row 4's delete finds nothing). Unfolded: each of the 12 changes writes one row,
+    # the key move two.
+    [(True, 7), (False, 13)],
+)
+def test_several_changes_to_one_key_end_in_the_state_of_the_last_one(
+    stack: StackHandle, mysql_db: str, sink: SqlSink, fold: bool, writes: int
+) -> None:
+    sink.settings.fold_changes = fold
+    sink.on_assign(0, 7)
+    sink.on_events(
+        _batch(0, 7, [row_event(n, "insert", {"id": n, "name": f"n{n}"}) for n in (1, 2, 3)])
+    )
+    batch = [row_event(4 + n, kind, data, old) for n, (kind, data, old) in enumerate(MIXED_CHANGES)]
+    sink.on_events(_batch(0, 7, batch))
+    assert (
+        _query(stack, mysql_db, "SELECT id, name, payload FROM items ORDER BY id") == MIXED_RESULT
+    )
+    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(3 + writes,)]
+    assert sink.resume_positions(0) == {"orders": 4 + len(MIXED_CHANGES)}
+
+
+def test_a_failure_in_the_middle_of_a_batch_rolls_back_data_and_offsets_together(
+    stack: StackHandle, mysql_db: str, sink: SqlSink
+) -> None:
+    """The batch's DELETE statement has run when its upsert fails on the server: the
+    delete, the rows before the bad one and the offsets are all rolled back."""
+    conn = stack.mysql_root(mysql_db)
+    with conn.cursor() as cur:
+        cur.execute("ALTER TABLE items ADD CONSTRAINT no_bad_name CHECK (name <> 'bad')")
+    conn.close()
+    sink.on_assign(0, 7)
+    sink.on_events(
+        _batch(0, 7, [row_event(n, "insert", {"id": n, "name": f"n{n}"}) for n in (0, 1)])
+    )
+    failing = [
+        row_event(2, "delete", {"id": 0, "name": "n0"}),
+        row_event(3, "update", {"id": 1, "name": "changed"}, {"name": "n1"}),
+        row_event(4, "insert", {"id": 5, "name": "bad"}),
+        row_event(5, "insert", {"id": 6, "name": "n6"}),
+    ]
+    with pytest.raises(pymysql.err.OperationalError, match="no_bad_name"):
+        sink.on_events(_batch(0, 7, failing))
+    assert _query(stack, mysql_db, "SELECT id, name FROM items ORDER BY id") == [
+        (0, "n0"),
+        (1, "n1"),
+    ]
+    assert _query(stack, mysql_db, "SELECT n FROM effects") == [(2,)]
+    assert sink.resume_positions(0) == {"orders": 2}
+    # Without the bad row (as the worker's one-by-one retry sends it) the rest applies.
+    sink.on_events(_batch(0, 7, failing[:2] + failing[3:]))
+    assert _query(stack, mysql_db, "SELECT id, name FROM items ORDER BY id") == [
+        (1, "changed"),
+        (6, "n6"),
+    ]
+    assert sink.resume_positions(0) == {"orders": 6}

@@ -16,6 +16,7 @@ from shardctl.etcd import EtcdClient
 from shardctl.keyspace import Keyspace
 from shardctl.records import Assignment
 from tests.polling import wait_async as wait_async
+from workers.events import Event, decode_message
 
 
 def maxwell(
@@ -113,3 +114,32 @@ async def delete_cluster(settings: Settings) -> None:
     keys = Keyspace.of(settings)
     async with EtcdClient(settings.etcd) as client:
         await client.delete_prefix(keys.root)
+
+
+def row_event(n: int, kind: str, data: dict[str, Any], old: dict[str, Any] | None = None) -> Event:
+    doc = json.loads(maxwell(n, 0, kind=kind, data=data))
+    if old is not None:
+        doc["old"] = old
+    raw = json.dumps(doc).encode()
+    """One Maxwell row message of table `orders` in shard 0 at position `n`, token 7."""
+    return Event(0, "orders", n, None, raw, decode_message(raw, 0, "orders", n), 7)
+
+
+# Row 1: updated, deleted, inserted again, updated with a partial image; row 2:
+# deleted and inserted again; row 4 inserted and deleted; row 3 moved to key 5 and
+# updated there; row 6 inserted and updated.
+MIXED_CHANGES = [
+    ("update", {"id": 1, "name": "a"}, None),
+    ("delete", {"id": 1, "name": "a"}, None),
+    ("insert", {"id": 1, "name": "b", "payload": "AAEC"}, None),
+    ("update", {"id": 1, "name": "c"}, {"name": "b"}),
+    ("delete", {"id": 2, "name": "n2"}, None),
+    ("insert", {"id": 2, "name": "x"}, None),
+    ("insert", {"id": 4, "name": "n4"}, None),
+    ("delete", {"id": 4, "name": "n4"}, None),
+    ("update", {"id": 5, "name": "n3"}, {"id": 3}),
+    ("update", {"id": 5, "name": "z"}, {"name": "n3"}),
+    ("insert", {"id": 6, "name": "n6"}, None),
+    ("update", {"id": 6, "name": "y"}, {"name": "n6"}),
+]
+MIXED_RESULT = [(1, "c", b"\x00\x01\x02"), (2, "x", None), (5, "z", None), (6, "y", None)]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cdc.replication.errors import TransactionOrderError
+from cdc.replication.errors import SourceError, TransactionOrderError
 from cdc.replication.position import MariadbGtidState
 from cdc.replication.transaction import RowChange, TransactionAssembler
 from cdc.rows import RowImage
@@ -103,3 +103,48 @@ def test_rotation_between_transactions_switches_file() -> None:
     asm = TransactionAssembler(rows, None, "b.000001")
     asm.rotate("b.000002")
     assert asm.file == "b.000002" and rows.rotations == ["b.000002"]
+
+
+# --- CREATE TABLE ... SELECT: the schema change comes with its rows ---------------
+
+
+def test_mariadb_create_select_keeps_its_create_with_the_rows() -> None:
+    # MariaDB logs CREATE TABLE ... SELECT as GTID (not standalone), the CREATE
+    # query, the rows, then the XID (or a COMMIT query): one transaction.
+    asm = TransactionAssembler(Rows(), MariadbGtidState("0-1-4"), "b.000001")
+    asm.gtid(ev(110), "0-1-5", flags=0, begun=True)
+    assert asm.query(query(200, "CREATE TABLE `copy` (`id` int(11) NOT NULL)")) is None
+    asm.rows(ev(260, ids=[1, 2]))
+    txn = asm.xid(ev(300, xid=12))
+    assert txn.statement is not None
+    assert txn.statement.sql.startswith("CREATE TABLE `copy`")
+    assert [c.row.data["id"] for c in txn.changes] == [1, 2]
+    assert txn.ctx.xid == 12 and txn.end.pos == 300
+
+
+def test_mysql_atomic_create_select_starts_the_transaction() -> None:
+    # MySQL 8.0.21+: `CREATE TABLE ... START TRANSACTION`, rows, XID, with no BEGIN.
+    asm = TransactionAssembler(Rows(), None, "b.000001")
+    sql = "CREATE TABLE `copy` (`id` int NOT NULL) START TRANSACTION"
+    assert asm.query(query(200, sql)) is None
+    asm.rows(ev(260, ids=[7]))
+    txn = asm.xid(ev(300, xid=3))
+    assert txn.statement is not None and txn.statement.sql == sql
+    assert [c.row.data["id"] for c in txn.changes] == [7]
+
+
+def test_other_statements_inside_a_transaction_are_not_kept() -> None:
+    asm = TransactionAssembler(Rows(), None, "b.000001")
+    asm.query(query(120, "BEGIN"))
+    assert asm.query(query(150, "SAVEPOINT a")) is None
+    asm.rows(ev(160, ids=[1]))
+    txn = asm.query(query(200, "COMMIT"))
+    assert txn is not None and txn.statement is None
+
+
+def test_a_schema_change_after_rows_stops_the_reader() -> None:
+    asm = TransactionAssembler(Rows(), None, "b.000001")
+    asm.query(query(120, "BEGIN"))
+    asm.rows(ev(160, ids=[1]))
+    with pytest.raises(SourceError, match=r"b\.000001:190 .* cannot place it"):
+        asm.query(query(200, "CREATE TABLE z (id INT)"))

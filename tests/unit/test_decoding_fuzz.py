@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdc.decoding import DecodeError, RowDecoder
@@ -17,7 +17,7 @@ from cdc.decoding.mysql_json import parse_mysql_json
 from cdc.schema import ColumnDef, ColumnType, TableDef
 from tests.unit.binlog_encoding import all_present, encode_mysql_json, encode_row
 
-FUZZ = settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200)
 
 # Columns with a strategy of raw values the test encoder takes.
 CATALOG: list[tuple[ColumnDef, st.SearchStrategy[Any]]] = [

@@ -21,7 +21,7 @@ from cdc.decoding.values import LATIN1_TABLE, float32_value
 from cdc.schema import ColumnDef, ColumnType, TableDef
 from tests.unit.binlog_encoding import all_present, encode_mysql_json, encode_row
 
-PROPERTY = settings(max_examples=150, deadline=2000)
+PROPERTY = settings(max_examples=150)
 
 
 def _decode(columns: tuple[ColumnDef, ...], rows: list[list[Any]]) -> list[dict[str, Any]]:

@@ -330,7 +330,8 @@ def test_ddl_only_with_output_ddl() -> None:
         "event_id": "0-11-334#0",
     }
     assert MaxwellFormatter().format_ddl(**args) is None
-    message = MaxwellFormatter(FormatterOptions(output_ddl=True)).format_ddl(
+    with_position = FormatterOptions(output_ddl=True, output_binlog_position=True)
+    message = MaxwellFormatter(with_position).format_ddl(
         **args, definition={"columns": []}, old_definition={"columns": [1]}
     )
     assert message is not None
@@ -387,7 +388,7 @@ JSON_READY = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=200)
 @given(JSON_READY)
 def test_encode_is_valid_json_of_the_same_value(value: Any) -> None:
     text = encode(value)
@@ -411,7 +412,7 @@ def test_encode_is_valid_json_of_the_same_value(value: Any) -> None:
     assert encode(value) == text  # stable
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=200)
 @given(
     st.dictionaries(
         st.sampled_from(["a", "b", "c"]),

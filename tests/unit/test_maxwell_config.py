@@ -84,6 +84,8 @@ def test_carried_settings_keep_their_meaning() -> None:
         "output_ddl": True,
         "output_binlog_position": True,
         "kafka_options": {"compression.type": "snappy"},
+        # Maxwell's default hash, written out (shardctl's own default is crc32).
+        "kafka_partition_hash": "default",
     }
 
 
@@ -182,3 +184,20 @@ def test_the_output_is_a_valid_shardctl_configuration(
     settings = load_settings(path)
     assert settings.mysql.host == "db.internal" and settings.mysql.port == 3307
     assert settings.mysql.password is None
+
+
+def test_kafka_partitions_follow_maxwells_defaults() -> None:
+    # Maxwell's config reference: kafka_partition_hash [default | murmur3], default
+    # "default"; producer_partition_by default "database".
+    plain = translate({"producer": "kafka"}, CDC_OPTIONS).sections["cdc"]
+    assert plain["kafka_partition_hash"] == "default"
+    assert plain["producer_partition_by"] == "database"
+    murmur = translate(
+        {"producer": "kafka", "kafka_partition_hash": "murmur3", "producer_partition_by": "table"},
+        CDC_OPTIONS,
+    ).sections["cdc"]
+    assert murmur["kafka_partition_hash"] == "murmur3"
+    assert murmur["producer_partition_by"] == "table"
+    # Not a Kafka producer: nothing to place on partitions.
+    stdout = translate({"producer": "stdout"}, CDC_OPTIONS).sections.get("cdc", {})
+    assert "kafka_partition_hash" not in stdout

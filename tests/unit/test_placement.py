@@ -59,7 +59,7 @@ def run(scenario: Scenario, max_moves: int | None = None) -> Placement:
     return place(previous, members, n, weights, affinity, max_moves=max_moves)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(scenarios())
 def test_deterministic_whatever_the_member_order(scenario: Scenario) -> None:
     previous, members, n, weights, affinity = scenario
@@ -68,7 +68,7 @@ def test_deterministic_whatever_the_member_order(scenario: Scenario) -> None:
     assert run(scenario) == place(previous, dict(shuffled), n, weights, affinity)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(scenarios())
 def test_every_shard_owned_by_an_eligible_worker_or_reported(scenario: Scenario) -> None:
     _, members, n, _, affinity = scenario
@@ -83,7 +83,7 @@ def test_every_shard_owned_by_an_eligible_worker_or_reported(scenario: Scenario)
             assert owner is None and shard in result.unplaceable
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(scenarios())
 def test_weight_balance_within_one_max_weight_per_group(scenario: Scenario) -> None:
     _, members, n, weights, affinity = scenario
@@ -101,7 +101,7 @@ def test_weight_balance_within_one_max_weight_per_group(scenario: Scenario) -> N
             assert ideal - w_max <= loads.get(w, 0) <= ideal + w_max, (w, loads, ideal)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(scenarios())
 def test_an_unchanged_input_moves_nothing(scenario: Scenario) -> None:
     _, members, n, weights, affinity = scenario
@@ -126,7 +126,7 @@ def forced_moves(
     return count
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(scenarios(), st.data())
 def test_removing_a_worker_moves_only_its_shards(scenario: Scenario, data: st.DataObject) -> None:
     _, members, n, weights, affinity = scenario
@@ -140,7 +140,7 @@ def test_removing_a_worker_moves_only_its_shards(scenario: Scenario, data: st.Da
     assert len(changed) == forced_moves(stable, rest, n, affinity) == moves(stable, after)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(scenarios(), st.sampled_from(["x1", "x2"]), st.sampled_from([None, "a", "b"]))
 def test_adding_a_worker_moves_at_least_the_lower_bound_and_only_its_groups(
     scenario: Scenario, new_id: str, zone: str | None
@@ -169,7 +169,7 @@ def test_adding_a_worker_moves_at_least_the_lower_bound_and_only_its_groups(
             assert after[s] == stable[s], f"shard {s} moved, but {new_id} cannot own it"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(scenarios(weighted=False, constrained=False))
 def test_without_weights_labels_or_zones_it_is_assign(scenario: Scenario) -> None:
     previous, members, n, _, _ = scenario
@@ -179,7 +179,7 @@ def test_without_weights_labels_or_zones_it_is_assign(scenario: Scenario) -> Non
     assert moves(previous, result.owners) == minimal_moves(previous, plain, n)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     st.lists(st.sampled_from(["a", "b", "c"]), min_size=2, max_size=9),
     st.integers(min_value=1, max_value=60),
@@ -199,7 +199,7 @@ def test_a_group_is_spread_across_zones(zones: list[str], n: int) -> None:
         assert ideal - 1 <= per_zone.get(z, 0) <= ideal + 1, (per_zone, z, ideal)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(scenarios())
 def test_a_churn_budget_limits_moves_from_live_owners(scenario: Scenario) -> None:
     previous, members, n, _, _ = scenario

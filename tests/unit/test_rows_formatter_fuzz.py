@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdc.decoding import DecodeError, RowDecoder
@@ -32,7 +32,7 @@ from tests.unit.binlog_encoding import encode_row
 from tests.unit.test_decoding_fuzz import CATALOG
 
 POSITION = "binlog.000031:4242"
-FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150)
 HARD_LIMIT_S = 5.0
 
 

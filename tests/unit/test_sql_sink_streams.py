@@ -46,6 +46,10 @@ def test_the_recovery_command_names_everything() -> None:
         "shardctl worker forget-stream --handler-option scope=prod --handler-option "
         "database=replica --shard 3 --topic shop --stream 'eu/7|gtid:0'"
     )
+    assert forget_command("prod", 3, "shop", "eu/7|gtid:0", "app", "postgres") == (
+        "shardctl worker forget-stream --handler postgres --handler-option scope=prod "
+        "--handler-option database=app --shard 3 --topic shop --stream 'eu/7|gtid:0'"
+    )
 
 
 def test_a_halted_shard_is_neither_retried_nor_dead_lettered() -> None:

@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardctl.records import OffsetRecord, RecordError
-from workers.offsets import Position
 
 topics = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-/", min_size=1, max_size=40)
 
@@ -25,7 +24,7 @@ def test_an_offset_record_round_trips_every_topic_position(
     record = OffsetRecord(positions=positions, event_id=event_id, token=token)
     decoded = OffsetRecord.decode("/c/offsets/3", record.encode())
     assert decoded == record
-    assert Position(decoded.positions, decoded.event_id) == Position(dict(positions), event_id)
+    assert decoded.same_place(record.model_copy(update={"token": token + 1}))
 
 
 def test_a_single_position_without_its_topic_is_refused_not_read_as_empty() -> None:
@@ -48,7 +47,22 @@ def test_malformed_positions_name_the_key(doc: dict[str, object]) -> None:
         OffsetRecord.decode("/c/offsets/9", json.dumps(doc).encode())
 
 
-def test_position_describes_each_topic_for_error_messages() -> None:
-    at = Position({"shop.users": 3, "shop.orders": 10}, "gtid:1")
+def test_an_offset_record_describes_each_topic_for_error_messages() -> None:
+    at = OffsetRecord(positions={"shop.users": 3, "shop.orders": 10}, event_id="gtid:1", token=2)
     assert at.describe() == "shop.orders@10, shop.users@3 (event gtid:1)"
-    assert Position().describe() == "no position"
+    assert OffsetRecord(token=2).describe() == "no position"
+
+
+@given(
+    positions=st.dictionaries(topics, st.integers(min_value=0, max_value=9), max_size=3),
+    other=st.dictionaries(topics, st.integers(min_value=0, max_value=9), max_size=3),
+    token=st.integers(min_value=1, max_value=5),
+    other_token=st.integers(min_value=1, max_value=5),
+)
+def test_same_place_ignores_only_the_token(
+    positions: dict[str, int], other: dict[str, int], token: int, other_token: int
+) -> None:
+    a = OffsetRecord(positions=positions, token=token)
+    b = OffsetRecord(positions=other, token=other_token)
+    assert a.same_place(b) == (positions == other)
+    assert not a.same_place(None)

@@ -1,12 +1,17 @@
 """The SQL sink: materialize rows into MariaDB/MySQL, exactly once per event.
 
-`--handler workers.sinks.sql:SqlSink`. For every event of a batch, in order:
+`--handler workers.sinks.sql:SqlSink`. What each event of a batch writes:
 
     insert, update, bootstrap-insert  ->  INSERT ... ON DUPLICATE KEY UPDATE (upsert)
                                           (an update that changed the primary key first
                                           deletes the row under the old key)
     delete                            ->  DELETE by primary key
     anything else (DDL, bootstrap-start/-complete)  ->  skipped
+
+The writes of a batch are folded per primary key (the last image wins; a delete
+before it stays a DELETE first) and go out as multi-row statements
+(workers.sinks.row_changes); `fold_changes = false` keeps every change a write of
+its own, still in multi-row statements.
 
 A batch is ONE database transaction, which also holds the shard's fence and offsets:
 
@@ -52,12 +57,17 @@ Settings (environment `SHARDCTL_SINK_SQL_*`, or handler options, except the pass
 which is environment/file only): host, port, user, password / password_file,
 database, scope (default: the cluster name), replay_window (transactions remembered
 per shard, topic and stream to recognise a replay; a reader replay deeper than that
-stops the shard as a backward position would). TLS, from the environment only:
-SHARDCTL_SINK_SQL_TLS__CA_FILE (required TLS, certificate and host name verified),
-..._TLS__CERT_FILE and ..._TLS__KEY_FILE (a client certificate).
+stops the shard as a backward position would), prune_every (how many transactions
+a stream adds between two prunes to replay_window, default 1000), fold_changes
+(default true). TLS,
+from the environment only: SHARDCTL_SINK_SQL_TLS__CA_FILE (required TLS, certificate
+and host name verified), ..._TLS__CERT_FILE and ..._TLS__KEY_FILE (a client
+certificate).
 
 The engine is written against a `Dialect` (workers.sinks.sql_common): MariaDB's is
-here, PostgreSQL's in workers.sinks.postgres.
+here, PostgreSQL's in workers.sinks.postgres. MySQL 8.0.19 and later is told
+from MariaDB by its version and gets the row-alias upsert (`VALUES (...) AS _new ON
+DUPLICATE KEY UPDATE c = _new.c`), since VALUES() there is deprecated.
 """
 
 from __future__ import annotations
@@ -65,9 +75,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from decimal import Decimal
+from itertools import chain
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -79,6 +91,7 @@ from shardctl.config import ConfigError, MySQLSettings, TLSSettings, read_secret
 from shardctl.event_ids import describe_key, order_key
 from workers.events import Batch, Event
 from workers.handlers import Fenced, HandlerContext, ShardHalted, TransientError
+from workers.sinks.row_changes import RowChanges, chunks
 from workers.sinks.sql_common import STREAM_CHARS, Dialect, TargetTable
 
 log = logging.getLogger(__name__)
@@ -89,9 +102,6 @@ _ROW_TYPES = {"insert", "update", "delete"}
 
 # Longest stream name the bookkeeping tables hold (source identity plus the id's stream).
 _STREAM_CHARS = STREAM_CHARS
-
-# Prune the remembered transactions of a stream once this many were added.
-_PRUNE_EVERY = 1000
 
 
 # Server error codes that pass by waiting: the batch is retried, never dead-lettered.
@@ -138,6 +148,10 @@ class SqlSinkSettings(BaseSettings):
     database: str | None = None  # where the bookkeeping tables live, and the target
     scope: str | None = None
     replay_window: int = Field(default=10_000, ge=1)
+    # Prune a stream's remembered transactions to replay_window once this many were added.
+    prune_every: int = Field(default=1000, ge=1)
+    # Fold a batch's changes per primary key (false: each change is a write of its own).
+    fold_changes: bool = True
     # Required, verified TLS when tls.ca_file is set (SHARDCTL_SINK_SQL_TLS__CA_FILE...).
     tls: TLSSettings = TLSSettings()
 
@@ -159,13 +173,19 @@ def _fingerprint(event: Event) -> str:
 
 
 def forget_command(
-    scope: str, shard: int, topic: str, stream: str, database: str | None = None
+    scope: str,
+    shard: int,
+    topic: str,
+    stream: str,
+    database: str | None = None,
+    handler: str = "sql",
 ) -> str:
     """The command that forgets one stream of a shard's topic (see `SqlSink.forget_stream`)."""
+    sink = "" if handler == "sql" else f" --handler {handler}"
     where = f" --handler-option database={database}" if database else ""
     return (
-        f"shardctl worker forget-stream --handler-option scope={scope}{where} --shard {shard} "
-        f"--topic {topic} --stream '{stream}'"
+        f"shardctl worker forget-stream{sink} --handler-option scope={scope}{where} "
+        f"--shard {shard} --topic {topic} --stream '{stream}'"
     )
 
 
@@ -208,6 +228,21 @@ def json_text(value: Any) -> str:
 
 _Table = TargetTable
 
+# The alias MySQL 8's upsert gives the row it tried to insert.
+ROW_ALIAS = "_new"
+
+
+def uses_row_alias(server_version: str) -> bool:
+    """Whether a server's upsert takes the row alias (MySQL 8.0.19 and later) rather
+    than VALUES() (MariaDB, older MySQL). `server_version` is what the server reports
+    (`SELECT VERSION()`), e.g. '8.0.36' or '10.11.6-MariaDB-0+deb12u1'."""
+    if "mariadb" in server_version.lower():
+        return False
+    found = re.match(r"(\d+)\.(\d+)\.(\d+)", server_version)
+    if found is None:
+        return False
+    return tuple(int(n) for n in found.groups()) >= (8, 0, 19)
+
 
 class MariaDBDialect(Dialect):
     """MariaDB and MySQL, through PyMySQL."""
@@ -216,8 +251,10 @@ class MariaDBDialect(Dialect):
     connection_errors = (pymysql.err.Error,)
     driver_errors = (pymysql.err.MySQLError, OSError)
 
-    def __init__(self) -> None:
+    def __init__(self, row_alias: bool = False) -> None:
         self._streams_checked = False
+        # Set from the server's version at each connect (see `uses_row_alias`).
+        self.row_alias = row_alias
 
     def is_transient(self, error: BaseException) -> bool:
         return mysql_error_is_transient(error)
@@ -248,7 +285,10 @@ class MariaDBDialect(Dialect):
         kwargs = MySQLSettings.model_construct(
             host=s.host, port=s.port, user=s.user, password=s.password, tls=s.tls
         ).connect_kwargs()
-        return pymysql.connect(**kwargs, database=s.database, autocommit=False, charset="utf8mb4")
+        conn = pymysql.connect(**kwargs, database=s.database, autocommit=False, charset="utf8mb4")
+        version: str = conn.get_server_info()  # type: ignore[no-untyped-call]
+        self.row_alias = uses_row_alias(version)
+        return conn
 
     def is_open(self, conn: Any) -> bool:
         return bool(conn.open)
@@ -265,7 +305,12 @@ class MariaDBDialect(Dialect):
     def on_conflict(self, keys: Sequence[str]) -> str:
         return "ON DUPLICATE KEY UPDATE"
 
+    def after_values(self) -> str:
+        return f" AS {quote(ROW_ALIAS)}" if self.row_alias else ""
+
     def new_value(self, column: str) -> str:
+        if self.row_alias:
+            return f"{quote(ROW_ALIAS)}.{quote(column)}"
         return f"VALUES({quote(column)})"
 
     def old_value(self, table: str, column: str) -> str:
@@ -413,16 +458,18 @@ class SqlSink:
                 added: dict[tuple[str, str], dict[str, str]] = {}
                 known: dict[tuple[str, str, str], str | None] = {}  # looked up
                 applied = 0
+                changes = RowChanges(fold=self.settings.fold_changes)
                 last_ids: dict[str, str] = {}
                 for event in batch.events:
-                    if event.event_id is not None:
-                        last_ids[event.topic] = event.event_id
+                    event_id = event.event_id
+                    if event_id is not None:
+                        last_ids[event.topic] = event_id
                     if event.position is not None and event.position < stored.get(event.topic, -1):
                         continue  # this record was applied by an earlier transaction
                     # Only the row changes it applies are ordered (DDL carries no source).
                     place = (
-                        order_key(event.event_id, event.source)
-                        if event.event_id and event.type in _ROW_TYPES
+                        order_key(event_id, event.source)
+                        if event_id and event.type in _ROW_TYPES
                         else None
                     )
                     if place is not None:
@@ -445,8 +492,10 @@ class SqlSink:
                         newest[(event.topic, stream)] = key
                         changed.add((event.topic, stream))
                         txns[_txn_text(key)] = _fingerprint(event)
-                    self._apply(cur, event)
+                    self._add(cur, event, changes)
                     applied += 1
+                for statement, params in changes.statements(self.dialect):
+                    self.dialect.execute(cur, statement, params)
                 for topic, stream in changed:
                     self._remember_txns(cur, batch.shard, topic, stream, added[(topic, stream)])
                     cur.execute(
@@ -493,7 +542,12 @@ class SqlSink:
                 self._raise_classified(batch, exc)
             raise
         log.debug(
-            "sql sink: shard %d: %d of %d events applied", batch.shard, applied, len(batch.events)
+            "%s sink: shard %d: %d of %d events applied in %d row writes",
+            self.dialect.name,
+            batch.shard,
+            applied,
+            len(batch.events),
+            changes.writes(),
         )
 
     def _raise_classified(self, batch: Batch, error: BaseException) -> NoReturn:
@@ -570,7 +624,9 @@ class SqlSink:
             f"than replay_window={self.settings.replay_window} transactions. Nothing from "
             "this event on is applied. Once the source is checked, forget the stream's "
             f"applied record and the shard goes on: "
-            f"{forget_command(self.scope, shard, event.topic, stream, self.settings.database)}"
+            + forget_command(
+                self.scope, shard, event.topic, stream, self.settings.database, self.section
+            )
         )
 
     def _remember_txns(
@@ -579,18 +635,22 @@ class SqlSink:
         """Store the fingerprints of the batch's applied transactions; prune now and then."""
         if not txns:
             return
-        cur.executemany(
-            self.dialect.upsert(
-                "shardctl_applied_txns",
-                ("scope", "shard", "topic", "stream", "txn", "fingerprint"),
-                ("scope", "shard", "topic", "stream", "txn"),
-                ("fingerprint",),
-            ),
-            [(self.scope, shard, topic, stream, txn, fp) for txn, fp in txns.items()],
-        )
+        rows = [(self.scope, shard, topic, stream, txn, fp) for txn, fp in txns.items()]
+        for chunk in chunks(rows, self.dialect):
+            self.dialect.execute(
+                cur,
+                self.dialect.upsert(
+                    "shardctl_applied_txns",
+                    ("scope", "shard", "topic", "stream", "txn", "fingerprint"),
+                    ("scope", "shard", "topic", "stream", "txn"),
+                    ("fingerprint",),
+                    rows=len(chunk),
+                ),
+                list(chain.from_iterable(chunk)),
+            )
         counter = (shard, topic, stream)
         count = self._unpruned.get(counter, 0) + len(txns)
-        if count < _PRUNE_EVERY:
+        if count < self.settings.prune_every:
             self._unpruned[counter] = count
             return
         self._unpruned[counter] = 0
@@ -662,47 +722,46 @@ class SqlSink:
             self._tables[key] = found
         return found
 
-    def _apply(self, cur: Any, event: Event) -> None:
-        if event.type not in _UPSERT_TYPES and event.type != "delete":
+    def _add(self, cur: Any, event: Event, changes: RowChanges) -> None:
+        """Add the row writes of `event` to the batch's `changes`."""
+        kind = event.type
+        if kind not in _UPSERT_TYPES and kind != "delete":
             return
         table = self._table(cur, self.target_namespace(event), event.table)
         pk = _primary_key(event, table)
         data = event.data
-        if event.type == "delete":
-            self._delete(cur, table, pk, data, event)
+        if kind == "delete":
+            changes.delete(table.name, pk, self._key_values(table, pk, data, event))
             return
-        old = event.old or {}
-        if any(col in old for col in pk):
-            self._delete(cur, table, pk, {**data, **{c: old[c] for c in pk if c in old}}, event)
-        unknown = [c for c in data if c not in table.types]
-        if unknown:
+        old = event.old
+        if old and any(col in old for col in pk):
+            moved_from = {**data, **{c: old[c] for c in pk if c in old}}
+            changes.delete(table.name, pk, self._key_values(table, pk, moved_from, event))
+        if not table.types.keys() >= data.keys():
             # The target may have gained the columns since it was read (an ALTER that
             # followed the source's): read it again once before refusing the event.
             table = self._table(cur, self.target_namespace(event), event.table, reread=True)
             unknown = [c for c in data if c not in table.types]
-        if unknown:
-            raise LookupError(
-                f"sql sink: {event.describe()}: {table.name} has no column(s) {unknown}"
-            )
-        cols = list(data)
-        values = [column_value(data[c], table.types[c]) for c in cols]
-        updates = [c for c in cols if c not in pk] or cols[:1]
-        cur.execute(self.dialect.upsert(table.name, cols, pk, updates), values)
+            if unknown:
+                raise LookupError(
+                    f"{self.dialect.name} sink: {event.describe()}: {table.name} has no "
+                    f"column(s) {unknown}"
+                )
+        if not data.keys() >= set(pk):
+            self._key_values(table, pk, data, event)  # raises, naming the missing columns
+        types = table.types
+        changes.upsert(table.name, pk, {c: column_value(v, types[c]) for c, v in data.items()})
 
-    def _delete(
-        self, cur: Any, table: _Table, pk: Sequence[str], row: dict[str, Any], event: Event
-    ) -> None:
+    def _key_values(
+        self, table: _Table, pk: Sequence[str], row: dict[str, Any], event: Event
+    ) -> list[Any]:
         missing = [c for c in pk if c not in row]
         if missing:
             raise LookupError(
-                f"sql sink: {event.describe()}: primary key column(s) {missing} "
-                f"absent from the event"
+                f"{self.dialect.name} sink: {event.describe()}: primary key column(s) "
+                f"{missing} absent from the event"
             )
-        cur.execute(
-            f"DELETE FROM {table.name} WHERE "
-            + " AND ".join(f"{self.dialect.quote(c)}=%s" for c in pk),
-            [column_value(row[c], table.types.get(c, "")) for c in pk],
-        )
+        return [column_value(row[c], table.types.get(c, "")) for c in pk]
 
 
 def _primary_key(event: Event, table: _Table) -> list[str]:

@@ -60,6 +60,10 @@ class Dialect:
     connection_errors: tuple[type[BaseException], ...] = ()
     #: Every error the driver raises (classified by `is_transient`).
     driver_errors: tuple[type[BaseException], ...] = (OSError,)
+    #: Rows one multi-row statement carries at most.
+    rows_per_statement = 1000
+    #: Bind parameters one statement may carry (PostgreSQL's protocol allows 65535).
+    max_parameters = 65535
 
     def is_transient(self, error: BaseException) -> bool:
         """True for a failure of the connection or the server's moment (wait and
@@ -104,6 +108,14 @@ class Dialect:
         """Read a target table's columns; LookupError naming it if it does not exist."""
         raise NotImplementedError
 
+    def execute(self, cur: Any, statement: str, params: Sequence[Any]) -> None:
+        """Run one of the batch's data statements (`%s` placeholders) on `cur`."""
+        cur.execute(statement, params)
+
+    def after_values(self) -> str:
+        """What follows the VALUES list before the conflict clause (MySQL 8's row alias)."""
+        return ""
+
     def upsert(
         self,
         table: str,
@@ -111,15 +123,29 @@ class Dialect:
         keys: Sequence[str],
         updates: Sequence[str],
         greatest: Sequence[str] = (),
+        rows: int = 1,
     ) -> str:
-        """INSERT `columns` (placeholders), on a key conflict set `updates` to the new
-        values, and each of `greatest` to the larger of the stored and the new value."""
+        """INSERT `rows` rows of `columns` (placeholders), on a key conflict set
+        `updates` to the new values, and each of `greatest` to the larger of the stored
+        and the new value."""
         q = self.quote
         assignments = [f"{q(c)} = {self.new_value(c)}" for c in updates] + [
             f"{q(c)} = GREATEST({self.old_value(table, c)}, {self.new_value(c)})" for c in greatest
         ]
+        row = f"({', '.join(['%s'] * len(columns))})"
         return (
             f"INSERT INTO {table} ({', '.join(q(c) for c in columns)}) "
-            f"VALUES ({', '.join(['%s'] * len(columns))}) {self.on_conflict(keys)} "
+            f"VALUES {', '.join([row] * rows)}{self.after_values()} {self.on_conflict(keys)} "
             + ", ".join(assignments)
+        )
+
+    def delete(self, table: str, keys: Sequence[str], rows: int = 1) -> str:
+        """DELETE the rows whose primary key `keys` equals one of `rows` key tuples."""
+        if len(keys) == 1:
+            marks = ", ".join(["%s"] * rows)
+            return f"DELETE FROM {table} WHERE {self.quote(keys[0])} IN ({marks})"
+        row = f"({', '.join(['%s'] * len(keys))})"
+        return (
+            f"DELETE FROM {table} WHERE ({', '.join(self.quote(k) for k in keys)}) "
+            f"IN ({', '.join([row] * rows)})"
         )

@@ -1,0 +1,133 @@
+"""A batch's row writes for the SQL sinks: folded per primary key, then written with
+multi-row statements.
+
+Per target table and primary key value, the changes of one batch fold into at most
+two writes, done in this order:
+
+    delete   the key had a delete among its changes (a DELETE, or an update that
+             moved the row off this key): DELETE it first
+    image    the last image written after that delete; an upsert that follows
+             another merges into it (its columns over the earlier ones): one upsert
+
+So the target ends exactly as if every change had been applied in turn, with at
+most one DELETE and one upsert per row. The writes then go out grouped: the DELETEs
+of a table in one statement (`primary key IN (...)`), then the upserts of a table
+and column list in one multi-row INSERT (`ON CONFLICT ... DO UPDATE` /
+`ON DUPLICATE KEY UPDATE`), cut into chunks a statement can hold.
+
+Without folding (`fold_changes = false`) every change stays a write of its own, so
+a trigger or an audit table on the target sees each one: the batch is cut into runs
+in which no key repeats, and each run is written the same way, run after run.
+
+Keys are compared by the values the event carries (after conversion for the target
+column), which are the values the source stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from itertools import chain
+from typing import Any
+
+from workers.sinks.sql_common import Dialect
+
+# (quoted table name, primary key columns, primary key values)
+RowKey = tuple[str, tuple[str, ...], tuple[Any, ...]]
+
+# A statement's text stays well below the servers' packet limits (MariaDB's
+# max_allowed_packet is 16 MiB by default).
+MAX_STATEMENT_BYTES = 4 << 20
+
+
+class _Write:
+    __slots__ = ("delete", "image")
+
+    def __init__(self) -> None:
+        self.delete = False
+        self.image: dict[str, Any] | None = None
+
+
+class RowChanges:
+    """The row writes of one batch, in the order they must reach the target."""
+
+    def __init__(self, fold: bool = True) -> None:
+        self.fold = fold
+        self._runs: list[dict[RowKey, _Write]] = [{}]
+
+    def _slot(self, key: RowKey) -> _Write:
+        run = self._runs[-1]
+        found = run.get(key)
+        if found is None:
+            found = run[key] = _Write()
+        elif not self.fold:
+            # The key repeats: its next write goes into a new run, after this one.
+            found = _Write()
+            self._runs.append({key: found})
+        return found
+
+    def delete(self, table: str, primary_key: Sequence[str], values: Sequence[Any]) -> None:
+        """The row of `table` whose primary key holds `values` is deleted."""
+        write = self._slot((table, tuple(primary_key), tuple(values)))
+        write.delete = True
+        write.image = None
+
+    def upsert(self, table: str, primary_key: Sequence[str], image: dict[str, Any]) -> None:
+        """`image` (column -> value, the primary key among them) is written to `table`."""
+        key = (table, tuple(primary_key), tuple(image[c] for c in primary_key))
+        write = self._slot(key)
+        write.image = dict(image) if write.image is None else {**write.image, **image}
+
+    def writes(self) -> int:
+        """How many row writes (DELETEs and upserts) the statements make."""
+        return sum(w.delete + (w.image is not None) for run in self._runs for w in run.values())
+
+    def statements(self, dialect: Dialect) -> Iterator[tuple[str, list[Any]]]:
+        """(SQL, parameters) for every statement, in the order to execute them."""
+        for run in self._runs:
+            deletes: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
+            upserts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[tuple[Any, ...]]] = {}
+            for (table, primary_key, values), write in run.items():
+                if write.delete:
+                    deletes.setdefault((table, primary_key), []).append(values)
+                if write.image is not None:
+                    columns = tuple(write.image)
+                    upserts.setdefault((table, primary_key, columns), []).append(
+                        tuple(write.image.values())
+                    )
+            for (table, primary_key), keys in deletes.items():
+                for chunk in chunks(keys, dialect):
+                    yield (
+                        dialect.delete(table, primary_key, len(chunk)),
+                        list(chain.from_iterable(chunk)),
+                    )
+            for (table, primary_key, columns), rows in upserts.items():
+                updates = [c for c in columns if c not in primary_key] or list(columns[:1])
+                for chunk in chunks(rows, dialect):
+                    yield (
+                        dialect.upsert(table, columns, primary_key, updates, rows=len(chunk)),
+                        list(chain.from_iterable(chunk)),
+                    )
+
+
+def _size(row: tuple[Any, ...]) -> int:
+    """About the length of a row's values in a statement (its repr: one C call)."""
+    return len(repr(row))
+
+
+def chunks(
+    rows: Sequence[tuple[Any, ...]], dialect: Dialect
+) -> Iterator[Sequence[tuple[Any, ...]]]:
+    """`rows` cut into runs one statement can hold: at most the dialect's rows per
+    statement and parameters, and about MAX_STATEMENT_BYTES of values."""
+    if not rows:
+        return
+    width = max(len(rows[0]), 1)
+    limit = max(1, min(dialect.rows_per_statement, dialect.max_parameters // width))
+    start, size = 0, 0
+    for n, row in enumerate(rows):
+        row_size = _size(row)
+        if n > start and (n - start >= limit or size + row_size > MAX_STATEMENT_BYTES):
+            yield rows[start:n]
+            start, size = n, 0
+        size += row_size
+    yield rows[start:]
