@@ -105,11 +105,19 @@ def _expected_key(db: str, user_id: int, region: str) -> dict[str, Any]:
     return {"database": db, "table": "Users", "pk.userid": user_id, "pk.region": region}
 
 
+@pytest.mark.parametrize("pipeline", ["one-process", "two-process"])
 def test_maxwell_form_by_default(
-    stack: StackHandle, settings: Settings, unique: str, mysql_db: str, tmp_path: Path
+    stack: StackHandle,
+    settings: Settings,
+    unique: str,
+    mysql_db: str,
+    tmp_path: Path,
+    pipeline: str,
 ) -> None:
     start = _load(stack, mysql_db)
-    records = _in_commit_order(_read(stack, settings, unique, mysql_db, start, tmp_path))
+    records = _in_commit_order(
+        _read(stack, settings, unique, mysql_db, start, tmp_path, pipeline=pipeline)
+    )
     flat = [
         (txn, index, row) for txn, rows in enumerate(TRANSACTIONS) for index, row in enumerate(rows)
     ]
