@@ -7,7 +7,8 @@ transactions into a fresh database on the stack's MariaDB, then starts
 and counts acknowledged messages by the topic's end offsets. It prints:
 
   reader            rows/s over the first 10 %, the middle 80 % and in total
-                    (from the process's start), CPU seconds per 100k rows, peak RSS
+                    (from the process's start), CPU seconds per 100k rows and peak
+                    RSS (the process and its read-stage child together)
   stock decode      python-mysql-replication alone reading the range (rows/s)
   floor             `mariadb-binlog -v` of the range to /dev/null (rows/s)
   one transaction   N rows in a single transaction: rows/s and the reader's peak RSS
@@ -16,7 +17,7 @@ Run it against the local stack (`shardctl dev up`); it loads data as the server'
 root user (no password on the local stack). Not a test; it asserts nothing about
 speed.
 
-    .venv/bin/python bench/cdc_reader_throughput.py [--quick]
+    .venv/bin/python bench/cdc_reader_throughput.py [--quick] [--pipeline two-process]
 """
 
 from __future__ import annotations
@@ -99,20 +100,35 @@ def load(conn: Any, db: str, count: int, per_txn: int) -> tuple[BinlogPosition, 
 
 
 class ProcessStats:
-    """CPU seconds and peak RSS of a running process, from /proc."""
+    """CPU seconds and peak RSS of a running process and its children (the reader's
+    read stage runs in a child process), from /proc. Peak RSS is the sum of each
+    process's own peak: an upper bound of the peak of the two together."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.cpu_s = 0.0
         self.peak_rss = 0
+        self._cpu: dict[int, float] = {}
+        self._peak: dict[int, int] = {}
 
     def sample(self) -> None:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            self.cpu_s = (int(fields[11]) + int(fields[12])) / TICKS
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_rss = int(line.split()[1]) * 1024
+        for pid in self._tree(self.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                self._cpu[pid] = (int(fields[11]) + int(fields[12])) / TICKS
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self._peak[pid] = int(line.split()[1]) * 1024
+        self.cpu_s = sum(self._cpu.values())
+        self.peak_rss = sum(self._peak.values())
+
+    @classmethod
+    def _tree(cls, pid: int) -> list[int]:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return [pid]
+        return [pid, *(p for child in children for p in cls._tree(int(child)))]
 
 
 def acknowledged(consumer: Consumer, topic: str) -> int:
@@ -127,7 +143,7 @@ def acknowledged(consumer: Consumer, topic: str) -> int:
 
 
 def run_reader(
-    kafka: str, db: str, start: BinlogPosition, rows: int
+    kafka: str, db: str, start: BinlogPosition, rows: int, pipeline: str
 ) -> tuple[list[tuple[float, int]], ProcessStats]:
     """Start `shardctl cdc run` at `start`; until `rows` messages are in the topic:
     [(seconds since start, messages)] and the process's CPU and peak RSS."""
@@ -145,6 +161,7 @@ def run_reader(
             "SHARDCTL_CDC_KAFKA_TOPIC": f"{name}_%{{table}}",
             "SHARDCTL_CDC_DEAD_LETTER_TOPIC": f"{name}_dlq",
             "SHARDCTL_CDC_FILTER": f"exclude: *.*, include: {db}.*",
+            "SHARDCTL_CDC_PIPELINE": pipeline,
         }
     )
     consumer = Consumer({"bootstrap.servers": kafka, "group.id": f"bench-{name}"})
@@ -237,6 +254,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200,000 rows instead of 1,000,000")
     parser.add_argument("--rows", type=int, default=None)
+    parser.add_argument(
+        "--pipeline",
+        choices=("one-process", "two-process"),
+        default="one-process",
+        help="cdc.pipeline of the reader",
+    )
     args = parser.parse_args()
     rows = args.rows or (200_000 if args.quick else 1_000_000)
 
@@ -255,9 +278,11 @@ def main() -> None:
         dbs.append(db)
         start, end = load(conn, db, rows, TXN_ROWS)
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {rows:,} rows, ", end="")
-        print(f"{TXN_ROWS}-row transactions, binlog {start} .. {end}")
+        print(f"{TXN_ROWS}-row transactions, cdc.pipeline={args.pipeline}, binlog {start} .. {end}")
+        load1, load5, _ = os.getloadavg()
+        print(f"load average before the run: {load1:.2f} (1 min), {load5:.2f} (5 min)")
 
-        samples, stats = run_reader(kafka, db, start, rows)
+        samples, stats = run_reader(kafka, db, start, rows, args.pipeline)
         t10, t90, total = time_to(samples, rows * 0.1), time_to(samples, rows * 0.9), samples[-1][0]
         print(
             f"shardctl cdc run   first 10%: {rows * 0.1 / t10:>9,.0f} rows/s   "
@@ -274,7 +299,7 @@ def main() -> None:
         big = f"bench_reader_{uuid.uuid4().hex[:8]}"
         dbs.append(big)
         start, end = load(conn, big, rows, rows)
-        samples, stats = run_reader(kafka, big, start, rows)
+        samples, stats = run_reader(kafka, big, start, rows, args.pipeline)
         print(
             f"one {rows:,}-row transaction: {rows / samples[-1][0]:>9,.0f} rows/s, "
             f"peak RSS {stats.peak_rss / 2**20:.0f} MiB"

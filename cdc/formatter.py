@@ -2,23 +2,28 @@
 
 A row message, fields in this order (Maxwell's order; `[..]` = by option):
 
-    {"database", "table", "type", "ts", "xid", "xoffset", "commit",
-     ["position"], ["gtid"], ["server_id"], ["thread_id"], "event_id", "source",
+    {"database", "table", "type", "ts", ["xid"], ["xoffset"], ["commit"],
+     ["position"], ["gtid"], ["server_id"], ["thread_id"], ["event_id", "source"],
      ["primary_key"], ["primary_key_columns"], "data", "old" (updates only)}
 
-`xoffset` (row index in the transaction) and `commit` (true on the last row of
-the transaction, false elsewhere) are on every row message; Maxwell omits
-`commit` on all rows but the last and `xoffset` on the last, so consumers that
-test `commit` for truth read both forms alike. `event_id` is ours: the stable id
-of the row change (`cdc.rows.event_id`), the same on a replay. `source` is ours
-too: `<cdc.source>/<server_id>` (`shardctl.event_ids.format_source`), which makes the
+Commit information follows Maxwell's `RowMap.toJSON` and its code defaults
+(`output_commit_info` and `output_xoffset` both on): `xid` on every row,
+`xoffset` (the row's index in the transaction) on every row but the last, and
+`"commit":true` on the last row only. The value `every_row` of either option
+writes the field on every row instead (`"commit":false` on the others, `xoffset`
+on the last too): the form of earlier shardctl versions. `xoffset` needs
+`output_commit_info`, as in Maxwell.
+
+`event_id` (`output_event_id`, on by default) is ours: the stable id of the row
+change (`cdc.rows.event_id`), the same on a replay. `source` comes with it:
+`<cdc.source>/<server_id>` (`shardctl.event_ids.format_source`), which makes the
 id's order stream unique across sources and servers.
 
 The Kafka key is `{"database":..,"table":..,"pk.<col>":..}` with the primary key
-columns in key order, written byte-stably (`cdc.json_text`): it is also the
-hash input of the shard. A table without a primary key gets the key without
-`pk.` fields (Maxwell uses a random `_uuid`, which would defeat replay dedupe
-and ordering).
+columns in key order and their names lowercased, as Maxwell writes them, written
+byte-stably (`cdc.json_text`): it is also the hash input of the shard. A table
+without a primary key gets the key without `pk.` fields (Maxwell uses a random
+`_uuid`, which would defeat replay dedupe and ordering).
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ class _Change(Protocol):
 
 ChangeT = TypeVar("ChangeT", bound=_Change)
 
+# `output_commit_info` / `output_xoffset`: True is Maxwell's form, "every_row" the
+# field on every row, False none.
+CommitInfo = bool | Literal["every_row"]
+
 
 @dataclass(frozen=True, slots=True)
 class FormatterOptions:
@@ -64,6 +73,10 @@ class FormatterOptions:
     output_primary_key_columns: bool = False
     output_null_zerodates: bool = False
     output_ddl: bool = False
+    output_commit_info: CommitInfo = True
+    output_xoffset: CommitInfo = True
+    # Ours: `event_id` and `source` on every message.
+    output_event_id: bool = True
     # DECIMAL as a JSON string ("12.50") instead of a JSON number (12.50).
     decimal_as_string: bool = False
     # Not an output option: the reader's `cdc.source`, the first half of each row
@@ -118,6 +131,18 @@ class MaxwellFormatter:
         self._plans_by_value: dict[TableDef, _TablePlan] = {}
         self._txn_cache: tuple[TxnContext, str, str] | None = None
         self._source_texts: dict[int, str] = {}
+        opts = self.options
+        commit_info = opts.output_commit_info
+        # xoffset: 0 never, 1 on every row but the last (Maxwell), 2 on every row.
+        self._xoffset_mode = (
+            0
+            if not commit_info or not opts.output_xoffset
+            else 2
+            if opts.output_xoffset == "every_row"
+            else 1
+        )
+        self._commit_last = ',"commit":true' if commit_info else ""
+        self._commit_other = ',"commit":false' if commit_info == "every_row" else ""
 
     # --- rows ------------------------------------------------------------------
 
@@ -153,7 +178,9 @@ class MaxwellFormatter:
             head=head + ',"type":"',
             key_head=head,
             pk_names=table.primary_key,
-            pk_key_fields=tuple("," + encode("pk." + pk) + ":" for pk in table.primary_key),
+            # Lowercased, as Maxwell writes them (its key bytes are what compacted
+            # topics and consumers match on).
+            pk_key_fields=tuple("," + encode("pk." + pk.lower()) + ":" for pk in table.primary_key),
             pk_columns_json=encode(list(table.primary_key)),
             date_columns=date_columns,
             decimal_columns=decimal_columns,
@@ -186,7 +213,9 @@ class MaxwellFormatter:
         if cached is not None and cached[0] is ctx:
             return cached[1], cached[2]
         opts = self.options
-        before = f'","ts":{int(ctx.ts)},"xid":{"null" if ctx.xid is None else int(ctx.xid)}'
+        before = f'","ts":{int(ctx.ts)}'
+        if opts.output_commit_info:
+            before += f',"xid":{"null" if ctx.xid is None else int(ctx.xid)}'
         after = []
         if opts.output_binlog_position:
             after += [',"position":', encode(f"{ctx.file}:{ctx.pos}")]
@@ -196,15 +225,19 @@ class MaxwellFormatter:
             after += [',"server_id":', str(int(ctx.server_id))]
         if opts.output_thread_id and ctx.thread_id is not None:
             after += [',"thread_id":', str(int(ctx.thread_id))]
-        after_text = "".join(after) + ',"event_id":'
+        after_text = "".join(after)
         self._txn_cache = (ctx, before, after_text)
         return before, after_text
 
     def _source_text(self, server_id: int) -> str:
-        """`,"source":"<name>/<server_id>"`, per server_id."""
+        """`,"source":"<name>/<server_id>"`, per server_id ("" without output_event_id)."""
         text = self._source_texts.get(server_id)
         if text is None:
-            text = ',"source":' + encode(format_source(self.options.source, server_id))
+            text = (
+                ',"source":' + encode(format_source(self.options.source, server_id))
+                if self.options.output_event_id
+                else ""
+            )
             self._source_texts[server_id] = text
         return text
 
@@ -261,10 +294,14 @@ class MaxwellFormatter:
             pk_fields = ',"primary_key":[' + ",".join(pk_texts) + "]"
         if self.options.output_primary_key_columns:
             pk_fields += ',"primary_key_columns":' + plan.pk_columns_json
-        commit = "true" if is_last_in_txn else "false"
+        mode = self._xoffset_mode
+        commit = (
+            f',"xoffset":{row_index}' if mode == 2 or (mode == 1 and not is_last_in_txn) else ""
+        ) + (self._commit_last if is_last_in_txn else self._commit_other)
+        event_id_text = f',"event_id":{_encode_str(eid)}{source}' if source else ""
         value = (
-            f'{plan.head}{row.type}{before},"xoffset":{row_index},"commit":{commit}{after}'
-            f'{_encode_str(eid)}{source}{pk_fields},"data":{data_text}{old_text}}}'
+            f"{plan.head}{row.type}{before}{commit}{after}"
+            f'{event_id_text}{pk_fields},"data":{data_text}{old_text}}}'
         )
         if len(pk_texts) == 1:
             key = f"{plan.key_head}{plan.pk_key_fields[0]}{pk_texts[0]}}}"
@@ -319,14 +356,9 @@ class MaxwellFormatter:
         plan = self._plan(table)
         seconds = int(time.time()) if ts is None else int(ts)
         values = self._values(plan, data or {})
-        parts = [
-            plan.head,
-            kind,
-            '","ts":',
-            str(seconds),
-            ',"event_id":',
-            encode(event_id),
-        ]
+        parts = [plan.head, kind, '","ts":', str(seconds)]
+        if self.options.output_event_id:
+            parts += [',"event_id":', encode(event_id)]
         key_parts = [plan.key_head]
         if kind == "bootstrap-insert":
             try:
@@ -392,7 +424,9 @@ class MaxwellFormatter:
             parts += [',"position":', encode(position)]
         if self.options.output_gtid_position and gtid is not None:
             parts += [',"gtid":', encode(gtid)]
-        parts += [',"event_id":', encode(event_id), "}"]
+        if self.options.output_event_id:
+            parts += [',"event_id":', encode(event_id)]
+        parts.append("}")
         key = '{"database":' + encode(database) + ',"table":' + encode(table) + "}"
         return Message(
             key=_utf8(key),

@@ -70,6 +70,13 @@ class CdcOptions(BaseSettings):
     output_primary_key_columns: bool = False
     output_null_zerodates: bool = False
     output_ddl: bool = False
+    # Maxwell's commit information (its code defaults): `xid` on every row, `xoffset`
+    # on every row but the last, `"commit":true` on the last. "every_row" writes the
+    # field on every row (`"commit":false` on the others), false leaves it out.
+    output_commit_info: bool | Literal["every_row"] = True
+    output_xoffset: bool | Literal["every_row"] = True
+    # Ours: `event_id` and `source`, the stable id of each message (sinks dedupe by it).
+    output_event_id: bool = True
     decimal_as_string: bool = False
     # An UPDATE that changes the primary key: "split" (a delete of the old key and an
     # insert of the new key, each on its key's shard) or "update" (Maxwell's form).
@@ -79,14 +86,17 @@ class CdcOptions(BaseSettings):
     lease_ttl_s: int = Field(default=10, ge=2)
     max_in_flight: int = Field(default=200_000, ge=1)
     bootstrap_poll_s: float = Field(default=2.0, gt=0)
-    # How often the lag gauges are computed, on their own thread (never frozen by a
-    # publish loop blocked on the broker).
     # A transaction's rows past either bound go to a temporary file (in `spill_dir`,
     # else the system's temporary directory) and are read back to publish.
     transaction_memory_rows: int = Field(default=DEFAULT_MEMORY_ROWS, ge=0)
     transaction_memory_bytes: int = Field(default=DEFAULT_MEMORY_BYTES, ge=0)
     spill_dir: str | None = None
+    # How often the lag gauges are computed, on their own thread (never frozen by a
+    # publish loop blocked on the broker).
     lag_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # Where the read stage (binlog reading, decoding, formatting) runs: in a second
+    # process ("two-process", so the reader uses two cores) or in the reader's own.
+    pipeline: Literal["two-process", "one-process"] = "one-process"
 
     @field_validator("source", "reader_id")
     @classmethod

@@ -14,14 +14,16 @@ expires (within `lease_ttl_s`) or it resigns on a clean stop.
 While leading:
 1. Read the checkpoint (or, on first start, take `start_position` and store it
    at once, so a crash before the first transaction loses nothing).
-2. Stream transactions from the checkpoint; publish each one's messages and
-   register the transaction with the ack tracker.
+2. Stream transactions from the checkpoint through the read stage (`cdc.stage`:
+   binlog reading, decoding and formatting, in this process or a second one);
+   publish each one's messages and register the transaction with the ack tracker.
 3. Every `checkpoint_interval_s`, store the end of the newest transaction whose
    messages, and all before it, were acknowledged (`cdc.acks`).
 4. On stop: flush the producer, store the final checkpoint, resign.
-5. When `shardctl shards set` asks for another shard count: flush and store the
-   checkpoint as on stop, then lead again from it, keeping the leadership;
-   `cdc.reshard` switches the count at that boundary and records it.
+5. When `shardctl shards set` asks for another shard count: at a transaction
+   boundary, flush and store the checkpoint as on stop, then lead again from it,
+   keeping the leadership; `cdc.reshard` switches the count at that boundary and
+   records it, and the read stage is built again with the new count.
 
 After a crash the new leader resumes at the stored boundary, which is at or
 before the last delivered transaction: messages after it are published again,
@@ -46,23 +48,27 @@ import pymysql
 from cdc.acks import AckTracker
 from cdc.bootstrap import BootstrapRunner
 from cdc.checkpoint import CheckpointStore
-from cdc.decoding import BinlogDecoder
 from cdc.decoding.json_columns import JsonSchemaModel
 from cdc.etcd_calls import call_with_retry
 from cdc.filtering import Filter
-from cdc.formatter import MaxwellFormatter
 from cdc.options import CdcOptions
-from cdc.partitioner import Partitioner
 from cdc.producers import build_producer
-from cdc.producers.base import DeliveryError, Outgoing, Producer
-from cdc.publisher import Publisher
-from cdc.replication.decoding import FilteredDecoding
+from cdc.producers.base import DeliveryError, Producer
 from cdc.replication.errors import SessionSettingError
 from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.replication.server_check import binlog_lag_bytes, check_server, current_position
-from cdc.replication.source import BinlogSource, SourceOptions
-from cdc.replication.transaction import Transaction
+from cdc.replication.source import Heartbeat
 from cdc.reshard import ShardSwitch
+from cdc.stage import (
+    Chunk,
+    LocalStage,
+    ProcessStage,
+    StageSpec,
+    build_publisher,
+    prepare_stage,
+    recovery_command,
+    start_stage,
+)
 from shardctl import health
 from shardctl.config import ConfigError, Settings
 from shardctl.etcd.client import EtcdClient, EtcdUnavailable
@@ -83,8 +89,7 @@ from shardctl.metrics import (
 
 log = logging.getLogger(__name__)
 
-# Messages made and sent at a time within a transaction (see Reader._publish).
-PUBLISH_CHUNK = 1000
+__all__ = ["LagMonitor", "Reader", "recovery_command", "resolve_start", "server_charset"]
 
 
 class LagMonitor:
@@ -180,14 +185,6 @@ def server_charset(connect: Callable[[], Any]) -> str:
     return str(row[0])
 
 
-def recovery_command(source: str) -> str:
-    return (
-        f"shardctl cdc checkpoint reset --source {source} --to current\n"
-        f"  shardctl cdc bootstrap <database>.<table> --source {source}   "
-        "(for each table consumers need in full)"
-    )
-
-
 def resolve_start(options: CdcOptions, connect: dict[str, Any]) -> Checkpoint:
     """The checkpoint to use when the source has none: `cdc.start_position`."""
     connection = pymysql.connect(**connect)
@@ -229,8 +226,6 @@ class Reader:
         self.transactions = 0
         self.messages = 0
         self.last_end: Checkpoint | None = None  # end of the last transaction read
-        # Which MariaDB LONGTEXT columns hold JSON, as of the stream's position.
-        self._json_model = JsonSchemaModel(())
 
     # -- control --------------------------------------------------------------
 
@@ -263,11 +258,18 @@ class Reader:
                     self._stop.wait(1.0)
                     continue
                 health.update("standby", session)
+                # Started now, so that it is ready (imported) when this reader leads.
+                prepared = prepare_stage(self.options)
                 try:
                     leadership = self._campaign(loop, client, session)
                     if leadership is None:
                         return
-                    while self._lead(loop, client, store, leadership) and not self.stopping:
+                    while self._lead(loop, client, store, leadership, prepared):
+                        # The read stage was built for the old count; the next
+                        # lead builds its own.
+                        prepared = None
+                        if self.stopping:
+                            break
                         log.info(
                             "reader %s: leading again to switch the shard count",
                             self.options.reader_id,
@@ -282,6 +284,8 @@ class Reader:
                     log.error("reader %s: %s; starting over", self.options.reader_id, exc)
                     self._stop.wait(1.0)
                 finally:
+                    if prepared is not None:
+                        prepared.close()
                     session.close_blocking()
         finally:
             if client is not None:
@@ -321,17 +325,21 @@ class Reader:
             return leadership
 
     def _lead(
-        self, loop: LoopThread, client: EtcdClient, store: CheckpointStore, leadership: Leadership
+        self,
+        loop: LoopThread,
+        client: EtcdClient,
+        store: CheckpointStore,
+        leadership: Leadership,
+        prepared: ProcessStage | None = None,
     ) -> bool:
         """Publish while leading; True when it ended to switch the shard count."""
         options = self.options
         timeout = self.settings.etcd.timeout_s + 1
         connect = self.settings.mysql.connect_kwargs()
         checkpoint = call_with_retry(loop, store.load, f"reading {store.key}", timeout_s=timeout)
-        connect_now = partial(pymysql.connect, **connect)
         if checkpoint is None:
             checkpoint = resolve_start(options, connect)
-            json_model = JsonSchemaModel.from_server(connect_now)
+            json_model = JsonSchemaModel.from_server(partial(pymysql.connect, **connect))
             checkpoint = dataclasses.replace(checkpoint, json_columns=json_model.state)
             self._save(loop, store, leadership, checkpoint)
             log.info(
@@ -347,17 +355,6 @@ class Reader:
                 checkpoint.describe(),
                 extra={"source": options.source, "position": checkpoint.describe()},
             )
-            if checkpoint.json_columns is not None:
-                json_model = JsonSchemaModel(checkpoint.json_columns, connect_now)
-            else:
-                log.warning(
-                    "source %s: the checkpoint carries no schema model (written by an older "
-                    "version or by checkpoint reset); JSON columns are taken from the "
-                    "server's current schema",
-                    options.source,
-                )
-                json_model = JsonSchemaModel.from_server(connect_now)
-        self._json_model = json_model
         self.last_end = checkpoint
         # End of the last transaction registered with the ack tracker: the only
         # checkpoint that messages published after it (a bootstrap) may vouch for.
@@ -367,45 +364,30 @@ class Reader:
             num_shards, shard_hash = switch.start(leadership, checkpoint)
         except (NotLeader, SessionLost) as exc:
             raise LeadershipLost(str(exc)) from exc
-        row_filter = Filter(options.filter)
-        decoding = FilteredDecoding(BinlogDecoder(json_model), row_filter)
-        publisher = Publisher(
-            MaxwellFormatter(options.formatter_options()),
-            Partitioner(
-                num_shards,
-                options.producer_partition_by,
-                tuple(options.producer_partition_columns),
-                options.producer_partition_by_fallback,
-                hash_function=options.kafka_partition_hash,
-                shard_hash=shard_hash,
-            ),
-            row_filter,
-            ddl_topic=options.ddl_kafka_topic,
-            invalidate=decoding.invalidate,
-            server_charset=server_charset(connect_now),
+        # The one description of how messages are made and partitioned, for the
+        # read stage (in either process) and for the bootstrap alike.
+        spec = StageSpec(
+            self.settings,
+            options,
+            checkpoint,
+            num_shards,
+            shard_hash,
+            server_charset(partial(pymysql.connect, **connect)),
         )
+        row_filter = Filter(options.filter)
         producer = (
             self._producer_factory(num_shards)
             if self._producer_factory is not None
             else build_producer(self.settings, options, num_shards)
         )
-        source = BinlogSource(
-            SourceOptions(
-                source=options.source,
-                connect=connect,
-                server_id=options.server_id,
-                mode=options.mode,
-                heartbeat_s=options.heartbeat_s,
-                recovery_command=recovery_command(options.source),
-                transaction_memory_rows=options.transaction_memory_rows,
-                transaction_memory_bytes=options.transaction_memory_bytes,
-                spill_dir=options.spill_dir,
-            ),
-            decoding,
-            checkpoint,
-        )
         bootstrap = BootstrapRunner(
-            loop, client, self.keyspace, options, connect, publisher, row_filter
+            loop,
+            client,
+            self.keyspace,
+            options,
+            connect,
+            build_publisher(spec, row_filter, None),
+            row_filter,
         )
         lost: concurrent.futures.Future[str] = loop.submit(leadership.wait_lost())
         tracker: AckTracker[Checkpoint] = AckTracker()
@@ -417,6 +399,7 @@ class Reader:
         lag.read(checkpoint, checkpoint.ts or time.time())
         clean = False
         switching = False
+        in_transaction = False  # chunks of a transaction are arriving
 
         def check_leadership() -> None:
             health.beat()
@@ -433,22 +416,25 @@ class Reader:
         CDC_LEADER.labels(options.source).set(1)
         health.update("leading")
         lag.start()
+        stage: LocalStage | ProcessStage | None = None
         try:
-            for item in source:
+            stage = start_stage(spec, prepared)
+            for item in stage:
                 check_leadership()
-                if isinstance(item, Transaction):
-                    if bootstrap.due(item.ctx):
-                        # The bootstrap stands between the last published transaction
-                        # and this one: its acks may checkpoint the former, never this
-                        # one (source.boundary is already this one's end).
-                        bootstrap.emit(producer, tracker, published, leadership)
-                    published = self._publish(
-                        item, publisher, producer, tracker, lag, published, wait_for_room
-                    )
+                if isinstance(item, Chunk):
+                    if not in_transaction:
+                        lag.read(item.end, item.end.ts)
+                        if bootstrap.due(item.ctx):
+                            # The bootstrap stands between the last published
+                            # transaction and this one: its acks may checkpoint the
+                            # former, never this one.
+                            bootstrap.emit(producer, tracker, published, leadership)
+                    published = self._publish(item, producer, tracker, published)
+                    in_transaction = not item.last
                     wait_for_room()
                 else:
                     producer.poll(0)
-                    if bootstrap.due(None):
+                    if isinstance(item, Heartbeat) and bootstrap.due(None):
                         bootstrap.emit(producer, tracker, published, leadership)
                 now = time.monotonic()
                 if now >= next_save:
@@ -465,7 +451,7 @@ class Reader:
                 if self.stopping:
                     clean = True
                     break
-                if switch.requested():
+                if not in_transaction and switch.requested():
                     # At a transaction boundary: everything before it goes out with
                     # the old count, flushed and checkpointed below.
                     clean = switching = True
@@ -485,7 +471,8 @@ class Reader:
         finally:
             CDC_LEADER.labels(options.source).set(0)
             lag.stop()
-            source.close()
+            if stage is not None:
+                stage.close()
             bootstrap.close()
             lost.cancel()
             if clean:
@@ -506,62 +493,37 @@ class Reader:
 
     def _publish(
         self,
-        txn: Transaction,
-        publisher: Publisher,
+        chunk: Chunk,
         producer: Producer,
         tracker: AckTracker[Checkpoint],
-        lag: LagMonitor,
         published: Checkpoint,
-        wait_for_room: Callable[[], None],
     ) -> Checkpoint:
-        """Send the transaction's messages; returns the end registered with `tracker`.
+        """Send one chunk of a transaction's messages; returns the end registered with
+        `tracker`.
 
-        Messages are made and sent PUBLISH_CHUNK at a time, waiting for room under
-        `max_in_flight` between chunks, so memory stays bounded whatever the
-        transaction's size. Every chunk but the last is registered with the end
-        already registered before the transaction (`published`): its
-        acknowledgement never moves the checkpoint into the transaction, and a
-        crash in the middle resumes at the transaction's start.
+        The read stage makes a transaction's messages a chunk at a time, and the
+        caller waits for room under `max_in_flight` between chunks, so memory stays
+        bounded whatever the transaction's size. Every chunk but the last is
+        registered with the end already registered before the transaction
+        (`published`): its acknowledgement never moves the checkpoint into the
+        transaction, and a crash in the middle resumes at the transaction's start.
         """
-        lag.read(txn.end, txn.end.ts)
-        try:
-            if txn.statement is not None:
-                # The schema model follows the stream: this boundary and every later
-                # event see the schema as this statement left it.
-                self._json_model.apply_ddl(
-                    txn.statement.sql, txn.statement.database, f"{txn.ctx.file}:{txn.ctx.pos}"
-                )
-            chunk: list[Outgoing] = []
-            sent = 0
-            for message in publisher.messages(txn):
-                if len(chunk) == PUBLISH_CHUNK:
-                    seq = tracker.open(published, len(chunk))
-                    ack = partial(tracker.ack, seq)
-                    for queued in chunk:
-                        producer.send(queued, ack)
-                    sent += len(chunk)
-                    chunk = []
-                    wait_for_room()
-                chunk.append(message)
-        finally:
-            txn.close()
-        end = dataclasses.replace(
-            txn.end,
-            event_id=chunk[-1].event_id if chunk else txn.end.event_id,
-            json_columns=self._json_model.state,
-        )
-        seq = tracker.open(end, len(chunk))
-        if chunk:
+        messages = chunk.messages
+        end = chunk.end if chunk.last else published
+        seq = tracker.open(end, len(messages))
+        if messages:
             ack = partial(tracker.ack, seq)
-            for message in chunk[:-1]:
-                producer.send(message, ack)
-            # The transaction's last acknowledgement measures its publish age.
-            producer.send(chunk[-1], partial(self._last_acked, ack, txn.ctx.ts))
-        sent += len(chunk)
-        self.last_end = txn.end
-        self.transactions += 1
-        self.messages += sent
-        CDC_ROWS.labels(self.options.source).inc(sent)
+            if chunk.last:
+                producer.send_many(messages[:-1], ack)
+                # The transaction's last acknowledgement measures its publish age.
+                producer.send(messages[-1], partial(self._last_acked, ack, chunk.ctx.ts))
+            else:
+                producer.send_many(messages, ack)
+        if chunk.last:
+            self.last_end = chunk.end
+            self.transactions += 1
+        self.messages += len(messages)
+        CDC_ROWS.labels(self.options.source).inc(len(messages))
         return end
 
     def _last_acked(self, ack: Callable[[], None], committed_at: float) -> None:

@@ -180,11 +180,17 @@ def reader_live(p: Pipeline) -> bool:
         return False
 
 
-@pytest.fixture
+# Both read stages of the reader (`cdc.pipeline`): each is built again with the new count.
+@pytest.fixture(params=["one-process", "two-process"])
 def pipeline(
-    stack: StackHandle, settings: Settings, mysql_db: str, tmp_path: Path
+    request: pytest.FixtureRequest,
+    stack: StackHandle,
+    settings: Settings,
+    mysql_db: str,
+    tmp_path: Path,
 ) -> Iterator[ReshardPipeline]:
     p = ReshardPipeline(stack, settings, mysql_db, tmp_path)
+    p.env["SHARDCTL_CDC_PIPELINE"] = request.param
     try:
         p.prepare()
         p.start_cdc()

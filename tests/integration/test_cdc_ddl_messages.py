@@ -60,8 +60,10 @@ def _server_charset(stack: Any) -> str:
         conn.close()
 
 
+# Both read stages: the server's charset reaches the second process too.
+@pytest.mark.parametrize("pipeline", ["one-process", "two-process"])
 def test_database_ddl_and_rename_in_maxwell_form(
-    stack: Any, unique: str, mysql_db: str, tmp_path: Path
+    stack: Any, unique: str, mysql_db: str, tmp_path: Path, pipeline: str
 ) -> None:
     other = f"{unique}_x"
     plain = f"{unique}_y"
@@ -75,7 +77,9 @@ def test_database_ddl_and_rename_in_maxwell_form(
         f"DROP DATABASE `{other}`",
     ]
     try:
-        docs = _run(stack, unique, tmp_path, statements, expected=len(statements))
+        docs = _run(
+            stack, unique, tmp_path, statements, expected=len(statements), pipeline=pipeline
+        )
     finally:
         conn = stack.mysql_root()
         with conn.cursor() as cur:

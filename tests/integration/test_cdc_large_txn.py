@@ -80,7 +80,10 @@ def _check_complete(records: list[Record], gtid: str, rows: int) -> None:
         {"id": 0, "v": "updated"},
     )
     assert len({r.value["xid"] for r in last}) == 1 and last[0].value["xid"]
-    assert [r.value.get("commit", False) for r in last] == [False] * rows + [True]
+    # Maxwell's rules (RowMap.toJSON): `commit:true` on the last row only, and
+    # `xoffset` (the row's index) on every row but the last.
+    assert [r.value.get("commit") for r in last] == [None] * rows + [True]
+    assert [r.value.get("xoffset") for r in last] == [*range(rows), None]
 
 
 def test_a_transaction_past_the_memory_bound_is_published_complete_and_in_order(

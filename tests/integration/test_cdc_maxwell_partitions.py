@@ -112,8 +112,10 @@ def test_default_hash_by_primary_key_matches_maxwell(
     assert len(partitions) > 3, "rows spread over the partitions"
 
 
+# Both read stages: the hash and the partition rules reach the second process too.
+@pytest.mark.parametrize("pipeline", ["one-process", "two-process"])
 def test_murmur3_by_column_with_fallback_and_ddl_by_database(
-    stack: Any, unique: str, mysql_db: str, tmp_path: Path
+    stack: Any, unique: str, mysql_db: str, tmp_path: Path, pipeline: str
 ) -> None:
     conn = stack.mysql_root(mysql_db)
     _execute(
@@ -141,6 +143,7 @@ def test_murmur3_by_column_with_fallback_and_ddl_by_database(
         producer_partition_columns='["customer", "amount"]',
         producer_partition_by_fallback="table",
         output_ddl="true",
+        pipeline=pipeline,
     )
     ddl = [r for r in records if r.value["type"] == "table-alter"]
     assert len(ddl) == 1

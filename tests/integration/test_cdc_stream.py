@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shardctl.event_ids import order_key
 from shardctl.hashing import shard_of
 from tests.integration.cdc_support import (
     ReaderProcess,
@@ -92,7 +93,7 @@ def test_row_changes_with_old_values_shards_and_transactions(
             },
         }
 
-    ordered = sorted(by_id.values(), key=lambda r: (r.value["xid"], r.value["xoffset"]))
+    ordered = sorted(by_id.values(), key=lambda r: order_key(r.value["event_id"]) or ("", ()))
     docs = [r.value for r in ordered]
     assert [(d["table"], d["type"]) for d in docs] == [
         ("orders", "insert"),
@@ -109,14 +110,15 @@ def test_row_changes_with_old_values_shards_and_transactions(
     assert b'"amount":11.75' in raw_update and b'"old":{"amount":10.50}' in raw_update
     assert docs[2]["old"] == {"amount": 10.5}
     assert docs[3]["data"]["id"] == 2 and "old" not in docs[3]
-    # commit flags and xoffsets: per transaction, 0..n-1, commit only on the last row.
+    # Maxwell's commit information (RowMap.toJSON, code defaults): xid on every row,
+    # xoffset 0..n-2 on every row but the last, `commit:true` on the last row only.
     by_txn: dict[int, list[dict[str, Any]]] = {}
     for d in docs:
         by_txn.setdefault(d["xid"], []).append(d)
     assert [len(v) for v in by_txn.values()] == [2, 1, 1, 4]
     for rows in by_txn.values():
-        assert [d["xoffset"] for d in rows] == list(range(len(rows)))
-        assert [d["commit"] for d in rows] == [False] * (len(rows) - 1) + [True]
+        assert [d.get("xoffset") for d in rows] == [*range(len(rows) - 1), None]
+        assert [d.get("commit") for d in rows] == [None] * (len(rows) - 1) + [True]
     multi = by_txn[docs[-1]["xid"]]
     assert [(d["table"], d["type"]) for d in multi] == [
         ("orders", "insert"),
@@ -171,7 +173,7 @@ def test_filters_ddl_and_columns_after_alter(
         ddls = ddl.read_until(lambda r: any(x.value["type"] == "table-alter" for x in r))
     finally:
         assert reader.terminate() == 0, reader.stderr()
-    in_commit_order = sorted(rows, key=lambda x: (x.value["xid"], x.value["xoffset"]))
+    in_commit_order = sorted(rows, key=lambda x: order_key(x.value["event_id"]) or ("", ()))
     assert [x.value["data"] for x in in_commit_order] == [
         {"id": 1, "status": "ok"},
         {"id": 3, "st": "new", "note": "n"},  # names follow the ALTER at its position

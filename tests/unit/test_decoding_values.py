@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from cdc.decoding import RowDecoder
 from cdc.decoding.mysql_json import parse_mysql_json
-from cdc.decoding.values import LATIN1_TABLE, float32_value
+from cdc.decoding.values import LATIN1_TABLE, float32_value, make_datetime2_reader
 from cdc.schema import ColumnDef, ColumnType, TableDef
 from tests.unit.binlog_encoding import all_present, encode_mysql_json, encode_row
 
@@ -141,6 +141,65 @@ def datetimes(draw: st.DrawFn) -> tuple[int, tuple[int, ...], str]:
 def test_datetime2(case: tuple[int, tuple[int, ...], str]) -> None:
     fsp, fields, text = case
     assert _one(ColumnDef("t", ColumnType.DATETIME2, fsp=fsp), fields) == text
+
+
+def _datetime2_reference(buf: bytes, fsp: int) -> str:
+    """DATETIME2 as MySQL documents it (5 bytes big-endian, biased by 0x8000000000:
+    year*13+month, day, hour, minute, second; then (fsp+1)//2 fraction bytes), each
+    field checked and formatted plainly: what the table-driven reader must equal."""
+    nbytes = (fsp + 1) // 2
+    if len(buf) < 5 + nbytes:
+        raise ValueError("truncated")
+    packed = int.from_bytes(buf[:5], "big")
+    if not packed & 0x8000000000:
+        raise ValueError("negative")
+    packed &= 0x7FFFFFFFFF
+    year, month = divmod(packed >> 22, 13)
+    day = (packed >> 17) & 31
+    hour, minute, second = (packed >> 12) & 31, (packed >> 6) & 63, packed & 63
+    if year > 9999 or month > 12 or day > 31 or hour > 23 or minute > 59 or second > 59:
+        raise ValueError("out of range")
+    text = f"{year:04d}-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{second:02d}"
+    if not fsp:
+        return text
+    raw = int.from_bytes(buf[5 : 5 + nbytes], "big")
+    if raw >= 10 ** (2 * nbytes):
+        raise ValueError("fraction out of range")
+    micros = raw * 10 ** (6 - 2 * nbytes)
+    if micros % 10 ** (6 - fsp):
+        raise ValueError("finer than fsp")
+    return f"{text}.{micros // 10 ** (6 - fsp):0{fsp}d}"
+
+
+@PROPERTY
+@given(
+    fsp=st.integers(0, 6),
+    head=st.integers(0x8000000000, 0x8000000000 + (10000 * 13 << 22) - 1),
+    # Mostly in range (the fraction's bytes hold at most 10**(2*nbytes) - 1), some not.
+    fraction=st.one_of(
+        st.integers(0, 999999).map(lambda n: n.to_bytes(3, "big")),
+        st.integers(0, 9999).map(lambda n: n.to_bytes(2, "big") + b"\0"),
+        st.integers(0, 99).map(lambda n: bytes([n, 0, 0])),
+        st.binary(min_size=3, max_size=3),
+    ),
+    flip_sign=st.booleans(),
+)
+def test_datetime2_reader_equals_the_plain_reference(
+    fsp: int, head: int, fraction: bytes, flip_sign: bool
+) -> None:
+    # Any bytes, valid or not: the reader gives the reference's text, or refuses
+    # exactly where the reference refuses.
+    buf = (head ^ (0x8000000000 if flip_sign else 0)).to_bytes(5, "big") + fraction
+    read = make_datetime2_reader(fsp)
+    try:
+        expected: str | None = _datetime2_reference(buf, fsp)
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ValueError):
+            read(buf, 0)
+    else:
+        assert read(buf, 0) == (expected, 5 + (fsp + 1) // 2)
 
 
 @st.composite

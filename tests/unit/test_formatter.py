@@ -57,6 +57,9 @@ def _fields(message_value: bytes) -> list[str]:
 
 
 def test_default_row_message_fields_and_order() -> None:
+    # Maxwell's RowMap.toJSON with its code defaults (output_commit_info and
+    # output_xoffset on): a row that is not its transaction's last has xid and
+    # xoffset, and no commit field.
     message = MaxwellFormatter().format(CTX, TABLE, ROW, 0, False)
     assert _fields(message.value) == [
         "database",
@@ -65,7 +68,6 @@ def test_default_row_message_fields_and_order() -> None:
         "ts",
         "xid",
         "xoffset",
-        "commit",
         "event_id",
         "source",
         "data",
@@ -74,7 +76,6 @@ def test_default_row_message_fields_and_order() -> None:
     assert doc["database"] == "shop" and doc["table"] == "orders" and doc["type"] == "insert"
     assert doc["source"] == "default/11"  # cdc.source / the transaction's server_id
     assert doc["ts"] == 1700000001 and doc["xid"] == 88 and doc["xoffset"] == 0
-    assert doc["commit"] is False
     assert doc["event_id"] == "0-11-333#0" == message.event_id
     assert doc["data"]["day"] == "0000-00-00"
     # DECIMAL is a JSON number with every digit, never a float.
@@ -82,9 +83,100 @@ def test_default_row_message_fields_and_order() -> None:
     assert json.loads(message.value, parse_float=Decimal)["data"]["amount"] == Decimal("10.50")
 
 
-def test_last_row_of_a_transaction_commits() -> None:
-    doc = json.loads(MaxwellFormatter().format(CTX, TABLE, ROW, 5, True).value)
-    assert doc["commit"] is True and doc["xoffset"] == 5
+def test_last_row_of_a_transaction_commits_without_xoffset() -> None:
+    # Maxwell: `commit:true` on the transaction's last row, and no xoffset there.
+    message = MaxwellFormatter().format(CTX, TABLE, ROW, 5, True)
+    assert b'"xid":88,"commit":true,"event_id"' in message.value
+    doc = json.loads(message.value)
+    assert doc["commit"] is True and "xoffset" not in doc
+
+
+def test_every_row_form_writes_commit_and_xoffset_on_each_row() -> None:
+    # The form of earlier versions: commit false/true and xoffset on every row.
+    formatter = MaxwellFormatter(
+        FormatterOptions(output_commit_info="every_row", output_xoffset="every_row")
+    )
+    first = json.loads(formatter.format(CTX, TABLE, ROW, 0, False).value)
+    last = json.loads(formatter.format(CTX, TABLE, ROW, 1, True).value)
+    assert (first["xoffset"], first["commit"]) == (0, False)
+    assert (last["xoffset"], last["commit"]) == (1, True)
+    assert list(first)[4:7] == ["xid", "xoffset", "commit"]
+
+
+@pytest.mark.parametrize(
+    ("commit_info", "xoffset", "middle", "last"),
+    [
+        # Maxwell: xoffset needs output_commit_info; without it, no xid either.
+        (False, True, [], []),
+        (False, "every_row", [], []),
+        (True, False, ["xid"], ["xid", "commit"]),
+        (True, True, ["xid", "xoffset"], ["xid", "commit"]),
+        (True, "every_row", ["xid", "xoffset"], ["xid", "xoffset", "commit"]),
+        ("every_row", False, ["xid", "commit"], ["xid", "commit"]),
+        ("every_row", True, ["xid", "xoffset", "commit"], ["xid", "commit"]),
+    ],
+)
+def test_commit_info_options(
+    commit_info: Any, xoffset: Any, middle: list[str], last: list[str]
+) -> None:
+    formatter = MaxwellFormatter(
+        FormatterOptions(output_commit_info=commit_info, output_xoffset=xoffset)
+    )
+    commit_fields = {"xid", "xoffset", "commit"}
+    mid_doc = json.loads(formatter.format(CTX, TABLE, ROW, 3, False).value)
+    last_doc = json.loads(formatter.format(CTX, TABLE, ROW, 4, True).value)
+    assert [f for f in mid_doc if f in commit_fields] == middle
+    assert [f for f in last_doc if f in commit_fields] == last
+    if "commit" in last_doc:
+        assert last_doc["commit"] is True
+    if "commit" in mid_doc:
+        assert mid_doc["commit"] is False
+
+
+def test_output_event_id_off_leaves_out_event_id_and_source() -> None:
+    formatter = MaxwellFormatter(FormatterOptions(output_event_id=False))
+    message = formatter.format(CTX, TABLE, ROW, 0, True)
+    doc = json.loads(message.value)
+    assert "event_id" not in doc and "source" not in doc
+    # The id still travels with the message, for the reader's own bookkeeping.
+    assert message.event_id == "0-11-333#0"
+    start = formatter.format_bootstrap("bootstrap-start", TABLE, event_id="b#0", ts=5)
+    assert "event_id" not in json.loads(start.value)
+    ddl = MaxwellFormatter(FormatterOptions(output_ddl=True, output_event_id=False)).format_ddl(
+        ddl_type="table-create",
+        database="shop",
+        table="t",
+        sql="CREATE TABLE t (id INT)",
+        ts_ms=1000,
+        position="binlog.000004:4",
+        event_id="0-11-334#0",
+    )
+    assert ddl is not None and "event_id" not in json.loads(ddl.value)
+
+
+def test_key_lowercases_primary_key_column_names_like_maxwell() -> None:
+    # Maxwell writes `pk.<column>` with the column name lowercased; primary_key_columns
+    # keeps the table definition's case.
+    table = TableDef(
+        3,
+        "Shop",
+        "Users",
+        (ColumnDef("UserId", T.LONG), ColumnDef("Région", T.VARCHAR, charset="utf8mb4")),
+        ("UserId", "Région"),
+    )
+    formatter = MaxwellFormatter(FormatterOptions(output_primary_key_columns=True))
+    row = RowImage("insert", {"UserId": 5, "Région": "EU"})
+    message = formatter.format(CTX, table, row, 0, True)
+    assert (
+        message.key == '{"database":"Shop","table":"Users","pk.userid":5,"pk.région":"EU"}'.encode()
+    )
+    doc = json.loads(message.value)
+    assert doc["primary_key_columns"] == ["UserId", "Région"]
+    assert doc["data"] == {"UserId": 5, "Région": "EU"}
+    bootstrap = formatter.format_bootstrap(
+        "bootstrap-insert", table, event_id="b#1", ts=5, data=dict(row.data)
+    )
+    assert bootstrap.key == message.key
 
 
 def test_update_carries_old_values_of_changed_columns() -> None:
@@ -152,7 +244,6 @@ def test_every_option_on() -> None:
         "type",
         "ts",
         "xid",
-        "xoffset",
         "commit",
         "position",
         "gtid",
