@@ -79,11 +79,12 @@ DUPLICATE KEY UPDATE c = _new.c`), since VALUES() there is deprecated.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from itertools import chain
 from pathlib import Path
@@ -497,104 +498,92 @@ class SqlSink:
             self._raise_classified(batch, exc)
         if self.settings.schema_evolution == "basic":
             self._evolve(conn, batch)
-        try:
-            with conn.cursor() as cur:
-                self.dialect.begin(conn)
-                self._check_fence(cur, batch)
-                cur.execute(
-                    "SELECT topic, position FROM shardctl_offsets WHERE scope=%s AND shard=%s",
-                    (self.scope, batch.shard),
+        with self._committed(conn, batch), conn.cursor() as cur:
+            self.dialect.begin(conn)
+            self._check_fence(cur, batch)
+            cur.execute(
+                "SELECT topic, position FROM shardctl_offsets WHERE scope=%s AND shard=%s",
+                (self.scope, batch.shard),
+            )
+            stored = {str(t): int(p) for t, p in cur.fetchall()}
+            newest = self._newest_applied(cur, batch.shard)
+            changed: set[tuple[str, str]] = set()
+            # (topic, stream) -> {txn: fingerprint} applied by this batch
+            added: dict[tuple[str, str], dict[str, str]] = {}
+            known: dict[tuple[str, str, str], str | None] = {}  # looked up
+            applied = 0
+            changes = RowChanges(fold=self.settings.fold_changes)
+            last_ids: dict[str, str] = {}
+            for event in batch.events:
+                event_id = event.event_id
+                if event_id is not None:
+                    last_ids[event.topic] = event_id
+                if event.position is not None and event.position < stored.get(event.topic, -1):
+                    continue  # this record was applied by an earlier transaction
+                # Only the row changes it applies are ordered (DDL carries no source).
+                place = (
+                    order_key(event_id, event.source)
+                    if event_id and event.type in _ROW_TYPES
+                    else None
                 )
-                stored = {str(t): int(p) for t, p in cur.fetchall()}
-                newest = self._newest_applied(cur, batch.shard)
-                changed: set[tuple[str, str]] = set()
-                # (topic, stream) -> {txn: fingerprint} applied by this batch
-                added: dict[tuple[str, str], dict[str, str]] = {}
-                known: dict[tuple[str, str, str], str | None] = {}  # looked up
-                applied = 0
-                changes = RowChanges(fold=self.settings.fold_changes)
-                last_ids: dict[str, str] = {}
-                for event in batch.events:
-                    event_id = event.event_id
-                    if event_id is not None:
-                        last_ids[event.topic] = event_id
-                    if event.position is not None and event.position < stored.get(event.topic, -1):
-                        continue  # this record was applied by an earlier transaction
-                    # Only the row changes it applies are ordered (DDL carries no source).
-                    place = (
-                        order_key(event_id, event.source)
-                        if event_id and event.type in _ROW_TYPES
-                        else None
-                    )
-                    if place is not None:
-                        stream, key = place
-                        if len(stream) > _STREAM_CHARS:
-                            raise ShardHalted(
-                                f"sql sink {self.scope}: {event.describe()}: stream {stream!r} "
-                                f"is longer than {_STREAM_CHARS} characters; shorten the "
-                                "reader's cdc.source"
-                            )
-                        seen = newest.get((event.topic, stream))
-                        txns = added.setdefault((event.topic, stream), {})
-                        if seen is not None and key <= seen:
-                            # The same change published again after a reader restart,
-                            # or a source that went backwards: never skip the latter.
-                            self._check_replay(
-                                cur, batch.shard, event, stream, key, seen, txns, known
-                            )
-                            continue
-                        newest[(event.topic, stream)] = key
-                        changed.add((event.topic, stream))
-                        txns[_txn_text(key)] = _fingerprint(event)
-                    self._add(cur, event, changes)
-                    applied += 1
-                for statement, params in changes.statements(self.dialect):
-                    self.dialect.execute(cur, statement, params)
-                for topic, stream in changed:
-                    self._remember_txns(cur, batch.shard, topic, stream, added[(topic, stream)])
-                    cur.execute(
-                        self.dialect.upsert(
-                            "shardctl_applied",
-                            ("scope", "shard", "topic", "stream", "last_key"),
-                            ("scope", "shard", "topic", "stream"),
-                            ("last_key",),
-                        ),
-                        (
-                            self.scope,
-                            batch.shard,
-                            topic,
-                            stream,
-                            ",".join(map(str, newest[(topic, stream)])),
-                        ),
-                    )
-                for topic, position in batch.next_positions.items():
-                    if position <= stored.get(topic, -1):
+                if place is not None:
+                    stream, key = place
+                    if len(stream) > _STREAM_CHARS:
+                        raise ShardHalted(
+                            f"sql sink {self.scope}: {event.describe()}: stream {stream!r} "
+                            f"is longer than {_STREAM_CHARS} characters; shorten the "
+                            "reader's cdc.source"
+                        )
+                    seen = newest.get((event.topic, stream))
+                    txns = added.setdefault((event.topic, stream), {})
+                    if seen is not None and key <= seen:
+                        # The same change published again after a reader restart,
+                        # or a source that went backwards: never skip the latter.
+                        self._check_replay(cur, batch.shard, event, stream, key, seen, txns, known)
                         continue
-                    cur.execute(
-                        self.dialect.upsert(
-                            "shardctl_offsets",
-                            ("scope", "shard", "topic", "position", "event_id", "token"),
-                            ("scope", "shard", "topic"),
-                            ("position", "event_id", "token"),
-                        ),
-                        (
-                            self.scope,
-                            batch.shard,
-                            topic,
-                            position,
-                            last_ids.get(topic),
-                            batch.token,
-                        ),
-                    )
-            conn.commit()
-        except BaseException as exc:
-            try:
-                conn.rollback()
-            except self.dialect.driver_errors:
-                self._conns.pop(batch.shard, None)  # broken: the next batch reconnects
-            if isinstance(exc, self.dialect.driver_errors):
-                self._raise_classified(batch, exc)
-            raise
+                    newest[(event.topic, stream)] = key
+                    changed.add((event.topic, stream))
+                    txns[_txn_text(key)] = _fingerprint(event)
+                self._add(cur, event, changes)
+                applied += 1
+            for statement, params in changes.statements(self.dialect):
+                self.dialect.execute(cur, statement, params)
+            for topic, stream in changed:
+                self._remember_txns(cur, batch.shard, topic, stream, added[(topic, stream)])
+                cur.execute(
+                    self.dialect.upsert(
+                        "shardctl_applied",
+                        ("scope", "shard", "topic", "stream", "last_key"),
+                        ("scope", "shard", "topic", "stream"),
+                        ("last_key",),
+                    ),
+                    (
+                        self.scope,
+                        batch.shard,
+                        topic,
+                        stream,
+                        ",".join(map(str, newest[(topic, stream)])),
+                    ),
+                )
+            for topic, position in batch.next_positions.items():
+                if position <= stored.get(topic, -1):
+                    continue
+                cur.execute(
+                    self.dialect.upsert(
+                        "shardctl_offsets",
+                        ("scope", "shard", "topic", "position", "event_id", "token"),
+                        ("scope", "shard", "topic"),
+                        ("position", "event_id", "token"),
+                    ),
+                    (
+                        self.scope,
+                        batch.shard,
+                        topic,
+                        position,
+                        last_ids.get(topic),
+                        batch.token,
+                    ),
+                )
         log.debug(
             "%s sink: shard %d: %d of %d events applied in %d row writes",
             self.dialect.name,
@@ -603,6 +592,23 @@ class SqlSink:
             len(batch.events),
             changes.writes(),
         )
+
+    @contextlib.contextmanager
+    def _committed(self, conn: Any, batch: Batch) -> Iterator[None]:
+        """Commit what the block wrote. On any failure roll back (a connection that
+        cannot is dropped, and the next batch reconnects), and raise a driver error
+        classified as transient or not."""
+        try:
+            yield
+            conn.commit()
+        except BaseException as exc:
+            try:
+                conn.rollback()
+            except self.dialect.driver_errors:
+                self._conns.pop(batch.shard, None)
+            if isinstance(exc, self.dialect.driver_errors):
+                self._raise_classified(batch, exc)
+            raise
 
     def _raise_classified(self, batch: Batch, error: BaseException) -> NoReturn:
         """Raise `error`, as a TransientError saying where if waiting will cure it."""
@@ -631,46 +637,36 @@ class SqlSink:
         row changes need. It runs before the batch's transaction, since MariaDB commits
         DDL at once; each change only adds, so one made for a batch that then fails
         (or for a zombie owner, which the fence then refuses) leaves nothing wrong."""
-        try:
-            with conn.cursor() as cur:
-                for event in batch.events:
-                    if event.type not in _WRITE_TYPES:
-                        continue
-                    namespace = self.target_namespace(event)
-                    try:
-                        table = self._table(cur, namespace, event.table)
-                    except MissingTable:
-                        self._create_table(conn, namespace, event)
-                        self._table(cur, namespace, event.table, reread=True)
-                        continue
-                    data = event.data
-                    if all(c in table.types or data[c] is None for c in data):
-                        continue
-                    # Another worker may have added them since the table was read.
-                    table = self._table(cur, namespace, event.table, reread=True)
-                    missing = [c for c in data if c not in table.types and data[c] is not None]
-                    if missing:
-                        for column in missing:
-                            kind = self._column_type(table.name, column, data[column], event)
-                            self.dialect.add_column(conn, table.name, column, kind)
-                            log.info(
-                                "%s sink: %s: added column %s %s to %s (schema_evolution = basic)",
-                                self.dialect.name,
-                                event.describe(),
-                                self.dialect.quote(column),
-                                kind,
-                                table.name,
-                            )
-                        self._table(cur, namespace, event.table, reread=True)
-            conn.commit()
-        except BaseException as exc:
-            try:
-                conn.rollback()
-            except self.dialect.driver_errors:
-                self._conns.pop(batch.shard, None)  # broken: the next batch reconnects
-            if isinstance(exc, self.dialect.driver_errors):
-                self._raise_classified(batch, exc)
-            raise
+        with self._committed(conn, batch), conn.cursor() as cur:
+            for event in batch.events:
+                if event.type not in _WRITE_TYPES:
+                    continue
+                namespace = self.target_namespace(event)
+                try:
+                    table = self._table(cur, namespace, event.table)
+                except MissingTable:
+                    self._create_table(conn, namespace, event)
+                    self._table(cur, namespace, event.table, reread=True)
+                    continue
+                data = event.data
+                if all(c in table.types or data[c] is None for c in data):
+                    continue
+                # Another worker may have added them since the table was read.
+                table = self._table(cur, namespace, event.table, reread=True)
+                missing = [c for c in data if c not in table.types and data[c] is not None]
+                if missing:
+                    for column in missing:
+                        kind = self._column_type(table.name, column, data[column], event)
+                        self.dialect.add_column(conn, table.name, column, kind)
+                        log.info(
+                            "%s sink: %s: added column %s %s to %s (schema_evolution = basic)",
+                            self.dialect.name,
+                            event.describe(),
+                            self.dialect.quote(column),
+                            kind,
+                            table.name,
+                        )
+                    self._table(cur, namespace, event.table, reread=True)
 
     def _create_table(self, conn: Any, namespace: str, event: Event) -> None:
         """Create the missing target table of `event` from its row's values."""
