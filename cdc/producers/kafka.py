@@ -335,6 +335,10 @@ class KafkaProducer(Producer):
             if len(self._topic_cache) > 100_000:
                 self._topic_cache.clear()
             self._topic_cache[where] = topic
+        self._produce_one(topic, message, on_ack)
+
+    def _produce_one(self, topic: str, message: Outgoing, on_ack: Ack) -> None:
+        """The careful path: one message with its own delivery report."""
         self._produce(
             topic,
             message.key,
@@ -370,14 +374,7 @@ class KafkaProducer(Producer):
                 )
             except (BufferError, KafkaException):
                 # Full queue or a refused message: the careful path serves it.
-                self._produce(
-                    topic,
-                    message.key,
-                    message.value,
-                    message.shard,
-                    partial(self._delivered, message, topic, on_ack),
-                    message,
-                )
+                self._produce_one(topic, message, on_ack)
                 produce = self._producer.produce
 
     def _produce(
