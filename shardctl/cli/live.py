@@ -72,6 +72,7 @@ class SnapshotSource:
         self.topic = topic
         self._client: EtcdClient | None = None
         self._kafka: EndOffsets | None = None
+        self.kafka_clients_opened = 0  # over the source's life; a live view wants 1
 
     async def take(self) -> Snapshot:
         from shardctl.cli.kafka_admin import KafkaUnavailable, UnknownTopic
@@ -102,6 +103,7 @@ class SnapshotSource:
 
         if self._kafka is None:
             self._kafka = EndOffsets(self.settings)
+            self.kafka_clients_opened += 1
         return self._kafka
 
     def check_topic(self) -> None:
