@@ -331,20 +331,14 @@ class ProcessStage:
         while True:
             if not conn.poll(_IDLE_S):
                 if not self._process.is_alive() and not conn.poll():
-                    raise SourceError(
-                        f"the read stage process exited with code {self._process.exitcode} "
-                        "without saying why"
-                    )
+                    raise self._gone()
                 yield Idle()
                 continue
             try:
                 item = conn.recv()
             except EOFError:
                 self._process.join(5)
-                raise SourceError(
-                    f"the read stage process exited with code {self._process.exitcode} "
-                    "without saying why"
-                ) from None
+                raise self._gone() from None
             kind = item[0]
             if kind == _CHUNK:
                 yield Chunk(item[1], item[2], item[3], item[4])
@@ -358,6 +352,11 @@ class ProcessStage:
                 exc = _rebuilt(cls, args, state)
                 exc.add_note(f"raised in the read stage process:\n{text}")
                 raise exc
+
+    def _gone(self) -> SourceError:
+        return SourceError(
+            f"the read stage process exited with code {self._process.exitcode} without saying why"
+        )
 
     def close(self) -> None:
         self._conn.close()
