@@ -40,7 +40,7 @@ from cdc.decoding import BinlogDecoder, CheckConstraintJsonColumns
 from cdc.formatter import MaxwellFormatter
 from cdc.rows import Message, RowImage, TxnContext
 from cdc.schema import TableDef
-from shardctl.hashing import shard_of
+from shardctl.core.hashing import shard_of
 
 TABLE_SQL = """
 CREATE TABLE {db}.orders (
@@ -215,7 +215,7 @@ def _end_to_end(
     try:
         from cdc.producers.base import Outgoing
         from cdc.producers.kafka import KafkaProducer
-        from shardctl.config import KafkaSettings
+        from shardctl.core.config import KafkaSettings
     except ImportError as exc:
         print(f"end-to-end: not measured (producer missing: {exc})")
         return None

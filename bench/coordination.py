@@ -37,11 +37,11 @@ from itertools import pairwise
 from pathlib import Path
 
 from coordinator.assignment import Member, assign
-from shardctl.config import Settings, load_settings
-from shardctl.etcd import EtcdClient, EtcdUnavailable
-from shardctl.keyspace import Keyspace
-from shardctl.processes import ProcessGroup
-from shardctl.records import Assignment
+from shardctl.core.config import Settings, load_settings
+from shardctl.core.etcd import EtcdClient, EtcdUnavailable
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.processes import ProcessGroup
+from shardctl.core.records import Assignment
 
 
 def bench_assign(runs: int) -> None:
@@ -162,7 +162,7 @@ async def rolling_restart(
     base: Settings, args: argparse.Namespace, logdir: Path, grace: float
 ) -> tuple[int, float]:
     """(shard moves, seconds) of a rolling restart of w1..w3 with `--restart-grace`."""
-    from shardctl.etcd.watch import watch_key
+    from shardctl.core.etcd.watch import watch_key
 
     run = Run(base, args.ttl, args.stabilization, logdir)
     workers = {"w1", "w2", "w3"}

@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shardctl.cli.dev import load_devstack  # noqa: E402
-from shardctl.config import Settings, load_settings  # noqa: E402
-from shardctl.etcd import EtcdClient  # noqa: E402
-from shardctl.keyspace import Keyspace  # noqa: E402
-from shardctl.processes import SHARDCTL, ProcessGroup  # noqa: E402
+from shardctl.core.config import Settings, load_settings  # noqa: E402
+from shardctl.core.etcd import EtcdClient  # noqa: E402
+from shardctl.core.keyspace import Keyspace  # noqa: E402
+from shardctl.core.processes import SHARDCTL, ProcessGroup  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

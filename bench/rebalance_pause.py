@@ -277,10 +277,10 @@ def reshard_run(args: argparse.Namespace) -> None:
     import pymysql
     from processes import Bench, percentile, read_lines
 
-    from shardctl.etcd import EtcdClient
-    from shardctl.hashing import shard_of
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import Reshard
+    from shardctl.core.etcd import EtcdClient
+    from shardctl.core.hashing import shard_of
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import Reshard
 
     workdir = Path(tempfile.mkdtemp(prefix="shardctl-reshard-"))
     bench = Bench("reshard", workdir)

@@ -62,10 +62,10 @@ from cdc.publisher import Publisher
 from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.rows import TxnContext
 from cdc.schema import ColumnDef, ColumnType, TableDef
-from shardctl.etcd.client import Delete, EtcdClient, EtcdUnavailable, Put
-from shardctl.etcd.election import Leadership, NotLeader
-from shardctl.etcd.loop_thread import LoopThread
-from shardctl.keyspace import Keyspace
+from shardctl.core.etcd.client import Delete, EtcdClient, EtcdUnavailable, Put
+from shardctl.core.etcd.election import Leadership, NotLeader
+from shardctl.core.etcd.loop_thread import LoopThread
+from shardctl.core.keyspace import Keyspace
 
 log = logging.getLogger(__name__)
 

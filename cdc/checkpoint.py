@@ -29,9 +29,9 @@ from cdc.replication.errors import SessionSettingError
 from cdc.replication.position import Checkpoint, CheckpointFormatError
 from cdc.replication.source import BinlogSource, SourceOptions
 from cdc.replication.transaction import RowChange, Transaction
-from shardctl.etcd.client import Absent, Delete, EtcdClient, Put
-from shardctl.etcd.election import Leadership
-from shardctl.keyspace import Keyspace
+from shardctl.core.etcd.client import Absent, Delete, EtcdClient, Put
+from shardctl.core.etcd.election import Leadership
+from shardctl.core.keyspace import Keyspace
 
 
 class CheckpointError(Exception):

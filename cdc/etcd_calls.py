@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from shardctl.etcd.client import EtcdUnavailable
-from shardctl.etcd.loop_thread import LoopThread
+from shardctl.core.etcd.client import EtcdUnavailable
+from shardctl.core.etcd.loop_thread import LoopThread
 
 T = TypeVar("T")
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shardctl.config import ConfigError
+from shardctl.core.config import ConfigError
 
 RuleType = Literal["include", "exclude", "blacklist"]
 

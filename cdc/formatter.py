@@ -16,7 +16,7 @@ on the last too): the form of earlier shardctl versions. `xoffset` needs
 
 `event_id` (`output_event_id`, on by default) is ours: the stable id of the row
 change (`cdc.rows.event_id`), the same on a replay. `source` comes with it:
-`<cdc.source>/<server_id>` (`shardctl.event_ids.format_source`), which makes the
+`<cdc.source>/<server_id>` (`shardctl.core.event_ids.format_source`), which makes the
 id's order stream unique across sources and servers.
 
 The Kafka key is `{"database":..,"table":..,"pk.<col>":..}` with the primary key
@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from cdc.json_text import JsonTextError, ObjectEncoder, ValueKind, compile_object_encoder, encode
 from cdc.rows import Message, PrimaryKeyChange, RowImage, TxnContext, split_key_change
 from cdc.schema import DATE_TYPES, INTEGER_TYPES, ColumnDef, ColumnType, TableDef
-from shardctl.event_ids import format_source
+from shardctl.core.event_ids import format_source
 
 BootstrapType = Literal["bootstrap-start", "bootstrap-insert", "bootstrap-complete"]
 

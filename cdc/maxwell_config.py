@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardctl.config import refuse_secret_options
+from shardctl.core.config import refuse_secret_options
 
 # Maxwell's option -> shardctl's [cdc] option, where the meaning is the same.
 _SAME_CDC_OPTIONS = (

@@ -19,7 +19,7 @@ import pymysql
 from cdc.checkpoint import CheckpointStore
 from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.replication.server_check import ServerInfo
-from shardctl.keyspace import check_name
+from shardctl.core.keyspace import check_name
 
 # Maxwell's position row for GTID mode is stored under server_id 0.
 MAXWELL_GTID_SERVER_ID = 0

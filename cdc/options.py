@@ -1,6 +1,6 @@
 """Settings of the binlog reader: the `[cdc]` TOML section or `SHARDCTL_CDC_*` variables.
 
-Connection settings (MySQL, Kafka, NSQ, etcd) come from `shardctl.config.Settings`.
+Connection settings (MySQL, Kafka, NSQ, etcd) come from `shardctl.core.config.Settings`.
 The names follow Maxwell's where Maxwell has the option.
 """
 
@@ -18,8 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cdc.formatter import FormatterOptions
 from cdc.partitioner import FallbackBy, PartitionBy, PartitionHash
 from cdc.replication.transaction import DEFAULT_MEMORY_BYTES, DEFAULT_MEMORY_ROWS
-from shardctl.config import config_path, load_section, read_config_file, refuse_secret_options
-from shardctl.keyspace import check_name
+from shardctl.core.config import config_path, load_section, read_config_file, refuse_secret_options
+from shardctl.core.keyspace import check_name
 
 
 def default_reader_id() -> str:

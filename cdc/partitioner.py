@@ -4,7 +4,7 @@
 
 **`crc32`** (the default) means shardctl's own shard hash, whichever the cluster
 config's `shard_hash` names: `shard = shard_of(hash input, num_shards, shard_hash)`
-with `shardctl.hashing.shard_of`, jump consistent hash for clusters created with it,
+with `shardctl.core.hashing.shard_of`, jump consistent hash for clusters created with it,
 `crc32 % num_shards` for clusters created before it. The hash input is a byte
 string that depends on `producer_partition_by`:
 
@@ -64,8 +64,8 @@ from typing import Any, Literal
 import mmh3
 
 from cdc.rows import TxnContext
-from shardctl.config import ConfigError
-from shardctl.hashing import SHARD_HASHES, ShardHash, shard_function
+from shardctl.core.config import ConfigError
+from shardctl.core.hashing import SHARD_HASHES, ShardHash, shard_function
 
 PartitionBy = Literal["primary_key", "table", "database", "transaction_id", "column"]
 FallbackBy = Literal["primary_key", "table", "database", "transaction_id"]

@@ -69,14 +69,14 @@ from cdc.stage import (
     recovery_command,
     start_stage,
 )
-from shardctl import health
-from shardctl.config import ConfigError, Settings
-from shardctl.etcd.client import EtcdClient, EtcdUnavailable
-from shardctl.etcd.election import Election, Leadership, NotLeader
-from shardctl.etcd.loop_thread import LoopThread
-from shardctl.etcd.session import Session, SessionLost
-from shardctl.keyspace import Keyspace
-from shardctl.metrics import (
+from shardctl.core import health
+from shardctl.core.config import ConfigError, Settings
+from shardctl.core.etcd.client import EtcdClient, EtcdUnavailable
+from shardctl.core.etcd.election import Election, Leadership, NotLeader
+from shardctl.core.etcd.loop_thread import LoopThread
+from shardctl.core.etcd.session import Session, SessionLost
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.metrics import (
     CDC_CHECKPOINT,
     CDC_DELIVERY_FAILURES,
     CDC_IN_FLIGHT,

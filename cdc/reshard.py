@@ -34,13 +34,13 @@ from typing import Any, NamedTuple
 from cdc.etcd_calls import call_with_retry
 from cdc.options import CdcOptions
 from cdc.replication.position import Checkpoint
-from shardctl.config import ConfigError, Settings
-from shardctl.etcd.client import EtcdClient, EtcdUnavailable, KeyValue, ModRevisionIs, Put
-from shardctl.etcd.election import Leadership
-from shardctl.etcd.loop_thread import LoopThread
-from shardctl.hashing import ShardHash
-from shardctl.keyspace import Keyspace
-from shardctl.records import ClusterConfig, RecordError, Reshard
+from shardctl.core.config import ConfigError, Settings
+from shardctl.core.etcd.client import EtcdClient, EtcdUnavailable, KeyValue, ModRevisionIs, Put
+from shardctl.core.etcd.election import Leadership
+from shardctl.core.etcd.loop_thread import LoopThread
+from shardctl.core.hashing import ShardHash
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import ClusterConfig, RecordError, Reshard
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shardctl.event_ids import format_event_id
+from shardctl.core.event_ids import format_event_id
 
 RowType = Literal["insert", "update", "delete"]
 # How an UPDATE that changes the primary key is published (`cdc.primary_key_change`).
@@ -66,7 +66,7 @@ class Message:
 
 
 def event_id(ctx: TxnContext, row_index: int) -> str:
-    """Stable id of a row change (the format is in `shardctl.event_ids`).
+    """Stable id of a row change (the format is in `shardctl.core.event_ids`).
 
     `row_index` counts rows from 0 across the whole transaction, so a replayed
     transaction yields the same ids.

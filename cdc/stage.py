@@ -67,8 +67,8 @@ from cdc.replication.position import Checkpoint
 from cdc.replication.source import BinlogSource, Heartbeat, SourceOptions
 from cdc.replication.transaction import Transaction
 from cdc.rows import TxnContext
-from shardctl.config import Settings
-from shardctl.hashing import ShardHash
+from shardctl.core.config import Settings
+from shardctl.core.hashing import ShardHash
 
 log = logging.getLogger(__name__)
 

@@ -38,10 +38,10 @@ from enum import Enum
 
 from coordinator.assignment import Member
 from coordinator.writer import Current, compute_assignment, members_from, write_assignment
-from shardctl import health
-from shardctl.aio import threadsafe_event, wait_any
-from shardctl.config import Settings
-from shardctl.etcd import (
+from shardctl.core import health
+from shardctl.core.aio import threadsafe_event, wait_any
+from shardctl.core.config import Settings
+from shardctl.core.etcd import (
     Election,
     EtcdClient,
     EtcdError,
@@ -55,10 +55,10 @@ from shardctl.etcd import (
     open_session,
     revoke_stale_lease,
 )
-from shardctl.keyspace import Keyspace
-from shardctl.metrics import COORD_GENERATION, COORD_LEADER, COORD_MOVES, COORD_REBALANCES
-from shardctl.records import Assignment, ClusterConfig, RecordError
-from shardctl.states import Transitions
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.metrics import COORD_GENERATION, COORD_LEADER, COORD_MOVES, COORD_REBALANCES
+from shardctl.core.records import Assignment, ClusterConfig, RecordError
+from shardctl.core.states import Transitions
 
 log = logging.getLogger(__name__)
 

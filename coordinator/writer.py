@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from coordinator.assignment import Member
 from coordinator.placement import place
-from shardctl.etcd import Absent, KeyValue, Leadership, ModRevisionIs, Put
-from shardctl.keyspace import Keyspace
-from shardctl.records import Assignment, ClusterConfig, RecordError, WorkerRecord
+from shardctl.core.etcd import Absent, KeyValue, Leadership, ModRevisionIs, Put
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import Assignment, ClusterConfig, RecordError, WorkerRecord
 
 log = logging.getLogger(__name__)
 

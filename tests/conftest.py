@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from shardctl.cli.dev import load_devstack
-from shardctl.config import Settings, load_settings
+from shardctl.core.config import Settings, load_settings
 
 # No timed checks: hypothesis' per-example deadline and its too-slow health check fail
 # a correct test on a busy machine. A test may still choose more or fewer examples.

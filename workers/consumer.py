@@ -65,15 +65,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from shardctl.metrics import (
+from shardctl.core.metrics import (
     WORKER_DLQ,
     WORKER_EVENTS,
     WORKER_HANDLER_SECONDS,
     WORKER_STALLED,
     WORKER_TRANSIENT_RETRIES,
 )
-from shardctl.records import OffsetRecord, ShardStall
-from shardctl.states import Transitions
+from shardctl.core.records import OffsetRecord, ShardStall
+from shardctl.core.states import Transitions
 from workers.deadletters import DeadLetter, DeadLetterWriter
 from workers.events import Batch, Event, EventDecodeError, decode_message
 from workers.handlers import Fenced, Handler

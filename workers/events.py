@@ -57,7 +57,7 @@ class Event:
 
     @property
     def source(self) -> str | None:
-        """The source identity `<source name>/<server_id>` (shardctl.event_ids)."""
+        """The source identity `<source name>/<server_id>` (shardctl.core.event_ids)."""
         value = self.message.get("source")
         return value if isinstance(value, str) else None
 

@@ -44,7 +44,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 from workers.events import Batch, Event
 
 F = TypeVar("F", bound=Callable[..., Any])

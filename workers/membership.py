@@ -29,9 +29,9 @@ import os
 import socket
 from typing import Literal
 
-from shardctl.etcd import EtcdClient, EtcdError, KeyValue, ModRevisionIs, Put, Session
-from shardctl.keyspace import Keyspace
-from shardctl.records import RecordError, WorkerRecord
+from shardctl.core.etcd import EtcdClient, EtcdError, KeyValue, ModRevisionIs, Put, Session
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import RecordError, WorkerRecord
 
 
 class Membership:

@@ -22,7 +22,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TextIO
 
-from shardctl.records import OffsetRecord
+from shardctl.core.records import OffsetRecord
 from workers.ownership import Claim
 
 # The synthetic events have no transport; their count is stored under this topic.

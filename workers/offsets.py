@@ -3,7 +3,7 @@
 `offsets/<shard>` holds the transport positions of a shard, one per topic: an
 `OffsetRecord`, the one offset type from etcd to the consumer and back (the consumer
 reports its position as the record to commit, with its owner token in it). Only the
-current owner may write it: the write is fenced (`shardctl.etcd.Fence`) by
+current owner may write it: the write is fenced (`shardctl.core.etcd.Fence`) by
 `owners/<shard>` still having the create_revision equal to the writer's token. A
 worker whose ownership ended (lease expired while it was paused, or the key was
 handed over) gets OffsetFenced and must stop processing the shard.
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from shardctl.etcd import EtcdClient, EtcdError, Fence, Put
-from shardctl.keyspace import Keyspace
-from shardctl.records import OffsetRecord
+from shardctl.core.etcd import EtcdClient, EtcdError, Fence, Put
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import OffsetRecord
 
 
 class OffsetFenced(EtcdError):

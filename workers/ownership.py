@@ -49,11 +49,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from shardctl.etcd import EtcdClient, EtcdError, EtcdUnavailable, Fence, KeyValue, Session
-from shardctl.keyspace import Keyspace
-from shardctl.metrics import WORKER_LAG, WORKER_SHARDS_OWNED
-from shardctl.records import OffsetRecord
-from shardctl.states import Transitions
+from shardctl.core.etcd import EtcdClient, EtcdError, EtcdUnavailable, Fence, KeyValue, Session
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.metrics import WORKER_LAG, WORKER_SHARDS_OWNED
+from shardctl.core.records import OffsetRecord
+from shardctl.core.states import Transitions
 from workers.offsets import OffsetFenced, OffsetStore
 
 log = logging.getLogger(__name__)

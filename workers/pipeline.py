@@ -24,8 +24,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shardctl.config import ConfigError, Settings
-from shardctl.keyspace import Keyspace
+from shardctl.core.config import ConfigError, Settings
+from shardctl.core.keyspace import Keyspace
 from workers.consumer import Consumer, ConsumerConfig, ShardGate
 from workers.deadletters import (
     DEFAULT_TEMPLATE,

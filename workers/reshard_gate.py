@@ -33,11 +33,11 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient, EtcdError, ModRevisionIs, Put
-from shardctl.etcd.watch import Mirror
-from shardctl.keyspace import Keyspace
-from shardctl.records import ClusterConfig, OffsetRecord, RecordError, Reshard
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient, EtcdError, ModRevisionIs, Put
+from shardctl.core.etcd.watch import Mirror
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import ClusterConfig, OffsetRecord, RecordError, Reshard
 from workers.transports.nsq import shard_topic
 
 log = logging.getLogger(__name__)

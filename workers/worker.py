@@ -36,10 +36,10 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from shardctl import health, metrics
-from shardctl.aio import threadsafe_event, wait_any
-from shardctl.config import Settings
-from shardctl.etcd import (
+from shardctl.core import health, metrics
+from shardctl.core.aio import threadsafe_event, wait_any
+from shardctl.core.config import Settings
+from shardctl.core.etcd import (
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
@@ -49,9 +49,9 @@ from shardctl.etcd import (
     open_session,
     revoke_stale_lease,
 )
-from shardctl.keyspace import Keyspace
-from shardctl.records import Assignment, RecordError
-from shardctl.states import Transitions
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import Assignment, RecordError
+from shardctl.core.states import Transitions
 from workers.membership import Membership, WorkerIdInUse
 from workers.ownership import Ownership, ShardConsumer
 
@@ -120,7 +120,7 @@ class Worker:
     async def run(self) -> None:
         server = None
         if self.options.metrics_port:
-            # Its own server, not shardctl.metrics.serve: it is shut down when the
+            # Its own server, not shardctl.core.metrics.serve: it is shut down when the
             # worker returns, so a process can run workers one after another.
             server = metrics.start_server(self.options.metrics_port)
             log.info("%s: /metrics on port %d", self.options.worker_id, self.options.metrics_port)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cdc.options import CdcOptions
 from cdc.producers.base import DeliveryError, FanOutProducer, Outgoing, Producer
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 
 
 def build_producer(settings: Settings, options: CdcOptions, num_shards: int) -> Producer:

@@ -32,7 +32,7 @@ from cdc.producers.base import (
     dead_letter_document,
     render_topic,
 )
-from shardctl.config import ConfigError
+from shardctl.core.config import ConfigError
 
 log = logging.getLogger(__name__)
 

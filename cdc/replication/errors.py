@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shardctl.config import ConfigError
+from shardctl.core.config import ConfigError
 
 
 class SourceError(Exception):

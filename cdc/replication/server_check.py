@@ -24,7 +24,7 @@ import pymysql
 
 from cdc.replication.errors import ServerSettingError
 from cdc.replication.position import BinlogPosition
-from shardctl.config import ConfigError
+from shardctl.core.config import ConfigError
 
 Flavor = Literal["mariadb", "mysql"]
 

@@ -31,7 +31,7 @@ from shardctl.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from shardctl.config import Settings
+    from shardctl.core.config import Settings
 
 app = typer.Typer(
     help="The Maxwell-compatible binlog reader.", no_args_is_help=True, rich_markup_mode=None
@@ -61,7 +61,7 @@ def _load(
     config: Path | None, cluster: str | None, overrides: dict[str, Any]
 ) -> tuple[Settings, Any]:
     from cdc.options import load_cdc_options
-    from shardctl.config import ConfigError, load_settings
+    from shardctl.core.config import ConfigError, load_settings
 
     try:
         return load_settings(config, cluster=cluster), load_cdc_options(config, overrides)
@@ -109,8 +109,8 @@ def run(
     from cdc.producers.base import DeliveryError
     from cdc.reader import Reader
     from cdc.replication.errors import PurgedBinlogError, SourceError
-    from shardctl.config import ConfigError
-    from shardctl.etcd.client import EtcdError
+    from shardctl.core.config import ConfigError
+    from shardctl.core.etcd.client import EtcdError
 
     settings, options = _load(
         config,
@@ -162,8 +162,8 @@ def bootstrap(
 ) -> None:
     """Ask the leading reader to publish the table's rows (bootstrap-start/insert/complete)."""
     from cdc.bootstrap import BootstrapRequest, submit_request
-    from shardctl.etcd.client import EtcdClient, EtcdError, EtcdUnavailable
-    from shardctl.keyspace import Keyspace
+    from shardctl.core.etcd.client import EtcdClient, EtcdError, EtcdUnavailable
+    from shardctl.core.keyspace import Keyspace
 
     database, dot, name = table.partition(".")
     if not dot or not database or not name:
@@ -209,8 +209,8 @@ def checkpoint_show(
 ) -> None:
     """Print the stored checkpoint as JSON (null when there is none)."""
     from cdc.checkpoint import CheckpointError, CheckpointStore
-    from shardctl.etcd.client import EtcdClient, EtcdError
-    from shardctl.keyspace import Keyspace
+    from shardctl.core.etcd.client import EtcdClient, EtcdError
+    from shardctl.core.keyspace import Keyspace
 
     settings, options = _load(config, cluster, {"source": source})
 
@@ -237,9 +237,9 @@ def checkpoint_reset(
     from cdc.checkpoint import CheckpointError, CheckpointStore
     from cdc.reader import resolve_start
     from cdc.replication.position import Checkpoint
-    from shardctl.config import ConfigError
-    from shardctl.etcd.client import EtcdClient, EtcdError
-    from shardctl.keyspace import Keyspace
+    from shardctl.core.config import ConfigError
+    from shardctl.core.etcd.client import EtcdClient, EtcdError
+    from shardctl.core.keyspace import Keyspace
 
     settings, options = _load(config, cluster, {"source": source})
     target: Checkpoint | None = None
@@ -289,9 +289,9 @@ def checkpoint_skip(
     from cdc.checkpoint import CheckpointError, CheckpointStore, transaction_at_checkpoint
     from cdc.decoding.json_columns import UnknownDdl
     from cdc.replication.errors import SourceError
-    from shardctl.config import ConfigError
-    from shardctl.etcd.client import EtcdClient, EtcdError
-    from shardctl.keyspace import Keyspace
+    from shardctl.core.config import ConfigError
+    from shardctl.core.etcd.client import EtcdClient, EtcdError
+    from shardctl.core.keyspace import Keyspace
 
     settings, options = _load(config, cluster, {"source": source})
     keyspace = Keyspace.of(settings)
@@ -372,8 +372,8 @@ def collect_cdc_status(settings: Settings, source: str) -> dict[str, Any]:
         check_server,
         current_position,
     )
-    from shardctl.etcd.client import EtcdClient
-    from shardctl.keyspace import Keyspace
+    from shardctl.core.etcd.client import EtcdClient
+    from shardctl.core.keyspace import Keyspace
 
     keyspace = Keyspace.of(settings)
 
@@ -418,7 +418,7 @@ def status(
     """Leader, checkpoint position, the server's binlog end, and the lag (bytes, seconds)."""
     from cdc.checkpoint import CheckpointError
     from cdc.replication.errors import ServerSettingError
-    from shardctl.etcd.client import EtcdError
+    from shardctl.core.etcd.client import EtcdError
 
     settings, options = _load(config, cluster, {"source": source})
     try:

@@ -20,8 +20,8 @@ from shardctl.cli.common import EXIT_FAILURE, EXIT_USAGE, ClusterOpt, ConfigOpt,
 
 if TYPE_CHECKING:
     from shardctl.cli.kafka_admin import TopicState
-    from shardctl.config import Settings
-    from shardctl.records import ClusterConfig
+    from shardctl.core.config import Settings
+    from shardctl.core.records import ClusterConfig
 
 app = typer.Typer(
     help="Initialise a cluster, or show its configuration.",
@@ -39,9 +39,9 @@ class ClusterTransport(enum.StrEnum):
 
 
 async def _read_config(settings: Settings) -> tuple[ClusterConfig | None, int, str]:
-    from shardctl.etcd import EtcdClient
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import ClusterConfig
+    from shardctl.core.etcd import EtcdClient
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import ClusterConfig
 
     key = Keyspace.of(settings).config
     async with EtcdClient(settings.etcd) as client:
@@ -52,8 +52,8 @@ async def _read_config(settings: Settings) -> tuple[ClusterConfig | None, int, s
 
 
 def _run(coro: Any) -> Any:
-    from shardctl.etcd import EtcdError
-    from shardctl.records import RecordError
+    from shardctl.core.etcd import EtcdError
+    from shardctl.core.records import RecordError
 
     try:
         return asyncio.run(coro)
@@ -131,8 +131,8 @@ def init(
     """Set num_shards, topics and transport, and create the Kafka topics with one
     partition per shard. Idempotent; a conflicting change is refused (exit 2)."""
     from shardctl.cli.kafka_admin import KafkaUnavailable, create_topics, topic_states
-    from shardctl.etcd import EtcdClient, ModRevisionIs, Put
-    from shardctl.records import ClusterConfig
+    from shardctl.core.etcd import EtcdClient, ModRevisionIs, Put
+    from shardctl.core.records import ClusterConfig
 
     settings = load(config, cluster)
     topics = list(dict.fromkeys(topic or []))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from shardctl.config import Settings
+    from shardctl.core.config import Settings
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -90,7 +90,7 @@ def load(
 ) -> Settings:
     """The settings (flags in `overrides` by section beat env and file), or exit 2
     naming the bad setting."""
-    from shardctl.config import ConfigError, load_settings
+    from shardctl.core.config import ConfigError, load_settings
 
     try:
         return load_settings(path=config, overrides=overrides, cluster=cluster)
@@ -100,7 +100,7 @@ def load(
 
 def start_process(role: str, log_level: LogLevel, log_json: bool, metrics_port: int | None) -> None:
     """Logging, the health state of `role`, and (with a port) /metrics, /healthz, /readyz."""
-    from shardctl import health, logs, metrics
+    from shardctl.core import health, logs, metrics
 
     logs.configure(log_level.value, json=log_json)
     health.configure(role)

@@ -40,8 +40,8 @@ from shardctl.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from shardctl.config import Settings
-    from shardctl.records import ClusterConfig
+    from shardctl.core.config import Settings
+    from shardctl.core.records import ClusterConfig
 
 coordinator_app = typer.Typer(
     help="The coordinator: leader election and assignment.",
@@ -69,8 +69,8 @@ def _settings(config: Path | None, cluster: str | None) -> Settings:
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a command's coroutine; etcd and record errors end the command with exit 1."""
-    from shardctl.etcd import EtcdError
-    from shardctl.records import RecordError
+    from shardctl.core.etcd import EtcdError
+    from shardctl.core.records import RecordError
 
     try:
         return asyncio.run(coro)
@@ -79,7 +79,7 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def _check_name(what: str, name: str) -> str:
-    from shardctl.keyspace import check_name
+    from shardctl.core.keyspace import check_name
 
     try:
         return check_name(what, name)
@@ -116,8 +116,8 @@ def coordinator_run(
     """Run one coordinator replica. One replica leads and writes the assignment;
     the others stand by (both are ready on /readyz)."""
     from coordinator.service import Coordinator, CoordinatorOptions
-    from shardctl import health
-    from shardctl.aio import install_stop_signals
+    from shardctl.core import health
+    from shardctl.core.aio import install_stop_signals
 
     settings = _settings(config, cluster)
     options = CoordinatorOptions(
@@ -176,9 +176,9 @@ def _key_values(flag: str, items: list[str]) -> dict[str, str]:
 
 
 async def _configured_topics(settings: Settings) -> list[str]:
-    from shardctl.etcd import EtcdClient
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import ClusterConfig
+    from shardctl.core.etcd import EtcdClient
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import ClusterConfig
 
     keys = Keyspace.of(settings)
     async with EtcdClient(settings.etcd) as client:
@@ -358,9 +358,9 @@ def worker_run(
     move away with fenced handoff, then it exits); a second SIGTERM stops it at once.
     Its tuning lives in the [worker] section; these flags override it.
     """
-    from shardctl import health
-    from shardctl.aio import install_stop_signals
-    from shardctl.config import ConfigError
+    from shardctl.core import health
+    from shardctl.core.aio import install_stop_signals
+    from shardctl.core.config import ConfigError
     from workers.deadletters import dead_letter_topic
     from workers.worker import Worker, WorkerOptions
 
@@ -482,7 +482,7 @@ def forget_stream(
     MASTER, a restore, binlog renumbering): once the source is checked, the shard
     applies the stream's changes from its next batch on, whatever their position.
     """
-    from shardctl.config import ConfigError
+    from shardctl.core.config import ConfigError
     from workers.handlers import HandlerContext
     from workers.sinks.postgres import PostgresSink
     from workers.sinks.sql import SqlSink
@@ -537,7 +537,7 @@ def status(
     with lag per shard, events/s and rebalances (a summary of the shards that need a
     look when they do not fit the screen)."""
     from shardctl.cli.read_model import read_status
-    from shardctl.status import maintenance_banner, reshard_line, shard_ranges
+    from shardctl.core.status import maintenance_banner, reshard_line, shard_ranges
 
     settings = _settings(config, cluster)
     if watch:
@@ -612,9 +612,9 @@ def maintenance_on(
     """Freeze the assignment: the coordinator writes no new generation until `off`.
     Shards of a worker that dies stay assigned to it (unprocessed); new workers get
     nothing; a drain does not complete. Once this returns, no generation lands."""
-    from shardctl.etcd import EtcdClient
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import Assignment, Maintenance
+    from shardctl.core.etcd import EtcdClient
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import Assignment, Maintenance
 
     settings = _settings(config, cluster)
     keys = Keyspace.of(settings)
@@ -639,8 +639,8 @@ def maintenance_on(
 def maintenance_off(config: ConfigOpt = None, cluster: ClusterOpt = None) -> None:
     """Resume assigning: the coordinator computes the next generation from the
     members of this moment (dead workers' shards move then)."""
-    from shardctl.etcd import EtcdClient
-    from shardctl.keyspace import Keyspace
+    from shardctl.core.etcd import EtcdClient
+    from shardctl.core.keyspace import Keyspace
 
     settings = _settings(config, cluster)
     keys = Keyspace.of(settings)
@@ -680,8 +680,8 @@ def drain(
     cluster: ClusterOpt = None,
 ) -> None:
     """Mark a worker draining: the coordinator moves its shards away, then it exits."""
-    from shardctl.etcd import EtcdClient, EtcdError
-    from shardctl.keyspace import Keyspace
+    from shardctl.core.etcd import EtcdClient, EtcdError
+    from shardctl.core.keyspace import Keyspace
     from workers.membership import request_drain
 
     if self_ == (worker is not None):
@@ -723,8 +723,8 @@ def undrain(
     """Cancel a drain still in progress: the worker becomes active again and keeps (or
     gets back) shards. A drained worker has already exited; a worker stopping on
     SIGTERM keeps stopping."""
-    from shardctl.etcd import EtcdClient
-    from shardctl.keyspace import Keyspace
+    from shardctl.core.etcd import EtcdClient
+    from shardctl.core.keyspace import Keyspace
     from workers.membership import request_undrain
 
     settings = _settings(config, cluster)
@@ -744,9 +744,9 @@ def undrain(
 
 async def _read_cluster_config(settings: Settings) -> tuple[ClusterConfig | None, int]:
     """The cluster's config record and its mod_revision (None, 0 when there is none)."""
-    from shardctl.etcd import EtcdClient
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import ClusterConfig
+    from shardctl.core.etcd import EtcdClient
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import ClusterConfig
 
     key = Keyspace.of(settings).config
     async with EtcdClient(settings.etcd) as client:
@@ -800,9 +800,9 @@ def set_shards(
     import time as clock
 
     from shardctl.cli.kafka_admin import KafkaUnavailable, grow_partitions, partition_counts
-    from shardctl.etcd import EtcdClient, ModRevisionIs, Put
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import (
+    from shardctl.core.etcd import EtcdClient, ModRevisionIs, Put
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import (
         ASSIGNMENT_MAX_BYTES,
         ASSIGNMENT_WORKER_TABLE_BYTES,
         MAX_SHARDS,
@@ -1015,8 +1015,8 @@ def place_shards(
     no worker may own stays unassigned; `status` lists it. Malformed flags change
     nothing. With no flag, prints the current weights and affinity.
     """
-    from shardctl.etcd import EtcdClient, ModRevisionIs, Put
-    from shardctl.keyspace import Keyspace
+    from shardctl.core.etcd import EtcdClient, ModRevisionIs, Put
+    from shardctl.core.keyspace import Keyspace
 
     settings = _settings(config, cluster)
     keys = Keyspace.of(settings)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from shardctl.config import Settings
+    from shardctl.core.config import Settings
 
 TABLE = (
     "CREATE TABLE orders (id INT PRIMARY KEY, customer INT NOT NULL, "
@@ -158,9 +158,9 @@ class Demo:
         from confluent_kafka.admin import AdminClient
         from confluent_kafka.cimpl import NewTopic
 
-        from shardctl.etcd import EtcdClient
-        from shardctl.keyspace import Keyspace
-        from shardctl.records import ClusterConfig
+        from shardctl.core.etcd import EtcdClient
+        from shardctl.core.keyspace import Keyspace
+        from shardctl.core.records import ClusterConfig
 
         n = self.names
         for db in (n.database, n.sink_database):
@@ -209,8 +209,8 @@ class Demo:
     def wait_for_checkpoint(self, timeout: float) -> None:
         """The reader starts at the server's current position; writes before it has
         stored that position would not be read, so the load waits for it."""
-        from shardctl.etcd import EtcdClient
-        from shardctl.keyspace import Keyspace
+        from shardctl.core.etcd import EtcdClient
+        from shardctl.core.keyspace import Keyspace
 
         key = Keyspace.of(self.settings).cdc_checkpoint(SOURCE)
 
@@ -273,8 +273,8 @@ class Demo:
     def remove_everything(self) -> None:
         from confluent_kafka.admin import AdminClient
 
-        from shardctl.etcd import EtcdClient
-        from shardctl.keyspace import Keyspace
+        from shardctl.core.etcd import EtcdClient
+        from shardctl.core.keyspace import Keyspace
 
         n = self.names
         for db in (n.database, n.sink_database):
@@ -359,7 +359,7 @@ def demo(
     os.environ.update(env)
     import pymysql
 
-    from shardctl.config import load_settings
+    from shardctl.core.config import load_settings
 
     settings = load_settings(cluster=names.cluster)
     env["SHARDCTL_SINK_SQL_HOST"] = settings.mysql.host
@@ -393,7 +393,7 @@ def _run(
     from rich.live import Live
 
     from shardctl.cli.live import LiveView, Snapshot, SnapshotSource
-    from shardctl.etcd import EtcdError
+    from shardctl.core.etcd import EtcdError
 
     names = run.names
     run.create_schema(shards)

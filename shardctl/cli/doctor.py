@@ -40,8 +40,8 @@ import typer
 from shardctl.cli.common import EXIT_FAILURE, EXIT_USAGE, ClusterOpt, ConfigOpt
 
 if TYPE_CHECKING:
-    from shardctl.config import Settings
-    from shardctl.records import ClusterConfig
+    from shardctl.core.config import Settings
+    from shardctl.core.records import ClusterConfig
 
 Level = Literal["ok", "warning", "problem", "skipped"]
 
@@ -59,9 +59,9 @@ class Finding:
 
 def check_etcd(settings: Settings) -> tuple[list[Finding], ClusterConfig | None, bool]:
     """Findings, the cluster config (if any), and whether etcd answered."""
-    from shardctl.etcd import EtcdClient, EtcdError
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import ClusterConfig, RecordError
+    from shardctl.core.etcd import EtcdClient, EtcdError
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import ClusterConfig, RecordError
 
     keys = Keyspace.of(settings)
     endpoints = settings.etcd.endpoints
@@ -124,9 +124,9 @@ def check_etcd(settings: Settings) -> tuple[list[Finding], ClusterConfig | None,
 def check_stalled_shards(settings: Settings) -> list[Finding]:
     """A finding per shard whose worker waits out a transient failure (sink or broker
     away): its events wait, nothing is dead-lettered, its lag grows."""
-    from shardctl.etcd import EtcdClient, EtcdError
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import OffsetRecord, RecordError
+    from shardctl.core.etcd import EtcdClient, EtcdError
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import OffsetRecord, RecordError
 
     keys = Keyspace.of(settings)
 
@@ -174,8 +174,8 @@ def check_stalled_shards(settings: Settings) -> list[Finding]:
 
 def check_maintenance(key: str, raw: bytes) -> Finding:
     """A warning, loud on purpose: in maintenance mode dead workers' shards stay unprocessed."""
-    from shardctl.records import Maintenance, RecordError
-    from shardctl.status import maintenance_banner
+    from shardctl.core.records import Maintenance, RecordError
+    from shardctl.core.status import maintenance_banner
 
     try:
         record = Maintenance.decode(key, raw)
@@ -364,9 +364,9 @@ def check_running(settings: Settings, config: ClusterConfig, source: str) -> lis
     """Leaders, workers and owners, from the cluster's read model (etcd answered a
     moment ago)."""
     from shardctl.cli.read_model import read_status
-    from shardctl.etcd import EtcdError
-    from shardctl.records import RecordError
-    from shardctl.status import shard_ranges
+    from shardctl.core.etcd import EtcdError
+    from shardctl.core.records import RecordError
+    from shardctl.core.status import shard_ranges
 
     try:
         state = asyncio.run(asyncio.wait_for(read_status(settings), settings.etcd.timeout_s * 4))
@@ -548,7 +548,7 @@ def take_flow_sample(settings: Settings, config: ClusterConfig) -> FlowSample:
     (a dead-letter topic that does not exist counts 0). KafkaUnavailable passes."""
     from shardctl.cli.kafka_admin import EndOffsets, UnknownTopic
     from shardctl.cli.offsets import shard_offsets
-    from shardctl.etcd import EtcdClient
+    from shardctl.core.etcd import EtcdClient
     from workers.deadletters import dead_letter_topic
 
     async def lags() -> list[dict[str, Any]]:
@@ -619,8 +619,8 @@ def flow_findings(first: FlowSample, second: FlowSample, seconds: float) -> list
 
 def check_flow(settings: Settings, config: ClusterConfig, seconds: float) -> list[Finding]:
     from shardctl.cli.kafka_admin import KafkaUnavailable
-    from shardctl.etcd import EtcdError
-    from shardctl.records import RecordError
+    from shardctl.core.etcd import EtcdError
+    from shardctl.core.records import RecordError
 
     if not config.topics:
         return []  # nothing consumes yet, so there is no lag to watch
@@ -685,7 +685,7 @@ def check_checkpoints(settings: Settings, sources: list[str]) -> list[Finding]:
     from cdc.checkpoint import CheckpointError
     from cdc.replication.errors import ServerSettingError
     from shardctl.cli.cdc import collect_cdc_status
-    from shardctl.etcd import EtcdError
+    from shardctl.core.etcd import EtcdError
 
     try:
         connection = pymysql.connect(**settings.mysql.connect_kwargs(), connect_timeout=5)
@@ -771,8 +771,8 @@ def run_checks(
 def reader_sources(settings: Settings, source: str) -> list[str]:
     """The configured source and every source with a reader or a checkpoint in etcd."""
     from shardctl.cli.read_model import read_status
-    from shardctl.etcd import EtcdError
-    from shardctl.records import RecordError
+    from shardctl.core.etcd import EtcdError
+    from shardctl.core.records import RecordError
 
     try:
         readers = asyncio.run(read_status(settings)).readers
@@ -803,7 +803,7 @@ def doctor(
     grants, the topics' partitions, and what runs (leaders, workers, shard owners);
     for each problem, say how to fix it."""
     from cdc.options import load_cdc_options
-    from shardctl.config import ConfigError, load_settings
+    from shardctl.core.config import ConfigError, load_settings
 
     try:
         settings = load_settings(config, cluster=cluster)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shardctl.config import Settings
+    from shardctl.core.config import Settings
 
 METADATA_TIMEOUT_S = 10.0
 

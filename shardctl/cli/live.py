@@ -24,7 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from shardctl.status import ClusterStatus, shard_ranges
+from shardctl.core.status import ClusterStatus, shard_ranges
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from shardctl.cli.kafka_admin import EndOffsets
-    from shardctl.config import Settings
-    from shardctl.etcd import EtcdClient
+    from shardctl.core.config import Settings
+    from shardctl.core.etcd import EtcdClient
 
 EVENT_LINES = 8  # the demo's last steps shown under the tables
 MIN_SHARD_ROWS = 5
@@ -77,9 +77,9 @@ class SnapshotSource:
     async def take(self) -> Snapshot:
         from shardctl.cli.kafka_admin import KafkaUnavailable, UnknownTopic
         from shardctl.cli.read_model import read_status
-        from shardctl.etcd import EtcdClient
-        from shardctl.keyspace import Keyspace
-        from shardctl.status import committed_offsets
+        from shardctl.core.etcd import EtcdClient
+        from shardctl.core.keyspace import Keyspace
+        from shardctl.core.status import committed_offsets
 
         if self._client is None:
             self._client = await EtcdClient(self.settings.etcd).connect()
@@ -317,9 +317,9 @@ async def watch_status(
 async def _default_topic(settings: Settings) -> str | None:
     """The cluster config's topic when it lists exactly one and travels on Kafka (a
     topic that is missing then shows as an error in the view, not as a usage error)."""
-    from shardctl.etcd import EtcdClient
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import ClusterConfig
+    from shardctl.core.etcd import EtcdClient
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import ClusterConfig
 
     keys = Keyspace.of(settings)
     async with EtcdClient(settings.etcd) as client:

@@ -43,9 +43,9 @@ def import_maxwell(
         store_imported_checkpoint,
     )
     from cdc.replication.server_check import check_server
-    from shardctl.config import ConfigError
-    from shardctl.etcd.client import EtcdClient, EtcdError
-    from shardctl.keyspace import Keyspace
+    from shardctl.core.config import ConfigError
+    from shardctl.core.etcd.client import EtcdClient, EtcdError
+    from shardctl.core.keyspace import Keyspace
 
     settings, options = _load(config, cluster, {"source": source})
     try:

@@ -28,10 +28,10 @@ import typer
 from shardctl.cli.common import EXIT_USAGE, ClusterOpt, ConfigOpt, fail, load
 
 if TYPE_CHECKING:
-    from shardctl.config import Settings
-    from shardctl.etcd import EtcdClient
-    from shardctl.keyspace import Keyspace
-    from shardctl.status import ClusterStatus
+    from shardctl.core.config import Settings
+    from shardctl.core.etcd import EtcdClient
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.status import ClusterStatus
 
 app = typer.Typer(help="The shards' stored offsets.", no_args_is_help=True)
 
@@ -121,7 +121,7 @@ def offsets_at(settings: Settings, topic: str, shards: list[int], when: datetime
 
 
 async def _num_shards(client: EtcdClient, keys: Keyspace) -> int:
-    from shardctl.records import ClusterConfig
+    from shardctl.core.records import ClusterConfig
 
     kv = await client.get(keys.config)
     if kv is None:
@@ -133,7 +133,7 @@ async def _num_shards(client: EtcdClient, keys: Keyspace) -> int:
 
 
 async def _config_topics(client: EtcdClient, keys: Keyspace) -> list[str]:
-    from shardctl.records import ClusterConfig
+    from shardctl.core.records import ClusterConfig
 
     kv = await client.get(keys.config)
     return [] if kv is None else ClusterConfig.decode(kv.key, kv.value).topics
@@ -154,8 +154,8 @@ async def shard_offsets(
     `kafka_errors`, a topic Kafka cannot describe gets them None too, and its error
     goes into `kafka_errors` (else KafkaUnavailable is raised)."""
     from shardctl.cli.kafka_admin import KafkaUnavailable
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import OffsetRecord
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import OffsetRecord
 
     keys = Keyspace.of(settings)
     owners = {
@@ -231,9 +231,9 @@ def describe(
     """Per shard and topic: committed offset, end offset, lag, owner and owner token.
     Without --shard, every shard."""
     from shardctl.cli.kafka_admin import KafkaUnavailable
-    from shardctl.etcd import EtcdClient, EtcdError
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import RecordError
+    from shardctl.core.etcd import EtcdClient, EtcdError
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import RecordError
 
     chosen = None if not shard else _chosen_shards(shard, all_shards)
     settings = load(config, cluster)
@@ -313,9 +313,9 @@ def reset(
     """Reset the stored offset of one topic on some shards (and record the topic's
     current id). A dry run unless --execute; refuses while a chosen shard is owned."""
     from shardctl.cli.kafka_admin import KafkaUnavailable
-    from shardctl.etcd import Absent, EtcdClient, EtcdError, ModRevisionIs, Put
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import OffsetRecord, RecordError
+    from shardctl.core.etcd import Absent, EtcdClient, EtcdError, ModRevisionIs, Put
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import OffsetRecord, RecordError
 
     given = [
         name
@@ -476,7 +476,7 @@ def commit_to_group(settings: Settings, group: str, offsets: dict[tuple[str, int
 
 async def stored_offsets(client: EtcdClient, keys: Keyspace) -> dict[tuple[str, int], int]:
     """(topic, shard) -> committed offset, from every offsets/<shard> record."""
-    from shardctl.records import OffsetRecord
+    from shardctl.core.records import OffsetRecord
 
     found: dict[tuple[str, int], int] = {}
     for kv in (await client.get_prefix(keys.offsets_prefix)).items:
@@ -509,9 +509,9 @@ def mirror(
     etcd stays the source of truth: the workers never read these offsets back, and a
     copy can be up to --interval old."""
     from shardctl.cli.kafka_admin import KafkaUnavailable
-    from shardctl.etcd import EtcdClient, EtcdError
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import RecordError
+    from shardctl.core.etcd import EtcdClient, EtcdError
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import RecordError
 
     settings = load(config, cluster)
     keys = Keyspace.of(settings)
@@ -548,7 +548,7 @@ async def status_offsets(
     and per topic of the config the committed offset, end offset and lag (None for
     end and lag when the transport is NSQ, or Kafka does not answer about a topic:
     its error goes into `kafka_errors`)."""
-    from shardctl.etcd import EtcdClient
+    from shardctl.core.etcd import EtcdClient
 
     config = status.config
     if config is None:

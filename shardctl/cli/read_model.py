@@ -1,4 +1,4 @@
-"""The CLI's way to read the cluster: the core read model (`shardctl.status`) with
+"""The CLI's way to read the cluster: the core read model (`shardctl.core.status`) with
 the coordinator's placement rule for `unplaceable` plugged in."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shardctl.config import Settings
-    from shardctl.etcd import EtcdClient, KeyValue
-    from shardctl.keyspace import Keyspace
-    from shardctl.records import ClusterConfig
-    from shardctl.status import ClusterStatus
+    from shardctl.core.config import Settings
+    from shardctl.core.etcd import EtcdClient, KeyValue
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.records import ClusterConfig
+    from shardctl.core.status import ClusterStatus
 
 
 def unplaceable_by_coordinator(
@@ -26,9 +26,9 @@ def unplaceable_by_coordinator(
 
 async def read_status(settings: Settings, client: EtcdClient | None = None) -> ClusterStatus:
     """One `ClusterStatus` of the settings' cluster, over `client` or a new connection."""
-    from shardctl.etcd import EtcdClient
-    from shardctl.keyspace import Keyspace
-    from shardctl.status import read_cluster_status
+    from shardctl.core.etcd import EtcdClient
+    from shardctl.core.keyspace import Keyspace
+    from shardctl.core.status import read_cluster_status
 
     keys = Keyspace.of(settings)
     if client is not None:

@@ -17,7 +17,7 @@ import typer
 from shardctl.cli.common import EXIT_FAILURE, EXIT_USAGE, ClusterOpt, ConfigOpt, Transport, fail
 
 if TYPE_CHECKING:
-    from shardctl.config import Settings
+    from shardctl.core.config import Settings
 
 
 def _kafka_partitions(settings: Settings, topic: str) -> int:
@@ -100,7 +100,7 @@ def tail(
     """Print a topic's events as they arrive, without owning any shard."""
     from shardctl.cli.common import load
     from shardctl.cli.kafka_admin import KafkaUnavailable
-    from shardctl.config import ConfigError
+    from shardctl.core.config import ConfigError
 
     if transport == Transport.nsq and shard is None:
         raise fail("--shard: required with --transport nsq (each shard is its own NSQ topic)", 2)

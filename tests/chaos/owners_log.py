@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shardctl.etcd import EtcdClient, KeyValue, watch_updates
-from shardctl.keyspace import Keyspace
+from shardctl.core.etcd import EtcdClient, KeyValue, watch_updates
+from shardctl.core.keyspace import Keyspace
 
 RESET_SHARD = -1
 

@@ -22,9 +22,9 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient, LoopThread
-from shardctl.keyspace import Keyspace
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient, LoopThread
+from shardctl.core.keyspace import Keyspace
 from tests.chaos.workload import DATA_TABLES, SECOND_SOURCE_TABLES
 
 REPO = Path(__file__).resolve().parents[2]

@@ -49,7 +49,7 @@ from typing import Any
 
 import pymysql
 
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 from tests.chaos.flaky_sink import is_poison
 from tests.chaos.owners_log import OwnersLog, max_overlap, owned_shards
 from tests.chaos.pipeline import SOURCE, SOURCE2, Pipeline, port_of

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 from tests.chaos.run import ChaosConfig, ChaosRun
 from tests.chaos.schedule import KIND_NAMES, FaultKind, LoadKind, parse_kinds
 from tests.conftest import StackHandle

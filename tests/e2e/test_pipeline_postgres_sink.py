@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 from tests.conftest import StackHandle
 from tests.e2e.test_pipeline_sql_sink import (
     NUM_SHARDS,

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 from tests.conftest import StackHandle
 from tests.integration.cdc_support import stored_checkpoint
 from tests.integration.workers_support import create_topic, delete_topics

@@ -24,11 +24,11 @@ import pymysql
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from shardctl.config import Settings
-from shardctl.etcd.client import EtcdClient, EtcdUnavailable
-from shardctl.hashing import shard_of
-from shardctl.keyspace import Keyspace
-from shardctl.records import ClusterConfig, Reshard
+from shardctl.core.config import Settings
+from shardctl.core.etcd.client import EtcdClient, EtcdUnavailable
+from shardctl.core.hashing import shard_of
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import ClusterConfig, Reshard
 from tests.conftest import StackHandle
 from tests.e2e.test_pipeline_sql_sink import Pipeline
 from tests.integration.cdc_support import stored_checkpoint

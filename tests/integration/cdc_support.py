@@ -26,9 +26,9 @@ import pymysql
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from cdc.replication.position import Checkpoint
-from shardctl.config import Settings
-from shardctl.etcd.client import EtcdClient
-from shardctl.keyspace import Keyspace
+from shardctl.core.config import Settings
+from shardctl.core.etcd.client import EtcdClient
+from shardctl.core.keyspace import Keyspace
 from tests.polling import wait_for as wait_for
 
 SHARDCTL = str(Path(sys.executable).with_name("shardctl"))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 from tests.integration.coordination_harness import Cluster
 
 

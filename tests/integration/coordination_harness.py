@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient, LoopThread, watch_updates
-from shardctl.keyspace import Keyspace
-from shardctl.processes import SHARDCTL, ProcessGroup
-from shardctl.records import Assignment, ClusterConfig, OffsetRecord, WorkerRecord
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient, LoopThread, watch_updates
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.processes import SHARDCTL, ProcessGroup
+from shardctl.core.records import Assignment, ClusterConfig, OffsetRecord, WorkerRecord
 from tests.polling import wait_for as wait_for
 
 TTL = 3

@@ -17,10 +17,10 @@ import pytest
 
 from coordinator.assignment import Member
 from coordinator.writer import Current, next_assignment, write_assignment
-from shardctl.config import Settings
-from shardctl.etcd import Election, EtcdClient, Session
-from shardctl.keyspace import Keyspace
-from shardctl.records import MAX_SHARDS, Assignment, ClusterConfig
+from shardctl.core.config import Settings
+from shardctl.core.etcd import Election, EtcdClient, Session
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import MAX_SHARDS, Assignment, ClusterConfig
 from tests.conftest import StackHandle
 from tests.polling import wait_async
 from workers.worker import _Mirrors

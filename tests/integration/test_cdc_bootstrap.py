@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shardctl.hashing import shard_of
+from shardctl.core.hashing import shard_of
 from tests.integration.cdc_support import (
     SHARDCTL,
     ReaderProcess,

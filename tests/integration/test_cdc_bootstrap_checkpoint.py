@@ -17,9 +17,9 @@ from cdc.producers import build_producer
 from cdc.producers.base import Ack, Outgoing, Producer
 from cdc.reader import Reader
 from cdc.replication.position import BinlogPosition
-from shardctl.config import Settings
-from shardctl.etcd.client import EtcdClient
-from shardctl.keyspace import Keyspace
+from shardctl.core.config import Settings
+from shardctl.core.etcd.client import EtcdClient
+from shardctl.core.keyspace import Keyspace
 from tests.integration.cdc_support import binlog_end, stored_checkpoint, wait_for
 
 pytestmark = pytest.mark.integration

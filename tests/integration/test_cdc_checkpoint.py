@@ -9,10 +9,10 @@ import pytest
 
 from cdc.checkpoint import CheckpointError, CheckpointStore
 from cdc.replication.position import Checkpoint
-from shardctl.etcd.client import EtcdClient
-from shardctl.etcd.election import Election, Leadership, NotLeader
-from shardctl.etcd.session import Session, SessionLost
-from shardctl.keyspace import Keyspace
+from shardctl.core.etcd.client import EtcdClient
+from shardctl.core.etcd.election import Election, Leadership, NotLeader
+from shardctl.core.etcd.session import Session, SessionLost
+from shardctl.core.keyspace import Keyspace
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shardctl.event_ids import order_key
+from shardctl.core.event_ids import order_key
 from tests.integration.cdc_support import ReaderProcess, TopicReader, binlog_end, reader_env
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from shardctl.config import Settings
-from shardctl.event_ids import order_key
+from shardctl.core.config import Settings
+from shardctl.core.event_ids import order_key
 from tests.conftest import StackHandle
 from tests.integration.cdc_support import (
     ReaderProcess,

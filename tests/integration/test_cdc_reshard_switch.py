@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from shardctl.config import Settings
-from shardctl.event_ids import order_key
-from shardctl.hashing import shard_of
-from shardctl.keyspace import Keyspace
-from shardctl.records import Reshard
+from shardctl.core.config import Settings
+from shardctl.core.event_ids import order_key
+from shardctl.core.hashing import shard_of
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import Reshard
 from tests.conftest import StackHandle
 from tests.integration.cdc_support import (
     SHARDCTL,

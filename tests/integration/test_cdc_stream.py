@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from shardctl.event_ids import order_key
-from shardctl.hashing import shard_of
+from shardctl.core.event_ids import order_key
+from shardctl.core.hashing import shard_of
 from tests.integration.cdc_support import (
     ReaderProcess,
     TopicReader,

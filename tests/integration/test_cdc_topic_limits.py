@@ -16,7 +16,7 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from shardctl.hashing import shard_of
+from shardctl.core.hashing import shard_of
 from tests.integration.cdc_support import (
     ReaderProcess,
     TopicReader,

@@ -13,8 +13,8 @@ import pytest
 
 from coordinator.assignment import Member, minimal_moves, moves
 from coordinator.writer import Current, write_assignment
-from shardctl.etcd import Leadership, Mirror, NotLeader, Session
-from shardctl.records import Assignment, OffsetRecord, WorkerRecord
+from shardctl.core.etcd import Leadership, Mirror, NotLeader, Session
+from shardctl.core.records import Assignment, OffsetRecord, WorkerRecord
 from tests.integration.coordination_harness import (
     TTL,
     Cluster,

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from shardctl.cli.doctor import flow_findings, take_flow_sample
-from shardctl.config import Settings
-from shardctl.records import ClusterConfig
+from shardctl.core.config import Settings
+from shardctl.core.records import ClusterConfig
 from tests.conftest import StackHandle
 from tests.integration.workers_support import create_topic, delete_cluster, delete_topics, produce
 

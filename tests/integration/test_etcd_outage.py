@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from shardctl.config import Settings
-from shardctl.etcd import EtcdUnavailable
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdUnavailable
 from tests.integration.coordination_harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration

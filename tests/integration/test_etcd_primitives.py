@@ -1,4 +1,4 @@
-"""shardctl.etcd against the real etcd of the local stack."""
+"""shardctl.core.etcd against the real etcd of the local stack."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import TypeVar
 
 import pytest
 
-from shardctl.config import Settings
-from shardctl.etcd import (
+from shardctl.core.config import Settings
+from shardctl.core.etcd import (
     Absent,
     Election,
     EtcdClient,
@@ -23,7 +23,7 @@ from shardctl.etcd import (
     SessionLost,
     watch_updates,
 )
-from shardctl.keyspace import Keyspace
+from shardctl.core.keyspace import Keyspace
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

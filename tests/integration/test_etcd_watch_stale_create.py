@@ -24,10 +24,10 @@ from collections.abc import Iterator
 import pytest
 
 from shardctl.cli.dev import load_devstack
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient, EtcdUnavailable
-from shardctl.etcd.client import WatchEvent
-from shardctl.keyspace import Keyspace
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient, EtcdUnavailable
+from shardctl.core.etcd.client import WatchEvent
+from shardctl.core.keyspace import Keyspace
 
 pytestmark = pytest.mark.integration
 

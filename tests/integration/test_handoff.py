@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient
-from shardctl.keyspace import Keyspace
-from shardctl.records import OffsetRecord
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import OffsetRecord
 from tests.integration.workers_support import delete_cluster, wait_async, write_assignment
 from workers.noop_handler import NoopHandler
 from workers.ownership import Claim

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 from tests.conftest import StackHandle
 from tests.integration.cdc_support import ReaderProcess, reader_env
 from tests.integration.workers_support import delete_cluster

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from coordinator.service import Coordinator, CoordinatorOptions, CoordinatorState
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 from tests.integration.workers_support import delete_cluster, wait_async, write_assignment
 from workers.noop_handler import NoopHandler
 from workers.worker import Worker, WorkerOptions, WorkerState

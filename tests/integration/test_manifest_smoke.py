@@ -31,8 +31,8 @@ import pytest
 import yaml
 
 from shardctl.cli.read_model import read_status
-from shardctl.config import Settings
-from shardctl.status import ClusterStatus
+from shardctl.core.config import Settings
+from shardctl.core.status import ClusterStatus
 from tests.conftest import StackHandle
 from tests.integration.workers_support import delete_cluster, delete_topics
 from tests.polling import wait_for

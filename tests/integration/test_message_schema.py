@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from jsonschema import Draft202012Validator
 
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 from tests.conftest import StackHandle
 from tests.integration.cdc_support import (
     ReaderProcess,

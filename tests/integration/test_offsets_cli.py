@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient
-from shardctl.keyspace import Keyspace
-from shardctl.records import OffsetRecord
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import OffsetRecord
 from tests.conftest import StackHandle
 from tests.integration.workers_support import delete_cluster, delete_topics, maxwell
 from tests.polling import wait_for

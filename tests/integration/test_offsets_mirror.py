@@ -14,10 +14,10 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient
-from shardctl.keyspace import Keyspace
-from shardctl.records import ClusterConfig, OffsetRecord
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import ClusterConfig, OffsetRecord
 from tests.conftest import StackHandle
 from tests.integration.workers_support import create_topic, delete_cluster, delete_topics, produce
 

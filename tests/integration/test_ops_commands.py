@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 from tests.conftest import StackHandle
 from tests.integration.cdc_support import ReaderProcess, reader_env, stored_checkpoint
 from tests.integration.workers_support import create_topic, delete_cluster, delete_topics

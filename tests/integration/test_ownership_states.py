@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient, KeyValue, Session
-from shardctl.keyspace import Keyspace
-from shardctl.records import OffsetRecord
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient, KeyValue, Session
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import OffsetRecord
 from tests.integration.workers_support import delete_cluster
 from workers.ownership import Claim, FailureBackoff, Ownership, OwnerState
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from shardctl.config import Settings
-from shardctl.etcd.client import EtcdClient
-from shardctl.hashing import shard_of
-from shardctl.keyspace import Keyspace
+from shardctl.core.config import Settings
+from shardctl.core.etcd.client import EtcdClient
+from shardctl.core.hashing import shard_of
+from shardctl.core.keyspace import Keyspace
 from tests.conftest import StackHandle
 from tests.e2e.test_pipeline_sql_sink import NUM_SHARDS, Pipeline
 from tests.integration.cdc_support import stored_checkpoint

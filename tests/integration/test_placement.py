@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from shardctl.records import Assignment
+from shardctl.core.records import Assignment
 from tests.integration.coordination_harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration

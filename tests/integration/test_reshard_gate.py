@@ -14,10 +14,10 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient, Put
-from shardctl.keyspace import Keyspace
-from shardctl.records import ClusterConfig, OffsetRecord, Reshard
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient, Put
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import ClusterConfig, OffsetRecord, Reshard
 from tests.conftest import StackHandle
 from tests.polling import wait_async
 from workers.reshard_gate import ReshardGate

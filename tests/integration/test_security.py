@@ -24,8 +24,8 @@ import pytest
 from pydantic import SecretStr
 
 from shardctl.cli.dev import load_devstack
-from shardctl.config import EtcdSettings, MySQLSettings, TLSSettings
-from shardctl.etcd import EtcdAuthError, EtcdClient, EtcdError, EtcdUnavailable, Session
+from shardctl.core.config import EtcdSettings, MySQLSettings, TLSSettings
+from shardctl.core.etcd import EtcdAuthError, EtcdClient, EtcdError, EtcdUnavailable, Session
 from tests.conftest import StackHandle
 from tests.integration.cdc_support import ReaderProcess, TopicReader, binlog_end, reader_env
 

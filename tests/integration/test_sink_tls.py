@@ -15,7 +15,7 @@ import pymysql
 import pytest
 
 from shardctl.cli.dev import load_devstack
-from shardctl.config import ConfigError
+from shardctl.core.config import ConfigError
 from tests.conftest import StackHandle
 from workers.handlers import HandlerContext
 from workers.sinks.postgres import PostgresSink

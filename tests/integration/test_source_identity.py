@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shardctl.hashing import shard_of
+from shardctl.core.hashing import shard_of
 from tests.e2e.test_pipeline_sql_sink import NUM_SHARDS, Pipeline
 from tests.e2e.test_pipeline_sql_sink import TABLE as PIPELINE_TABLE
 from tests.integration.cdc_support import (

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from cdc.replication.position import Checkpoint
-from shardctl.etcd import Put
-from shardctl.records import Reshard
+from shardctl.core.etcd import Put
+from shardctl.core.records import Reshard
 from tests.integration.coordination_harness import Cluster
 
 pytestmark = pytest.mark.integration

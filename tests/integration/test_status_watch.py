@@ -22,10 +22,10 @@ from rich.console import Console
 
 from shardctl.cli import kafka_admin
 from shardctl.cli.live import LiveView, Rates, SnapshotSource, watch_status
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient
-from shardctl.keyspace import Keyspace
-from shardctl.records import WorkerRecord
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import WorkerRecord
 from tests.conftest import StackHandle
 from tests.integration.workers_support import (
     delete_cluster,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 from tests.conftest import StackHandle
 from tests.integration.workers_support import create_topic, delete_topics, maxwell, read_all
 from workers.events import Batch, Event, decode_message

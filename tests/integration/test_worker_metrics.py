@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 from tests.conftest import StackHandle
 from tests.integration.workers_support import (
     create_topic,

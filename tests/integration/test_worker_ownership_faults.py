@@ -9,10 +9,10 @@ from collections.abc import Collection
 
 import pytest
 
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient
-from shardctl.keyspace import Keyspace
-from shardctl.records import OffsetRecord
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import OffsetRecord
 from tests.conftest import StackHandle
 from tests.integration.workers_support import delete_cluster, wait_async, write_assignment
 from workers.ownership import Claim

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shardctl.records import WorkerRecord
+from shardctl.core.records import WorkerRecord
 from tests.integration.coordination_harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ import threading
 
 import pytest
 
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient
-from shardctl.keyspace import Keyspace
-from shardctl.records import OffsetRecord
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import OffsetRecord
 from tests.conftest import StackHandle
 from tests.integration.workers_support import (
     create_topic,

@@ -11,10 +11,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from shardctl.config import Settings
-from shardctl.etcd import EtcdClient
-from shardctl.keyspace import Keyspace
-from shardctl.records import Assignment
+from shardctl.core.config import Settings
+from shardctl.core.etcd import EtcdClient
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import Assignment
 from tests.polling import wait_async as wait_async
 from workers.events import Event, decode_message
 

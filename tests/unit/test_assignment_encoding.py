@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl.records import (
+from shardctl.core.records import (
     ASSIGNMENT_MAX_BYTES,
     ASSIGNMENT_WORKER_TABLE_BYTES,
     MAX_SHARDS,

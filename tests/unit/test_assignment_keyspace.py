@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl.keyspace import Keyspace
-from shardctl.records import Assignment, ClusterConfig, RecordError, WorkerRecord
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import Assignment, ClusterConfig, RecordError, WorkerRecord
 
 KEYS = Keyspace("/shardctl/prod/")
 

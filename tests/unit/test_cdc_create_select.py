@@ -14,7 +14,7 @@ from cdc.replication.position import Checkpoint
 from cdc.replication.transaction import RowChange, Statement, Transaction
 from cdc.rows import RowImage, TxnContext
 from cdc.schema import ColumnDef, ColumnType, TableDef
-from shardctl.event_ids import order_key
+from shardctl.core.event_ids import order_key
 
 TABLE = TableDef(3, "shop", "copy", (ColumnDef("id", ColumnType.LONG),), ("id",))
 CTX = TxnContext(server_id=1, thread_id=4, gtid="0-1-5", file="b.000001", pos=100, ts=1, xid=12)

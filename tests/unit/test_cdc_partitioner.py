@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from cdc.partitioner import Partitioner, java_string_hash, java_text, maxwell_murmur3
 from cdc.rows import TxnContext
-from shardctl.config import ConfigError
+from shardctl.core.config import ConfigError
 from tests.maxwell_reference import java_hash_code, maxwell_partition, murmur3_x86_32
 
 KEY = b'{"database":"shop","table":"orders","pk.id":4}'

@@ -20,7 +20,7 @@ from cdc.replication.position import Checkpoint
 from cdc.replication.transaction import Statement, Transaction
 from cdc.rows import TxnContext
 from cdc.stage import StageSpec, _exception_state, _rebuilt, build_publisher
-from shardctl.config import load_settings
+from shardctl.core.config import load_settings
 
 
 def _across_the_pipe(exc: BaseException) -> BaseException:

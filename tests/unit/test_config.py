@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shardctl.config import ConfigError, load_settings
+from shardctl.core.config import ConfigError, load_settings
 
 
 @pytest.fixture(autouse=True)

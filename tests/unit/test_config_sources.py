@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cdc.options import load_cdc_options
-from shardctl.config import ConfigError, Settings, load_settings
+from shardctl.core.config import ConfigError, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)

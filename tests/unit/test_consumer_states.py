@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardctl.records import OffsetRecord
-from shardctl.states import IllegalTransition
+from shardctl.core.records import OffsetRecord
+from shardctl.core.states import IllegalTransition
 from tests.polling import wait_async
 from tests.stub_transport import StubTransport
 from workers.consumer import SHARD_TRANSITIONS, Consumer, ConsumerConfig, ShardState, _Shard

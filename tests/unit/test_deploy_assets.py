@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-import shardctl.metrics  # noqa: F401 - registers the metrics
+import shardctl.core.metrics  # noqa: F401 - registers the metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 

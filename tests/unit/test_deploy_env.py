@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings
 
 from cdc.options import CdcOptions
 from shardctl.cli.coordination import WORKER_ID_ENV
-from shardctl.config import SECTIONS
+from shardctl.core.config import SECTIONS
 from workers.sinks.postgres import PostgresSinkSettings
 from workers.sinks.sql import SqlSinkSettings
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shardctl.etcd.watch import _watched
+from shardctl.core.etcd.watch import _watched
 
 
 def test_a_prefix_watch_accepts_only_keys_under_its_prefix() -> None:

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdc.rows import TxnContext, event_id
-from shardctl.event_ids import describe_key, format_event_id, format_source, order_key
+from shardctl.core.event_ids import describe_key, format_event_id, format_source, order_key
 
 
 def test_the_three_forms() -> None:

@@ -15,7 +15,7 @@ from cdc.formatter import FormatError, FormatterOptions, MaxwellFormatter
 from cdc.json_text import compile_object_encoder, encode
 from cdc.rows import RowImage, TxnContext, event_id
 from cdc.schema import ColumnDef, ColumnType, TableDef
-from shardctl.hashing import shard_of
+from shardctl.core.hashing import shard_of
 
 T = ColumnType
 TABLE = TableDef(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl.hashing import (
+from shardctl.core.hashing import (
     gaining_shards,
     jump_consistent_hash,
     key_hash64,

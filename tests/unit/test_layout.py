@@ -31,7 +31,8 @@ def _imports(path: Path) -> set[str]:
 
 
 def _module_name(path: Path) -> str:
-    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _imports_cli(path: Path) -> bool:
@@ -50,7 +51,7 @@ def test_layers_never_import_each_other(layer: str) -> None:
 
 
 def test_only_the_etcd_client_module_imports_aetcd() -> None:
-    allowed = ROOT / "shardctl" / "etcd" / "client.py"
+    allowed = ROOT / "shardctl" / "core" / "etcd" / "client.py"
     offenders = [
         str(path.relative_to(ROOT))
         for top in ("shardctl", *LAYERS, "tests", "bench")
@@ -61,11 +62,17 @@ def test_only_the_etcd_client_module_imports_aetcd() -> None:
 
 
 def _core_files() -> list[Path]:
-    return [
-        path
-        for path in sorted((ROOT / "shardctl").rglob("*.py"))
-        if "cli" not in path.relative_to(ROOT / "shardctl").parts
-    ]
+    return sorted((ROOT / "shardctl" / "core").rglob("*.py"))
+
+
+def test_the_tree_shows_the_layers() -> None:
+    """shardctl/ holds two floors and nothing else: the core below, the CLI on top."""
+    entries = {
+        path.name
+        for path in (ROOT / "shardctl").iterdir()
+        if path.name != "__pycache__" and path.suffix != ".typed"
+    }
+    assert entries == {"__init__.py", "core", "cli"}
 
 
 def test_core_does_not_import_the_layers() -> None:
@@ -77,7 +84,7 @@ def test_core_does_not_import_the_layers() -> None:
 
 def test_core_does_not_import_the_cli() -> None:
     files = _core_files()
-    assert ROOT / "shardctl" / "status.py" in files
+    assert ROOT / "shardctl" / "core" / "status.py" in files
     offenders = [str(path.relative_to(ROOT)) for path in files if _imports_cli(path)]
     assert offenders == []
 
@@ -125,8 +132,9 @@ def test_import_cycle_finds_a_cycle_and_only_a_cycle() -> None:
     assert import_cycle({"a": {"b", "c"}, "b": {"c"}, "c": {"b"}}) == ["b", "c", "b"]
 
 
-def test_cli_modules_import_no_cycle() -> None:
-    files = sorted((ROOT / "shardctl" / "cli").glob("*.py"))
+@pytest.mark.parametrize("floor", ["core", "cli"])
+def test_modules_of_a_floor_import_no_cycle(floor: str) -> None:
+    files = sorted((ROOT / "shardctl" / floor).rglob("*.py"))
     names = {_module_name(path) for path in files}
     graph = {
         _module_name(path): {
@@ -134,5 +142,5 @@ def test_cli_modules_import_no_cycle() -> None:
         }
         for path in files
     }
-    assert "shardctl.cli.live" in graph
+    assert f"shardctl.{floor}.status" in graph or f"shardctl.{floor}.live" in graph
     assert import_cycle(graph) is None, f"import cycle: {' -> '.join(import_cycle(graph) or [])}"

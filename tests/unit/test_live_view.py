@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from shardctl.cli.live import LiveView, Rates, Snapshot
-from shardctl.records import Assignment, ClusterConfig, WorkerRecord
-from shardctl.status import ClusterStatus, Holder, WorkerStatus, shard_ranges
+from shardctl.core.records import Assignment, ClusterConfig, WorkerRecord
+from shardctl.core.status import ClusterStatus, Holder, WorkerStatus, shard_ranges
 
 SHARDS = 1000
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 from pydantic import SecretStr
 
-from shardctl import logs
+from shardctl.core import logs
 
 
 def test_json_lines_carry_extra_fields_and_redact_secrets(

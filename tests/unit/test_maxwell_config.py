@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from cdc.maxwell_config import parse_properties, to_toml, translate
 from cdc.options import CdcOptions, load_cdc_options
-from shardctl.config import load_settings
+from shardctl.core.config import load_settings
 
 CDC_OPTIONS = frozenset(CdcOptions.model_fields)
 

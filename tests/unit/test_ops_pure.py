@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from coordinator.service import moved_shards
 from shardctl.cli.doctor import missing_privileges
-from shardctl.records import Assignment
+from shardctl.core.records import Assignment
 
 USER = "TO `shardctl_cdc`@`127.0.0.1`"
 

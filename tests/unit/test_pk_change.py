@@ -20,8 +20,8 @@ from cdc.replication.position import Checkpoint
 from cdc.replication.transaction import RowChange, Transaction
 from cdc.rows import RowImage, TxnContext, split_key_change
 from cdc.schema import ColumnDef, ColumnType, TableDef
-from shardctl.event_ids import order_key
-from shardctl.hashing import shard_of
+from shardctl.core.event_ids import order_key
+from shardctl.core.hashing import shard_of
 
 TABLE = TableDef(
     9,

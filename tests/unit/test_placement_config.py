@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shardctl.cli.coordination import apply_placement, parse_shard_range
-from shardctl.records import ClusterConfig, RecordError
+from shardctl.core.records import ClusterConfig, RecordError
 
 
 def test_weights_and_affinity_round_trip_with_shard_numbers_as_keys() -> None:

@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from shardctl.processes import ProcessGroup
+from shardctl.core.processes import ProcessGroup
 from tests.polling import wait_for
 
 SLEEPER = "import sys, time; print('up', flush=True); sys.stdout.flush(); time.sleep(120)"

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardctl.cli.coordination import partition_plan
-from shardctl.hashing import shard_of
-from shardctl.records import Reshard
+from shardctl.core.hashing import shard_of
+from shardctl.core.records import Reshard
 from workers.reshard_gate import barrier_passed, hold_limits, lagging_shards
 
 

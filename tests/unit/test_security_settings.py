@@ -12,7 +12,13 @@ from confluent_kafka import Producer
 from pydantic import SecretStr
 
 from shardctl.cli.main import app
-from shardctl.config import ConfigError, KafkaSettings, MySQLSettings, TLSSettings, load_settings
+from shardctl.core.config import (
+    ConfigError,
+    KafkaSettings,
+    MySQLSettings,
+    TLSSettings,
+    load_settings,
+)
 
 
 def _toml(tmp_path: Path, text: str) -> Path:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl.config import ConfigError
+from shardctl.core.config import ConfigError
 from workers.handlers import BUILTIN_SINKS, HandlerContext, resolve_spec
 from workers.sinks.postgres import PostgresDialect, PostgresSink, PostgresSinkSettings
 from workers.sinks.postgres import connect_kwargs as pg_connect_kwargs

@@ -14,7 +14,7 @@ import coordinator.service
 import workers.consumer
 import workers.ownership
 import workers.worker
-from shardctl.states import IllegalTransition, Transitions, drawn_transitions
+from shardctl.core.states import IllegalTransition, Transitions, drawn_transitions
 
 MACHINES: list[tuple[ModuleType, Transitions[Any], type[Enum]]] = [
     (workers.consumer, workers.consumer.SHARD_TRANSITIONS, workers.consumer.ShardState),

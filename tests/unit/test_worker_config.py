@@ -14,7 +14,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from shardctl.cli.main import app
-from shardctl.config import ConfigError, WorkerSettings, load_settings
+from shardctl.core.config import ConfigError, WorkerSettings, load_settings
 from workers.pipeline import ConsumeOptions
 from workers.worker import WorkerOptions
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl.records import OffsetRecord, RecordError
+from shardctl.core.records import OffsetRecord, RecordError
 
 topics = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-/", min_size=1, max_size=40)
 

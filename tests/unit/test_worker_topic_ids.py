@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shardctl.records import OffsetRecord
+from shardctl.core.records import OffsetRecord
 from workers.offsets import TopicRecreated, check_topic_ids
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from shardctl.config import ConfigError
+from shardctl.core.config import ConfigError
 from workers.events import Batch, Event
 from workers.handlers import Fenced, HandlerContext, HandlerError, TransientError, resolve_spec
 

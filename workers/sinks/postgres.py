@@ -40,7 +40,7 @@ import psycopg
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shardctl.config import TLSSettings, read_secret
+from shardctl.core.config import TLSSettings, read_secret
 from workers.events import Event
 from workers.sinks.schema_evolution import POSTGRES_TYPES, SchemaEvolution, postgres_refusal
 from workers.sinks.sql import SqlSink

@@ -19,7 +19,7 @@ A batch is ONE database transaction, which also holds the shard's fence and offs
     shardctl_offsets (scope, shard, topic) -> position, event_id, token   (one row per
                                                          source topic of the shard)
     shardctl_applied (scope, shard, topic, stream) -> the newest applied change, as
-                     its place in the source's commit order (shardctl.event_ids)
+                     its place in the source's commit order (shardctl.core.event_ids)
     shardctl_applied_txns (scope, shard, topic, stream, txn) -> fingerprint (ts, xid)
                      of each applied transaction, the newest `replay_window` of them
 
@@ -94,8 +94,8 @@ import pymysql
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shardctl.config import ConfigError, MySQLSettings, TLSSettings, read_secret
-from shardctl.event_ids import describe_key, order_key
+from shardctl.core.config import ConfigError, MySQLSettings, TLSSettings, read_secret
+from shardctl.core.event_ids import describe_key, order_key
 from workers.events import Batch, Event
 from workers.handlers import Fenced, HandlerContext, ShardHalted, TransientError
 from workers.sinks.row_changes import RowChanges, chunks

@@ -32,7 +32,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from shardctl.etcd.client import (
+from shardctl.core.etcd.client import (
     EtcdClient,
     EtcdError,
     EtcdUnavailable,

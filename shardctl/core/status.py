@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardctl.etcd import EtcdClient, KeyValue
-from shardctl.keyspace import Keyspace
-from shardctl.records import (
+from shardctl.core.etcd import EtcdClient, KeyValue
+from shardctl.core.keyspace import Keyspace
+from shardctl.core.records import (
     Assignment,
     ClusterConfig,
     Maintenance,

@@ -2,7 +2,7 @@
 
 Each process calls `serve(port)` once and updates the metrics of its own role. The
 names are a contract with the Grafana dashboard in deploy/grafana/. The same port
-serves /healthz and /readyz (`shardctl.health`); any other path is a 404.
+serves /healthz and /readyz (`shardctl.core.health`); any other path is a 404.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
-from shardctl import __version__, health
+from shardctl import __version__
+from shardctl.core import health
 
 # The usual `*_build_info` gauge: always 1, the facts are in the labels.
 BUILD_INFO = Gauge(

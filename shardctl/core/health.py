@@ -1,5 +1,5 @@
 """Liveness and readiness of a long-running shardctl process, served as /healthz and
-/readyz beside /metrics (see `shardctl.metrics.start_server`).
+/readyz beside /metrics (see `shardctl.core.metrics.start_server`).
 
 alive   the process's main loop ticked within `stall_after_s`, and the tracked
         lease's keepalive is not stuck (a lease past its deadline by a whole TTL that
@@ -28,7 +28,7 @@ READY_STATES = frozenset({"leading", "standby", "serving"})
 
 
 class LeaseView(Protocol):
-    """What health needs of `shardctl.etcd.Session`."""
+    """What health needs of `shardctl.core.etcd.Session`."""
 
     ttl: int
 

@@ -1,4 +1,4 @@
-"""etcd primitives for shardctl. Only `shardctl.etcd.client` talks to the etcd library.
+"""etcd primitives for shardctl. Only `shardctl.core.etcd.client` talks to the etcd library.
 
 Public API (stable; everything is asyncio unless marked blocking):
 
@@ -67,8 +67,8 @@ Example, a fenced checkpoint writer:
         await lead.guarded_put(keys.cdc_checkpoint("src"), b"mysql-bin.000003:4")
 """
 
-from shardctl.etcd.backoff import Backoff
-from shardctl.etcd.client import (
+from shardctl.core.etcd.backoff import Backoff
+from shardctl.core.etcd.client import (
     Absent,
     CreateResult,
     CreateRevisionIs,
@@ -85,11 +85,11 @@ from shardctl.etcd.client import (
     ValueIs,
     WatchEvent,
 )
-from shardctl.etcd.election import Election, LeaderInfo, Leadership, NotLeader
-from shardctl.etcd.fence import Fence, Fenced
-from shardctl.etcd.loop_thread import LoopThread
-from shardctl.etcd.session import Session, SessionLost, open_session, revoke_stale_lease
-from shardctl.etcd.watch import Mirror, WatchUpdate, watch_key, watch_updates
+from shardctl.core.etcd.election import Election, LeaderInfo, Leadership, NotLeader
+from shardctl.core.etcd.fence import Fence, Fenced
+from shardctl.core.etcd.loop_thread import LoopThread
+from shardctl.core.etcd.session import Session, SessionLost, open_session, revoke_stale_lease
+from shardctl.core.etcd.watch import Mirror, WatchUpdate, watch_key, watch_updates
 
 __all__ = [
     "Absent",

@@ -22,8 +22,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shardctl.etcd.backoff import Backoff
-from shardctl.etcd.client import (
+from shardctl.core.etcd.backoff import Backoff
+from shardctl.core.etcd.client import (
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
@@ -31,9 +31,9 @@ from shardctl.etcd.client import (
     Op,
     Put,
 )
-from shardctl.etcd.fence import Fence
-from shardctl.etcd.session import Session, SessionLost
-from shardctl.etcd.watch import watch_key
+from shardctl.core.etcd.fence import Fence
+from shardctl.core.etcd.session import Session, SessionLost
+from shardctl.core.etcd.watch import watch_key
 
 log = logging.getLogger(__name__)
 

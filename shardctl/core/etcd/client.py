@@ -10,7 +10,7 @@ error becomes an `EtcdError` subclass that names the operation and the key:
 Transactions are expressed with the small op model below (`Put`, `Delete`, and the
 guards `CreateRevisionIs`, `ValueIs`, `Absent`), and `txn` reports whether the guards
 held. `create_if_absent` is "create owners/<s> only if absent"; "write only while the
-fencing key still has the token's create_revision" is `shardctl.etcd.fence.Fence`.
+fencing key still has the token's create_revision" is `shardctl.core.etcd.fence.Fence`.
 
 An aetcd client is bound to the event loop it first connected on; use one
 `EtcdClient` per loop (the lease keepalive thread opens its own).
@@ -42,7 +42,7 @@ import aetcd.watcher
 import grpc
 import grpc.aio
 
-from shardctl.config import EtcdSettings, TLSSettings
+from shardctl.core.config import EtcdSettings, TLSSettings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -416,7 +416,7 @@ class EtcdClient:
 
     async def compact(self, revision: int | None = None) -> int:
         """Compact history up to `revision` (default: the current one); returns it.
-        Watches behind it must list again (shardctl.etcd.watch does)."""
+        Watches behind it must list again (shardctl.core.etcd.watch does)."""
         if revision is None:
             revision = (await self.range_of("\0", prefix=False)).revision
         target = revision
@@ -519,7 +519,7 @@ class EtcdClient:
         self, key: str, *, prefix: bool, start_revision: int
     ) -> AsyncIterator[WatchEvent]:
         """Raw watch from `start_revision` (inclusive). It ends with an EtcdError when
-        the stream breaks; `shardctl.etcd.watch` resumes it."""
+        the stream breaks; `shardctl.core.etcd.watch` resumes it."""
         raw = key.encode()
         range_end = _prefix_end(raw) if prefix else None
         connection = self._client

@@ -33,11 +33,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from shardctl.aio import wait_any
-from shardctl.config import EtcdSettings
-from shardctl.etcd.backoff import Backoff
-from shardctl.etcd.client import EtcdClient, EtcdError, EtcdUnavailable
-from shardctl.etcd.loop_thread import LoopThread
+from shardctl.core.aio import wait_any
+from shardctl.core.config import EtcdSettings
+from shardctl.core.etcd.backoff import Backoff
+from shardctl.core.etcd.client import EtcdClient, EtcdError, EtcdUnavailable
+from shardctl.core.etcd.loop_thread import LoopThread
 
 log = logging.getLogger(__name__)
 

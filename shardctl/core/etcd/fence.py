@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shardctl.etcd.client import CreateRevisionIs, Delete, EtcdClient, Guard, KeyValue, Op
+from shardctl.core.etcd.client import CreateRevisionIs, Delete, EtcdClient, Guard, KeyValue, Op
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shardctl.config import Settings
+from shardctl.core.config import Settings
 
 _SHARD_DIGITS = 6
 _NAME = re.compile(r"^[A-Za-z0-9_.:@-]+$")

@@ -1,4 +1,4 @@
-"""The JSON documents stored at the keys of `shardctl.keyspace`.
+"""The JSON documents stored at the keys of `shardctl.core.keyspace`.
 
     workers/<id>     WorkerRecord   {host, pid, capacity, labels, state, version, session,
                                      restart_grace}
@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shardctl.hashing import ShardHash, gaining_shards
+from shardctl.core.hashing import ShardHash, gaining_shards
 
 SCHEMA_VERSION = 1
 
@@ -243,7 +243,7 @@ class OffsetRecord(_Record):
 class ClusterConfig(_Record):
     """The cluster's settings. `weights` (shard -> weight, default 1) and `affinity`
     (shard -> labels its owner must carry) steer placement (coordinator/placement.py).
-    `shard_hash` is the message key -> shard function (`shardctl.hashing`); a config
+    `shard_hash` is the message key -> shard function (`shardctl.core.hashing`); a config
     written before it existed has none and means crc32, the hash its topics were
     filled with. New clusters get jump."""
 
