@@ -19,7 +19,6 @@ import asyncio
 import os
 import random
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from shardctl.core.processes import ProcessExited, ProcessGroup
 
 if TYPE_CHECKING:
     from shardctl.core.config import Settings
@@ -133,7 +134,7 @@ class Demo:
         self.names = names
         self.env = env
         self.workdir = workdir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes = ProcessGroup(workdir, env, own_session=True)
         self.root: dict[str, Any] = {
             "host": settings.mysql.host,
             "port": settings.mysql.port,
@@ -180,14 +181,7 @@ class Demo:
         asyncio.run(write_config())
 
     def spawn(self, name: str, *args: str) -> None:
-        log = (self.workdir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "shardctl.cli.main", *args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the demo only; it stops them in order
-        )
+        self.processes.shardctl(name, *args)
 
     def start_worker(self, name: str) -> None:
         self.spawn(
@@ -227,13 +221,10 @@ class Demo:
         raise DemoError(f"the CDC reader stored no checkpoint at {key} within {timeout:.0f}s")
 
     def check_alive(self, name: str) -> None:
-        proc = self.procs[name]
-        if proc.poll() is not None:
-            raise DemoError(f"{name} exited with code {proc.returncode}:\n{self.log_tail(name)}")
-
-    def log_tail(self, name: str, lines: int = 15) -> str:
-        text = (self.workdir / f"{name}.log").read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        try:
+            self.processes.check_alive(name)
+        except ProcessExited as exc:
+            raise DemoError(str(exc)) from None
 
     # -- verdict ----------------------------------------------------------------------
 
@@ -252,23 +243,12 @@ class Demo:
         """Workers first, while the coordinator still runs, so their drain completes
         (every worker draining: the coordinator assigns nothing, they release and
         exit); then the coordinator and the reader."""
-        workers = [n for n in self.procs if n.startswith("w")]
-        self._stop(workers, grace_s=15)
-        self._stop([n for n in self.procs if n not in workers], grace_s=15)
-
-    def _stop(self, names: list[str], grace_s: float) -> None:
-        for name in names:
-            if self.procs[name].poll() is None:
-                self.procs[name].send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for name in names:
-            proc = self.procs[name]
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()  # leases then expire, exactly as after a crash
-                proc.wait(10)
-                typer.echo(f"{name}: did not stop within {grace_s:.0f} s; killed", err=True)
+        names = list(self.processes.procs)
+        workers = [n for n in names if n.startswith("w")]
+        for group in (workers, [n for n in names if n not in workers]):
+            for name in self.processes.stop(group, grace_s=15):
+                # leases then expire, exactly as after a crash
+                typer.echo(f"{name}: did not stop within 15 s; killed", err=True)
 
     def remove_everything(self) -> None:
         from confluent_kafka.admin import AdminClient
@@ -457,7 +437,7 @@ def _run(
                     raise DemoError(f"shardctl drain w2 failed for 30 s: {done.stderr.strip()}")
                 time.sleep(1.0)
         else:
-            run.procs["w3"].kill()
+            run.processes.kill9("w3")
         step.done = True
         note(f"{t:6.1f}s  {step.label}")
 
@@ -553,8 +533,8 @@ def _run(
                         f"shard {shard} (owner {owner_of.get(shard, 'none')}): committed "
                         f"{last.positions.get(shard)}, {last.lag(shard)} events behind"
                     )
-        for name in run.procs:
-            console.print(f"--- {name} (last lines)\n{run.log_tail(name)}")
+        for name in run.processes.procs:
+            console.print(f"--- {name} (last lines)\n{run.processes.tail(name)}")
     return ok
 
 

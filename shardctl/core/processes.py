@@ -2,7 +2,8 @@
 
 `ProcessGroup` starts processes (`shardctl <args>` or any command) with the cluster's
 environment, writes each one's output to `<workdir>/<name>.log`, and stops them by
-pid: SIGTERM and a grace period, or at once with SIGKILL.
+pid: SIGTERM and a grace period, or at once with SIGKILL. The demo, the benchmarks
+and the tests all start their processes through it.
 """
 
 from __future__ import annotations
@@ -10,20 +11,33 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 SHARDCTL = (sys.executable, "-m", "shardctl.cli.main")
 
 
+class ProcessExited(RuntimeError):
+    """A process of the group exited while it was expected to run."""
+
+
 class ProcessGroup:
     def __init__(
-        self, workdir: Path, env: Mapping[str, str], cwd: Path | None = None, prefix: str = ""
+        self,
+        workdir: Path,
+        env: Mapping[str, str],
+        cwd: Path | None = None,
+        prefix: str = "",
+        own_session: bool = False,
     ) -> None:
         self.workdir = workdir
         self.env = dict(env)
         self.cwd = cwd
         self.prefix = prefix  # of the log file names, when several groups share workdir
+        # In a session of their own, a Ctrl-C at the terminal reaches only the caller,
+        # which then stops the processes in its own order.
+        self.own_session = own_session
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def log_path(self, name: str) -> Path:
@@ -40,6 +54,7 @@ class ProcessGroup:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.cwd,
+                start_new_session=self.own_session,
             )
         self.procs[name] = proc
         return proc
@@ -56,6 +71,17 @@ class ProcessGroup:
     def log(self, name: str) -> str:
         return self.log_path(name).read_text(errors="replace")
 
+    def tail(self, name: str, lines: int = 15) -> str:
+        """The last `lines` lines of `name`'s output."""
+        return "\n".join(self.log(name).splitlines()[-lines:])
+
+    def check_alive(self, name: str) -> None:
+        """Raise `ProcessExited`, with the exit code and the end of its output, if
+        `name` is no longer running."""
+        proc = self.procs[name]
+        if proc.poll() is not None:
+            raise ProcessExited(f"{name} exited with code {proc.returncode}:\n{self.tail(name)}")
+
     def signal(self, name: str, sig: int) -> None:
         self.procs[name].send_signal(sig)
 
@@ -64,20 +90,29 @@ class ProcessGroup:
         proc.kill()
         proc.wait(10)
 
-    def stop_all(self, grace_s: float = 15.0) -> None:
-        """SIGTERM every running process, wait up to `grace_s` each, then SIGKILL the
-        rest. With `grace_s` 0, SIGKILL at once (a stopped process is continued first
-        so that it can be reaped)."""
-        running = [p for p in self.procs.values() if p.poll() is None]
-        for proc in running:
+    def stop_all(self, grace_s: float = 15.0) -> list[str]:
+        """Stop every process of the group (see `stop`)."""
+        return self.stop(list(self.procs), grace_s)
+
+    def stop(self, names: Iterable[str], grace_s: float = 15.0) -> list[str]:
+        """SIGTERM the named processes that still run, wait up to `grace_s` for all of
+        them together, then SIGKILL the rest; returns the names that had to be
+        killed. With `grace_s` 0, SIGKILL at once (a stopped process is continued
+        first so that it can be reaped)."""
+        running = {n: self.procs[n] for n in names if self.procs[n].poll() is None}
+        for proc in running.values():
             if grace_s > 0:
                 proc.send_signal(signal.SIGTERM)
             else:
                 proc.send_signal(signal.SIGCONT)
                 proc.kill()
-        for proc in running:
+        deadline = time.monotonic() + grace_s
+        killed: list[str] = []
+        for name, proc in running.items():
             try:
-                proc.wait(grace_s if grace_s > 0 else 10)
+                proc.wait(max(0.1, deadline - time.monotonic()) if grace_s > 0 else 10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+                killed.append(name)
+        return killed

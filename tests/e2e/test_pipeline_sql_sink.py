@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from shardctl.core.config import Settings
+from shardctl.core.processes import ProcessGroup
 from tests.conftest import StackHandle
 from tests.integration.cdc_support import stored_checkpoint
 from tests.integration.workers_support import create_topic, delete_topics
@@ -47,7 +48,6 @@ class Pipeline:
         self.sink_db = f"{source_db}_sink"
         self.topic = f"cdc-{source_db}"
         self.workdir = workdir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env = {
             **os.environ,
             **stack.env(),
@@ -69,6 +69,11 @@ class Pipeline:
             "SHARDCTL_SINK_SQL_DATABASE": self.sink_db,
         }
         self.env.pop("SHARDCTL_SINK_SQL_PASSWORD", None)
+        self.processes = ProcessGroup(workdir, self.env)
+
+    @property
+    def procs(self) -> dict[str, subprocess.Popen[bytes]]:
+        return self.processes.procs
 
     def sql(self, db: str, statement: str, args: Any = None) -> list[tuple[Any, ...]]:
         conn = self.stack.mysql_root(db)
@@ -106,10 +111,8 @@ class Pipeline:
         )
 
     def spawn(self, name: str, args: list[str]) -> None:
-        log = (self.workdir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
+        """Start `python <args>` as `name`, with the pipeline's environment as it is now."""
+        self.processes.start(name, [sys.executable, *args], env=self.env)
 
     def start_cdc(self) -> None:
         self.spawn(
@@ -165,14 +168,10 @@ class Pipeline:
         )
 
     def log(self, name: str) -> str:
-        return (self.workdir / f"{name}.log").read_text(errors="replace")
+        return self.processes.log(name)
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-                proc.wait(10)
+        self.processes.stop_all(grace_s=0)
         self.sql(self.source_db, f"DROP DATABASE IF EXISTS `{self.sink_db}`")
         delete_topics(self.stack.kafka_bootstrap, [self.topic, f"{self.topic}.dlq"])
 

@@ -8,8 +8,6 @@ import asyncio
 import json
 import os
 import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from typing import Any
 import pytest
 
 from shardctl.core.config import Settings
+from shardctl.core.processes import ProcessGroup
 from tests.conftest import StackHandle
 from tests.integration.cdc_support import ReaderProcess, reader_env
 from tests.integration.workers_support import delete_cluster
@@ -55,51 +54,22 @@ def ready_as(port: int, state: str) -> dict[str, Any] | None:
     return found[1] if found[1]["state"] == state else None
 
 
-class Processes:
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.env = env
-        self.workdir = workdir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
-        log = (self.workdir / f"{name}.log").open("wb")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "shardctl.cli.main", *args],
-            env={**self.env, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def kill9(self, name: str) -> None:
-        self.procs[name].kill()
-        self.procs[name].wait(10)
-
-    def log(self, name: str) -> str:
-        return (self.workdir / f"{name}.log").read_text(errors="replace")
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-
-
 @pytest.fixture
 def procs(
     stack: StackHandle, settings: Settings, unique: str, tmp_path: Path
-) -> Iterator[Processes]:
-    running = Processes({**os.environ, **stack.env(), "SHARDCTL_CLUSTER": unique}, tmp_path)
+) -> Iterator[ProcessGroup]:
+    running = ProcessGroup(tmp_path, {**os.environ, **stack.env(), "SHARDCTL_CLUSTER": unique})
     yield running
-    running.close()
+    running.stop_all(grace_s=0)
     asyncio.run(delete_cluster(settings))
 
 
-def test_readiness_follows_the_coordinator_leader_through_a_kill(procs: Processes) -> None:
+def test_readiness_follows_the_coordinator_leader_through_a_kill(procs: ProcessGroup) -> None:
     first, second = free_port(), free_port()
     common = ["coordinator", "run", "--ttl", "3", "--stabilization", "0.2"]
-    procs.start("c1", *common, "--id", "c1", "--metrics-port", str(first))
+    procs.shardctl("c1", *common, "--id", "c1", "--metrics-port", str(first))
     wait_for("c1 ready as leader", lambda: ready_as(first, "leading"), 60)
-    procs.start("c2", *common, "--id", "c2", "--metrics-port", str(second))
+    procs.shardctl("c2", *common, "--id", "c2", "--metrics-port", str(second))
     standby = wait_for("c2 ready as standby", lambda: ready_as(second, "standby"), 60)
     assert standby["role"] == "coordinator"
     alive = probe(second, "/healthz")
@@ -112,9 +82,9 @@ def test_readiness_follows_the_coordinator_leader_through_a_kill(procs: Processe
     assert alive is not None and alive[0] == 200
 
 
-def test_other_paths_are_404_and_metrics_carry_the_build(procs: Processes) -> None:
+def test_other_paths_are_404_and_metrics_carry_the_build(procs: ProcessGroup) -> None:
     port = free_port()
-    procs.start("c1", "coordinator", "run", "--id", "c1", "--metrics-port", str(port))
+    procs.shardctl("c1", "coordinator", "run", "--id", "c1", "--metrics-port", str(port))
     wait_for("c1 ready", lambda: ready_as(port, "leading"), 60)
     for path in ("/", "/health", "/metricsz", "/readyz/x"):
         found = probe(port, path)
@@ -124,17 +94,17 @@ def test_other_paths_are_404_and_metrics_carry_the_build(procs: Processes) -> No
     assert 'shardctl_build_info{python="' in str(metrics[1])
 
 
-def test_a_worker_is_ready_while_it_holds_its_lease(procs: Processes) -> None:
+def test_a_worker_is_ready_while_it_holds_its_lease(procs: ProcessGroup) -> None:
     port = free_port()
-    procs.start("w1", "worker", "run", "--handler", "noop", "--id", "w1", "--ttl", "3",
+    procs.shardctl("w1", "worker", "run", "--handler", "noop", "--id", "w1", "--ttl", "3",
                 "--metrics-port", str(port))  # fmt: skip
     serving = wait_for("w1 ready", lambda: ready_as(port, "serving"), 60)
     assert serving["role"] == "worker"
 
 
-def test_without_etcd_a_process_is_alive_but_not_ready(procs: Processes) -> None:
+def test_without_etcd_a_process_is_alive_but_not_ready(procs: ProcessGroup) -> None:
     port = free_port()
-    procs.start("c1", "coordinator", "run", "--id", "c1", "--metrics-port", str(port),
+    procs.shardctl("c1", "coordinator", "run", "--id", "c1", "--metrics-port", str(port),
                 env={"SHARDCTL_ETCD_ENDPOINTS": "127.0.0.1:1"})  # fmt: skip
     alive = wait_for("c1 answering /healthz", lambda: probe(port, "/healthz"), 60)
     assert alive[0] == 200

@@ -7,7 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
-from shardctl.core.processes import ProcessGroup
+import pytest
+
+from shardctl.core.processes import ProcessExited, ProcessGroup
 from tests.polling import wait_for
 
 SLEEPER = "import sys, time; print('up', flush=True); sys.stdout.flush(); time.sleep(120)"
@@ -47,3 +49,27 @@ def test_kill9_reaps_the_process(tmp_path: Path) -> None:
     group.start("a", [sys.executable, "-c", SLEEPER])
     group.kill9("a")
     assert group.procs["a"].returncode == -signal.SIGKILL
+
+
+def test_stop_waits_for_the_named_processes_only_and_names_the_killed(tmp_path: Path) -> None:
+    group = ProcessGroup(tmp_path, os.environ)
+    # Ignores SIGTERM: only a kill ends it.
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('up', flush=True); time.sleep(120)"
+    )
+    group.start("stubborn", [sys.executable, "-c", stubborn])
+    group.start("other", [sys.executable, "-c", SLEEPER])
+    wait_for("both up", lambda: "up" in group.log("stubborn") and "up" in group.log("other"))
+    assert group.stop(["stubborn"], grace_s=0.5) == ["stubborn"]
+    assert group.procs["stubborn"].returncode == -signal.SIGKILL
+    assert group.alive("other")
+    group.stop_all(grace_s=0)
+
+
+def test_check_alive_names_the_exit_code_and_the_output(tmp_path: Path) -> None:
+    group = ProcessGroup(tmp_path, os.environ)
+    group.start("dies", [sys.executable, "-c", "print('last words'); raise SystemExit(4)"])
+    group.procs["dies"].wait(30)
+    with pytest.raises(ProcessExited, match=r"dies exited with code 4:\nlast words"):
+        group.check_alive("dies")
