@@ -55,10 +55,6 @@ class AckTracker(Generic[T]):
     def safe(self) -> T | None:
         return self._safe
 
-    @property
-    def pending_transactions(self) -> int:
-        return len(self._pending)
-
     def _advance(self) -> None:
         while self._pending and self._pending[0][1] == 0:
             entry = self._pending.popleft()

@@ -156,7 +156,6 @@ class Filter:
 
     def __init__(self, text: str | None = None) -> None:
         self.rules = parse_filter(text)
-        self._has_column_rules = any(r.column is not None for r in self.rules)
         self._table_cache: dict[tuple[str, str], tuple[bool, bool]] = {}
 
     def is_blacklisted(self, database: str, table: str) -> bool:

@@ -280,10 +280,6 @@ class TransactionAssembler:
     def in_transaction(self) -> bool:
         return self._open is not None
 
-    @property
-    def open_start(self) -> tuple[str, int] | None:
-        return None if self._open is None else (self._open.file, self._open.pos)
-
     def where(self, event: Any) -> str:
         return f"{self.file}:{event_start(event)}"
 
