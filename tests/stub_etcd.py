@@ -1,0 +1,143 @@
+"""An in-memory stand-in for `shardctl.core.etcd.EtcdClient`, for unit tests of the
+state machines that keep their state in etcd (shard ownership, offset commits).
+
+It keeps etcd's semantics where the code depends on them: one store revision that
+every write raises, `create_revision`/`mod_revision`/`version` per key, keys bound to
+leases (revoking a lease deletes its keys), and all-or-nothing transactions whose
+guards are the real `CreateRevisionIs`/`ValueIs`/`Absent`/`ModRevisionIs`. Setting
+`down` makes every call raise `EtcdUnavailable`, naming the operation and the key,
+as the real client does when etcd does not answer. Integration tests use real etcd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from shardctl.core.etcd.client import (
+    Absent,
+    CreateResult,
+    CreateRevisionIs,
+    Delete,
+    EtcdUnavailable,
+    Guard,
+    KeyValue,
+    Listing,
+    ModRevisionIs,
+    Op,
+    Put,
+    ValueIs,
+)
+
+
+@dataclass
+class MemoryEtcd:
+    revision: int = 1
+    keys: dict[str, KeyValue] = field(default_factory=dict)
+    leases: set[int] = field(default_factory=set)
+    down: bool = False
+    _next_lease: int = 0x1000
+
+    def _reachable(self, op: str, key: str) -> None:
+        if self.down:
+            raise EtcdUnavailable(f"etcd {op} {key}: unavailable (stub: down)")
+
+    # -- reads -----------------------------------------------------------------
+
+    async def get(self, key: str) -> KeyValue | None:
+        self._reachable("get", key)
+        return self.keys.get(key)
+
+    async def get_prefix(self, prefix: str) -> Listing:
+        self._reachable("get_prefix", prefix)
+        items = [kv for key, kv in sorted(self.keys.items()) if key.startswith(prefix)]
+        return Listing(items=items, revision=self.revision)
+
+    # -- writes ----------------------------------------------------------------
+
+    def _put(self, key: str, value: bytes, lease: int) -> None:
+        if lease and lease not in self.leases:
+            raise AssertionError(f"put {key} with lease {lease:x}, which was not granted")
+        self.revision += 1
+        old = self.keys.get(key)
+        self.keys[key] = KeyValue(
+            key=key,
+            value=value,
+            create_revision=old.create_revision if old else self.revision,
+            mod_revision=self.revision,
+            version=old.version + 1 if old else 1,
+            lease=lease,
+        )
+
+    def _delete(self, key: str) -> bool:
+        if key not in self.keys:
+            return False
+        self.revision += 1
+        del self.keys[key]
+        return True
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        self._reachable("put", key)
+        self._put(key, value, lease)
+        return self.revision
+
+    async def delete(self, key: str) -> bool:
+        self._reachable("delete", key)
+        return self._delete(key)
+
+    def _holds(self, guard: Guard) -> bool:
+        kv = self.keys.get(guard.key)
+        if isinstance(guard, Absent):
+            return kv is None
+        if kv is None:
+            return False
+        if isinstance(guard, CreateRevisionIs):
+            return kv.create_revision == guard.create_revision
+        if isinstance(guard, ValueIs):
+            return kv.value == guard.value
+        if isinstance(guard, ModRevisionIs):
+            return kv.mod_revision == guard.mod_revision
+        raise AssertionError(f"unknown guard {guard!r}")
+
+    async def txn(
+        self, guards: Sequence[Guard], ops: Sequence[Op], read_back: Sequence[str] = ()
+    ) -> tuple[bool, dict[str, KeyValue | None]]:
+        self._reachable("txn", ops[0].key if ops else (guards[0].key if guards else ""))
+        ok = all(self._holds(g) for g in guards)
+        if ok:
+            for op in ops:
+                if isinstance(op, Put):
+                    self._put(op.key, op.value, op.lease)
+                elif isinstance(op, Delete):
+                    self._delete(op.key)
+        return ok, {key: self.keys.get(key) for key in read_back}
+
+    async def create_if_absent(self, key: str, value: bytes, lease: int = 0) -> CreateResult:
+        _ok, found = await self.txn([Absent(key)], [Put(key, value, lease)], read_back=[key])
+        kv = found[key]
+        assert kv is not None
+        return CreateResult(created=_ok, kv=kv)
+
+    # -- leases ----------------------------------------------------------------
+
+    def grant(self) -> int:
+        self._next_lease += 1
+        self.leases.add(self._next_lease)
+        return self._next_lease
+
+    def expire(self, lease: int) -> None:
+        """The lease ends (revoked or timed out): its keys go, as in etcd."""
+        self.leases.discard(lease)
+        for key in [k for k, kv in self.keys.items() if kv.lease == lease]:
+            self._delete(key)
+
+
+@dataclass
+class StubSession:
+    """What shard ownership needs of `shardctl.core.etcd.Session`."""
+
+    lease_id: int
+    valid: bool = True
+
+    def is_valid(self) -> bool:
+        return self.valid
