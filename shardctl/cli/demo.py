@@ -369,13 +369,20 @@ def demo(
 def _run(
     run: Demo, console: Any, duration: float, shards: int, rate: float, catch_up_timeout: float
 ) -> bool:
-    from confluent_kafka import KafkaException
-    from rich.live import Live
+    """Start the pipeline, play the scenario under load, then report: True when the
+    sink equals the source."""
+    _start_pipeline(run, shards)
+    scenario = _Scenario(run, console, duration, rate, catch_up_timeout)
+    try:
+        scenario.play()
+    finally:
+        scenario.close()
+    return _report(run, console, scenario)
 
-    from shardctl.cli.live import LiveView, Snapshot, SnapshotSource
-    from shardctl.core.etcd import EtcdError
 
-    names = run.names
+def _start_pipeline(run: Demo, shards: int) -> None:
+    """Schema, the reader, the coordinator and three workers; returns once the reader
+    stored its first checkpoint, so that no write of the load goes unread."""
     run.create_schema(shards)
     run.spawn("cdc", "cdc", "run", "--reader-id", "demo-reader", "--num-shards", str(shards))
     run.spawn(
@@ -393,115 +400,151 @@ def _run(
         run.start_worker(f"w{n}")
     run.wait_for_checkpoint(60)
 
-    load = Load(run.root, names.database, rate)
-    steps = [Step(0.25, "add worker w4"), Step(0.45, "drain w2"), Step(0.65, "kill -9 w3")]
-    view = LiveView(f"shardctl demo ({names.cluster})")
-    interactive = console.is_terminal
 
-    def note(line: str) -> None:
-        view.events.append(line)
-        if not interactive:  # the live view shows them; plain output prints them now
-            console.print(line)
+class _Scenario:
+    """The write load, the three operator steps at their times, and the live view,
+    until the sink has caught up after the load (or `catch_up_timeout` passed)."""
 
-    thread = threading.Thread(target=load.run, name="demo-load", daemon=True)
-    started = time.monotonic()
-    thread.start()
-    note(f"{0.0:6.1f}s  load started: ~{rate:.0f} transactions/s")
+    def __init__(
+        self, run: Demo, console: Any, duration: float, rate: float, catch_up_timeout: float
+    ) -> None:
+        from shardctl.cli.live import LiveView, SnapshotSource
 
-    # One event loop for every snapshot, so that the view keeps one etcd connection
-    # and one Kafka client.
-    snapshots = SnapshotSource(run.settings, names.topic)
-    loop = asyncio.Runner()
+        self.run = run
+        self.console = console
+        self.duration = duration
+        self.rate = rate
+        self.catch_up_timeout = catch_up_timeout
+        self.load = Load(run.root, run.names.database, rate)
+        self.steps = [Step(0.25, "add worker w4"), Step(0.45, "drain w2"), Step(0.65, "kill -9 w3")]
+        self.view = LiveView(f"shardctl demo ({run.names.cluster})")
+        self.interactive: bool = console.is_terminal
+        self.thread = threading.Thread(target=self.load.run, name="demo-load", daemon=True)
+        self.stopped_load_at: float | None = None
+        self.caught_up_at: float | None = None
+        self._last_print = 0.0
+        # One event loop for every snapshot, so that the view keeps one etcd connection
+        # and one Kafka client.
+        self.snapshots = SnapshotSource(run.settings, run.names.topic)
+        self.loop = asyncio.Runner()
 
-    def snapshot() -> Snapshot:
-        return loop.run(snapshots.take())
+    def note(self, line: str) -> None:
+        self.view.events.append(line)
+        if not self.interactive:  # the live view shows them; plain output prints them now
+            self.console.print(line)
 
-    def act(step: Step, t: float) -> None:
+    def play(self) -> None:
+        from rich.live import Live
+
+        started = time.monotonic()
+        self.thread.start()
+        self.note(f"{0.0:6.1f}s  load started: ~{self.rate:.0f} transactions/s")
+        live_or_not = (
+            Live(console=self.console, auto_refresh=False) if self.interactive else _Nothing()
+        )
+        with live_or_not as live:
+            while not self._tick(time.monotonic() - started, live):
+                time.sleep(1.0)
+
+    def _tick(self, t: float, live: Any) -> bool:
+        """One look at the cluster at `t` s; True when the scenario is over."""
+        from confluent_kafka import KafkaException
+
+        from shardctl.core.etcd import EtcdError
+
+        for step in self.steps:
+            if not step.done and t >= step.at_fraction * self.duration:
+                self._act(step, t)
+        for name in ("cdc", "coordinator"):
+            self.run.check_alive(name)
+        if self.load.error is not None:
+            raise DemoError(f"the write load failed: {self.load.error}")
+        if self.stopped_load_at is None and t >= self.duration:
+            self._stop_load(t)
+        try:
+            snap = self.loop.run(self.snapshots.take())
+        except (EtcdError, KafkaException) as exc:
+            # etcd or Kafka restarting: the processes ride it out, so does the view.
+            self.note(f"{t:6.1f}s  status not readable now: {exc}")
+            return self._timed_out(t)
+        self._show(snap, t, live)
+        if self.stopped_load_at is None:
+            return False
+        src, dst, src_rows, dst_rows = self.run.checksums()
+        if src == dst and src_rows == dst_rows and snap.total_lag == 0:
+            self.caught_up_at = t
+            return True
+        return self._timed_out(t)
+
+    def _timed_out(self, t: float) -> bool:
+        return self.stopped_load_at is not None and t - self.stopped_load_at > self.catch_up_timeout
+
+    def _act(self, step: Step, t: float) -> None:
         if step.label.startswith("add"):
-            run.start_worker("w4")
+            self.run.start_worker("w4")
         elif step.label.startswith("drain"):
-            # `shardctl drain`, as an operator would; retried while etcd is briefly away.
-            deadline = time.monotonic() + 30
-            while True:
-                done = subprocess.run(
-                    [sys.executable, "-m", "shardctl.cli.main", "drain", "w2"],
-                    env=run.env,
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                    check=False,
-                )
-                if done.returncode == 0:
-                    break
-                if time.monotonic() > deadline:
-                    raise DemoError(f"shardctl drain w2 failed for 30 s: {done.stderr.strip()}")
-                time.sleep(1.0)
+            self._drain("w2")
         else:
-            run.processes.kill9("w3")
+            self.run.processes.kill9("w3")
         step.done = True
-        note(f"{t:6.1f}s  {step.label}")
+        self.note(f"{t:6.1f}s  {step.label}")
 
-    last_print = 0.0
-    stopped_load_at: float | None = None
-    caught_up_at: float | None = None
-    live_or_not = Live(console=console, auto_refresh=False) if interactive else _Nothing()
-    with live_or_not as live:
+    def _drain(self, worker: str) -> None:
+        """`shardctl drain`, as an operator would; retried while etcd is briefly away."""
+        deadline = time.monotonic() + 30
         while True:
-            t = time.monotonic() - started
-            for step in steps:
-                if not step.done and t >= step.at_fraction * duration:
-                    act(step, t)
-            for name in ("cdc", "coordinator"):
-                run.check_alive(name)
-            if load.error is not None:
-                raise DemoError(f"the write load failed: {load.error}")
-            if stopped_load_at is None and t >= duration:
-                load.stop.set()
-                thread.join(30)
-                stopped_load_at = t
-                note(
-                    f"{t:6.1f}s  load stopped after {load.transactions} transactions "
-                    f"({load.changes} row changes); waiting for the sink"
-                )
-            try:
-                snap = snapshot()
-            except (EtcdError, KafkaException) as exc:
-                # etcd or Kafka restarting: the processes ride it out, so does the view.
-                note(f"{t:6.1f}s  status not readable now: {exc}")
-                if stopped_load_at is not None and t - stopped_load_at > catch_up_timeout:
-                    break
-                time.sleep(1.0)
-                continue
-            rendered = view.update(snap)
-            if interactive:
-                live.update(rendered, refresh=True)
-            elif t - last_print >= 5:
-                last_print = t
-                lag = snap.total_lag
-                rates = view.last_rates
-                eps = "-" if rates.events_per_s is None else f"{rates.events_per_s:.0f}"
-                owned = " ".join(f"{w.id}:{len(w.owned)}" for w in snap.status.workers)
-                console.print(
-                    f"{t:6.1f}s generation {snap.status.generation} shards per worker "
-                    f"{owned} lag {lag} events/s {eps}"
-                )
-            if stopped_load_at is not None:
-                src, dst, src_rows, dst_rows = run.checksums()
-                if src == dst and src_rows == dst_rows and snap.total_lag == 0:
-                    caught_up_at = t
-                    break
-                if t - stopped_load_at > catch_up_timeout:
-                    break
+            done = subprocess.run(
+                [sys.executable, "-m", "shardctl.cli.main", "drain", worker],
+                env=self.run.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if done.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(f"shardctl drain {worker} failed for 30 s: {done.stderr.strip()}")
             time.sleep(1.0)
 
-    loop.run(snapshots.close())
-    loop.close()
+    def _stop_load(self, t: float) -> None:
+        self.load.stop.set()
+        self.thread.join(30)
+        self.stopped_load_at = t
+        self.note(
+            f"{t:6.1f}s  load stopped after {self.load.transactions} transactions "
+            f"({self.load.changes} row changes); waiting for the sink"
+        )
+
+    def _show(self, snap: Any, t: float, live: Any) -> None:
+        rendered = self.view.update(snap)
+        if self.interactive:
+            live.update(rendered, refresh=True)
+        elif t - self._last_print >= 5:
+            self._last_print = t
+            rates = self.view.last_rates
+            eps = "-" if rates.events_per_s is None else f"{rates.events_per_s:.0f}"
+            owned = " ".join(f"{w.id}:{len(w.owned)}" for w in snap.status.workers)
+            self.console.print(
+                f"{t:6.1f}s generation {snap.status.generation} shards per worker "
+                f"{owned} lag {snap.total_lag} events/s {eps}"
+            )
+
+    def close(self) -> None:
+        self.load.stop.set()
+        self.loop.run(self.snapshots.close())
+        self.loop.close()
+
+
+def _report(run: Demo, console: Any, scenario: _Scenario) -> bool:
+    """Print the figures and the verdict; on a mismatch, what each shard and process
+    says."""
     src, dst, src_rows, dst_rows = run.checksums()
-    first = view.first
-    last = view.previous
+    view, load = scenario.view, scenario.load
+    first, last = view.first, view.previous
     rebalances = view.rates(last).rebalances if last is not None else 0
     handled = last.committed if last is not None else 0
-    load_s = stopped_load_at or 0.0
+    load_s = scenario.stopped_load_at or 0.0
     ok = src == dst and src_rows == dst_rows
     console.print("")
     console.print("[bold]figures[/bold]")
@@ -515,27 +558,26 @@ def _run(
         f"{first.status.generation if first else '-'} -> "
         f"{last.status.generation if last else '-'})"
     )
-    if caught_up_at is not None and stopped_load_at is not None:
-        console.print(
-            f"  catch-up            {caught_up_at - stopped_load_at:.1f} s after the load stopped"
-        )
+    if scenario.caught_up_at is not None and scenario.stopped_load_at is not None:
+        catch_up = scenario.caught_up_at - scenario.stopped_load_at
+        console.print(f"  catch-up            {catch_up:.1f} s after the load stopped")
     console.print(f"  source rows         {src_rows}, CHECKSUM TABLE {src}")
     console.print(f"  sink rows           {dst_rows}, CHECKSUM TABLE {dst}")
     if ok:
         console.print("[bold green]VERDICT: source == sink[/bold green]")
-    else:
-        console.print("[bold red]VERDICT: source != sink[/bold red]")
-        if last is not None:
-            owner_of = last.status.owner_of
-            for shard in range(last.status.shard_count):
-                if last.lag(shard):
-                    console.print(
-                        f"shard {shard} (owner {owner_of.get(shard, 'none')}): committed "
-                        f"{last.positions.get(shard)}, {last.lag(shard)} events behind"
-                    )
-        for name in run.processes.procs:
-            console.print(f"--- {name} (last lines)\n{run.processes.tail(name)}")
-    return ok
+        return True
+    console.print("[bold red]VERDICT: source != sink[/bold red]")
+    if last is not None:
+        owner_of = last.status.owner_of
+        for shard in range(last.status.shard_count):
+            if last.lag(shard):
+                console.print(
+                    f"shard {shard} (owner {owner_of.get(shard, 'none')}): committed "
+                    f"{last.positions.get(shard)}, {last.lag(shard)} events behind"
+                )
+    for name in run.processes.procs:
+        console.print(f"--- {name} (last lines)\n{run.processes.tail(name)}")
+    return False
 
 
 class _Nothing:
