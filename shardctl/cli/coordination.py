@@ -780,6 +780,36 @@ def partition_plan(
     return grow, problems
 
 
+def _grow_kafka_partitions(
+    settings: Settings, topics: list[str], old: int | None, num_shards: int
+) -> None:
+    """Bring every topic to `num_shards` partitions (partition = shard), or refuse with
+    the topics whose count is neither the old nor the new one."""
+    from shardctl.cli.kafka_admin import KafkaUnavailable, grow_partitions, partition_counts
+
+    try:
+        counts = partition_counts(settings, topics)
+    except KafkaUnavailable as exc:
+        raise _fail(f"{exc}; shard count unchanged") from None
+    grow, problems = partition_plan(counts, old or num_shards, num_shards)
+    if problems:
+        raise _fail(
+            f"cannot set num_shards to {num_shards}: Kafka partition = shard, and "
+            f"{', '.join(problems)}, neither {old} (the current count) nor "
+            f"{num_shards}; shard count unchanged"
+        )
+    for topic in sorted(t for t, n in counts.items() if n is None):
+        typer.echo(f"topic {topic} does not exist yet: create it with {num_shards} partitions")
+    if not grow:
+        return
+    try:
+        grow_partitions(settings, list(grow), num_shards)
+    except KafkaUnavailable as exc:
+        raise _fail(f"{exc}; shard count unchanged") from None
+    for topic, count in sorted(grow.items()):
+        typer.echo(f"topic {topic}: {count} -> {num_shards} partitions")
+
+
 @shards_app.command("set")
 def set_shards(
     num_shards: Annotated[int, typer.Argument(help="The new shard count.", min=1)],
@@ -799,7 +829,6 @@ def set_shards(
     """
     import time as clock
 
-    from shardctl.cli.kafka_admin import KafkaUnavailable, grow_partitions, partition_counts
     from shardctl.core.etcd import EtcdClient, ModRevisionIs, Put
     from shardctl.core.keyspace import Keyspace
     from shardctl.core.records import (
@@ -858,26 +887,7 @@ def set_shards(
     if not topics:
         typer.echo(f"no topics configured in {keys.config}: no Kafka partitions to check")
     elif transport in ("kafka", "both"):
-        try:
-            counts = partition_counts(settings, topics)
-        except KafkaUnavailable as exc:
-            raise _fail(f"{exc}; shard count unchanged") from None
-        grow, problems = partition_plan(counts, old or num_shards, num_shards)
-        if problems:
-            raise _fail(
-                f"cannot set num_shards to {num_shards}: Kafka partition = shard, and "
-                f"{', '.join(problems)}, neither {old} (the current count) nor "
-                f"{num_shards}; shard count unchanged"
-            )
-        for topic in sorted(t for t, n in counts.items() if n is None):
-            typer.echo(f"topic {topic} does not exist yet: create it with {num_shards} partitions")
-        if grow:
-            try:
-                grow_partitions(settings, list(grow), num_shards)
-            except KafkaUnavailable as exc:
-                raise _fail(f"{exc}; shard count unchanged") from None
-            for topic, count in sorted(grow.items()):
-                typer.echo(f"topic {topic}: {count} -> {num_shards} partitions")
+        _grow_kafka_partitions(settings, topics, old, num_shards)
 
     online = current is not None and old is not None and published
     if online and transport in ("kafka", "both") and not topics:
