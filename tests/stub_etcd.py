@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from shardctl.core.etcd import SessionLost
 from shardctl.core.etcd.client import (
     Absent,
     CreateResult,
@@ -86,17 +87,17 @@ class MemoryEtcd:
         return self._delete(key)
 
     def _holds(self, guard: Guard) -> bool:
+        # As etcd compares: a missing key has revisions 0, and a value compare on a
+        # missing key always fails.
         kv = self.keys.get(guard.key)
         if isinstance(guard, Absent):
             return kv is None
-        if kv is None:
-            return False
-        if isinstance(guard, CreateRevisionIs):
-            return kv.create_revision == guard.create_revision
         if isinstance(guard, ValueIs):
-            return kv.value == guard.value
+            return kv is not None and kv.value == guard.value
+        if isinstance(guard, CreateRevisionIs):
+            return (kv.create_revision if kv else 0) == guard.create_revision
         if isinstance(guard, ModRevisionIs):
-            return kv.mod_revision == guard.mod_revision
+            return (kv.mod_revision if kv else 0) == guard.mod_revision
         raise AssertionError(f"unknown guard {guard!r}")
 
     async def txn(
@@ -134,10 +135,14 @@ class MemoryEtcd:
 
 @dataclass
 class StubSession:
-    """What shard ownership needs of `shardctl.core.etcd.Session`."""
+    """What ownership and leadership need of `shardctl.core.etcd.Session`."""
 
     lease_id: int
     valid: bool = True
 
     def is_valid(self) -> bool:
         return self.valid
+
+    def check(self) -> None:
+        if not self.valid:
+            raise SessionLost(f"stub session: lease {self.lease_id:x} lost")
