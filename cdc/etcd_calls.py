@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from shardctl.core.backoff import Backoff
 from shardctl.core.etcd.client import EtcdUnavailable
 from shardctl.core.etcd.loop_thread import LoopThread
 
@@ -30,15 +31,15 @@ def call_with_retry(
 ) -> T:
     """Run `make()` on `loop`; retry EtcdUnavailable and timeouts until `deadline_s`."""
     end = time.monotonic() + deadline_s
-    backoff = 0.2
+    backoff = Backoff()
     while True:
         try:
             return loop.run(make(), timeout=timeout_s)
         except (EtcdUnavailable, TimeoutError) as exc:
-            if time.monotonic() + backoff > end:
+            delay = backoff.next()
+            if time.monotonic() + delay > end:
                 raise EtcdUnavailable(
                     f"{what}: etcd unreachable for {deadline_s:.0f}s: {exc}"
                 ) from exc
-            log.warning("%s: etcd unreachable, retrying: %s", what, exc)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            log.warning("%s: etcd unreachable, retrying in %.1fs: %s", what, delay, exc)
+            time.sleep(delay)

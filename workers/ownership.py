@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from shardctl.core.backoff import Exponential
 from shardctl.core.etcd import EtcdClient, EtcdError, EtcdUnavailable, Fence, KeyValue, Session
 from shardctl.core.keyspace import Keyspace
 from shardctl.core.metrics import WORKER_LAG, WORKER_SHARDS_OWNED
@@ -128,15 +129,15 @@ class _Owned:
 
 @dataclass(frozen=True)
 class FailureBackoff:
-    """How long a failed shard waits before it is acquired again."""
+    """How long a failed shard waits before it is acquired again: the one backoff
+    schedule, without jitter (`status` shows the wait as it is)."""
 
     initial_s: float = 1.0
     max_s: float = 60.0
     forget_after_s: float = 300.0  # a shard that ran this long since failing starts over
 
     def delay(self, failures: int) -> float:
-        # Capped doubling; the exponent is bounded so many failures cannot overflow.
-        return float(min(self.max_s, self.initial_s * 2.0 ** min(max(0, failures - 1), 64)))
+        return Exponential(self.initial_s, self.max_s, jitter=0.0).delay(max(1, failures))
 
 
 @dataclass

@@ -29,9 +29,10 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from shardctl.core.backoff import Exponential
 from workers.deadletters import DeadLetter, DeadLetterWriter
 from workers.events import Batch, Event
 from workers.handlers import Fenced, Handler, ShardHalted, TransientError
@@ -61,13 +62,15 @@ def _no_report(_error: BaseException | None) -> None:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """`attempts` tries in all; the n-th retry waits initial * multiplier**(n-1), capped."""
+    """`attempts` tries in all; the n-th retry waits on the one backoff schedule
+    (`shardctl.core.backoff.Exponential`): initial * multiplier**(n-1), capped."""
 
     attempts: int = 5
     initial_delay_s: float = 0.2
     max_delay_s: float = 10.0
     multiplier: float = 2.0
     jitter: float = 0.5  # a jittered wait is delay * (1 - jitter * U[0, 1))
+    schedule: Exponential = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -78,19 +81,25 @@ class RetryPolicy:
             raise ValueError(f"retry multiplier must be at least 1, got {self.multiplier}")
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"retry jitter must be between 0 and 1, got {self.jitter}")
+        # A cap below the first wait caps that one too.
+        schedule = Exponential(
+            min(self.initial_delay_s, self.max_delay_s),
+            self.max_delay_s,
+            self.multiplier,
+            self.jitter,
+        )
+        object.__setattr__(self, "schedule", schedule)
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1-based)."""
         if retry < 1:
             raise ValueError(f"retry number starts at 1, got {retry}")
-        # Exponent capped so huge retry numbers cannot overflow a float.
-        exponent = min(retry - 1, 64)
-        return float(min(self.max_delay_s, self.initial_delay_s * self.multiplier**exponent))
+        return self.schedule.delay(retry)
 
     def jittered(self, retry: int, rand: Callable[[], float] = random.random) -> float:
         """`delay(retry)`, shortened by a random part of up to `jitter` of it, so shards
         stalled by the same outage do not all retry at the same instant."""
-        return self.delay(retry) * (1.0 - self.jitter * rand())
+        return self.schedule.jittered(retry, rand)
 
     def delays(self) -> list[float]:
         """The waits between the `attempts` tries."""

@@ -55,8 +55,8 @@ from cdc.producers.base import (
     dead_letter_document,
     render_topic,
 )
+from shardctl.core.backoff import Backoff
 from shardctl.core.config import ConfigError, KafkaSettings
-from shardctl.core.etcd.backoff import Backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

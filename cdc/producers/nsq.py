@@ -32,6 +32,7 @@ from cdc.producers.base import (
     dead_letter_document,
     render_topic,
 )
+from shardctl.core.backoff import Backoff
 from shardctl.core.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -149,9 +150,10 @@ class NsqProducer(Producer):
         )
         path = "/mpub?" + urllib.parse.urlencode({"topic": topic, "binary": "true"})
         last_error = ""
+        backoff = Backoff()
         for attempt in range(self._retries + 1):
             if attempt:
-                time.sleep(min(0.2 * 2**attempt, 2.0))
+                time.sleep(backoff.next())
             try:
                 if self._connection is None:
                     self._connection = http.client.HTTPConnection(

@@ -38,8 +38,7 @@ fence.py
       release(client) -> bool                 delete the key if still that incarnation
     Used by leader writes, offset commits and owner-key release.
 
-backoff.py
-    Backoff(): next() -> seconds (0.2 doubling to 2), reset(); every etcd retry uses it
+(the retry schedule, `Backoff`, is shardctl.core.backoff's: every etcd retry uses it)
 
 election.py
     Election(client, key)
@@ -67,7 +66,7 @@ Example, a fenced checkpoint writer:
         await lead.guarded_put(keys.cdc_checkpoint("src"), b"mysql-bin.000003:4")
 """
 
-from shardctl.core.etcd.backoff import Backoff
+from shardctl.core.backoff import Backoff
 from shardctl.core.etcd.client import (
     Absent,
     CreateResult,

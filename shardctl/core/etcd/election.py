@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shardctl.core.etcd.backoff import Backoff
+from shardctl.core.backoff import Backoff
 from shardctl.core.etcd.client import (
     EtcdClient,
     EtcdError,

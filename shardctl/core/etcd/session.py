@@ -34,8 +34,8 @@ import time
 from collections.abc import Callable
 
 from shardctl.core.aio import wait_any
+from shardctl.core.backoff import Backoff
 from shardctl.core.config import EtcdSettings
-from shardctl.core.etcd.backoff import Backoff
 from shardctl.core.etcd.client import EtcdClient, EtcdError, EtcdUnavailable
 from shardctl.core.etcd.loop_thread import LoopThread
 

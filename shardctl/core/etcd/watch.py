@@ -32,6 +32,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from shardctl.core.backoff import WATCH_RETRY, Backoff
 from shardctl.core.etcd.client import (
     EtcdClient,
     EtcdError,
@@ -42,9 +43,6 @@ from shardctl.core.etcd.client import (
 )
 
 log = logging.getLogger(__name__)
-
-_BACKOFF_MIN = 0.2
-_BACKOFF_MAX = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ async def watch_updates(
     revision = 0
     seen_at_revision: set[str] = set()
     listed = False
-    backoff = _BACKOFF_MIN
+    backoff = Backoff(WATCH_RETRY)
     while True:
         try:
             if not listed:
@@ -74,7 +72,7 @@ async def watch_updates(
             # touched several keys), skipping the events already delivered.
             start = revision if seen_at_revision else revision + 1
             async for event in client.watch_events(key, prefix=prefix, start_revision=start):
-                backoff = _BACKOFF_MIN
+                backoff.reset()
                 if not _watched(event.kv.key, key, prefix):
                     raise _ForeignEvent(
                         f"an event for {event.kv.key} arrived on the watch of {key}"
@@ -87,20 +85,20 @@ async def watch_updates(
                 seen_at_revision.add(event.kv.key)
                 yield WatchUpdate(reset=False, revision=revision, event=event)
             # The server ended the stream without an error: watch again, not too fast.
-            await asyncio.sleep(_BACKOFF_MIN)
+            await asyncio.sleep(WATCH_RETRY.initial_s)
         except (RevisionCompacted, _ForeignEvent) as exc:
             log.warning("watch %s: %s; listing again", key, exc)
             listed = False
         except EtcdUnavailable as exc:
-            log.warning("watch %s: etcd unavailable, retry in %.1fs: %s", key, backoff, exc)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX)
+            delay = backoff.next()
+            log.warning("watch %s: etcd unavailable, retry in %.1fs: %s", key, delay, exc)
+            await asyncio.sleep(delay)
         except EtcdError as exc:
             # Any other broken stream (reset, cancelled by the server): a watch must
             # outlive it, so say what happened and resume like after an outage.
-            log.error("watch %s: stream failed, retry in %.1fs: %s", key, backoff, exc)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX)
+            delay = backoff.next()
+            log.error("watch %s: stream failed, retry in %.1fs: %s", key, delay, exc)
+            await asyncio.sleep(delay)
 
 
 class _ForeignEvent(Exception):
