@@ -23,17 +23,18 @@ T_i = W * c_i / C, and every worker ends with a load in [T_i - w_max, T_i + w_ma
    are freed (with a churn budget, at most `max_moves` of those taken from live
    owners; the rest stay).
 2. Fill: freed and new shards, heaviest first (then by shard), go to a worker whose
-   load is below T_i (one always exists while shards are left: loads sum to W). Among
-   those, the zone that would end least above its own ideal (the group's weight times
-   the zone's share of the capacity) comes first (spread across zones), then the
-   worker furthest below its ideal per unit of capacity, then the worker id. So no
-   worker passes T_i + w_max.
+   load is below T_i - w_max if there is one, else to one below T_i (one always
+   exists while shards are left: loads sum to W). Among those, the zone that would
+   end least above its own ideal (the group's weight times the zone's share of the
+   capacity) comes first (spread across zones), then the worker furthest below its
+   ideal per unit of capacity, then the worker id. So no worker passes T_i + w_max.
 3. Repair: while a worker is below T_i - w_max, it takes the heaviest shard of the
    worker furthest above its ideal (a shard placed in step 2 before a kept one).
    The donor has load > T_d, so it stays >= T_d - w_max, and the taker stays <= T_i.
    Each step raises the taker's load; it ends.
 An unchanged input therefore moves nothing (every load is within its bounds), and
-removing a worker moves only its shards (the others' ideals only grow).
+removing a worker moves only its shards: the others' ideals only grow, and a kept
+load that falls below its new lower bound is filled from the freed shards first.
 
 Balance holds per group: a worker eligible for several groups gets its share of
 each, not a combined optimum.
@@ -205,7 +206,12 @@ def _balance(
         return gap if equal_capacities else Fraction(gap, eligible[w].capacity)
 
     for i in free:
-        under = [w for w in ids if load[w] * scale < scaled_ideal[w]] or ids
+        # A worker below its lower bound first: the ideals of the others grow when a
+        # worker leaves, and a kept load may then fall short. Any shard fits there
+        # (it ends <= its ideal), and taking a kept shard from another owner later
+        # (step 3) would be a move the leaving worker did not cause.
+        short = [w for w in ids if (load[w] + w_max) * scale < scaled_ideal[w]]
+        under = short or [w for w in ids if load[w] * scale < scaled_ideal[w]] or ids
         chosen = min(
             under,
             key=lambda w: (

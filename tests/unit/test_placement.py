@@ -213,3 +213,18 @@ def test_a_churn_budget_limits_moves_from_live_owners(scenario: Scenario) -> Non
         and result.owners[s] != previous[s]
     )
     assert from_live <= 2
+
+
+def test_a_kept_load_that_falls_short_when_a_worker_leaves_is_filled_from_its_shards() -> None:
+    """Found by the property above: w03 kept no shard (within its bounds with w00
+    present); once w00 leaves, its ideal grows past its lower bound, and w00's shard
+    must go to it rather than to the zone that is furthest below its own share, or a
+    shard of w01 would have to move too."""
+    small, big = Member(1), Member(3, labels=(("zone", "a"),))
+    members = {"w00": small, "w01": small, "w02": small, "w03": small, "w04": big, "w05": big}
+    affinity = {s: {"disk": "ssd"} for s in (2, 3, 4)}
+    stable = place(["w01", "w01"], members, 13, {}, affinity).owners
+    assert stable.count("w00") == 1 and "w03" not in stable
+    rest = {w: m for w, m in members.items() if w != "w00"}
+    after = place(stable, rest, 13, {}, affinity).owners
+    assert [s for s in range(13) if stable[s] != after[s]] == [stable.index("w00")]
