@@ -281,26 +281,24 @@ class SchemaModel:
             self.databases[name] = self.facts.charset_name(change.charset)
 
     def _read_again(self, keys: list[tuple[str, str]], where: str, reason: str) -> None:
+        if self._reader is None:
+            for key in keys:
+                self.tables.pop(key, None)
+        else:
+            head, found = self._reader(keys)
+            for key, table in found.items():
+                self._table_read_at[key] = head
+                if table is None:
+                    self.tables.pop(key, None)
+                else:
+                    self.tables[key] = table
         log.warning(
             "DDL at %s: the schema model cannot apply it (%s); its message has no table "
-            "definitions, and %s are read again from information_schema",
+            "definitions, and %s were read again from information_schema",
             where,
             reason,
             ", ".join(f"{db}.{t}" for db, t in keys),
         )
-        if self._reader is None:
-            for key in keys:
-                self.tables.pop(key, None)
-            return
-        head, found = self._reader(keys)
-        for key, table in found.items():
-            if key[0] == "":
-                continue
-            self._table_read_at[key] = head
-            if table is None:
-                self.tables.pop(key, None)
-            else:
-                self.tables[key] = table
 
     def _apply_table(
         self,

@@ -8,9 +8,12 @@ binary ones), `signed` (integers), `enum-values` (ENUM/SET) or `column-length`
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -294,3 +297,18 @@ def test_column_statements_match_a_list_model(ops: list[tuple[str, str, str]]) -
         got: list[Any] = [(c["name"], c["type"]) for c in defs.new["columns"]]
         assert got == expected, sql
         assert defs.new["primary-key"] == (["id"] if "id" in names() else [])
+
+
+def test_definitions_match_the_published_json_schema() -> None:
+    schema = json.loads(
+        (Path(__file__).parents[2] / "docs" / "schemas" / "ddl-message.json").read_text()
+    )
+    m = model()
+    run(m, "CREATE TABLE t (id INT PRIMARY KEY, e ENUM('a'), at DATETIME(3), b BLOB, f FLOAT)")
+    (defs,) = run(m, "ALTER TABLE t ADD COLUMN s VARCHAR(3)")
+    message = {"type": "table-alter", "database": "shop", "table": "t", "old": defs.old,
+               "def": defs.new, "ts": 0, "sql": "ALTER", "event_id": "f:4#0"}  # fmt: skip
+    jsonschema.validate(message, schema)
+    bad = {**message, "def": {**MAXWELL_E, "columns": [{"type": "int", "name": "id", "x": 1}]}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
