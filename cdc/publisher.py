@@ -74,7 +74,7 @@ class Publisher:
         while change is not None:
             # One change ahead: the last one carries `commit: true`.
             following = next(changes, None)
-            message = fmt(ctx, change.table, change.row, index, following is None)
+            message = fmt(ctx, change.table, change.row, index, following is None, change.query)
             key = message.key
             shard = (
                 shard_for(key, num_shards)

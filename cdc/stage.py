@@ -225,6 +225,7 @@ class LocalStage:
                 transaction_memory_rows=options.transaction_memory_rows,
                 transaction_memory_bytes=options.transaction_memory_bytes,
                 spill_dir=options.spill_dir,
+                row_query=options.output_row_query,
             ),
             decoding,
             spec.start,
