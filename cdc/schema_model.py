@@ -435,7 +435,11 @@ class SchemaModel:
                     del columns[index]
                     primary = [p for p in primary if p.casefold() != name.casefold()]
                     table = replace(table, columns=tuple(columns))
-            elif kind not in ("INDEX", "KEY", "FOREIGN KEY", "CONSTRAINT", "CHECK"):
+            elif kind in ("INDEX", "KEY"):
+                # The primary key is the index named PRIMARY.
+                if any(i.name.upper() == "PRIMARY" for i in action.args.get("tables") or []):
+                    primary = []
+            elif kind not in ("FOREIGN KEY", "CONSTRAINT", "CHECK"):
                 raise UnappliedDdl(f"DROP {kind or '?'}")
         elif isinstance(action, exp.DropPrimaryKey):
             primary = []
@@ -481,8 +485,10 @@ class SchemaModel:
         if not isinstance(kind, exp.DataType) or not name:
             raise UnappliedDdl(f"column {name!r} has no type sqlglot reads")
         charset: str | None = None
+        zerofill = False
         for constraint in definition.args.get("constraints") or []:
             inner = constraint.args.get("kind")
+            zerofill = zerofill or isinstance(inner, exp.ZeroFillColumnConstraint)
             if isinstance(inner, exp.CharacterSetColumnConstraint):
                 charset = self.facts.charset_name(inner.this.name)
             elif isinstance(inner, exp.CollateColumnConstraint) and charset is None:
@@ -500,7 +506,8 @@ class SchemaModel:
         if type_name in BINARY_TYPES:
             return ColumnModel(name, type_name, charset="binary")
         if type_name in INTEGER_TYPES:
-            return ColumnModel(name, type_name, signed=signed)
+            # ZEROFILL makes a column UNSIGNED.
+            return ColumnModel(name, type_name, signed=signed and not zerofill)
         if type_name in ENUMERATED_TYPES:
             return ColumnModel(name, type_name, enum_values=tuple(params))
         if type_name in FRACTIONAL_TYPES:
@@ -737,7 +744,7 @@ def _read_schema(
             ColumnModel(
                 name=str(name),
                 type=type_name,
-                signed=not str(column_type).lower().endswith("unsigned")
+                signed="unsigned" not in str(column_type).lower().split()
                 if type_name in INTEGER_TYPES
                 else None,
                 charset=(

@@ -11,11 +11,15 @@ name in `def`, the table before it in `old`); ResolvedTableDrop carries neither.
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cdc.ddl import classify
+from cdc.replication.position import BinlogPosition
+from cdc.schema_model import SchemaModel
 from tests.integration.cdc_support import (
     ReaderProcess,
     TopicReader,
@@ -189,3 +193,52 @@ def test_a_statement_the_model_cannot_apply_is_read_again_from_the_server(
     assert docs[1]["def"] == table_def(
         db, "t", "latin1", [id_col, s_col, col("n", "int", signed=True)], ["id"]
     )
+
+
+def test_the_model_follows_statements_as_the_server_applies_them(stack: Any, mysql_db: str) -> None:
+    """After each statement, the model's table equals information_schema's own view
+    of it (read afresh): the parser's reading of types, charsets, keys and column
+    order is the server's."""
+    db = mysql_db
+    connect = partial(stack.mysql_root)
+    model = SchemaModel.from_server(connect)
+    statements = [
+        f"CREATE TABLE `{db}`.k (id INT UNSIGNED NOT NULL, tiny TINYINT, small SMALLINT(5) "
+        "ZEROFILL, med MEDIUMINT, big BIGINT UNSIGNED, flag BOOL, f FLOAT, f2 FLOAT(30), "
+        "d DOUBLE PRECISION, dec1 DECIMAL(10,2), fx FIXED(4,1), c CHAR(3), vc VARCHAR(20) "
+        "CHARACTER SET latin1, tt TINYTEXT, t TEXT(300), mt MEDIUMTEXT COLLATE utf8mb4_bin, "
+        "lt LONGTEXT, bn BINARY(4), vb VARBINARY(8), bl BLOB, lb LONGBLOB, dt DATE, "
+        "dtm DATETIME(3), ts TIMESTAMP(6) NULL, tm TIME, y YEAR, "
+        "e ENUM('a','b''c') CHARACTER SET latin1, st SET('x','y'), b BIT(3), j JSON, "
+        "u8 VARCHAR(3) CHARSET utf8, vbin VARCHAR(4) CHARACTER SET binary, "
+        "PRIMARY KEY (id, c)) DEFAULT CHARSET=utf8mb4",
+        f"ALTER TABLE `{db}`.k ADD COLUMN a1 INT FIRST, ADD COLUMN a2 TEXT AFTER tiny",
+        f"ALTER TABLE `{db}`.k DROP COLUMN med, DROP COLUMN dt",
+        f"ALTER TABLE `{db}`.k CHANGE COLUMN small smaller INT UNSIGNED AFTER y",
+        f"ALTER TABLE `{db}`.k MODIFY vc VARCHAR(30), RENAME COLUMN tt TO tt2",
+        f"ALTER TABLE `{db}`.k DROP PRIMARY KEY, ADD PRIMARY KEY (a1)",
+        f"ALTER TABLE `{db}`.k DROP COLUMN c",
+        f"ALTER TABLE `{db}`.k DEFAULT CHARSET latin1, ADD COLUMN late VARCHAR(2)",
+        f"CREATE TABLE `{db}`.k2 LIKE `{db}`.k",
+        f"RENAME TABLE `{db}`.k2 TO `{db}`.k3",
+        f"ALTER TABLE `{db}`.k3 RENAME TO `{db}`.k4",
+    ]
+    for sql in statements:
+        _execute(stack, [sql])
+        at = BinlogPosition.parse(_start(stack))
+        for change in classify(sql, db):
+            model.apply(change, at)
+        for table in ("k", "k4"):
+            server = SchemaModel.from_server(connect).tables.get((db, table))
+            ours = model.tables.get((db, table))
+            mismatched = [
+                (mine, theirs)
+                for mine, theirs in zip(
+                    (ours.to_json()["columns"] if ours else []),
+                    (server.to_json()["columns"] if server else []),
+                    strict=False,
+                )
+                if mine != theirs
+            ]
+            assert mismatched == [], (sql, table)
+            assert (ours and ours.to_json()) == (server and server.to_json()), (sql, table)

@@ -163,6 +163,10 @@ def test_alter_drop_change_modify_rename_and_keys() -> None:
     assert rename.new["primary-key"] == ["d"]
     (nothing,) = run(m, "ALTER TABLE t ADD INDEX i (d), ALGORITHM=INPLACE, ENGINE=InnoDB")
     assert nothing.old == nothing.new == rename.new
+    (drop_index,) = run(m, "ALTER TABLE t DROP INDEX `PRIMARY`, ADD COLUMN z INT ZEROFILL")
+    assert drop_index.new is not None
+    assert drop_index.new["primary-key"] == []
+    assert drop_index.new["columns"][-1] == {"type": "int", "name": "z", "signed": False}
 
 
 def test_rename_table_moves_the_definition() -> None:
