@@ -18,10 +18,15 @@ nothing more for the other types. Type names are information_schema's
 `DATA_TYPE` (MariaDB's JSON, a LONGTEXT with a `json_valid` check, is `json`).
 
 The binlog carries no table definitions, so the model is built the way Maxwell
-builds its own: read from information_schema when the read stage starts (all
-databases but the server's own), then changed by each DDL statement of the
+builds its own: read from information_schema when the read stage starts (every
+database but information_schema and performance_schema), then changed by each DDL statement of the
 stream, in order, as the reader reaches it. Statements are parsed with sqlglot
 (MySQL dialect).
+
+A schema change the server does not write to the binlog (a session with
+`sql_log_bin=0`, a server-side binlog filter) cannot be seen: the model keeps
+the table as it was until a later statement does not fit it (below), and the
+definitions published in between describe the table without that change.
 
 Where the model can differ from the server, and what happens then:
 
@@ -62,7 +67,8 @@ from cdc.replication.position import BinlogPosition
 
 log = logging.getLogger(__name__)
 
-SYSTEM_DATABASES = ("mysql", "information_schema", "performance_schema", "sys")
+# Left out of the model, as in Maxwell's schema capture.
+SYSTEM_DATABASES = ("information_schema", "performance_schema")
 
 INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint"})
 TEXT_TYPES = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext"})
