@@ -2,7 +2,7 @@
 
 A row message, fields in this order (Maxwell's order; `[..]` = by option):
 
-    {"database", "table", "type", "ts", ["xid"], ["xoffset"], ["commit"],
+    {"database", "table", ["query"], "type", "ts", ["xid"], ["xoffset"], ["commit"],
      ["position"], ["gtid"], ["server_id"], ["thread_id"], ["event_id", "source"],
      ["primary_key"], ["primary_key_columns"], "data", "old" (updates only)}
 
@@ -73,6 +73,7 @@ class FormatterOptions:
     output_primary_key_columns: bool = False
     output_null_zerodates: bool = False
     output_ddl: bool = False
+    output_row_query: bool = False
     output_commit_info: CommitInfo = True
     output_xoffset: CommitInfo = True
     # Ours: `event_id` and `source` on every message.
@@ -266,8 +267,10 @@ class MaxwellFormatter:
         row: RowImage,
         row_index: int,
         is_last_in_txn: bool,
+        query: str | None = None,
     ) -> Message:
-        """The message of one row change; `row_index` counts rows across the transaction."""
+        """The message of one row change; `row_index` counts rows across the transaction.
+        `query` (with `output_row_query`) is the statement that changed the row."""
         plan = self._plan(table)
         data = self._values(plan, row.data) if plan.rewrites_values else row.data
         eid = f"{ctx.gtid}#{row_index}" if ctx.gtid else f"{ctx.file}:{ctx.pos}#{row_index}"
@@ -299,8 +302,12 @@ class MaxwellFormatter:
             f',"xoffset":{row_index}' if mode == 2 or (mode == 1 and not is_last_in_txn) else ""
         ) + (self._commit_last if is_last_in_txn else self._commit_other)
         event_id_text = f',"event_id":{_encode_str(eid)}{source}' if source else ""
+        head = plan.head
+        if query is not None and self.options.output_row_query:
+            # Maxwell's place for it: after `table`, before `type`.
+            head = f'{plan.key_head},"query":{_encode_str(query)},"type":"'
         value = (
-            f"{plan.head}{row.type}{before}{commit}{after}"
+            f"{head}{row.type}{before}{commit}{after}"
             f'{event_id_text}{pk_fields},"data":{data_text}{old_text}}}'
         )
         if len(pk_texts) == 1:

@@ -70,6 +70,10 @@ class CdcOptions(BaseSettings):
     output_primary_key_columns: bool = False
     output_null_zerodates: bool = False
     output_ddl: bool = False
+    # Maxwell's `query` on row messages: the statement that changed the row, when the
+    # server logs it (MariaDB binlog_annotate_row_events, MySQL
+    # binlog_rows_query_log_events); rows without one have no `query`.
+    output_row_query: bool = False
     # Maxwell's commit information (its code defaults): `xid` on every row, `xoffset`
     # on every row but the last, `"commit":true` on the last. "every_row" writes the
     # field on every row (`"commit":false` on the others), false leaves it out.

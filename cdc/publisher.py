@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from cdc.ddl import classify, is_truncate
 from cdc.filtering import Filter
 from cdc.formatter import MaxwellFormatter
 from cdc.partitioner import Partitioner
 from cdc.producers.base import Outgoing
+from cdc.replication.position import BinlogPosition
 from cdc.replication.transaction import RowChange, Transaction
 from cdc.rows import Message
+from cdc.schema_model import Definitions, SchemaModel
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class Publisher:
         ddl_topic: str | None = None,
         invalidate: Callable[[str, str | None], None] | None = None,
         server_charset: str | None = None,
+        schema_model: SchemaModel | None = None,
     ) -> None:
         self.formatter = formatter
         self.partitioner = partitioner
@@ -46,6 +50,8 @@ class Publisher:
         # The charset of a CREATE DATABASE that names none (as Maxwell does:
         # the server's character_set_server).
         self._server_charset = server_charset
+        # The table definitions of DDL messages (`def`/`old`), kept in stream order.
+        self._schema_model = schema_model
 
     def messages(self, txn: Transaction) -> Iterator[Outgoing]:
         """The transaction's messages in order, made as they are asked for."""
@@ -68,7 +74,7 @@ class Publisher:
         while change is not None:
             # One change ahead: the last one carries `commit: true`.
             following = next(changes, None)
-            message = fmt(ctx, change.table, change.row, index, following is None)
+            message = fmt(ctx, change.table, change.row, index, following is None, change.query)
             key = message.key
             shard = (
                 shard_for(key, num_shards)
@@ -117,17 +123,21 @@ class Publisher:
                 self._invalidate(change.database, change.table)
                 if change.old_table is not None and change.old_database is not None:
                     self._invalidate(change.old_database, change.old_table)
+            defs = (
+                self._schema_model.apply(change, BinlogPosition(txn.ctx.file, txn.ctx.pos))
+                if self._schema_model is not None
+                else Definitions()
+            )
             # As in Maxwell, a RENAME names the table it renames; the new name
-            # goes in `def`.
+            # goes in `def` (alone when the model has no definition).
             table: str | None
+            definition: dict[str, Any] | None = defs.new
             if change.old_table is not None and change.old_database is not None:
                 database, table = change.old_database, change.old_table
-                definition: dict[str, str] | None = {
-                    "database": change.database,
-                    "table": change.table or "",
-                }
+                if definition is None:
+                    definition = {"database": change.database, "table": change.table or ""}
             else:
-                database, table, definition = change.database, change.table, None
+                database, table = change.database, change.table
             if self.filter.is_blacklisted(database, table or "") or (
                 table is not None and not self.filter.includes_table(database, table)
             ):
@@ -148,6 +158,7 @@ class Publisher:
                 gtid=gtid,
                 charset=charset,
                 definition=definition,
+                old_definition=defs.old,
             )
             if message is None:
                 continue

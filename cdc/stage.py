@@ -67,6 +67,7 @@ from cdc.replication.position import Checkpoint
 from cdc.replication.source import BinlogSource, Heartbeat, SourceOptions
 from cdc.replication.transaction import Transaction
 from cdc.rows import TxnContext
+from cdc.schema_model import SchemaModel
 from shardctl.core.config import Settings
 from shardctl.core.hashing import ShardHash
 
@@ -129,7 +130,10 @@ def recovery_command(source: str) -> str:
 
 
 def build_publisher(
-    spec: StageSpec, row_filter: Filter, decoding: FilteredDecoding | None
+    spec: StageSpec,
+    row_filter: Filter,
+    decoding: FilteredDecoding | None,
+    schema_model: SchemaModel | None = None,
 ) -> Publisher:
     """The formatter and partitioner of `spec`; `decoding` (when given) drops its
     cached facts about the tables a DDL statement changes."""
@@ -148,6 +152,7 @@ def build_publisher(
         ddl_topic=options.ddl_kafka_topic,
         invalidate=decoding.invalidate if decoding is not None else None,
         server_charset=spec.server_charset,
+        schema_model=schema_model,
     )
 
 
@@ -202,7 +207,13 @@ class LocalStage:
         self._json_model = json_model_at(spec.start, connect, options.source)
         row_filter = Filter(options.filter)
         decoding = FilteredDecoding(BinlogDecoder(self._json_model), row_filter)
-        self._publisher = build_publisher(spec, row_filter, decoding)
+        # The `def`/`old` of DDL messages: read from information_schema as the stage starts.
+        schema_model = (
+            SchemaModel.from_server(partial(pymysql.connect, **connect))
+            if options.output_ddl
+            else None
+        )
+        self._publisher = build_publisher(spec, row_filter, decoding, schema_model)
         self._source = BinlogSource(
             SourceOptions(
                 source=options.source,
@@ -214,6 +225,7 @@ class LocalStage:
                 transaction_memory_rows=options.transaction_memory_rows,
                 transaction_memory_bytes=options.transaction_memory_bytes,
                 spill_dir=options.spill_dir,
+                row_query=options.output_row_query,
             ),
             decoding,
             spec.start,

@@ -22,6 +22,14 @@ Modes:
   state handed to the library is refreshed at each transaction end, so its own
   reconnects resume at a boundary too.
 
+With `row_query` (`output_row_query`), the statement behind each rows event
+goes with its rows: MySQL's ROWS_QUERY events (`binlog_rows_query_log_events`)
+and MariaDB's ANNOTATE_ROWS events (`binlog_annotate_row_events`). MariaDB sends
+the latter only when the dump request asks for them (the
+BINLOG_SEND_ANNOTATE_ROWS_EVENT flag of COM_BINLOG_DUMP); mysql-replication
+sets that flag in its GTID-mode dump only, so in file_pos mode the replication
+connection (`AnnotateRowsConnection`) sets it in the request it writes.
+
 The start is verified: in file_pos mode the server's first (fake) ROTATE must
 name exactly the requested file and position; in gtid mode the first GTID of
 each domain must come after the requested state.
@@ -36,15 +44,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pymysql
+from pymysql.constants.COMMAND import COM_BINLOG_DUMP
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import (
     ExecuteLoadQueryEvent,
     FormatDescriptionEvent,
     GtidEvent,
     HeartbeatLogEvent,
+    MariadbAnnotateRowsEvent,
     MariadbGtidEvent,
     QueryEvent,
     RotateEvent,
+    RowsQueryLogEvent,
     XAPrepareEvent,
     XidEvent,
 )
@@ -112,6 +123,25 @@ _FATAL_MYSQL_ERRORS = {1045, 1227, 1236}
 # The replication session's net_write_timeout (see `_connect_settings`).
 NET_WRITE_TIMEOUT_S = 600
 
+# COM_BINLOG_DUMP flag: send ANNOTATE_ROWS events (MariaDB's sql/sql_repl.cc).
+BINLOG_SEND_ANNOTATE_ROWS_EVENT = 0x02
+
+
+class AnnotateRowsConnection(pymysql.connections.Connection):
+    """A replication connection whose COM_BINLOG_DUMP request asks MariaDB for
+    ANNOTATE_ROWS events. The request is one packet: a 3-byte length, a sequence
+    byte, the command byte, the 4-byte position, then the 2-byte flags."""
+
+    def _write_bytes(self, data: bytes) -> None:
+        if (
+            len(data) >= 11
+            and data[4] == COM_BINLOG_DUMP
+            and int.from_bytes(data[0:3], "little") == len(data) - 4
+        ):
+            flags = int.from_bytes(data[9:11], "little") | BINLOG_SEND_ANNOTATE_ROWS_EVENT
+            data = data[:9] + flags.to_bytes(2, "little") + data[11:]
+        super()._write_bytes(data)  # type: ignore[misc]  # not in the PyMySQL stubs
+
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
@@ -134,6 +164,8 @@ class SourceOptions:
     transaction_memory_rows: int = DEFAULT_MEMORY_ROWS
     transaction_memory_bytes: int = DEFAULT_MEMORY_BYTES
     spill_dir: str | None = None
+    # Read the statement behind each rows event (`output_row_query`).
+    row_query: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -283,16 +315,23 @@ class BinlogSource:
         else:
             gtid_state = None
         use_gtid = self._options.mode == "gtid"
+        row_query = self._options.row_query
         self._reader = BinLogStreamReader(
             connection_settings=self._connect_settings(),
             server_id=self._options.server_id,
             resume_stream=True,
             blocking=True,
-            only_events=_EVENTS,
+            only_events=[*_EVENTS, MariadbAnnotateRowsEvent, RowsQueryLogEvent]
+            if row_query
+            else _EVENTS,
             log_file=None if use_gtid else start.file,
             log_pos=None if use_gtid else start.pos,
             auto_position=start.gtid if use_gtid else None,
             is_mariadb=use_gtid and info.flavor == "mariadb",
+            annotate_rows_event=row_query,
+            pymysql_wrapper=AnnotateRowsConnection
+            if row_query and info.flavor == "mariadb"
+            else None,
             slave_heartbeat=self._options.heartbeat_s,
             enable_logging=False,
         )
@@ -342,6 +381,12 @@ class BinlogSource:
             if isinstance(event, TableMapEvent):
                 assembler.table_map(event)
                 continue
+            if isinstance(event, MariadbAnnotateRowsEvent):
+                assembler.row_query(event, self._annotation_text(event, assembler))
+                continue
+            if isinstance(event, RowsQueryLogEvent):
+                assembler.row_query(event, str(event.query))
+                continue
             if isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
                 assembler.rows(event)
                 continue
@@ -368,6 +413,17 @@ class BinlogSource:
                 # ask for the state after this transaction, not the original one.
                 self._reader.auto_position = txn.end.gtid
             yield txn
+
+    def _annotation_text(self, event: Any, assembler: TransactionAssembler) -> str:
+        raw = bytes(event.sql_statement)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SourceError(
+                f"source {self._options.source!r}: the statement of the ANNOTATE_ROWS event "
+                f"at {assembler.where(event)} is not UTF-8 ({exc}); output_row_query "
+                "publishes statements as UTF-8 text"
+            ) from None
 
     def _verify_start(self, event: Any, start: Checkpoint, use_gtid: bool) -> None:
         got_file, got_pos = str(event.next_binlog), int(event.position)

@@ -103,6 +103,8 @@ class RowChange:
 
     table: Any  # cdc.schema.TableDef
     row: RowImage
+    # The statement that changed the row, when the server logs it (output_row_query).
+    query: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,7 @@ _LENGTH = struct.Struct("<I")
 class SpilledRows:
     """Row changes of one transaction in a temporary file, in order.
 
-    Each row is a length-prefixed pickle of (table index, type, data, old); the
+    Each row is a length-prefixed pickle of (table index, type, data, old, query); the
     table definitions stay in memory, one per table. The file has no name (it is
     deleted as it is created) and goes away with `close()` or the process.
     """
@@ -143,7 +145,9 @@ class SpilledRows:
             index = self._table_index[id(table)] = len(self._tables)
             self._tables.append(table)
         row = change.row
-        blob = pickle.dumps((index, row.type, row.data, row.old), pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps(
+            (index, row.type, row.data, row.old, change.query), pickle.HIGHEST_PROTOCOL
+        )
         self._file.write(_LENGTH.pack(len(blob)))
         self._file.write(blob)
         self.count += 1
@@ -156,8 +160,8 @@ class SpilledRows:
         tables = self._tables
         for _ in range(self.count):
             (size,) = _LENGTH.unpack(read(_LENGTH.size))
-            index, kind, data, old = pickle.loads(read(size))
-            yield RowChange(tables[index], RowImage(kind, data, old))
+            index, kind, data, old, query = pickle.loads(read(size))
+            yield RowChange(tables[index], RowImage(kind, data, old), query)
 
     def close(self) -> None:
         self._file.close()
@@ -220,6 +224,8 @@ class _Open:
     spilled: SpilledRows | None = None
     # CREATE TABLE ... SELECT: the schema change logged before the rows it fills.
     statement: Statement | None = None
+    # The statement behind the next rows events (ANNOTATE_ROWS / ROWS_QUERY).
+    row_query: str | None = None
 
 
 def event_start(event: Any) -> int:
@@ -324,6 +330,14 @@ class TransactionAssembler:
     def table_map(self, event: Any) -> None:
         self._decoding.on_table_map(event, self.where(event))
 
+    def row_query(self, event: Any, sql: str) -> None:
+        """The statement behind the rows events that follow, up to the next one."""
+        if self._open is None:
+            raise TransactionOrderError(
+                f"row query event at {self.where(event)} outside a transaction"
+            )
+        self._open.row_query = sql
+
     def rows(self, event: Any) -> None:
         if self._open is None or not self._open.begun:
             raise TransactionOrderError(f"rows event at {self.where(event)} outside a transaction")
@@ -333,6 +347,9 @@ class TransactionAssembler:
             self._session_setting(event, exc.setting, exc.wanted, exc.table, exc.detail)
             return
         opened = self._open
+        if opened.row_query is not None:
+            for change in changes:
+                change.query = opened.row_query
         if opened.spilled is None:
             opened.changes.extend(changes)
             opened.memory_bytes += int(event.packet.event_size)

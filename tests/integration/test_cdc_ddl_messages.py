@@ -4,7 +4,9 @@ change's fields, then `ts` (ms) and `sql`, and `position` only with
 output_binlog_position; ResolvedDatabaseCreate/Alter carry `database` and
 `charset` (a CREATE naming none gets the server's charset,
 DatabaseCreate.resolve), ResolvedDatabaseDrop only `database`; a RENAME TABLE
-is a ResolvedTableAlter naming the renamed table, its new name in `def`."""
+is a ResolvedTableAlter naming the renamed table, its new name in `def`, and
+`old`/`def` are the tables before and after (docs/dataformat.md; the column
+fields are ColumnDefSerializer's)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cdc_support import ReaderProcess, TopicReader, binlog_end, reader_env
+from tests.integration.cdc_support import (
+    ReaderProcess,
+    TopicReader,
+    binlog_end,
+    reader_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +42,8 @@ def _run(
         )  # fmt: skip
         reader = ReaderProcess(env, tmp_path, "reader")
         try:
+            # The table definitions follow the statements after the model's read.
+            wait_for("the schema model", lambda: "schema model:" in reader.stderr(), timeout=60)
             with conn.cursor() as cur:
                 for sql in statements:
                     cur.execute(sql)
@@ -91,6 +101,9 @@ def test_database_ddl_and_rename_in_maxwell_form(
         assert isinstance(doc["ts"], int) and doc["ts"] % 1000 == 0
         assert "position" not in doc  # output_binlog_position is off
     by_sql = {d["sql"]: {k: v for k, v in d.items() if k not in ("ts", "event_id")} for d in docs}
+    id_column = {"type": "int", "name": "id", "signed": True}
+    a_def = {"database": mysql_db, "charset": _server_charset(stack), "table": "a",
+             "columns": [id_column], "primary-key": ["id"]}  # fmt: skip
     assert by_sql == {
         statements[0]: {"type": "database-create", "database": other, "charset": "latin1",
                         "sql": statements[0]},
@@ -99,9 +112,10 @@ def test_database_ddl_and_rename_in_maxwell_form(
         statements[2]: {"type": "database-create", "database": plain,
                         "charset": _server_charset(stack), "sql": statements[2]},
         statements[3]: {"type": "table-create", "database": mysql_db, "table": "a",
-                        "sql": statements[3]},
-        statements[4]: {"type": "table-alter", "database": mysql_db, "table": "a",
-                        "def": {"database": other, "table": "b"}, "sql": statements[4]},
+                        "def": a_def, "sql": statements[3]},
+        statements[4]: {"type": "table-alter", "database": mysql_db, "table": "a", "old": a_def,
+                        "def": {**a_def, "database": other, "table": "b"},
+                        "sql": statements[4]},
         statements[5]: {"type": "database-drop", "database": plain, "sql": statements[5]},
         statements[6]: {"type": "database-drop", "database": other, "sql": statements[6]},
     }  # fmt: skip
@@ -127,7 +141,9 @@ def test_position_with_output_binlog_position(
     finally:
         conn.close()
     alter = next(d for d in docs if d["sql"] == sql)
-    assert list(alter) == ["type", "database", "table", "ts", "sql", "position", "event_id"]
+    assert list(alter) == [
+        "type", "database", "table", "old", "def", "ts", "sql", "position", "event_id"
+    ]  # fmt: skip
     file, pos = str(alter["position"]).rsplit(":", 1)
     # The statement's position lies between the binlog ends read around it.
     start_file, start_pos = before.rsplit(":", 1)

@@ -110,8 +110,8 @@ def test_real_messages_and_dead_letters_match_the_published_schemas(
         kafka_topic=f"{unique}_%{{table}}", ddl_kafka_topic=names["ddl"],
         dead_letter_topic=names["dlq"], filter=f"exclude: *.*, include: {mysql_db}.*",
         start_position=start, output_ddl="true", output_binlog_position="true",
-        output_gtid_position="true", output_server_id="true", output_thread_id="true",
-        output_primary_keys="true", output_primary_key_columns="true",
+        output_row_query="true", output_gtid_position="true", output_server_id="true",
+        output_thread_id="true", output_primary_keys="true", output_primary_key_columns="true",
     )  # fmt: skip
     init = subprocess.run(
         [*CLI, "cluster", "init", "--shards", str(SHARDS),
@@ -138,6 +138,8 @@ def test_real_messages_and_dead_letters_match_the_published_schemas(
     }
     try:
         wait_for("the reader's first checkpoint", lambda: stored_checkpoint(settings, "main"))
+        # DDL after the schema model's read carries table definitions.
+        wait_for("the schema model", lambda: "schema model:" in reader.stderr(), timeout=60)
         conn = stack.mysql_root(mysql_db)
         with conn.cursor() as cur:
             cur.execute(
@@ -200,6 +202,9 @@ def test_real_messages_and_dead_letters_match_the_published_schemas(
         for record in records:
             assert invalid(validator, record.value) == [], (name, record.value)
 
+    # The schemas saw the optional fields: row statements and table definitions.
+    assert all("query" in r.value for r in rows)
+    assert all("def" in r.value for r in ddl)
     assert sorted(r.value["type"] for r in rows).count("update") == 1
     assert {r.value["source"] for r in rows} == {rows[0].value["source"]}
     assert rows[0].value["source"].startswith("main/")
