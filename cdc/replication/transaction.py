@@ -48,7 +48,7 @@ from cdc.replication.errors import (
     TransactionOrderError,
 )
 from cdc.replication.position import Checkpoint
-from cdc.rows import RowImage, TxnContext
+from cdc.rows import EncodedRow, RowImage, TxnContext
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class RowChange:
     """One decoded row with the table definition it was decoded against."""
 
     table: Any  # cdc.schema.TableDef
-    row: RowImage
+    row: RowImage | EncodedRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +124,7 @@ _LENGTH = struct.Struct("<I")
 class SpilledRows:
     """Row changes of one transaction in a temporary file, in order.
 
-    Each row is a length-prefixed pickle of (table index, type, data, old); the
+    Each row is a length-prefixed pickle of (table index, row image); the
     table definitions stay in memory, one per table. The file has no name (it is
     deleted as it is created) and goes away with `close()` or the process.
     """
@@ -142,8 +142,7 @@ class SpilledRows:
         if index is None:
             index = self._table_index[id(table)] = len(self._tables)
             self._tables.append(table)
-        row = change.row
-        blob = pickle.dumps((index, row.type, row.data, row.old), pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps((index, change.row), pickle.HIGHEST_PROTOCOL)
         self._file.write(_LENGTH.pack(len(blob)))
         self._file.write(blob)
         self.count += 1
@@ -156,8 +155,8 @@ class SpilledRows:
         tables = self._tables
         for _ in range(self.count):
             (size,) = _LENGTH.unpack(read(_LENGTH.size))
-            index, kind, data, old = pickle.loads(read(size))
-            yield RowChange(tables[index], RowImage(kind, data, old))
+            index, row = pickle.loads(read(size))
+            yield RowChange(tables[index], row)
 
     def close(self) -> None:
         self._file.close()
