@@ -175,17 +175,24 @@ class RowDecoder:
             full = self._full_bitmaps[bitmap] = full_bitmap(bitmap, len(self.table.columns))
         return full
 
+    def takes_native(self, kind: RowsKind, bitmap: bytes, after_bitmap: bytes | None) -> bool:
+        """True when the native path reads this event: the table has a native layout
+        and the rows carry every column (before and after image)."""
+        return (
+            self._native is not None
+            and self._all_present(bitmap)
+            and (kind != "update" or (after_bitmap is not None and self._all_present(after_bitmap)))
+        )
+
     def encode_body(
         self, kind: RowsKind, body: bytes, bitmap: bytes, after_bitmap: bytes | None = None
     ) -> list[EncodedRow] | None:
-        """The rows as the native path writes them; None when it cannot (no native
-        layout, a partial row image, or a value it refuses)."""
+        """The rows as the native path writes them; None when it cannot (see
+        `takes_native`) or refuses a value."""
         layout = self._native
-        if layout is None or not self._all_present(bitmap):
+        if layout is None or not self.takes_native(kind, bitmap, after_bitmap):
             return None
         if kind == "update":
-            if after_bitmap is None or not self._all_present(after_bitmap):
-                return None
             try:
                 items = layout.decode(True, body)
             except ValueError:
@@ -221,7 +228,7 @@ class RowDecoder:
                 position=position,
                 table=self.table.qualified_name,
             )
-        if encoded and not reference and self._native is not None:
+        if encoded and not reference and self.takes_native(kind, bitmap, after_bitmap):
             encoded_rows = self.encode_body(kind, body, bitmap, after_bitmap)
             if encoded_rows is not None:
                 return encoded_rows

@@ -303,13 +303,16 @@ def test_a_table_with_an_unsupported_column_takes_the_python_path(
     assert [type(r) for r in rows] == [RowImage]
 
 
-def test_a_partial_row_image_takes_the_python_path() -> None:
+def test_a_partial_row_image_takes_the_python_path(caplog: pytest.LogCaptureFixture) -> None:
     decoder = RowDecoder(TABLE, NativeOptions())
     body = encode_row(COLS[:1], [5])
+    assert not decoder.takes_native("delete", b"\x01", None)
     assert decoder.encode_body("delete", body, b"\x01") is None
     assert decoder.decode_body("delete", body, b"\x01", encoded=True) == [
         RowImage("delete", {"id": 5})
     ]
+    # Not a refusal: nothing to warn about.
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_spilled_encoded_rows_read_back_the_same() -> None:
