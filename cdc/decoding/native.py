@@ -153,6 +153,8 @@ def native_layout(table: TableDef, options: NativeOptions) -> tuple[NativeLayout
     """The native layout of `table`, or None and the reason the Python path reads it."""
     if _native is None:
         return None, f"the native module is not installed ({NATIVE_IMPORT_ERROR})"
+    if not table.columns:
+        return None, "a table without columns"
     specs: list[ColumnSpec] = []
     for col in table.columns:
         try:
