@@ -57,7 +57,15 @@ struct Column {
     decimal: Option<DecimalPlan>,
 }
 
-type ColumnSpec = (String, String, String, i64, i64, Vec<String>, Option<Vec<Option<String>>>);
+type ColumnSpec = (
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Vec<String>,
+    Option<Vec<Option<String>>>,
+);
 
 const DIGITS_TO_BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
 const POW10: [u64; 10] = [
@@ -84,7 +92,7 @@ fn decimal_plan(precision: i64, scale: i64) -> Result<DecimalPlan, String> {
     let intg = (precision - scale) as usize;
     let scale = scale as usize;
     let mut groups = Vec::new();
-    if intg % 9 != 0 {
+    if !intg.is_multiple_of(9) {
         groups.push(((intg % 9) as u32, DIGITS_TO_BYTES[intg % 9]));
     }
     for _ in 0..intg / 9 {
@@ -94,11 +102,15 @@ fn decimal_plan(precision: i64, scale: i64) -> Result<DecimalPlan, String> {
     for _ in 0..scale / 9 {
         groups.push((9, 4));
     }
-    if scale % 9 != 0 {
+    if !scale.is_multiple_of(9) {
         groups.push(((scale % 9) as u32, DIGITS_TO_BYTES[scale % 9]));
     }
     let size = groups.iter().map(|g| g.1).sum();
-    Ok(DecimalPlan { size, groups, int_groups })
+    Ok(DecimalPlan {
+        size,
+        groups,
+        int_groups,
+    })
 }
 
 fn parse_kind(kind: &str, a: i64, b: i64) -> Result<Kind, String> {
@@ -117,7 +129,10 @@ fn parse_kind(kind: &str, a: i64, b: i64) -> Result<Kind, String> {
         }
     };
     Ok(match kind {
-        "int" if matches!(a, 1 | 2 | 3 | 4 | 8) => Kind::Int { width: a as usize, unsigned: b != 0 },
+        "int" if matches!(a, 1 | 2 | 3 | 4 | 8) => Kind::Int {
+            width: a as usize,
+            unsigned: b != 0,
+        },
         "year" => Kind::Year,
         "bit" if (1..=64).contains(&a) => Kind::Bit { bits: a as u32 },
         "double" => Kind::Double,
@@ -130,7 +145,10 @@ fn parse_kind(kind: &str, a: i64, b: i64) -> Result<Kind, String> {
         "set" if (1..=8).contains(&a) => Kind::Set { size: a as usize },
         "utf8" => Kind::Utf8 { prefix: prefix(a)? },
         "bytes" => Kind::ByteTable { prefix: prefix(a)? },
-        "binary" if b >= 0 => Kind::Binary { prefix: prefix(a)?, width: b as usize },
+        "binary" if b >= 0 => Kind::Binary {
+            prefix: prefix(a)?,
+            width: b as usize,
+        },
         _ => return Err(format!("column kind {kind:?} ({a}, {b}) is not supported")),
     })
 }
@@ -230,8 +248,16 @@ fn push_base64(out: &mut String, raw: &[u8], width: usize) {
             | (if n > 2 { chunk[2] as u32 } else { 0 });
         out.push(B64[(v >> 18 & 63) as usize] as char);
         out.push(B64[(v >> 12 & 63) as usize] as char);
-        out.push(if n > 1 { B64[(v >> 6 & 63) as usize] as char } else { '=' });
-        out.push(if n > 2 { B64[(v & 63) as usize] as char } else { '=' });
+        out.push(if n > 1 {
+            B64[(v >> 6 & 63) as usize] as char
+        } else {
+            '='
+        });
+        out.push(if n > 2 {
+            B64[(v & 63) as usize] as char
+        } else {
+            '='
+        });
     }
     out.push('"');
 }
@@ -314,8 +340,10 @@ fn read_fraction(raw: u64, nbytes: usize, fsp: u32) -> Result<u64, String> {
         return Err(format!("fractional seconds {raw} out of range"));
     }
     let micros = raw * scale;
-    if micros % POW10[6 - fsp as usize] != 0 {
-        return Err(format!("fractional seconds {micros}us finer than precision {fsp}"));
+    if !micros.is_multiple_of(POW10[6 - fsp as usize]) {
+        return Err(format!(
+            "fractional seconds {micros}us finer than precision {fsp}"
+        ));
     }
     Ok(micros)
 }
@@ -337,7 +365,13 @@ impl RowLayout {
     }
 
     /// Appends the raw JSON text of one non-NULL value at `p` to `out`.
-    fn value(&self, col: &Column, body: &[u8], p: &mut usize, out: &mut String) -> Result<(), String> {
+    fn value(
+        &self,
+        col: &Column,
+        body: &[u8],
+        p: &mut usize,
+        out: &mut String,
+    ) -> Result<(), String> {
         let name = col.name.as_str();
         macro_rules! take {
             ($n:expr, $what:expr) => {
@@ -549,7 +583,10 @@ impl RowLayout {
                 let mask = le(take!(size, "SET"));
                 let count = col.members.len();
                 if count < 64 && mask >= 1u64 << count {
-                    return err(name, format!("SET mask {mask:#x} has bits past the members"));
+                    return err(
+                        name,
+                        format!("SET mask {mask:#x} has bits past the members"),
+                    );
                 }
                 out.push('[');
                 let mut first = true;
@@ -588,7 +625,10 @@ impl RowLayout {
                 let length = le(take!(prefix, "length")) as usize;
                 let raw = take!(length, "value");
                 if width > 0 && raw.len() > width {
-                    return err(name, format!("BINARY({width}) value of {} bytes", raw.len()));
+                    return err(
+                        name,
+                        format!("BINARY({width}) value of {} bytes", raw.len()),
+                    );
                 }
                 push_base64(out, raw, width);
             }
@@ -620,7 +660,9 @@ impl RowLayout {
     fn emit(&self, col: &Column, raw: Option<&str>, out: &mut String) {
         match raw {
             None => out.push_str("null"),
-            Some(text) if self.null_zerodates && col.zero_date && text.starts_with("\"0000-00-00") => {
+            Some(text)
+                if self.null_zerodates && col.zero_date && text.starts_with("\"0000-00-00") =>
+            {
                 out.push_str("null")
             }
             Some(text) if self.decimal_as_string && col.kind == Kind::Decimal => {
@@ -699,7 +741,9 @@ impl RowLayout {
                 _ => Vec::new(),
             };
             if matches!(parsed, Kind::Enum { .. } | Kind::Set { .. }) && members.is_empty() {
-                return Err(PyValueError::new_err(format!("column {name:?} has no members")));
+                return Err(PyValueError::new_err(format!(
+                    "column {name:?} has no members"
+                )));
             }
             cols.push(Column {
                 key: format!("{}{}:", if i == 0 { "{" } else { "," }, name_json),
@@ -715,9 +759,16 @@ impl RowLayout {
             });
         }
         if let Some(&bad) = primary_key.iter().find(|&&i| i >= cols.len()) {
-            return Err(PyValueError::new_err(format!("primary key column {bad} out of range")));
+            return Err(PyValueError::new_err(format!(
+                "primary key column {bad} out of range"
+            )));
         }
-        Ok(RowLayout { columns: cols, primary_key, null_zerodates, decimal_as_string })
+        Ok(RowLayout {
+            columns: cols,
+            primary_key,
+            null_zerodates,
+            decimal_as_string,
+        })
     }
 
     /// Every row of a rows event body whose rows carry every column.
@@ -725,7 +776,12 @@ impl RowLayout {
     /// Inserts and deletes: `(data, primary_key)`; updates: `(data, primary_key,
     /// old, before, before_primary_key)` where `before` and `before_primary_key`
     /// are None unless the update changed a primary key column.
-    fn decode<'py>(&self, py: Python<'py>, update: bool, body: &[u8]) -> PyResult<Bound<'py, PyList>> {
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        update: bool,
+        body: &[u8],
+    ) -> PyResult<Bound<'py, PyList>> {
         let rows = PyList::empty(py);
         let mut p = 0usize;
         let n = body.len();
@@ -736,15 +792,18 @@ impl RowLayout {
         let mut changed = vec![false; self.columns.len()];
         while p < n {
             if !update {
-                self.read_row(body, &mut p, &mut after).map_err(PyValueError::new_err)?;
+                self.read_row(body, &mut p, &mut after)
+                    .map_err(PyValueError::new_err)?;
                 data.clear();
                 self.object(&after, &mut data);
                 let item = (PyString::new(py, &data), self.pk(py, &after)?);
                 rows.append(item)?;
                 continue;
             }
-            self.read_row(body, &mut p, &mut before).map_err(PyValueError::new_err)?;
-            self.read_row(body, &mut p, &mut after).map_err(PyValueError::new_err)?;
+            self.read_row(body, &mut p, &mut before)
+                .map_err(PyValueError::new_err)?;
+            self.read_row(body, &mut p, &mut after)
+                .map_err(PyValueError::new_err)?;
             data.clear();
             self.object(&after, &mut data);
             old.clear();
@@ -765,8 +824,8 @@ impl RowLayout {
                 // The whole row before the update; columns that compare equal take
                 // the after value, as the Python path builds it from `old` and `data`.
                 let mut whole = RowText::default();
-                for i in 0..self.columns.len() {
-                    let src = if changed[i] { &before } else { &after };
+                for (i, &column_changed) in changed.iter().enumerate() {
+                    let src = if column_changed { &before } else { &after };
                     let start = whole.text.len();
                     match src.get(i) {
                         Some(t) => {
