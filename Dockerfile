@@ -1,6 +1,17 @@
 # The shardctl image: one image for every role (cdc reader, coordinator, worker).
+# The Rust toolchain that builds the native CDC decoder (native/) comes from the
+# official image; only the built wheel reaches the final image.
+FROM rust:1.95-slim AS rust
+
 FROM python:3.11-slim AS build
+COPY --from=rust /usr/local/cargo /usr/local/cargo
+COPY --from=rust /usr/local/rustup /usr/local/rustup
+ENV CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup PATH=/usr/local/cargo/bin:$PATH
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY native ./native
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ./native
 COPY pyproject.toml README.md ./
 COPY shardctl ./shardctl
 COPY coordinator ./coordinator

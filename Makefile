@@ -10,14 +10,19 @@ STAMP := $(VENV)/.installed
 
 test: venv lint typecheck deploy-check docs stack pytest  ## everything CI runs
 
-# Create the venv once; reinstall only when pyproject.toml changes.
+# Create the venv once; reinstall only when pyproject.toml or the native decoder changes.
+# The native decoder (native/, Rust) needs cargo; pip fetches maturin to build it.
+NATIVE_SOURCES := native/pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 venv: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(NATIVE_SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "shardctl needs Python >= 3.11 (PYTHON=$(PYTHON))" >&2; exit 1; }
+	@command -v cargo >/dev/null || { echo "the native CDC decoder needs a Rust toolchain" \
+		"(cargo), see https://rustup.rs" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q ./native
 	touch $@
 
 # The docs site (mkdocs.yml); strict: a broken link or anchor fails the build. The

@@ -18,6 +18,7 @@ root user (no password on the local stack). Not a test; it asserts nothing about
 speed.
 
     .venv/bin/python bench/cdc_reader_throughput.py [--quick] [--pipeline two-process]
+        [--decoder python]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from confluent_kafka.admin import AdminClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cdc.decoding.native import native_available
 from cdc.replication.position import BinlogPosition
 from shardctl.cli.dev import load_devstack
 
@@ -143,7 +145,7 @@ def acknowledged(consumer: Consumer, topic: str) -> int:
 
 
 def run_reader(
-    kafka: str, db: str, start: BinlogPosition, rows: int, pipeline: str
+    kafka: str, db: str, start: BinlogPosition, rows: int, pipeline: str, decoder: str
 ) -> tuple[list[tuple[float, int]], ProcessStats]:
     """Start `shardctl cdc run` at `start`; until `rows` messages are in the topic:
     [(seconds since start, messages)] and the process's CPU and peak RSS."""
@@ -162,6 +164,7 @@ def run_reader(
             "SHARDCTL_CDC_DEAD_LETTER_TOPIC": f"{name}_dlq",
             "SHARDCTL_CDC_FILTER": f"exclude: *.*, include: {db}.*",
             "SHARDCTL_CDC_PIPELINE": pipeline,
+            "SHARDCTL_CDC_DECODER": decoder,
         }
     )
     consumer = Consumer({"bootstrap.servers": kafka, "group.id": f"bench-{name}"})
@@ -260,6 +263,12 @@ def main() -> None:
         default="one-process",
         help="cdc.pipeline of the reader",
     )
+    parser.add_argument(
+        "--decoder",
+        choices=("native", "python"),
+        default="native",
+        help="cdc.decoder of the reader",
+    )
     args = parser.parse_args()
     rows = args.rows or (200_000 if args.quick else 1_000_000)
 
@@ -278,11 +287,16 @@ def main() -> None:
         dbs.append(db)
         start, end = load(conn, db, rows, TXN_ROWS)
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {rows:,} rows, ", end="")
-        print(f"{TXN_ROWS}-row transactions, cdc.pipeline={args.pipeline}, binlog {start} .. {end}")
+        print(
+            f"{TXN_ROWS}-row transactions, cdc.pipeline={args.pipeline}, "
+            f"cdc.decoder={args.decoder}, binlog {start} .. {end}"
+        )
+        shardctl_native = "installed" if native_available() else "NOT installed"
+        print(f"native decoder module: {shardctl_native}")
         load1, load5, _ = os.getloadavg()
         print(f"load average before the run: {load1:.2f} (1 min), {load5:.2f} (5 min)")
 
-        samples, stats = run_reader(kafka, db, start, rows, args.pipeline)
+        samples, stats = run_reader(kafka, db, start, rows, args.pipeline, args.decoder)
         t10, t90, total = time_to(samples, rows * 0.1), time_to(samples, rows * 0.9), samples[-1][0]
         print(
             f"shardctl cdc run   first 10%: {rows * 0.1 / t10:>9,.0f} rows/s   "
@@ -299,7 +313,7 @@ def main() -> None:
         big = f"bench_reader_{uuid.uuid4().hex[:8]}"
         dbs.append(big)
         start, end = load(conn, big, rows, rows)
-        samples, stats = run_reader(kafka, big, start, rows, args.pipeline)
+        samples, stats = run_reader(kafka, big, start, rows, args.pipeline, args.decoder)
         print(
             f"one {rows:,}-row transaction: {rows / samples[-1][0]:>9,.0f} rows/s, "
             f"peak RSS {stats.peak_rss / 2**20:.0f} MiB"

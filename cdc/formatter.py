@@ -29,13 +29,21 @@ without a primary key gets the key without `pk.` fields (Maxwell uses a random
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from json.encoder import encode_basestring as _encode_str
 from typing import Any, Literal, Protocol, TypeVar
 
 from cdc.json_text import JsonTextError, ObjectEncoder, ValueKind, compile_object_encoder, encode
-from cdc.rows import Message, PrimaryKeyChange, RowImage, TxnContext, split_key_change
+from cdc.rows import (
+    EncodedRow,
+    Message,
+    PrimaryKeyChange,
+    RowImage,
+    TxnContext,
+    split_key_change,
+)
 from cdc.schema import DATE_TYPES, INTEGER_TYPES, ColumnDef, ColumnType, TableDef
 from shardctl.core.event_ids import format_source
 
@@ -51,7 +59,7 @@ class _Change(Protocol):
     def table(self) -> Any: ...  # a TableDef
 
     @property
-    def row(self) -> RowImage: ...
+    def row(self) -> RowImage | EncodedRow: ...
 
 
 ChangeT = TypeVar("ChangeT", bound=_Change)
@@ -253,7 +261,13 @@ class MaxwellFormatter:
         out: list[ChangeT] | None = None
         for index, change in enumerate(changes):
             row = change.row
-            rows = (row,) if row.old is None else split_key_change(row, change.table.primary_key)
+            rows: tuple[RowImage | EncodedRow, ...]
+            if row.old is None:
+                rows = (row,)
+            elif isinstance(row, EncodedRow):
+                rows = _split_encoded(row)
+            else:
+                rows = split_key_change(row, change.table.primary_key)
             if len(rows) > 1 and out is None:
                 out = list(changes[:index])
             if out is not None:
@@ -264,7 +278,7 @@ class MaxwellFormatter:
         self,
         ctx: TxnContext,
         table: TableDef,
-        row: RowImage,
+        row: RowImage | EncodedRow,
         row_index: int,
         is_last_in_txn: bool,
         query: str | None = None,
@@ -272,26 +286,16 @@ class MaxwellFormatter:
         """The message of one row change; `row_index` counts rows across the transaction.
         `query` (with `output_row_query`) is the statement that changed the row."""
         plan = self._plan(table)
-        data = self._values(plan, row.data) if plan.rewrites_values else row.data
         eid = f"{ctx.gtid}#{row_index}" if ctx.gtid else f"{ctx.file}:{ctx.pos}#{row_index}"
         before, after = self._txn_fields(ctx)
         source = self._source_text(ctx.server_id)
-        try:
-            if len(plan.pk_names) == 1:
-                pk_texts = [encode(data[plan.pk_names[0]])]
-            else:
-                pk_texts = [encode(data[pk]) for pk in plan.pk_names]
-            data_text = plan.encode_data(data) or encode(data)
-            old_text = ""
-            if row.old is not None:
-                old = self._values(plan, row.old) if plan.rewrites_values else row.old
-                old_text = ',"old":' + encode(old)
-        except KeyError as exc:
-            raise FormatError(
-                f"{table.qualified_name} event {eid}: primary key column {exc} missing from row"
-            ) from None
-        except JsonTextError as exc:
-            raise FormatError(f"{table.qualified_name} event {eid}: {exc}") from None
+        if isinstance(row, EncodedRow):
+            # The native decoder wrote the values' JSON with these options applied.
+            pk_texts: Sequence[str] = row.primary_key
+            data_text = row.data_json
+            old_text = "" if row.old is None else ',"old":' + row.old
+        else:
+            pk_texts, data_text, old_text = self._value_texts(plan, row, eid)
         pk_fields = ""
         if self.options.output_primary_keys:
             pk_fields = ',"primary_key":[' + ",".join(pk_texts) + "]"
@@ -324,6 +328,28 @@ class MaxwellFormatter:
             database=table.database,
             table=table.table,
         )
+
+    def _value_texts(self, plan: _TablePlan, row: RowImage, eid: str) -> tuple[list[str], str, str]:
+        """The key values', data's and `,"old":..`'s JSON texts of a decoded row."""
+        table = plan.table
+        data = self._values(plan, row.data) if plan.rewrites_values else row.data
+        try:
+            if len(plan.pk_names) == 1:
+                pk_texts = [encode(data[plan.pk_names[0]])]
+            else:
+                pk_texts = [encode(data[pk]) for pk in plan.pk_names]
+            data_text = plan.encode_data(data) or encode(data)
+            old_text = ""
+            if row.old is not None:
+                old = self._values(plan, row.old) if plan.rewrites_values else row.old
+                old_text = ',"old":' + encode(old)
+        except KeyError as exc:
+            raise FormatError(
+                f"{table.qualified_name} event {eid}: primary key column {exc} missing from row"
+            ) from None
+        except JsonTextError as exc:
+            raise FormatError(f"{table.qualified_name} event {eid}: {exc}") from None
+        return pk_texts, data_text, old_text
 
     @staticmethod
     def _encode_object(
@@ -442,6 +468,17 @@ class MaxwellFormatter:
             database=database,
             table=table or "",
         )
+
+
+def _split_encoded(row: EncodedRow) -> tuple[EncodedRow, ...]:
+    """`split_key_change` of a natively encoded update: the native decoder wrote the
+    whole before image only when a primary key column changed."""
+    if row.type != "update" or row.before is None or row.before_primary_key is None:
+        return (row,)
+    return (
+        EncodedRow("delete", row.before, row.before_primary_key),
+        EncodedRow("insert", row.data_json, row.primary_key),
+    )
 
 
 def _utf8(text: str) -> bytes:

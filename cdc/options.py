@@ -101,6 +101,10 @@ class CdcOptions(BaseSettings):
     # Where the read stage (binlog reading, decoding, formatting) runs: in a second
     # process ("two-process", so the reader uses two cores) or in the reader's own.
     pipeline: Literal["two-process", "one-process"] = "one-process"
+    # Row decoding: "native" decodes and writes the JSON of every table whose columns
+    # the compiled decoder reads (the others, and all tables when it is not
+    # installed, take the Python decoder); "python" always uses the Python decoder.
+    decoder: Literal["native", "python"] = "native"
 
     @field_validator("source", "reader_id")
     @classmethod

@@ -50,6 +50,32 @@ class RowImage:
 
 
 @dataclass(slots=True)
+class EncodedRow:
+    """One row change whose JSON texts the native decoder already wrote
+    (`cdc.decoding.native`): the formatter puts them in the message as they are.
+
+    `data` is the JSON object of the after-image (the deleted row for deletes),
+    `primary_key` the JSON texts of the key values in key order. Updates carry
+    `old` (the changed columns before the update, a JSON object); when the update
+    changed a primary key column, `before` is the whole row before it and
+    `before_primary_key` its key values, for `primary_key_change = split`.
+    """
+
+    type: RowType
+    data_json: str
+    primary_key: tuple[str, ...]
+    old: str | None = None
+    before: str | None = None
+    before_primary_key: tuple[str, ...] | None = None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        # Only rows that no one reads values from are encoded natively (see
+        # `cdc.decoding.native`); reaching this is a bug in that decision.
+        raise TypeError("a natively encoded row keeps no values; use the Python decoder")
+
+
+@dataclass(slots=True)
 class Message:
     """One row change, ready to publish. Treat it as immutable (it is not frozen
     only because frozen dataclasses are slow to build, and one is built per row).

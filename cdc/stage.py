@@ -55,6 +55,7 @@ import pymysql
 
 from cdc.decoding import BinlogDecoder
 from cdc.decoding.json_columns import JsonSchemaModel
+from cdc.decoding.native import NATIVE_IMPORT_ERROR, NativeOptions, native_available
 from cdc.filtering import Filter
 from cdc.formatter import MaxwellFormatter
 from cdc.options import CdcOptions
@@ -156,6 +157,36 @@ def build_publisher(
     )
 
 
+def native_options(options: CdcOptions, partitioner: Partitioner) -> NativeOptions | None:
+    """The native decoder's options, or None when the Python decoder does all: with
+    `decoder = python`, without the native module, or when shards are chosen from
+    row values (partitioning by column, or Maxwell's hash of its partition string),
+    which only the Python decoder keeps."""
+    if options.decoder != "native":
+        log.info("source %s: Python decoder for every table (decoder = python)", options.source)
+        return None
+    if not native_available():
+        log.warning(
+            "source %s: Python decoder for every table: the native decoder is not installed (%s)",
+            options.source,
+            NATIVE_IMPORT_ERROR,
+        )
+        return None
+    if not partitioner.by_message_key:
+        log.info(
+            "source %s: Python decoder for every table: producer_partition_by = %s with "
+            "kafka_partition_hash = %s reads row values",
+            options.source,
+            options.producer_partition_by,
+            options.kafka_partition_hash,
+        )
+        return None
+    return NativeOptions(
+        null_zerodates=options.output_null_zerodates,
+        decimal_as_string=options.decimal_as_string,
+    )
+
+
 def json_model_at(checkpoint: Checkpoint, connect: dict[str, Any], source: str) -> JsonSchemaModel:
     """Which LONGTEXT columns hold JSON as of `checkpoint` (it carries the model)."""
     connect_now = partial(pymysql.connect, **connect)
@@ -206,7 +237,8 @@ class LocalStage:
         connect = spec.settings.mysql.connect_kwargs()
         self._json_model = json_model_at(spec.start, connect, options.source)
         row_filter = Filter(options.filter)
-        decoding = FilteredDecoding(BinlogDecoder(self._json_model), row_filter)
+        decoder = BinlogDecoder(self._json_model)
+        decoding = FilteredDecoding(decoder, row_filter)
         # The `def`/`old` of DDL messages: read from information_schema as the stage starts.
         schema_model = (
             SchemaModel.from_server(partial(pymysql.connect, **connect))
@@ -214,6 +246,7 @@ class LocalStage:
             else None
         )
         self._publisher = build_publisher(spec, row_filter, decoding, schema_model)
+        decoder.use_native(native_options(options, self._publisher.partitioner))
         self._source = BinlogSource(
             SourceOptions(
                 source=options.source,

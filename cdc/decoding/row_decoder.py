@@ -10,6 +10,7 @@ compiles one reader per columns-present bitmap it meets (with
 from __future__ import annotations
 
 import json
+import logging
 from collections import OrderedDict
 from typing import Any, Literal
 
@@ -22,8 +23,11 @@ from cdc.decoding.compiler import (
     compile_row_reader,
 )
 from cdc.decoding.errors import DecodeError
-from cdc.rows import RowImage
+from cdc.decoding.native import NativeLayout, NativeOptions, full_bitmap, native_layout
+from cdc.rows import EncodedRow, RowImage
 from cdc.schema import TableDef
+
+log = logging.getLogger(__name__)
 
 RowsKind = Literal["insert", "update", "delete"]
 
@@ -76,12 +80,25 @@ def rows_event_body(event: Any) -> bytes:
 
 
 class RowDecoder:
-    """Decodes the rows events of one table layout."""
+    """Decodes the rows events of one table layout.
 
-    def __init__(self, table: TableDef) -> None:
+    With `native` options it uses the native fast path for the table when the
+    native code reads every column (`cdc.decoding.native`); `path` says which one
+    the table uses and `path_reason` why.
+    """
+
+    def __init__(self, table: TableDef, native: NativeOptions | None = None) -> None:
         self.table = table
         self._json_columns = frozenset(c.name for c in table.columns if c.is_json)
         self._readers: dict[bytes, tuple[RowReader, RowReader]] = {}
+        self._native: NativeLayout | None = None
+        self.path = "python"
+        self.path_reason = "decoder = python"
+        if native is not None:
+            self._native, self.path_reason = native_layout(table, native)
+            if self._native is not None:
+                self.path = "native"
+        self._full_bitmaps: dict[bytes, bool] = {}
 
     def _readers_for(self, bitmap: bytes, position: str) -> tuple[RowReader, RowReader]:
         readers = self._readers.get(bitmap)
@@ -99,11 +116,15 @@ class RowDecoder:
             self._readers[bitmap] = readers
         return readers
 
-    def decode(self, event: Any, where: str | None = None) -> list[RowImage]:
+    def decode(
+        self, event: Any, where: str | None = None, *, encoded: bool = True
+    ) -> list[RowImage] | list[EncodedRow]:
         """The rows of a library Write/Update/DeleteRowsEvent of this table.
 
         `where` is the event's "file:pos" for error messages (the library event
         does not know its file); a bare file name gets the event's position added.
+        `encoded=False` asks for row values (RowImage) even when the table takes
+        the native path.
         """
         position = resolve_where(event, where)
         table = self.table.qualified_name
@@ -143,7 +164,45 @@ class RowDecoder:
             bytes(event.columns_present_bitmap),
             bytes(after_bitmap) if after_bitmap is not None else None,
             position,
+            encoded=encoded,
         )
+
+    def _all_present(self, bitmap: bytes | None) -> bool:
+        if bitmap is None:
+            return True
+        full = self._full_bitmaps.get(bitmap)
+        if full is None:
+            full = self._full_bitmaps[bitmap] = full_bitmap(bitmap, len(self.table.columns))
+        return full
+
+    def takes_native(self, kind: RowsKind, bitmap: bytes, after_bitmap: bytes | None) -> bool:
+        """True when the native path reads this event: the table has a native layout
+        and the rows carry every column (before and after image)."""
+        return (
+            self._native is not None
+            and self._all_present(bitmap)
+            and (kind != "update" or (after_bitmap is not None and self._all_present(after_bitmap)))
+        )
+
+    def encode_body(
+        self, kind: RowsKind, body: bytes, bitmap: bytes, after_bitmap: bytes | None = None
+    ) -> list[EncodedRow] | None:
+        """The rows as the native path writes them; None when it cannot (see
+        `takes_native`) or refuses a value."""
+        layout = self._native
+        if layout is None or not self.takes_native(kind, bitmap, after_bitmap):
+            return None
+        if kind == "update":
+            try:
+                items = layout.decode(True, body)
+            except ValueError:
+                return None
+            return [EncodedRow("update", *item) for item in items]
+        try:
+            items = layout.decode(False, body)
+        except ValueError:
+            return None
+        return [EncodedRow(kind, data, pk) for data, pk in items]
 
     def decode_body(
         self,
@@ -154,11 +213,13 @@ class RowDecoder:
         position: str = "?",
         *,
         reference: bool = False,
-    ) -> list[RowImage]:
+        encoded: bool = False,
+    ) -> list[RowImage] | list[EncodedRow]:
         """The rows of a rows-event body: pure bytes in, row images out.
 
         `reference=True` uses only the step-by-step reader (for tests that hold
-        the compiled reader to it).
+        the compiled reader to it). `encoded=True` returns the native path's
+        EncodedRows when the table takes it and it reads the event.
         """
         width = (len(self.table.columns) + 7) // 8
         if len(bitmap) != width or (after_bitmap is not None and len(after_bitmap) != width):
@@ -167,6 +228,20 @@ class RowDecoder:
                 position=position,
                 table=self.table.qualified_name,
             )
+        if encoded and not reference and self.takes_native(kind, bitmap, after_bitmap):
+            encoded_rows = self.encode_body(kind, body, bitmap, after_bitmap)
+            if encoded_rows is not None:
+                return encoded_rows
+            rows = self.decode_body(kind, body, bitmap, after_bitmap, position)
+            # The Python path read what the native one refused: publish its rows,
+            # and say so (the two are meant to agree on every input).
+            log.warning(
+                "binlog %s, table %s: the native decoder refused a rows event that the "
+                "Python decoder reads; published from the Python decoder",
+                position,
+                self.table.qualified_name,
+            )
+            return rows
         fast, careful = self._readers_for(bitmap, position)
         if not reference:
             try:
@@ -234,22 +309,42 @@ def _json_text(value: Any) -> str:
 
 class DecoderCache:
     """RowDecoders by table id and column layout, so a TABLE_MAP that repeats for
-    every transaction reuses the compiled readers."""
+    every transaction reuses the compiled readers.
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    With `native` options, each table's decoder path (native or Python, and why)
+    is logged when it is first decided and whenever it changes."""
+
+    def __init__(self, max_entries: int = 4096, native: NativeOptions | None = None) -> None:
         self._max = max_entries
+        self._native = native
         self._decoders: OrderedDict[tuple[int, tuple[Any, ...]], RowDecoder] = OrderedDict()
+        self._logged_paths: dict[str, str] = {}
+
+    def _new(self, table: TableDef) -> RowDecoder:
+        decoder = RowDecoder(table, self._native)
+        if self._native is not None:
+            name = table.qualified_name
+            said = f"{decoder.path}: {decoder.path_reason}"
+            if self._logged_paths.get(name) != said:
+                if len(self._logged_paths) > self._max:
+                    self._logged_paths.clear()
+                self._logged_paths[name] = said
+                if decoder.path == "native":
+                    log.info("table %s: native decoder", name)
+                else:
+                    log.info("table %s: Python decoder (%s)", name, decoder.path_reason)
+        return decoder
 
     def decoder_for(self, table: TableDef) -> RowDecoder:
         key = (table.table_id, table.layout)
         decoder = self._decoders.get(key)
         if decoder is None:
-            decoder = RowDecoder(table)
+            decoder = self._new(table)
             self._decoders[key] = decoder
             if len(self._decoders) > self._max:
                 self._decoders.popitem(last=False)
         elif decoder.table != table:
             # Same layout, other names for database or table (RENAME TABLE).
-            decoder = RowDecoder(table)
+            decoder = self._new(table)
             self._decoders[key] = decoder
         return decoder

@@ -77,7 +77,10 @@ class FilteredDecoding:
         if not self._wanted(event):
             return ()
         check_full_image(event)
-        table, rows = self.decoder.decode(event, self._file)
+        known = self.decoder.table(int(event.table_id))
+        # Column rules read row values: such tables are decoded to values.
+        by_column = known is not None and self.filter.table_decision(known.database, known.table)[1]
+        table, rows = self.decoder.decode(event, self._file, encoded=not by_column)
         database, name = table.database, table.table
         include, by_column = self.filter.table_decision(database, name)
         if by_column:

@@ -48,7 +48,7 @@ from cdc.replication.errors import (
     TransactionOrderError,
 )
 from cdc.replication.position import Checkpoint
-from cdc.rows import RowImage, TxnContext
+from cdc.rows import EncodedRow, RowImage, TxnContext
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class RowChange:
     """One decoded row with the table definition it was decoded against."""
 
     table: Any  # cdc.schema.TableDef
-    row: RowImage
+    row: RowImage | EncodedRow
     # The statement that changed the row, when the server logs it (output_row_query).
     query: str | None = None
 
@@ -126,7 +126,7 @@ _LENGTH = struct.Struct("<I")
 class SpilledRows:
     """Row changes of one transaction in a temporary file, in order.
 
-    Each row is a length-prefixed pickle of (table index, type, data, old, query); the
+    Each row is a length-prefixed pickle of (table index, row image, query); the
     table definitions stay in memory, one per table. The file has no name (it is
     deleted as it is created) and goes away with `close()` or the process.
     """
@@ -144,10 +144,7 @@ class SpilledRows:
         if index is None:
             index = self._table_index[id(table)] = len(self._tables)
             self._tables.append(table)
-        row = change.row
-        blob = pickle.dumps(
-            (index, row.type, row.data, row.old, change.query), pickle.HIGHEST_PROTOCOL
-        )
+        blob = pickle.dumps((index, change.row, change.query), pickle.HIGHEST_PROTOCOL)
         self._file.write(_LENGTH.pack(len(blob)))
         self._file.write(blob)
         self.count += 1
@@ -160,8 +157,8 @@ class SpilledRows:
         tables = self._tables
         for _ in range(self.count):
             (size,) = _LENGTH.unpack(read(_LENGTH.size))
-            index, kind, data, old, query = pickle.loads(read(size))
-            yield RowChange(tables[index], RowImage(kind, data, old), query)
+            index, row, query = pickle.loads(read(size))
+            yield RowChange(tables[index], row, query)
 
     def close(self) -> None:
         self._file.close()

@@ -55,6 +55,9 @@ def binlog_end(conn: Any) -> str:
 def reader_env(stack: Any, cluster: str, source: str, **cdc: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDCTL_")}
     env.update(stack.env())
+    # `SHARDCTL_CDC_DECODER=python pytest ...` runs the readers on the Python decoder.
+    if "SHARDCTL_CDC_DECODER" in os.environ:
+        env["SHARDCTL_CDC_DECODER"] = os.environ["SHARDCTL_CDC_DECODER"]
     env["SHARDCTL_CLUSTER"] = cluster
     env["SHARDCTL_CDC_SOURCE"] = source
     defaults = {
