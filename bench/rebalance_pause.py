@@ -44,11 +44,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import IO
@@ -241,6 +243,105 @@ def wait_flowing(files: dict[str, Path], since: float, timeout: float, expect: i
             return
         time.sleep(0.5)
     raise RuntimeError(f"not every shard flowed on {expect} consumers within {timeout}s")
+
+
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT[\d:.]+)Z \[\s*\w+\s*\] (.*)$")
+ACQUIRED = re.compile(r"^(\w+): acquired shard (\d+) token")
+RELEASED = re.compile(r"^(\w+): released shard (\d+) token")
+ASSIGNED = re.compile(r"^kafka: shard (\d+) assigned")
+SERVING = re.compile(r"^(\w+): serving")
+GENERATION = re.compile(r"^\w+: wrote generation (\d+)")
+
+
+def read_log(path: Path) -> list[tuple[float, str]]:
+    """(wall time, message) of each line of a console-format shardctl log."""
+    out: list[tuple[float, str]] = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        match = LOG_LINE.match(line)
+        if match:
+            when = datetime.fromisoformat(match[1]).replace(tzinfo=UTC).timestamp()
+            out.append((when, match[2]))
+    return out
+
+
+def first_after(
+    lines: list[tuple[float, str]],
+    pattern: re.Pattern[str],
+    span: tuple[float, float],
+    *groups: str,
+) -> float | None:
+    """The time of the first line within `span` matching `pattern` with `groups`."""
+    for when, text in lines:
+        match = pattern.match(text)
+        if span[0] <= when <= span[1] and match and match.groups() == groups:
+            return when
+    return None
+
+
+def breakdown(workdir: Path, step: str) -> None:
+    """Where the pause of the moved shards of one step went, from the logs and the
+    batch files of a run's `workdir` (the step times are in its steps.json)."""
+    from processes import percentile
+
+    steps = {
+        name: (start, end) for name, start, end in json.loads((workdir / "steps.json").read_text())
+    }
+    if step not in steps:
+        return
+    start, end = steps[step]
+    files = {f"w{i}": workdir / f"w{i}.txt" for i in range(1, 5)}
+    timeline = read_timeline(files)
+    logs = {name: read_log(workdir / f"{name}.log") for name in files}
+    coordinator = read_log(workdir / "coordinator.log")
+    _gaps, moved, _resumed = step_gaps(timeline, start, end)
+    phases: dict[str, list[float]] = {}
+
+    def add(phase: str, a: float | None, b: float | None) -> None:
+        if a is not None and b is not None:
+            phases.setdefault(phase, []).append(b - a)
+
+    once: list[tuple[str, float | None, float | None]] = []
+    trigger = start
+    if step == "join":
+        joined = first_after(logs["w4"], SERVING, (start, end), "w4")
+        once.append(("process start -> registered (serving)", start, joined))
+        trigger = joined if joined is not None else start
+    generation = next(
+        (when for when, text in coordinator if when >= trigger and GENERATION.match(text)), None
+    )
+    once.append(("trigger -> coordinator wrote the generation", trigger, generation))
+    for shard in sorted(moved):
+        seen = sorted(
+            (t, name)
+            for name, items in timeline.items()
+            for s, t in items
+            if s == shard and start - 1.0 <= t <= end
+        )
+        before = [(t, n) for t, n in seen if t < (generation or start)]
+        if not before:
+            continue
+        last_old, old = before[-1]
+        after = [(t, n) for t, n in seen if t > last_old and n != old]
+        if not after:
+            continue
+        first_new, new = after[0]
+        released = first_after(logs[old], RELEASED, (start, end), old, str(shard))
+        acquired = first_after(logs[new], ACQUIRED, (start, end), new, str(shard))
+        assigned = first_after(logs[new], ASSIGNED, (acquired or start, end), str(shard))
+        add("generation -> old owner released (stop, commit, delete)", generation, released)
+        add("old owner's last batch -> released", last_old, released)
+        add("released -> new owner acquired (watch, create, read offset)", released, acquired)
+        add("acquired -> partition assigned (consumer start)", acquired, assigned)
+        add("assigned -> first batch handled (first fetch, poll)", assigned, first_new)
+        add("gap: old owner's last batch -> new owner's first", last_old, first_new)
+    print(f"\nwhere the {step} pause went ({len(moved)} moved shards), seconds")
+    for label, a, b in once:
+        print(f"  {label:<60} {'-' if a is None or b is None else f'{b - a:.3f}':>20}")
+    for label, values in phases.items():
+        figures = f"{percentile(values, 50):.3f}/{percentile(values, 99):.3f}/{max(values):.3f}"
+        print(f"  {label:<60} {figures:>20}")
 
 
 RESHARD_FROM, RESHARD_TO = 8, 12
@@ -459,7 +560,17 @@ def main() -> None:
     parser.add_argument(
         "--reshard-keys", type=int, default=120, help="rows updated during the resharding run"
     )
+    parser.add_argument(
+        "--breakdown",
+        type=Path,
+        metavar="DIR",
+        help="only print where the join and drain pauses went in an earlier run's logs",
+    )
     args = parser.parse_args()
+    if args.breakdown is not None:
+        for step in ("join", "drain"):
+            breakdown(args.breakdown, step)
+        return
     if args.only_reshard:
         reshard_run(args)
         return
@@ -556,6 +667,7 @@ def main() -> None:
             load.stop.set()
             load.thread.join(15)
         bench.close()
+        (workdir / "steps.json").write_text(json.dumps(ours))
 
     print(
         f"\n64 shards, {SHARDS / SEND_EVERY_S:.0f} messages/s ({1 / SEND_EVERY_S:.0f}/s per shard)"
@@ -566,6 +678,8 @@ def main() -> None:
     )
     report("shardctl workers (fenced handoff, assign())", read_timeline(worker_files), ours)
     report("baseline: consumer group, cooperative-sticky", read_timeline(group_files), theirs)
+    for step in ("join", "drain"):
+        breakdown(workdir, step)
     if not args.skip_reshard:
         reshard_run(args)
 
