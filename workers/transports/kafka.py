@@ -91,6 +91,12 @@ class KafkaTransport:
         self._queued_lock = threading.Lock()
         self._shard_started: asyncio.Event | None = None  # wakes a poll without shards
 
+    @property
+    def ready(self) -> bool:
+        """Connected, with the topics' ids read: a shard can start without a new
+        client or a lookup of its own."""
+        return self._consumer is not None and self._ids_cache is not None
+
     def _partitions(self, shard: int) -> list[TopicPartition]:
         return [TopicPartition(topic, shard) for topic in self.topics]
 
