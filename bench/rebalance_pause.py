@@ -3,7 +3,8 @@ die, for shardctl workers and for a plain confluent-kafka consumer group.
 
 Setup: one topic with 64 partitions (= shards) under steady load (a producer thread
 sends one message to every partition every 40 ms, so a flowing shard sees a batch at
-least every ~40 ms). Each consumer writes `<shard> <receive µs> <events>` per batch.
+least every ~40 ms); each message carries its send time. Each consumer writes
+`<shard> <receive µs> <events> <oldest send µs>` per batch.
 
 shardctl: 3 `shardctl worker run` processes (and a coordinator), then
   join     a 4th worker starts;
@@ -19,7 +20,13 @@ For each step, per shard: the longest gap between consecutive batches from just
 before the step until the end of its window. A shard is "moved" if the consumer that
 handled it last before the step differs from the one handling it at the end. Prints
 p50/p99/max of those gaps for moved and unmoved shards, and for the kill step the
-time until the dead consumer's shards all flowed again. The lease TTL of the workers
+time until the dead consumer's shards all flowed again. Then, per shard, the longest
+delay from a message's send to its handling in the same windows: a stall of the load
+itself (the producer thread or the broker starved of CPU) is a gap of every shard but
+delays nothing, while a handoff delays the events that wait for the new owner.
+Then, from the logs of the workers and the coordinator, where the pause of the moved
+shards of the join and the drain went, phase by phase (`--breakdown DIR` prints the
+same for an earlier run's directory). The lease TTL of the workers
 and the session timeout of the group are both `--timeout` seconds (6 by default, the
 broker's minimum session timeout). The workers commit offsets every
 `--commit-interval` seconds (1 by default, the worker's default); a handoff does not
@@ -67,13 +74,16 @@ def _open_append(path: str) -> IO[str]:
 
 
 class BatchClock:
-    """Handler: appends `<shard> <receive µs> <events>` per batch to the `out` file."""
+    """Handler: appends `<shard> <receive µs> <events> <oldest sent µs>` per batch to
+    the `out` file."""
 
     def __init__(self, context: HandlerContext) -> None:
         self._out = _open_append(context.options["out"])
 
     async def on_events(self, batch: Batch) -> None:
-        self._out.write(f"{batch.shard} {time.time_ns() // 1000} {len(batch.events)}\n")
+        now_us = time.time_ns() // 1000
+        oldest = min(int(e.data.get("sent_us", now_us)) for e in batch.events)
+        self._out.write(f"{batch.shard} {now_us} {len(batch.events)} {oldest}\n")
         self._out.flush()
 
     def on_close(self) -> None:
@@ -127,11 +137,14 @@ def group_consumer(bootstrap: str, topic: str, group: str, timeout_s: float, out
             messages = [first, *consumer.consume(499, 0)]
             now_us = time.time_ns() // 1000
             counts: dict[int, int] = {}
+            oldest: dict[int, int] = {}
             for msg in messages:
                 part = msg.partition()
                 if msg.error() is None and part is not None:
                     counts[part] = counts.get(part, 0) + 1
-            sink.write("".join(f"{p} {now_us} {n}\n" for p, n in counts.items()))
+                    sent = int(json.loads(msg.value() or b"{}")["data"]["sent_us"])
+                    oldest[part] = min(sent, oldest.get(part, sent))
+            sink.write("".join(f"{p} {now_us} {n} {oldest[p]}\n" for p, n in counts.items()))
             sink.flush()
     consumer.close()
 
@@ -156,8 +169,14 @@ class Load:
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
+            sent_us = time.time_ns() // 1000
             for shard in range(SHARDS):
-                doc = {"database": "bench", "table": "t", "type": "insert", "data": {"n": tick}}
+                doc = {
+                    "database": "bench",
+                    "table": "t",
+                    "type": "insert",
+                    "data": {"n": tick, "sent_us": sent_us},
+                }
                 self.producer.produce(self.topic, json.dumps(doc).encode(), partition=shard)
             self.sent += SHARDS
             self.producer.poll(0)
@@ -175,6 +194,29 @@ def read_timeline(files: dict[str, Path]) -> Timeline:
         name: [(int(f[0]), int(f[1]) / 1e6) for f in read_lines(path)]
         for name, path in files.items()
     }
+
+
+def read_delays(files: dict[str, Path]) -> list[tuple[int, float, float]]:
+    """(shard, receive s, receive - oldest send of the batch in s) of every batch."""
+    from processes import read_lines
+
+    return [
+        (int(f[0]), int(f[1]) / 1e6, (int(f[1]) - int(f[3])) / 1e6)
+        for path in files.values()
+        for f in read_lines(path)
+        if len(f) > 3
+    ]
+
+
+def step_delays(
+    delays: list[tuple[int, float, float]], start: float, end: float
+) -> dict[int, float]:
+    """Per shard, the longest send -> handling delay of a batch handled in [start, end]."""
+    out: dict[int, float] = {}
+    for shard, received, delay in delays:
+        if start <= received <= end:
+            out[shard] = max(delay, out.get(shard, 0.0))
+    return out
 
 
 def step_gaps(
@@ -206,30 +248,48 @@ def step_gaps(
     return gaps, moved, resumed
 
 
-def report(label: str, timeline: Timeline, steps: list[tuple[str, float, float]]) -> None:
+def report(
+    label: str,
+    timeline: Timeline,
+    delays: list[tuple[int, float, float]],
+    steps: list[tuple[str, float, float]],
+) -> None:
     from processes import percentile
+
+    def fmt(values: list[float]) -> str:
+        if not values:
+            return "-"
+        return f"{percentile(values, 50):.3f}/{percentile(values, 99):.3f}/{max(values):.3f}"
 
     print(f"\n{label}")
     print(
         f"  {'step':<6} {'moved':>5} {'moved gap p50/p99/max s':>26}   "
         f"{'unmoved':>7} {'unmoved gap p50/p99/max s':>26}"
     )
+    moved_by_step: dict[str, set[int]] = {}
     for name, start, end in steps:
         gaps, moved, resumed = step_gaps(timeline, start, end)
+        moved_by_step[name] = moved
         m = [gaps[s] for s in moved]
         u = [gaps[s] for s in gaps if s not in moved]
-
-        def fmt(values: list[float]) -> str:
-            if not values:
-                return "-"
-            return f"{percentile(values, 50):.3f}/{percentile(values, 99):.3f}/{max(values):.3f}"
-
         print(f"  {name:<6} {len(m):>5} {fmt(m):>26}   {len(u):>7} {fmt(u):>26}")
         if name == "kill" and resumed:
             print(
                 f"         kill -9 -> every moved shard flowing again: "
                 f"{max(resumed.values()):.2f} s (first {min(resumed.values()):.2f} s)"
             )
+    # A stall of the load (its producer, the broker) shows as a gap of every shard at
+    # once but delays no event: the delay counts only time events waited for a consumer.
+    print(
+        f"  {'step':<6} {'moved':>5} {'moved delay p50/p99/max s':>26}   "
+        f"{'unmoved':>7} {'unmoved delay p50/p99/max s':>26}"
+    )
+    for name, start, end in steps:
+        longest = step_delays(delays, start - 1.0, end)
+        moved = moved_by_step[name]
+        m = [d for s, d in longest.items() if s in moved]
+        u = [d for s, d in longest.items() if s not in moved]
+        print(f"  {name:<6} {len(m):>5} {fmt(m):>26}   {len(u):>7} {fmt(u):>26}")
 
 
 def wait_flowing(files: dict[str, Path], since: float, timeout: float, expect: int) -> None:
@@ -676,8 +736,18 @@ def main() -> None:
         f"lease TTL = session timeout = {args.timeout} s; workers' commit interval "
         f"{args.commit_interval} s; gaps in seconds"
     )
-    report("shardctl workers (fenced handoff, assign())", read_timeline(worker_files), ours)
-    report("baseline: consumer group, cooperative-sticky", read_timeline(group_files), theirs)
+    report(
+        "shardctl workers (fenced handoff, assign())",
+        read_timeline(worker_files),
+        read_delays(worker_files),
+        ours,
+    )
+    report(
+        "baseline: consumer group, cooperative-sticky",
+        read_timeline(group_files),
+        read_delays(group_files),
+        theirs,
+    )
     for step in ("join", "drain"):
         breakdown(workdir, step)
     if not args.skip_reshard:
