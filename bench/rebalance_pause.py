@@ -3,7 +3,8 @@ die, for shardctl workers and for a plain confluent-kafka consumer group.
 
 Setup: one topic with 64 partitions (= shards) under steady load (a producer thread
 sends one message to every partition every 40 ms, so a flowing shard sees a batch at
-least every ~40 ms). Each consumer writes `<shard> <receive µs> <events>` per batch.
+least every ~40 ms); each message carries its send time. Each consumer writes
+`<shard> <receive µs> <events> <oldest send µs>` per batch.
 
 shardctl: 3 `shardctl worker run` processes (and a coordinator), then
   join     a 4th worker starts;
@@ -19,7 +20,13 @@ For each step, per shard: the longest gap between consecutive batches from just
 before the step until the end of its window. A shard is "moved" if the consumer that
 handled it last before the step differs from the one handling it at the end. Prints
 p50/p99/max of those gaps for moved and unmoved shards, and for the kill step the
-time until the dead consumer's shards all flowed again. The lease TTL of the workers
+time until the dead consumer's shards all flowed again. Then, per shard, the longest
+delay from a message's send to its handling in the same windows: a stall of the load
+itself (the producer thread or the broker starved of CPU) is a gap of every shard but
+delays nothing, while a handoff delays the events that wait for the new owner.
+Then, from the logs of the workers and the coordinator, where the pause of the moved
+shards of the join and the drain went, phase by phase (`--breakdown DIR` prints the
+same for an earlier run's directory). The lease TTL of the workers
 and the session timeout of the group are both `--timeout` seconds (6 by default, the
 broker's minimum session timeout). The workers commit offsets every
 `--commit-interval` seconds (1 by default, the worker's default); a handoff does not
@@ -44,11 +51,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import IO
@@ -65,13 +74,16 @@ def _open_append(path: str) -> IO[str]:
 
 
 class BatchClock:
-    """Handler: appends `<shard> <receive µs> <events>` per batch to the `out` file."""
+    """Handler: appends `<shard> <receive µs> <events> <oldest sent µs>` per batch to
+    the `out` file."""
 
     def __init__(self, context: HandlerContext) -> None:
         self._out = _open_append(context.options["out"])
 
     async def on_events(self, batch: Batch) -> None:
-        self._out.write(f"{batch.shard} {time.time_ns() // 1000} {len(batch.events)}\n")
+        now_us = time.time_ns() // 1000
+        oldest = min(int(e.data.get("sent_us", now_us)) for e in batch.events)
+        self._out.write(f"{batch.shard} {now_us} {len(batch.events)} {oldest}\n")
         self._out.flush()
 
     def on_close(self) -> None:
@@ -125,11 +137,14 @@ def group_consumer(bootstrap: str, topic: str, group: str, timeout_s: float, out
             messages = [first, *consumer.consume(499, 0)]
             now_us = time.time_ns() // 1000
             counts: dict[int, int] = {}
+            oldest: dict[int, int] = {}
             for msg in messages:
                 part = msg.partition()
                 if msg.error() is None and part is not None:
                     counts[part] = counts.get(part, 0) + 1
-            sink.write("".join(f"{p} {now_us} {n}\n" for p, n in counts.items()))
+                    sent = int(json.loads(msg.value() or b"{}")["data"]["sent_us"])
+                    oldest[part] = min(sent, oldest.get(part, sent))
+            sink.write("".join(f"{p} {now_us} {n} {oldest[p]}\n" for p, n in counts.items()))
             sink.flush()
     consumer.close()
 
@@ -154,8 +169,14 @@ class Load:
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
+            sent_us = time.time_ns() // 1000
             for shard in range(SHARDS):
-                doc = {"database": "bench", "table": "t", "type": "insert", "data": {"n": tick}}
+                doc = {
+                    "database": "bench",
+                    "table": "t",
+                    "type": "insert",
+                    "data": {"n": tick, "sent_us": sent_us},
+                }
                 self.producer.produce(self.topic, json.dumps(doc).encode(), partition=shard)
             self.sent += SHARDS
             self.producer.poll(0)
@@ -173,6 +194,29 @@ def read_timeline(files: dict[str, Path]) -> Timeline:
         name: [(int(f[0]), int(f[1]) / 1e6) for f in read_lines(path)]
         for name, path in files.items()
     }
+
+
+def read_delays(files: dict[str, Path]) -> list[tuple[int, float, float]]:
+    """(shard, receive s, receive - oldest send of the batch in s) of every batch."""
+    from processes import read_lines
+
+    return [
+        (int(f[0]), int(f[1]) / 1e6, (int(f[1]) - int(f[3])) / 1e6)
+        for path in files.values()
+        for f in read_lines(path)
+        if len(f) > 3
+    ]
+
+
+def step_delays(
+    delays: list[tuple[int, float, float]], start: float, end: float
+) -> dict[int, float]:
+    """Per shard, the longest send -> handling delay of a batch handled in [start, end]."""
+    out: dict[int, float] = {}
+    for shard, received, delay in delays:
+        if start <= received <= end:
+            out[shard] = max(delay, out.get(shard, 0.0))
+    return out
 
 
 def step_gaps(
@@ -204,30 +248,48 @@ def step_gaps(
     return gaps, moved, resumed
 
 
-def report(label: str, timeline: Timeline, steps: list[tuple[str, float, float]]) -> None:
+def report(
+    label: str,
+    timeline: Timeline,
+    delays: list[tuple[int, float, float]],
+    steps: list[tuple[str, float, float]],
+) -> None:
     from processes import percentile
+
+    def fmt(values: list[float]) -> str:
+        if not values:
+            return "-"
+        return f"{percentile(values, 50):.3f}/{percentile(values, 99):.3f}/{max(values):.3f}"
 
     print(f"\n{label}")
     print(
         f"  {'step':<6} {'moved':>5} {'moved gap p50/p99/max s':>26}   "
         f"{'unmoved':>7} {'unmoved gap p50/p99/max s':>26}"
     )
+    moved_by_step: dict[str, set[int]] = {}
     for name, start, end in steps:
         gaps, moved, resumed = step_gaps(timeline, start, end)
+        moved_by_step[name] = moved
         m = [gaps[s] for s in moved]
         u = [gaps[s] for s in gaps if s not in moved]
-
-        def fmt(values: list[float]) -> str:
-            if not values:
-                return "-"
-            return f"{percentile(values, 50):.3f}/{percentile(values, 99):.3f}/{max(values):.3f}"
-
         print(f"  {name:<6} {len(m):>5} {fmt(m):>26}   {len(u):>7} {fmt(u):>26}")
         if name == "kill" and resumed:
             print(
                 f"         kill -9 -> every moved shard flowing again: "
                 f"{max(resumed.values()):.2f} s (first {min(resumed.values()):.2f} s)"
             )
+    # A stall of the load (its producer, the broker) shows as a gap of every shard at
+    # once but delays no event: the delay counts only time events waited for a consumer.
+    print(
+        f"  {'step':<6} {'moved':>5} {'moved delay p50/p99/max s':>26}   "
+        f"{'unmoved':>7} {'unmoved delay p50/p99/max s':>26}"
+    )
+    for name, start, end in steps:
+        longest = step_delays(delays, start - 1.0, end)
+        moved = moved_by_step[name]
+        m = [d for s, d in longest.items() if s in moved]
+        u = [d for s, d in longest.items() if s not in moved]
+        print(f"  {name:<6} {len(m):>5} {fmt(m):>26}   {len(u):>7} {fmt(u):>26}")
 
 
 def wait_flowing(files: dict[str, Path], since: float, timeout: float, expect: int) -> None:
@@ -241,6 +303,105 @@ def wait_flowing(files: dict[str, Path], since: float, timeout: float, expect: i
             return
         time.sleep(0.5)
     raise RuntimeError(f"not every shard flowed on {expect} consumers within {timeout}s")
+
+
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT[\d:.]+)Z \[\s*\w+\s*\] (.*)$")
+ACQUIRED = re.compile(r"^(\w+): acquired shard (\d+) token")
+RELEASED = re.compile(r"^(\w+): released shard (\d+) token")
+ASSIGNED = re.compile(r"^kafka: shard (\d+) assigned")
+SERVING = re.compile(r"^(\w+): serving")
+GENERATION = re.compile(r"^\w+: wrote generation (\d+)")
+
+
+def read_log(path: Path) -> list[tuple[float, str]]:
+    """(wall time, message) of each line of a console-format shardctl log."""
+    out: list[tuple[float, str]] = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        match = LOG_LINE.match(line)
+        if match:
+            when = datetime.fromisoformat(match[1]).replace(tzinfo=UTC).timestamp()
+            out.append((when, match[2]))
+    return out
+
+
+def first_after(
+    lines: list[tuple[float, str]],
+    pattern: re.Pattern[str],
+    span: tuple[float, float],
+    *groups: str,
+) -> float | None:
+    """The time of the first line within `span` matching `pattern` with `groups`."""
+    for when, text in lines:
+        match = pattern.match(text)
+        if span[0] <= when <= span[1] and match and match.groups() == groups:
+            return when
+    return None
+
+
+def breakdown(workdir: Path, step: str) -> None:
+    """Where the pause of the moved shards of one step went, from the logs and the
+    batch files of a run's `workdir` (the step times are in its steps.json)."""
+    from processes import percentile
+
+    steps = {
+        name: (start, end) for name, start, end in json.loads((workdir / "steps.json").read_text())
+    }
+    if step not in steps:
+        return
+    start, end = steps[step]
+    files = {f"w{i}": workdir / f"w{i}.txt" for i in range(1, 5)}
+    timeline = read_timeline(files)
+    logs = {name: read_log(workdir / f"{name}.log") for name in files}
+    coordinator = read_log(workdir / "coordinator.log")
+    _gaps, moved, _resumed = step_gaps(timeline, start, end)
+    phases: dict[str, list[float]] = {}
+
+    def add(phase: str, a: float | None, b: float | None) -> None:
+        if a is not None and b is not None:
+            phases.setdefault(phase, []).append(b - a)
+
+    once: list[tuple[str, float | None, float | None]] = []
+    trigger = start
+    if step == "join":
+        joined = first_after(logs["w4"], SERVING, (start, end), "w4")
+        once.append(("process start -> registered (serving)", start, joined))
+        trigger = joined if joined is not None else start
+    generation = next(
+        (when for when, text in coordinator if when >= trigger and GENERATION.match(text)), None
+    )
+    once.append(("trigger -> coordinator wrote the generation", trigger, generation))
+    for shard in sorted(moved):
+        seen = sorted(
+            (t, name)
+            for name, items in timeline.items()
+            for s, t in items
+            if s == shard and start - 1.0 <= t <= end
+        )
+        before = [(t, n) for t, n in seen if t < (generation or start)]
+        if not before:
+            continue
+        last_old, old = before[-1]
+        after = [(t, n) for t, n in seen if t > last_old and n != old]
+        if not after:
+            continue
+        first_new, new = after[0]
+        released = first_after(logs[old], RELEASED, (start, end), old, str(shard))
+        acquired = first_after(logs[new], ACQUIRED, (start, end), new, str(shard))
+        assigned = first_after(logs[new], ASSIGNED, (acquired or start, end), str(shard))
+        add("generation -> old owner released (stop, commit, delete)", generation, released)
+        add("old owner's last batch -> released", last_old, released)
+        add("released -> new owner acquired (watch, create, read offset)", released, acquired)
+        add("acquired -> partition assigned (consumer start)", acquired, assigned)
+        add("assigned -> first batch handled (first fetch, poll)", assigned, first_new)
+        add("gap: old owner's last batch -> new owner's first", last_old, first_new)
+    print(f"\nwhere the {step} pause went ({len(moved)} moved shards), seconds")
+    for label, a, b in once:
+        print(f"  {label:<60} {'-' if a is None or b is None else f'{b - a:.3f}':>20}")
+    for label, values in phases.items():
+        figures = f"{percentile(values, 50):.3f}/{percentile(values, 99):.3f}/{max(values):.3f}"
+        print(f"  {label:<60} {figures:>20}")
 
 
 RESHARD_FROM, RESHARD_TO = 8, 12
@@ -459,7 +620,17 @@ def main() -> None:
     parser.add_argument(
         "--reshard-keys", type=int, default=120, help="rows updated during the resharding run"
     )
+    parser.add_argument(
+        "--breakdown",
+        type=Path,
+        metavar="DIR",
+        help="only print where the join and drain pauses went in an earlier run's logs",
+    )
     args = parser.parse_args()
+    if args.breakdown is not None:
+        for step in ("join", "drain"):
+            breakdown(args.breakdown, step)
+        return
     if args.only_reshard:
         reshard_run(args)
         return
@@ -556,6 +727,7 @@ def main() -> None:
             load.stop.set()
             load.thread.join(15)
         bench.close()
+        (workdir / "steps.json").write_text(json.dumps(ours))
 
     print(
         f"\n64 shards, {SHARDS / SEND_EVERY_S:.0f} messages/s ({1 / SEND_EVERY_S:.0f}/s per shard)"
@@ -564,8 +736,20 @@ def main() -> None:
         f"lease TTL = session timeout = {args.timeout} s; workers' commit interval "
         f"{args.commit_interval} s; gaps in seconds"
     )
-    report("shardctl workers (fenced handoff, assign())", read_timeline(worker_files), ours)
-    report("baseline: consumer group, cooperative-sticky", read_timeline(group_files), theirs)
+    report(
+        "shardctl workers (fenced handoff, assign())",
+        read_timeline(worker_files),
+        read_delays(worker_files),
+        ours,
+    )
+    report(
+        "baseline: consumer group, cooperative-sticky",
+        read_timeline(group_files),
+        read_delays(group_files),
+        theirs,
+    )
+    for step in ("join", "drain"):
+        breakdown(workdir, step)
     if not args.skip_reshard:
         reshard_run(args)
 

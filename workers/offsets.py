@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from shardctl.core.etcd import EtcdClient, EtcdError, Fence, Put
+from shardctl.core.etcd import Delete, EtcdClient, EtcdError, Fence, KeyValue, Put
 from shardctl.core.keyspace import Keyspace
 from shardctl.core.records import OffsetRecord
 
@@ -65,16 +65,26 @@ class OffsetStore:
         self.keys = keys
 
     async def read(self, shard: int) -> OffsetRecord | None:
-        kv = await self.client.get(self.keys.offset(shard))
+        return self.decode(await self.client.get(self.keys.offset(shard)))
+
+    @staticmethod
+    def decode(kv: KeyValue | None) -> OffsetRecord | None:
+        """The record of an `offsets/<shard>` key as read (None if absent)."""
         if kv is None:
             return None
         decoded: OffsetRecord = OffsetRecord.decode(kv.key, kv.value)
         return decoded
 
-    async def commit(self, shard: int, record: OffsetRecord) -> None:
-        """Write `record` if its token still owns the shard; else raise OffsetFenced."""
+    async def commit(self, shard: int, record: OffsetRecord, release: bool = False) -> None:
+        """Write `record` if its token still owns the shard; else raise OffsetFenced.
+        With `release`, `owners/<shard>` is deleted in the same fenced txn: the final
+        commit of a handoff and the release are one etcd round trip, and the next
+        owner, woken by the delete, reads this record."""
         fence = Fence(self.keys.owner(shard), record.token)
-        result = await fence.txn(self.client, [Put(self.keys.offset(shard), record.encode())])
+        ops: list[Put | Delete] = [Put(self.keys.offset(shard), record.encode())]
+        if release:
+            ops.append(Delete(fence.key))
+        result = await fence.txn(self.client, ops)
         if not result.written:
             raise OffsetFenced(
                 f"offset commit for shard {shard} ({record.describe()}) rejected: "

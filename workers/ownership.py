@@ -6,7 +6,7 @@ Per shard, on one worker (`OwnerState`, one transition per line):
     OWNED --unassigned: consumer.stop() (stop fetching, finish in-flight work)--> RELEASING
     OWNED --fail(): the shard broke here (its consumer loop or start raised)--> FAILING
     FAILING --the next reconcile: consumer.stop()--> RELEASING
-    RELEASING --offset committed fenced by token, owners/<s> deleted (fenced)--> IDLE
+    RELEASING --offset committed and owners/<s> deleted, in one txn fenced by token--> IDLE
     RELEASING --the same, after a failure: a backoff before acquiring again--> COOLING
     RELEASING --the offset commit was fenced: nothing more to do--> IDLE
     COOLING --backoff passed (1 s, doubling up to 60 s while it keeps failing)--> IDLE
@@ -50,7 +50,16 @@ from enum import Enum
 from typing import Protocol
 
 from shardctl.core.backoff import Exponential
-from shardctl.core.etcd import EtcdClient, EtcdError, EtcdUnavailable, Fence, KeyValue, Session
+from shardctl.core.etcd import (
+    Absent,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    Fence,
+    KeyValue,
+    Put,
+    Session,
+)
 from shardctl.core.keyspace import Keyspace
 from shardctl.core.metrics import WORKER_LAG, WORKER_SHARDS_OWNED
 from shardctl.core.records import OffsetRecord
@@ -271,14 +280,23 @@ class Ownership:
     async def _acquire(self, shard: int) -> None:
         if not self.session.is_valid():
             return
-        key = self.keys.owner(shard)
-        res = await self.client.create_if_absent(
-            key, self.worker_id.encode(), lease=self.session.lease_id
+        key, offset_key = self.keys.owner(shard), self.keys.offset(shard)
+        # One round trip: create owners/<s> if absent and read offsets/<s> as of the
+        # same revision, which holds the previous owner's final commit (it was
+        # written in the txn that deleted the key).
+        created, found = await self.client.txn(
+            [Absent(key)],
+            [Put(key, self.worker_id.encode(), lease=self.session.lease_id)],
+            read_back=[key, offset_key],
         )
-        if not res.created and not self._may_acquire(res.kv):
+        kv = found[key]
+        if kv is None:
+            # Present at the compare, or created by it: it cannot be gone in the txn.
+            raise EtcdError(f"acquiring shard {shard}: {key} missing right after the txn")
+        if not created and not self._may_acquire(kv):
             return  # still held by the previous owner; its delete will wake us
-        token = res.kv.create_revision
-        offset = await self.offsets.read(shard)
+        token = kv.create_revision
+        offset = self.offsets.decode(found[offset_key])
         if self._aborted.is_set() or not self.session.is_valid():
             return  # the key goes away with the lease
         committed = offset
@@ -314,14 +332,16 @@ class Ownership:
             owned.final = await self.consumer.stop(shard, owned.token)
             self._move(shard, owned, OwnerState.RELEASING)
         if owned.final is not None and not owned.final.same_place(owned.committed):
+            # The final commit and the delete of owners/<s>, in one fenced txn.
             try:
-                await self.offsets.commit(shard, owned.final)
+                await self.offsets.commit(shard, owned.final, release=True)
             except OffsetFenced as exc:
                 log.error("%s: %s", self.worker_id, exc)
                 self._gone(shard)
                 return
             owned.committed = owned.final
-        await Fence(self.keys.owner(shard), owned.token).release(self.client)
+        else:
+            await Fence(self.keys.owner(shard), owned.token).release(self.client)
         self._gone(shard)
         log.info(
             "%s: released shard %d token %d at %s",

@@ -6,13 +6,17 @@ read there. Offsets are never committed to Kafka (`enable.auto.commit=false`).
 
 All calls to the librdkafka consumer go through one thread, so a blocking poll
 never runs concurrently with assign/pause/resume, and the event loop never blocks.
-Polls are short (`timeout_s`), so a pause waits at most one poll.
+A poll waits in slices of POLL_SLICE_S and gives way as soon as another call is
+queued behind it, so a shard acquired in a handoff is assigned (and a released one
+unassigned) without waiting for the poll's whole timeout. A poll while no shard is
+started waits on the event loop and wakes when one starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +39,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# How long one blocking librdkafka poll may hold the consumer's thread while another
+# call (an assign in a handoff) waits behind it.
+POLL_SLICE_S = 0.02
+# How long the topics' ids read for one shard's start serve the next ones.
+TOPIC_IDS_FRESH_S = 1.0
+
 
 class KafkaTransport:
     positional = True
@@ -54,8 +64,11 @@ class KafkaTransport:
         self.topics = tuple(topics)
         self._client_config: dict[str, str | int | float | bool] = dict(client_config)
         self._admin: AdminClient | None = None
-        # Shards acquired together share one answer: (when, ids).
+        # Shards acquired together share one answer: (when, ids), and the lookup under
+        # way while they start.
         self._ids_cache: tuple[float, dict[str, str]] | None = None
+        self._ids_lookup: asyncio.Future[dict[str, str]] | None = None
+        self.topic_id_lookups = 0  # describe calls made, for tests and debugging
         self._default_offset = OFFSET_BEGINNING if start_at == "earliest" else OFFSET_END
         self._config: dict[str, Any] = {
             **client_config,
@@ -72,12 +85,39 @@ class KafkaTransport:
         self._consumer: Consumer | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._shards: set[int] = set()
+        # Calls submitted to the consumer's thread and not started yet: a poll gives
+        # way to them. Updated from the event loop and from that thread.
+        self._queued = 0
+        self._queued_lock = threading.Lock()
+        self._shard_started: asyncio.Event | None = None  # wakes a poll without shards
+
+    @property
+    def ready(self) -> bool:
+        """Connected, with the topics' ids read: a shard can start without a new
+        client or a lookup of its own."""
+        return self._consumer is not None and self._ids_cache is not None
 
     def _partitions(self, shard: int) -> list[TopicPartition]:
         return [TopicPartition(topic, shard) for topic in self.topics]
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+        """Run `fn` on the consumer's thread; a poll there gives way to it."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._counted(fn))
+
+    def _counted(self, fn: Callable[[], T]) -> Callable[[], T]:
+        with self._queued_lock:
+            self._queued += 1
+
+        def call() -> T:
+            with self._queued_lock:
+                self._queued -= 1
+            return fn()
+
+        return call
+
+    def _others_queued(self) -> bool:
+        with self._queued_lock:
+            return self._queued > 0
 
     def _require(self) -> Consumer:
         if self._consumer is None:
@@ -129,6 +169,8 @@ class KafkaTransport:
         except Exception as exc:
             raise TransportError(f"kafka: assigning shard {shard} ({parts}) failed: {exc}") from exc
         self._shards.add(shard)
+        if self._shard_started is not None:
+            self._shard_started.set()
         log.info("kafka: shard %d assigned at %s", shard, {p.topic: p.offset for p in parts})
 
     def pause(self, shard: int) -> None:
@@ -141,7 +183,8 @@ class KafkaTransport:
 
     def _submit(self, what: str, shard: int, fn: Callable[[list[TopicPartition]], None]) -> None:
         """Queue a pause/resume behind the current poll; failures are logged, not lost."""
-        future = self._thread.submit(fn, self._partitions(shard))
+        parts = self._partitions(shard)
+        future = self._thread.submit(self._counted(lambda: fn(parts)))
 
         def check(done: Future[None]) -> None:
             error = done.exception()
@@ -156,9 +199,15 @@ class KafkaTransport:
         # consume(n, timeout) waits until n messages are there or the timeout passed,
         # which at a low rate holds every record for up to the whole timeout. So wait
         # for the first message only, then take what is already fetched without waiting.
-        first = consumer.poll(timeout_s)
-        if first is None:
-            return out
+        # The wait is sliced: a call queued behind this poll (an assign) runs after
+        # at most one slice, not after the whole timeout.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            first = consumer.poll(max(0.0, min(POLL_SLICE_S, deadline - time.monotonic())))
+            if first is not None:
+                break
+            if self._others_queued() or time.monotonic() >= deadline:
+                return out
         messages = [first]
         if max_records > 1:
             messages += consumer.consume(num_messages=max_records - 1, timeout=0)
@@ -186,8 +235,19 @@ class KafkaTransport:
 
     async def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         if not self._shards:
-            await asyncio.sleep(timeout_s)
-            return []
+            # Nothing to fetch: wait on the event loop until a shard starts, so the
+            # first shard of a joining worker is fetched at once, not after a timeout.
+            started = time.monotonic()
+            if self._shard_started is None:
+                self._shard_started = asyncio.Event()
+            self._shard_started.clear()
+            try:
+                await asyncio.wait_for(self._shard_started.wait(), timeout_s)
+            except TimeoutError:
+                return []
+            timeout_s = max(0.0, timeout_s - (time.monotonic() - started))
+            if not self._shards:
+                return []
         return await self._run(lambda: self._poll_blocking(max_records, timeout_s))
 
     async def settle(self, records: Sequence[Record]) -> None:
@@ -215,11 +275,31 @@ class KafkaTransport:
         return out
 
     async def topic_ids(self) -> dict[str, str]:
+        """Per topic, its id; shards starting together share one lookup."""
         now = time.monotonic()
-        if self._ids_cache is not None and now - self._ids_cache[0] < 1.0:
+        if self._ids_cache is not None and now - self._ids_cache[0] < TOPIC_IDS_FRESH_S:
             return dict(self._ids_cache[1])
+        if self._ids_lookup is None:
+            lookup = asyncio.ensure_future(self._describe_topic_ids(now))
+            self._ids_lookup = lookup
+
+            def done(finished: asyncio.Future[dict[str, str]]) -> None:
+                if self._ids_lookup is lookup:
+                    self._ids_lookup = None
+                if not finished.cancelled():
+                    finished.exception()  # each waiter got it; none is left unread
+
+            lookup.add_done_callback(done)
+        return dict(await asyncio.shield(self._ids_lookup))
+
+    def forget_topic_ids(self) -> None:
+        """Read the topics' ids afresh at the next `topic_ids` call."""
+        self._ids_cache = None
+
+    async def _describe_topic_ids(self, now: float) -> dict[str, str]:
         if self._admin is None:
             self._admin = AdminClient(self._client_config)
+        self.topic_id_lookups += 1
         futures = self._admin.describe_topics(
             TopicCollection(list(self.topics)), request_timeout=10
         )
