@@ -84,6 +84,22 @@ def _inserted_ids(records: list[Record]) -> set[int]:
     return {r.value["data"]["id"] for r in records if r.value["type"] == "insert"}
 
 
+def _wait_for_progress(settings: Any, past_seq: int | None, reader: str) -> int:
+    """Wait until the stored checkpoint holds a transaction of the load past GTID seq
+    `past_seq` (any, if None); returns its seq."""
+
+    def progressed() -> int | None:
+        checkpoint = stored_checkpoint(settings, "main")
+        if checkpoint is None or not checkpoint.gtid:
+            return None
+        seq = MariadbGtidState(checkpoint.gtid).seq_of(0)
+        return seq if seq is not None and (past_seq is None or seq > past_seq) else None
+
+    return wait_for(
+        f"{reader} to checkpoint a transaction past seq {past_seq}", progressed, timeout=90
+    )
+
+
 def test_kill_9_under_load_loses_nothing(
     stack: Any, settings: Any, unique: str, mysql_db: str, tmp_path: Path
 ) -> None:
@@ -95,13 +111,15 @@ def test_kill_9_under_load_loses_nothing(
     kills: list[tuple[int, int | None]] = []  # (kill time ms, checkpoint gtid seq)
     try:
         for round_no in range(1, 4):
-            time.sleep(1.5)
+            # Each reader is killed once it has checkpointed a transaction of the load
+            # (past the previous reader's checkpoint), whatever the machine's speed.
+            _wait_for_progress(settings, kills[-1][1] if kills else None, f"r{round_no - 1}")
             reader.kill9()
             checkpoint = stored_checkpoint(settings, "main")
             assert checkpoint is not None and checkpoint.gtid
             kills.append((int(time.time() * 1000), MariadbGtidState(checkpoint.gtid).seq_of(0)))
             reader = ReaderProcess(env, tmp_path, f"r{round_no}")
-        time.sleep(1.0)
+        _wait_for_progress(settings, kills[-1][1], "r3")
     finally:
         load.stop()
     topic = TopicReader(stack.kafka_bootstrap, f"{unique}_load_t", SHARDS)
@@ -160,14 +178,14 @@ def test_failover_between_two_readers(
         first = wait_for("a leader", lambda: leader_of(settings, "main"))
         wait_for("initial checkpoint", lambda: stored_checkpoint(settings, "main"))
         load.start()
-        time.sleep(1.5)
+        killed_at = _wait_for_progress(settings, None, first)
         readers[first].kill9()
         second = wait_for(
             "the standby to lead",
             lambda: (who := leader_of(settings, "main")) not in (None, first) and who,
         )
         assert readers[second].proc.poll() is None
-        time.sleep(1.5)
+        _wait_for_progress(settings, killed_at, second)
     finally:
         load.stop()
     topic = TopicReader(stack.kafka_bootstrap, f"{unique}_load_t", SHARDS)
