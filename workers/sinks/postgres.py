@@ -6,9 +6,14 @@ transaction that takes the shard's fence row lock (`SELECT ... FOR UPDATE`), ref
 a stale token, skips what was applied (offsets, and the applied-change record per
 source stream), writes the data with `INSERT ... ON CONFLICT (primary key) DO UPDATE`
 and `DELETE`, and stores the offsets and the newest applied changes, then commits.
-The writes are folded per primary key and sent as multi-row statements (many VALUES
-rows in one INSERT ... ON CONFLICT, one DELETE ... IN (...) per table), as in the
-MariaDB sink; `fold_changes = false` keeps every change a write of its own.
+The writes are folded per primary key, as in the MariaDB sink (`fold_changes =
+false` keeps every change a write of its own). A group of at least BULK_ROWS rows
+(the upserts of one table and column list, or its deletes) is written in bulk: COPY
+into a temporary table (ON COMMIT DROP) made with the target columns' types, then one
+`INSERT ... SELECT ... ON CONFLICT (primary key) DO UPDATE` or `DELETE ... USING`;
+smaller groups go as multi-row statements (many VALUES rows in one INSERT ... ON
+CONFLICT, one DELETE ... IN (...) per table). The applied-transaction records of a
+batch are written the same way. All of it stays inside the batch's one transaction.
 
 Target: schema `target_schema` (default: the event's own database name, as a schema),
 table = the event's table; the tables must exist, with a primary key (or the event
@@ -32,6 +37,7 @@ and `..._TLS__KEY_FILE` (a client certificate).
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +120,16 @@ def numbered(statement: str) -> str:
     return "".join(out)
 
 
+# From this many rows a group of writes is copied into a temporary table and merged
+# with one statement; fewer go as multi-row statements (a COPY and a temporary table
+# cost a few round trips of their own).
+BULK_ROWS = 64
+
+# The bulk path's temporary tables: distinct names within a transaction, dropped at
+# its end (ON COMMIT DROP; a rollback drops them as well).
+_bulk_tables = itertools.count()
+
+
 # SQLSTATEs of a passing moment: waiting and retrying cures them.
 TRANSIENT_SQLSTATES = frozenset(
     {
@@ -149,6 +165,7 @@ class PostgresDialect(Dialect):
     connection_errors = (psycopg.Error,)
     driver_errors = (psycopg.Error, OSError)
     column_types = POSTGRES_TYPES
+    bulk_rows: int | None = BULK_ROWS
 
     def is_transient(self, error: BaseException) -> bool:
         return postgres_error_is_transient(error)
@@ -174,6 +191,50 @@ class PostgresDialect(Dialect):
         would tokenize a statement of thousands of `%s` at every call (it caches only
         short ones), which costs more than the server's work."""
         psycopg.RawCursor(cur.connection).execute(numbered(statement), params)
+
+    def _copy_in(
+        self, cur: Any, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> str:
+        """COPY `rows` into a new temporary table with the types of `columns` of `table`
+        (and none of its constraints); returns its name. Values go in COPY's text form,
+        which the server parses by the column's type, as it does a statement's text
+        parameter: DECIMAL digits, JSON, bytea and dates arrive exactly."""
+        temp = quote(f"_shardctl_bulk_{next(_bulk_tables)}")
+        names = ", ".join(quote(c) for c in columns)
+        cur.execute(
+            f"CREATE TEMPORARY TABLE {temp} ON COMMIT DROP AS "
+            f"SELECT {names} FROM {table} WITH NO DATA"
+        )
+        with cur.copy(f"COPY {temp} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return temp
+
+    def bulk_upsert(
+        self,
+        cur: Any,
+        table: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        updates: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT."""
+        temp = self._copy_in(cur, table, columns, rows)
+        names = ", ".join(quote(c) for c in columns)
+        assignments = ", ".join(f"{quote(c)} = {self.new_value(c)}" for c in updates)
+        cur.execute(
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM {temp} "
+            f"{self.on_conflict(keys)} {assignments}"
+        )
+
+    def bulk_delete(
+        self, cur: Any, table: str, keys: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """COPY the keys into a temporary table, then one DELETE ... USING it."""
+        temp = self._copy_in(cur, table, keys, rows)
+        match = " AND ".join(f"_t.{quote(k)} = _d.{quote(k)}" for k in keys)
+        cur.execute(f"DELETE FROM {table} AS _t USING {temp} AS _d WHERE {match}")
 
     def on_conflict(self, keys: Sequence[str]) -> str:
         return f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET"

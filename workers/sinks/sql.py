@@ -86,7 +86,6 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
-from itertools import chain
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -98,7 +97,7 @@ from shardctl.config import ConfigError, MySQLSettings, TLSSettings, read_secret
 from shardctl.event_ids import describe_key, order_key
 from workers.events import Batch, Event
 from workers.handlers import Fenced, HandlerContext, ShardHalted, TransientError
-from workers.sinks.row_changes import RowChanges, chunks
+from workers.sinks.row_changes import RowChanges, write_upserts
 from workers.sinks.schema_evolution import (
     MARIADB_TYPES,
     MYSQL_TYPES,
@@ -546,8 +545,7 @@ class SqlSink:
                     txns[_txn_text(key)] = _fingerprint(event)
                 self._add(cur, event, changes)
                 applied += 1
-            for statement, params in changes.statements(self.dialect):
-                self.dialect.execute(cur, statement, params)
+            changes.write(self.dialect, cur)
             for topic, stream in changed:
                 self._remember_txns(cur, batch.shard, topic, stream, added[(topic, stream)])
                 cur.execute(
@@ -782,18 +780,15 @@ class SqlSink:
         if not txns:
             return
         rows = [(self.scope, shard, topic, stream, txn, fp) for txn, fp in txns.items()]
-        for chunk in chunks(rows, self.dialect):
-            self.dialect.execute(
-                cur,
-                self.dialect.upsert(
-                    "shardctl_applied_txns",
-                    ("scope", "shard", "topic", "stream", "txn", "fingerprint"),
-                    ("scope", "shard", "topic", "stream", "txn"),
-                    ("fingerprint",),
-                    rows=len(chunk),
-                ),
-                list(chain.from_iterable(chunk)),
-            )
+        write_upserts(
+            self.dialect,
+            cur,
+            "shardctl_applied_txns",
+            ("scope", "shard", "topic", "stream", "txn", "fingerprint"),
+            ("scope", "shard", "topic", "stream", "txn"),
+            ("fingerprint",),
+            rows,
+        )
         counter = (shard, topic, stream)
         count = self._unpruned.get(counter, 0) + len(txns)
         if count < self.settings.prune_every:

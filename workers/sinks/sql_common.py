@@ -75,6 +75,9 @@ class Dialect:
     rows_per_statement = 1000
     #: Bind parameters one statement may carry (PostgreSQL's protocol allows 65535).
     max_parameters = 65535
+    #: Rows from which a group of writes goes through `bulk_upsert`/`bulk_delete`
+    #: (None: the dialect has no bulk path; every write is a multi-row statement).
+    bulk_rows: int | None = None
 
     def is_transient(self, error: BaseException) -> bool:
         """True for a failure of the connection or the server's moment (wait and
@@ -187,6 +190,25 @@ class Dialect:
             f"VALUES {', '.join([row] * rows)}{self.after_values()} {self.on_conflict(keys)} "
             + ", ".join(assignments)
         )
+
+    def bulk_upsert(
+        self,
+        cur: Any,
+        table: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        updates: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Upsert `rows` (values of `columns`, no key twice) into `table` in bulk, as
+        `upsert` would; only called when `bulk_rows` is set."""
+        raise NotImplementedError
+
+    def bulk_delete(
+        self, cur: Any, table: str, keys: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """Delete the rows of `table` whose primary key `keys` holds one of `rows`."""
+        raise NotImplementedError
 
     def delete(self, table: str, keys: Sequence[str], rows: int = 1) -> str:
         """DELETE the rows whose primary key `keys` equals one of `rows` key tuples."""
