@@ -21,6 +21,7 @@ from tests.integration.workers_support import MIXED_CHANGES, MIXED_RESULT, maxwe
 from workers.events import Batch, Event, decode_message
 from workers.handlers import Fenced, HandlerContext, ShardHalted
 from workers.sinks.postgres import BULK_ROWS, PostgresSink
+from workers.sinks.schema_evolution import Unmappable
 
 pytestmark = pytest.mark.integration
 
@@ -353,3 +354,45 @@ def test_a_large_batch_keeps_every_type_exactly(pg: dict[str, Any], sink: Postgr
     assert sink.resume_positions(0) == {"orders": count + len(deletes)}
     # The applied transactions went in bulk too: each remembered once.
     assert pg_query(pg, "SELECT COUNT(*) FROM shardctl_applied_txns") == [(count + len(deletes),)]
+
+
+def _dated(offset: int, data: dict[str, Any]) -> Event:
+    raw = maxwell(offset, 0, table="dated", data=data, event_id=f"0-1-{offset + 1}#0")
+    return Event(0, "orders", offset, None, raw, decode_message(raw, 0, "orders", offset), 7)
+
+
+@pytest.mark.parametrize(
+    "zero",
+    ["0000-00-00", "0000-00-00 00:00:00.000", "2024-00-15 10:00:00", "2024-03-00"],
+)
+def test_a_zero_date_is_refused_with_its_reason_or_written_as_null_by_setting(
+    pg: dict[str, Any], sink: PostgresSink, zero: str
+) -> None:
+    """MariaDB keeps dates with a zero year, month or day; PostgreSQL's date and
+    timestamp columns have no such value. By default (zero_dates = refuse) the event
+    is refused naming the column and the setting; zero_dates = null writes NULL."""
+    pg_query(pg, "CREATE TABLE dated (id INT PRIMARY KEY, day DATE, at TIMESTAMP, note TEXT)")
+    sink.on_assign(0, 7)
+    good = {"id": 1, "day": "2024-02-29", "at": "2024-02-29 10:00:00", "note": zero}
+    sink.on_events(_batch(0, 7, [_dated(0, good)]))
+    with pytest.raises(Unmappable, match=rf"'at': zero date '{zero}'.*zero_dates = refuse"):
+        sink.on_events(_batch(0, 7, [_dated(1, {"id": 2, "day": "2024-01-01", "at": zero})]))
+    assert sink.resume_positions(0) == {"orders": 1}
+
+    sink.settings.zero_dates = "null"
+    sink.on_events(_batch(0, 7, [_dated(1, {"id": 2, "day": zero, "at": zero, "note": zero})]))
+    assert pg_query(pg, "SELECT id, day::text, at::text, note FROM dated ORDER BY id") == [
+        (1, "2024-02-29", "2024-02-29 10:00:00", zero),  # a text column keeps it as written
+        (2, None, None, zero),
+    ]
+
+
+def test_a_zero_date_in_a_primary_key_is_refused_whatever_the_setting(
+    pg: dict[str, Any], sink: PostgresSink
+) -> None:
+    pg_query(pg, "CREATE TABLE dated (day DATE PRIMARY KEY, n INT)")
+    sink.settings.zero_dates = "null"
+    sink.on_assign(0, 7)
+    with pytest.raises(Unmappable, match=r"'day': zero date .*it is a primary key column"):
+        sink.on_events(_batch(0, 7, [_dated(0, {"day": "0000-00-00", "n": 1})]))
+    assert pg_query(pg, "SELECT COUNT(*) FROM dated") == [(0,)]

@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from pydantic import Field, SecretStr, model_validator
@@ -48,9 +50,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shardctl.config import TLSSettings, read_secret
 from workers.events import Event
-from workers.sinks.schema_evolution import POSTGRES_TYPES, SchemaEvolution, postgres_refusal
+from workers.sinks.schema_evolution import (
+    POSTGRES_TYPES,
+    SchemaEvolution,
+    Unmappable,
+    postgres_refusal,
+)
 from workers.sinks.sql import SqlSink
 from workers.sinks.sql_common import Dialect, MissingTable, TargetTable
+
+log = logging.getLogger(__name__)
+
+# PostgreSQL types that hold a date, none of them a zero date or a zero month or day.
+_DATE_TYPES = frozenset({"date", "timestamp without time zone", "timestamp with time zone"})
+
+# A MariaDB/MySQL date with a zero part, as the reader writes it ('0000-00-00',
+# '2024-00-15 10:00:00', ...): year 0, month 0 or day 0.
+_ZERO_DATE = re.compile(r"(?:0000-\d\d-\d\d|\d{4}-00-\d\d|\d{4}-\d\d-00)(?:$|[ T])")
+
+ZeroDates = Literal["refuse", "null"]
 
 # PostgreSQL type names -> the names `workers.sinks.sql.column_value` converts by.
 _COLUMN_KINDS = {"bytea": "varbinary", "json": "json", "jsonb": "json"}
@@ -76,6 +94,9 @@ class PostgresSinkSettings(BaseSettings):
     fold_changes: bool = True
     # basic: create missing target tables and add new columns (workers.sinks.schema_evolution).
     schema_evolution: SchemaEvolution = "none"
+    # A zero date for a date/timestamp column: refuse the event (dead-lettered with
+    # the reason) or write NULL.
+    zero_dates: ZeroDates = "refuse"
     tls: TLSSettings = TLSSettings()
 
     @model_validator(mode="after")
@@ -273,7 +294,8 @@ class PostgresDialect(Dialect):
             (namespace, table),
         )
         primary = [str(name) for (name,) in cur.fetchall()]
-        return TargetTable(self.qualified(namespace, table), types, primary, scales)
+        dates = frozenset(str(name) for name, kind, _s in rows if str(kind) in _DATE_TYPES)
+        return TargetTable(self.qualified(namespace, table), types, primary, scales, dates)
 
     def refusal(self, kind: str, value: Any) -> str | None:
         return postgres_refusal(kind, value)
@@ -300,6 +322,38 @@ class PostgresSink(SqlSink):
 
     def make_dialect(self) -> Dialect:
         return PostgresDialect()
+
+    def dated_values(
+        self, table: TargetTable, pk: Sequence[str], data: dict[str, Any], event: Event
+    ) -> dict[str, Any]:
+        """A zero date (year, month or day 0, which MariaDB and MySQL keep and
+        PostgreSQL has no value for) bound for a date/timestamp column: refused
+        (Unmappable, the event is dead-lettered with the reason) with zero_dates =
+        refuse, NULL with zero_dates = null. A primary key column is always refused."""
+        zero = [
+            c
+            for c in table.dates
+            if isinstance(data.get(c), str) and _ZERO_DATE.match(data[c]) is not None
+        ]
+        if not zero:
+            return data
+        nulled = self.settings.zero_dates == "null"
+        for column in zero:
+            if not nulled or column in pk:
+                why = "it is a primary key column" if column in pk else "zero_dates = refuse"
+                raise Unmappable(
+                    f"postgres sink: {event.describe()}: {table.name} column {column!r}: "
+                    f"zero date {data[column]!r} has no PostgreSQL {table.types[column]} "
+                    f"value ({why}; zero_dates = null writes NULL instead); nothing of "
+                    "the event is written"
+                )
+        log.debug(
+            "postgres sink: %s: %s: zero dates in %s written as NULL (zero_dates = null)",
+            event.describe(),
+            table.name,
+            zero,
+        )
+        return {**data, **dict.fromkeys(zero)}
 
     def target_namespace(self, event: Event) -> str:
         """The `target_schema` setting, else the event's database name as a schema."""

@@ -419,6 +419,13 @@ class SqlSink:
     def make_dialect(self) -> Dialect:
         return MariaDBDialect()
 
+    def dated_values(
+        self, table: _Table, pk: Sequence[str], data: dict[str, Any], event: Event
+    ) -> dict[str, Any]:
+        """The row's values for `table.dates` columns the target can hold (see
+        workers.sinks.postgres: zero dates)."""
+        return data
+
     def target_namespace(self, event: Event) -> str:
         """Where the event's table is: the `database` setting, else the event's own."""
         return str(self.settings.database or event.database)
@@ -900,6 +907,8 @@ class SqlSink:
             self._key_values(table, pk, data, event)  # raises, naming the missing columns
         if table.scales:
             _check_scales(table, data, event, self.dialect.name)
+        if table.dates:
+            data = self.dated_values(table, pk, data, event)
         types = table.types
         changes.upsert(table.name, pk, {c: column_value(v, types[c]) for c, v in data.items()})
 

@@ -43,7 +43,8 @@ BOOKKEEPING_TABLES = (
 
 class TargetTable:
     """A target table: its quoted full name, column types (as `column_value` knows
-    them), primary key, and the scale of each DECIMAL/NUMERIC column that has one."""
+    them), primary key, the scale of each DECIMAL/NUMERIC column that has one, and
+    the columns of a date type that cannot hold a zero date (PostgreSQL's)."""
 
     def __init__(
         self,
@@ -51,11 +52,13 @@ class TargetTable:
         types: dict[str, str],
         primary_key: list[str],
         scales: dict[str, int] | None = None,
+        dates: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
         self.types = types
         self.primary_key = primary_key
         self.scales = scales or {}
+        self.dates = dates
 
 
 class MissingTable(LookupError):
