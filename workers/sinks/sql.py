@@ -109,6 +109,8 @@ from workers.sinks.schema_evolution import (
     value_kind,
 )
 from workers.sinks.sql_common import STREAM_CHARS, Dialect, MissingTable, TargetTable
+from workers.sinks.sql_common import fingerprint as _fingerprint
+from workers.sinks.sql_common import txn_text as _txn_text
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +183,6 @@ class SqlSinkSettings(BaseSettings):
     def _secret(self) -> SqlSinkSettings:
         self.password = read_secret(self.password, self.password_file, "sink.sql.password")
         return self
-
-
-def _txn_text(key: tuple[int, ...]) -> str:
-    """The transaction part of an order key (all but the row), as sortable text."""
-    return ".".join(f"{n:020d}" for n in key[:-1])
-
-
-def _fingerprint(event: Event) -> str:
-    """What a replay repeats exactly and a different transaction does not: the binlog
-    timestamp and XID (the same on every row of the transaction)."""
-    return f"{event.message.get('ts')}:{event.message.get('xid')}"[:64]
 
 
 def forget_command(

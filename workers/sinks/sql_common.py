@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from workers.events import Event
+
 # Longest stream name the bookkeeping tables hold (source identity plus the id's stream).
 STREAM_CHARS = 200
 
@@ -39,6 +41,18 @@ BOOKKEEPING_TABLES = (
         fingerprint VARCHAR(64) NOT NULL,
         PRIMARY KEY (scope, shard, topic, stream, txn))""",
 )
+
+
+def txn_text(key: tuple[int, ...]) -> str:
+    """The transaction part of an order key (all but the row), as sortable text.
+    (Also the Kafka sink's record of applied transactions.)"""
+    return ".".join(f"{n:020d}" for n in key[:-1])
+
+
+def fingerprint(event: Event) -> str:
+    """What a replay repeats exactly and a different transaction does not: the binlog
+    timestamp and XID (the same on every row of the transaction)."""
+    return f"{event.message.get('ts')}:{event.message.get('xid')}"[:64]
 
 
 class TargetTable:
