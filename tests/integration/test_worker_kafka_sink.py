@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from shardctl.config import Settings
 from tests.conftest import StackHandle
@@ -117,6 +118,10 @@ def test_a_change_published_again_is_forwarded_once_also_by_a_new_owner(
         forwarded = [(json.loads(m.value())["event_id"], json.loads(m.value())["xid"]) for m in got]
         assert forwarded == [(f"0-1-{n}#0", n) for n in range(1, 8)] + [("0-1-2#0", 902)]
         assert old.state_topic == f"shardctl.{settings.cluster}.sink.{output}.applied"
+        admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+        resource = ConfigResource(ResourceType.TOPIC, old.state_topic)
+        configs = admin.describe_configs([resource])[resource].result(30)
+        assert configs["cleanup.policy"].value == "compact"
     finally:
         old.on_close()
         new.on_close()

@@ -177,11 +177,13 @@ class KafkaSink:
         )
 
     def _state_partitions(self, shard: int) -> None:
-        """Make the state topic (compacted) if missing, with a partition for `shard`."""
+        """Make the state topic (compacted) if missing, with a partition for `shard`.
+        (Metadata of all topics: asking for the one topic could make a broker with
+        auto.create.topics.enable create it, uncompacted.)"""
         admin_config: dict[str, str | int | float | bool] = {**self._client}
         admin = AdminClient(admin_config)
         where = f"kafka sink: state topic {self.state_topic}"
-        topics = admin.list_topics(self.state_topic, timeout=self.timeout_s).topics
+        topics = admin.list_topics(timeout=self.timeout_s).topics
         found = topics.get(self.state_topic)
         if found is None or found.error is not None:
             sources = admin.list_topics(timeout=self.timeout_s).topics
@@ -206,7 +208,7 @@ class KafkaSink:
                     isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS
                 ):
                     raise RuntimeError(f"{where}: cannot create it: {exc}") from exc
-            topics = admin.list_topics(self.state_topic, timeout=self.timeout_s).topics
+            topics = admin.list_topics(timeout=self.timeout_s).topics
             found = topics.get(self.state_topic)
         partitions = len(found.partitions) if found is not None else 0
         if partitions > shard:
@@ -216,7 +218,7 @@ class KafkaSink:
         try:
             futures[self.state_topic].result(self.timeout_s)
         except KafkaException as exc:
-            topics = admin.list_topics(self.state_topic, timeout=self.timeout_s).topics
+            topics = admin.list_topics(timeout=self.timeout_s).topics
             found = topics.get(self.state_topic)
             # Another owner grew it a moment ago (INVALID_PARTITIONS), if it has enough.
             if found is None or len(found.partitions) <= shard:
