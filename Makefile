@@ -75,9 +75,11 @@ bench: venv stack  ## every benchmark, one after the other (about 15 minutes)
 # etcd, Kafka and MariaDB and starts the optional mariadb2 and mariadb_sink services
 # (SOAK_ARGS=--private-stack runs its own). Replay a run with SOAK_ARGS='--seed N';
 # choose kinds with SOAK_ARGS='--kinds bootstrap,pk-update'.
+# SOAK_SINK: the workers' sink, sql (MariaDB) or postgres.
+SOAK_SINK ?= sql
 soak: venv stack  ## 30-minute chaos run; not part of `make test`
 	$(BIN)/python bench/chaos.py --duration 1800 --large-rows 100000 --large-every 300 \
-		--kinds all $(SOAK_ARGS)
+		--kinds all --sink $(SOAK_SINK) $(SOAK_ARGS)
 
 down:
 	$(BIN)/shardctl dev down

@@ -20,7 +20,10 @@ By default it uses the local stack (`shardctl dev up`) and restarts its services
 `--private-stack` starts its own etcd, MariaDB and Kafka on free ports instead. The
 optional `mariadb2` and `mariadb_sink` services start when a kind needs them.
 `--kinds` selects kinds by short name (default `all`); `--list-kinds` names them.
-`make soak` runs it for 30 minutes with 100k-row transactions and every kind.
+`--sink postgres` puts the PostgreSQL sink behind the workers (the stack's
+`postgres` service; `all` then leaves out the MariaDB-only DDL step).
+`make soak` runs it for 30 minutes with 100k-row transactions and every kind
+(`make soak SOAK_SINK=postgres` for the PostgreSQL sink).
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shardctl.cli.dev import load_devstack
-from tests.chaos.run import ChaosConfig, ChaosRun, Report
-from tests.chaos.schedule import KIND_NAMES, parse_kinds
+from tests.chaos.run import SINKS, ChaosConfig, ChaosRun, Report
+from tests.chaos.schedule import KIND_NAMES, FaultKind, parse_kinds
 from tests.conftest import StackHandle
 
 
@@ -88,6 +91,12 @@ def main() -> int:
         "--drain-timeout", type=float, default=None, help="seconds the sink may take to catch up"
     )
     parser.add_argument("--kinds", default="all", help="comma list of kinds, or all")
+    parser.add_argument(
+        "--sink",
+        choices=SINKS,
+        default="sql",
+        help="the workers' sink: sql (MariaDB) or postgres; with postgres, all leaves out ddl",
+    )
     parser.add_argument("--list-kinds", action="store_true", help="print the kinds and exit")
     parser.add_argument("--private-stack", action="store_true")
     args = parser.parse_args()
@@ -99,8 +108,12 @@ def main() -> int:
         kinds, load_kinds = parse_kinds(args.kinds)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.sink == "postgres" and FaultKind.DDL in kinds:
+        if args.kinds != "all":
+            parser.error("ddl alters MariaDB sink tables: it cannot run with --sink postgres")
+        kinds = tuple(k for k in kinds if k is not FaultKind.DDL)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    print(f"chaos seed {seed}, kinds {args.kinds}", flush=True)
+    print(f"chaos seed {seed}, sink {args.sink}, kinds {args.kinds}", flush=True)
 
     devstack = load_devstack()
     state = Path(tempfile.mkdtemp(prefix="chaos-"))
@@ -136,6 +149,7 @@ def main() -> int:
         ),
         kinds=kinds,
         load_kinds=load_kinds,
+        sink=args.sink,
     )
     run = ChaosRun(stack, stack.settings(cluster=name), name, state, config)
     try:

@@ -13,6 +13,9 @@ per-batch latency histogram (shardctl_worker_handler_seconds):
              saw any), so the worker's start-up is left out
   p99 batch  the 99th percentile of the handler's time per batch, interpolated in
              the histogram's buckets as Prometheus' histogram_quantile does
+  CPU ms/1k  the worker process's CPU time (process_cpu_seconds_total) over the same
+             samples, per 1000 events: what the worker itself spends, which a loaded
+             machine changes far less than events/s (the database's own work is not in it)
 
 Handlers: `noop` (bench/consume.py:discard, a batch handler that does nothing: the
 consumer framework's ceiling), `sql` (MariaDB), `postgres`. The SQL sinks' tables
@@ -90,6 +93,14 @@ def handled(metrics: str) -> int:
             if line.startswith("shardctl_worker_events_total{")
         )
     )
+
+
+def cpu_seconds(metrics: str) -> float:
+    """The worker process's CPU time so far (user and system)."""
+    for line in metrics.splitlines():
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.rsplit(" ", 1)[1])
+    raise RuntimeError("the worker's /metrics has no process_cpu_seconds_total")
 
 
 def p99_seconds(metrics: str) -> float:
@@ -205,8 +216,9 @@ def drop_target(bench: Bench, handler: str) -> None:
 
 def measure(
     topic: str, partitions: int, count: int, handler: str, batch_size: int, timeout: float
-) -> tuple[float, float, int | None]:
-    """(events/s, p99 seconds per batch, rows in the target) of one worker process."""
+) -> tuple[float, float, float, int | None]:
+    """(events/s, p99 seconds per batch, worker CPU seconds per 1000 events, rows in
+    the target) of one worker process."""
     workdir = Path(tempfile.mkdtemp(prefix=f"consume-{handler}-{batch_size}-"))
     bench = Bench(f"consume-{handler}", workdir)
     port = free_port()
@@ -233,6 +245,7 @@ def measure(
             env=env,
         )
         first: float | None = None
+        first_cpu = 0.0
         deadline = time.monotonic() + timeout
         done = 0
         while done < count:
@@ -249,14 +262,17 @@ def measure(
             now = time.monotonic()
             done = handled(metrics)
             if done > 0 and first is None:
-                first = now
+                first, first_cpu = now, cpu_seconds(metrics)
             if done < count:
-                time.sleep(0.02)
+                # Each scrape costs the worker some CPU: a few per second is enough.
+                time.sleep(0.05)
         assert first is not None
         elapsed = time.monotonic() - first
-        p99 = p99_seconds(scrape(port))
+        metrics = scrape(port)
+        cpu_per_1k = (cpu_seconds(metrics) - first_cpu) * 1000 / count
+        p99 = p99_seconds(metrics)
         rows = target_rows(bench, handler)
-        return count / max(elapsed, 1e-9), p99, rows
+        return count / max(elapsed, 1e-9), p99, cpu_per_1k, rows
     finally:
         bench.close()
         drop_target(bench, handler)
@@ -281,7 +297,7 @@ def main() -> None:
         setup.stack.up(["postgres"], echo=lambda _m: None)
     topic = f"bench-consume-{setup.token}"
     setup.create_topic(topic, args.partitions)
-    results: list[tuple[str, int, float, float, int | None]] = []
+    results: list[tuple[str, int, float, float, float, int | None]] = []
     try:
         started = time.perf_counter()
         produce(setup.bootstrap, topic, args.partitions, args.events)
@@ -291,20 +307,29 @@ def main() -> None:
         )
         for handler in handlers:
             for size in sizes:
-                rate, p99, rows = measure(
+                rate, p99, cpu, rows = measure(
                     topic, args.partitions, args.events, handler, size, args.timeout
                 )
-                results.append((handler, size, rate, p99, rows))
-                print(f"  {handler} batch {size}: {rate:.0f} events/s, p99 {p99 * 1000:.0f} ms")
+                results.append((handler, size, rate, p99, cpu, rows))
+                print(
+                    f"  {handler} batch {size}: {rate:.0f} events/s, p99 {p99 * 1000:.0f} ms, "
+                    f"worker CPU {cpu * 1000:.0f} ms per 1k events"
+                )
     finally:
         setup.close()
 
     load = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     print(f"\none worker, {args.partitions} shards, {args.events} events; uptime: {load}")
-    print(f"{'handler':<10} {'batch':>6} {'events/s':>10} {'p99 batch ms':>13} {'rows':>8}")
-    for handler, size, rate, p99, rows in results:
+    print(
+        f"{'handler':<10} {'batch':>6} {'events/s':>10} {'p99 batch ms':>13} "
+        f"{'CPU ms/1k':>10} {'rows':>8}"
+    )
+    for handler, size, rate, p99, cpu, rows in results:
         shown = "-" if rows is None else str(rows)
-        print(f"{handler:<10} {size:>6} {rate:>10.0f} {p99 * 1000:>13.1f} {shown:>8}")
+        print(
+            f"{handler:<10} {size:>6} {rate:>10.0f} {p99 * 1000:>13.1f} "
+            f"{cpu * 1000:>10.0f} {shown:>8}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The chaos run's handler: the SQL sink behind a deterministic failure rule.
 
-`--handler tests.chaos.flaky_sink:FlakySqlSink`, options:
+`--handler tests.chaos.flaky_sink:FlakySqlSink` (MariaDB), or
+`tests.chaos.flaky_sink:FlakyPostgresSink` (PostgreSQL), options:
 
     poison_table=accounts  poison_modulus=97   rows of that table whose id % 97 == 0
                                                always fail -> dead-letter topic
@@ -21,6 +22,7 @@ import threading
 
 from workers.events import Batch, Event
 from workers.handlers import HandlerContext
+from workers.sinks.postgres import PostgresSink
 from workers.sinks.sql import SqlSink
 
 
@@ -48,12 +50,14 @@ def is_flaky(ident: int | None, modulus: int) -> bool:
 
 
 class FlakySqlSink:
+    sink_class: type[SqlSink] = SqlSink
+
     def __init__(self, context: HandlerContext) -> None:
         options = context.options
         self.poison_table = options.get("poison_table", "accounts")
         self.poison_modulus = int(options.get("poison_modulus", "97"))
         self.flaky_modulus = int(options.get("flaky_modulus", "13"))
-        self.sink = SqlSink(context)
+        self.sink = self.sink_class(context)
         self._seen: set[str] = set()
         self._lock = threading.Lock()
 
@@ -91,3 +95,14 @@ class FlakySqlSink:
 
     def on_close(self) -> None:
         self.sink.on_close()
+
+
+class FlakyPostgresSink(FlakySqlSink):
+    sink_class = PostgresSink
+
+
+# The chaos run's --sink choice -> its handler.
+HANDLERS = {
+    "sql": "tests.chaos.flaky_sink:FlakySqlSink",
+    "postgres": "tests.chaos.flaky_sink:FlakyPostgresSink",
+}

@@ -3,7 +3,8 @@
 
 Every process is a real `shardctl ... run` subprocess in a cluster (etcd prefix),
 topic and databases of the run's own. The sink database lives on `sink_server`
-(the source MariaDB, or `mariadb_sink` when the run stops the sink's server).
+(the source MariaDB, or `mariadb_sink` when the run stops the sink's server), or,
+with `sink="postgres"`, in the stack's PostgreSQL (`postgres`).
 `Pipeline` starts them, kills (-9), freezes (SIGSTOP) and resumes (SIGCONT) them,
 tells who leads, and restarts stack services through the stack handle. `close()`
 ends only the processes it started.
@@ -25,12 +26,12 @@ from confluent_kafka.cimpl import NewTopic
 from shardctl.core.config import Settings
 from shardctl.core.etcd import EtcdClient, LoopThread
 from shardctl.core.keyspace import Keyspace
+from tests.chaos.flaky_sink import HANDLERS
 from tests.chaos.workload import DATA_TABLES, SECOND_SOURCE_TABLES
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = "src"
 SOURCE2 = "src2"
-HANDLER = "tests.chaos.flaky_sink:FlakySqlSink"
 # What a log line of a complaint holds (the structured log marks levels "[warning  ]").
 COMPLAINT_MARKS = ("[warning", "[error", "[critical", "Traceback", "WARNING", "ERROR")
 
@@ -55,6 +56,7 @@ class Pipeline:
         sink_server: str = "mariadb",
         second_source: str | None = None,
         max_message_bytes: int | None = None,
+        sink: str = "sql",
     ) -> None:
         self.stack = stack
         self.settings = settings
@@ -65,6 +67,8 @@ class Pipeline:
         self.dlq = f"{self.topic}.dlq"
         self.reader_dlq = f"{self.topic}.cdc-dlq"
         self.sink_server = sink_server
+        self.sink = sink
+        self.handler = HANDLERS[sink]
         self.second_source = second_source  # the devstack MariaDB of SOURCE2, if any
         self.max_message_bytes = max_message_bytes
         self.workdir = workdir
@@ -91,11 +95,16 @@ class Pipeline:
             "SHARDCTL_CDC_FILTER": f"exclude: *.*, {include}",
             "SHARDCTL_CDC_LEASE_TTL_S": str(ttl),
             "SHARDCTL_CDC_DEAD_LETTER_TOPIC": self.reader_dlq,
-            "SHARDCTL_SINK_SQL_HOST": stack.mysql_host,
-            "SHARDCTL_SINK_SQL_PORT": str(port_of(stack, sink_server)),
-            "SHARDCTL_SINK_SQL_USER": "root",
-            "SHARDCTL_SINK_SQL_DATABASE": self.sink_db,
         }
+        if sink == "postgres":
+            # Host, port, user and password file come with the stack's environment.
+            self.env["SHARDCTL_SINK_POSTGRES_DATABASE"] = self.sink_db
+            self.env["SHARDCTL_SINK_POSTGRES_TARGET_SCHEMA"] = "public"
+        else:
+            self.env["SHARDCTL_SINK_SQL_HOST"] = stack.mysql_host
+            self.env["SHARDCTL_SINK_SQL_PORT"] = str(port_of(stack, sink_server))
+            self.env["SHARDCTL_SINK_SQL_USER"] = "root"
+            self.env["SHARDCTL_SINK_SQL_DATABASE"] = self.sink_db
         self.env.pop("SHARDCTL_SINK_SQL_PASSWORD", None)
         self.env.pop("SHARDCTL_SINK_SQL_PASSWORD_FILE", None)
 
@@ -199,7 +208,7 @@ class Pipeline:
         self.spawn(name, args)
 
     def start_worker(self, name: str) -> None:
-        args = ["worker", "run", "--id", name, "--topic", self.topic, "--handler", HANDLER]
+        args = ["worker", "run", "--id", name, "--topic", self.topic, "--handler", self.handler]
         args += ["--ttl", str(self.ttl), "--commit-interval", "0.2"]
         for key, value in self.handler_options.items():
             args += ["--handler-option", f"{key}={value}"]

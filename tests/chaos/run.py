@@ -17,8 +17,9 @@ returns once it is). `ChaosConfig.seed` fixes the schedule and the load;
 Faults beyond process kills and service restarts:
     bootstrap        `cdc bootstrap` of a small table, and the CDC leader killed
                      (-9) while it runs
-    sink outage      the sink's own MariaDB (`mariadb_sink`) stopped for longer
-                     than the workers' old retry window, then started
+    sink outage      the sink's own MariaDB (`mariadb_sink`), or PostgreSQL with
+                     `sink="postgres"`, stopped for longer than the workers' old
+                     retry window, then started
     binlog session   one transaction of inserts/updates into `sessions` under
                      `SET SESSION binlog_format=STATEMENT` or
                      `binlog_row_image=MINIMAL`. The reader must exit naming the
@@ -31,6 +32,9 @@ Faults beyond process kills and service restarts:
                      so the run applies the same ALTER to the sink table as an
                      operator would, once the sink has applied every earlier change
                      of the table; the sink must then write the new columns.
+`ChaosConfig.sink` chooses the sink: `sql` (MariaDB) or `postgres` (the stack's
+PostgreSQL; the source MariaDB's values are compared with the rows PostgreSQL
+returns, DECIMAL as NUMERIC, VARBINARY as BYTEA). The DDL step is MariaDB's only.
 Load kinds: primary-key updates; a second source (`mariadb2`, reader `q1`) into the
 same topic; a topic with a small max.message.bytes and rows over it.
 """
@@ -47,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pymysql
 
 from shardctl.core.config import Settings
@@ -78,6 +83,7 @@ from tests.chaos.workload import (
     SMALL_TABLES,
     Workload,
     is_oversized,
+    postgres_schema,
     schema,
 )
 
@@ -105,6 +111,7 @@ class ChaosConfig:
     sink_outage_s: tuple[float, float] = (6.0, 12.0)  # the old retry window was ~3-5 s
     max_message_bytes: int = 20_000
     oversized_every: int = 15  # transactions between inserts into `wide`
+    sink: str = "sql"  # sql (MariaDB) or postgres
 
 
 @dataclass
@@ -219,6 +226,8 @@ BURST_ROWS_PER_S = 2_000
 SOURCE_SERVER = "mariadb"
 SECOND_SERVER = "mariadb2"
 SINK_SERVER = "mariadb_sink"
+POSTGRES_SERVER = "postgres"
+SINKS = ("sql", "postgres")
 BOOTSTRAP_TABLES = ("accounts", "orders")
 
 
@@ -228,7 +237,16 @@ class ChaosRun:
     ) -> None:
         self.stack = stack
         self.config = config
-        self.sink_server = SINK_SERVER if FaultKind.SINK_OUTAGE in config.kinds else SOURCE_SERVER
+        if config.sink not in SINKS:
+            raise ValueError(f"chaos sink {config.sink!r}: expected one of {', '.join(SINKS)}")
+        self.postgres = config.sink == "postgres"
+        if self.postgres and FaultKind.DDL in config.kinds:
+            raise ValueError("the DDL step alters MariaDB sink tables: leave out ddl with postgres")
+        if self.postgres:
+            self.sink_server = POSTGRES_SERVER
+        else:
+            outage = FaultKind.SINK_OUTAGE in config.kinds
+            self.sink_server = SINK_SERVER if outage else SOURCE_SERVER
         second = LoadKind.SECOND_SOURCE in config.load_kinds
         oversized = LoadKind.OVERSIZED_ROWS in config.load_kinds
         self.pipeline = Pipeline(
@@ -243,6 +261,7 @@ class ChaosRun:
             sink_server=self.sink_server,
             second_source=SECOND_SERVER if second else None,
             max_message_bytes=config.max_message_bytes if oversized else None,
+            sink=config.sink,
         )
         self.owners = OwnersLog(self.pipeline.keys)
         self.schedule = make_schedule(
@@ -303,7 +322,30 @@ class ChaosRun:
                 time.sleep(0.5)
 
     def sink_sql(self, statement: str, args: Any = None) -> Any:
+        if self.postgres:
+            return self.postgres_sql(self.pipeline.sink_db, statement, args)
         return self.sql(self.pipeline.sink_db, statement, args, server=self.sink_server)
+
+    def postgres_sql(
+        self, db: str | None, statement: str, args: Any = None, deadline_s: float = 120.0
+    ) -> Any:
+        """Run one statement on the stack's PostgreSQL (database `db`, or the default
+        one), retrying while it is stopped or restarts."""
+        from shardctl.cli.dev import load_devstack
+
+        connect = load_devstack().Postgres(self.stack._stack).connect_args()
+        if db is not None:
+            connect["dbname"] = db
+        deadline = time.monotonic() + deadline_s
+        while True:
+            try:
+                with psycopg.connect(**connect, autocommit=True) as conn, conn.cursor() as cur:
+                    cur.execute(statement, args)
+                    return list(cur.fetchall()) if cur.description is not None else []
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     # -- phases -----------------------------------------------------------------------
 
@@ -327,9 +369,14 @@ class ChaosRun:
             self.sql(None, f"CREATE DATABASE `{p.source_db}`", server=p.second_source)
             for statement in schema("changes", SECOND_SOURCE_TABLES):
                 self.sql(p.source_db, statement, server=p.second_source)
-        self.sql(None, f"CREATE DATABASE `{p.sink_db}`", server=self.sink_server)
-        for statement in schema("effects", sink_tables):
-            self.sink_sql(statement)
+        if self.postgres:
+            self.postgres_sql(None, f'CREATE DATABASE "{p.sink_db}"')
+            for statement in postgres_schema("effects", sink_tables):
+                self.sink_sql(statement)
+        else:
+            self.sql(None, f"CREATE DATABASE `{p.sink_db}`", server=self.sink_server)
+            for statement in schema("effects", sink_tables):
+                self.sink_sql(statement)
         p.create_topics()
         done = p.shardctl("shards", "set", str(self.config.num_shards))
         if done.returncode != 0:
@@ -433,12 +480,12 @@ class ChaosRun:
         if kind is FaultKind.SINK_OUTAGE:
             low, high = self.config.sink_outage_s
             outage = low + (high - low) * (fault.pick % 1000) / 1000
-            self.stack.stop(SINK_SERVER)
+            self.stack.stop(self.sink_server)
             version = self._probe()
             time.sleep(outage)  # the outage itself: longer than the old retry window
-            self.stack.start(SINK_SERVER)
+            self.stack.start(self.sink_server)
             return Recovery(
-                fault, f"{SINK_SERVER} {outage:.1f}s", self._recovered(started, version)
+                fault, f"{self.sink_server} {outage:.1f}s", self._recovered(started, version)
             )
         if kind is FaultKind.SESSION_BINLOG:
             return self._session_binlog(fault, started)
@@ -798,9 +845,9 @@ class ChaosRun:
         }
 
         def caught_up() -> bool:
-            count = self.sink_sql("SELECT COUNT(DISTINCT tbl, id, version, kind) FROM effects")[0][
-                0
-            ]
+            count = self.sink_sql(
+                "SELECT COUNT(*) FROM (SELECT DISTINCT tbl, id, version, kind FROM effects) AS d"
+            )[0][0]
             return int(count) >= len(expected)
 
         started = time.monotonic()
@@ -836,7 +883,10 @@ class ChaosRun:
         self.report.dead_letters = sum(dead.event_ids.values())
         self.report.verdict = verdict(
             self._committed(),
-            self._changes(p.sink_db, "effects", self.sink_server),
+            [
+                (str(t), int(i), int(v), str(k))
+                for t, i, v, k in self.sink_sql("SELECT tbl, id, version, kind FROM effects")
+            ],
             published,
             dead,
             poison,
@@ -873,7 +923,17 @@ class ChaosRun:
             "WHERE TABLE_SCHEMA=%s AND TABLE_NAME='evolving' ORDER BY ORDINAL_POSITION"
         )
         names = [r[0] for r in self.sql(None, shape, (p.source_db,))]
-        if names != [r[0] for r in self.sql(None, shape, (p.sink_db,), server=self.sink_server)]:
+        if self.postgres:
+            sink_shape = (
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                "'public' AND table_name = 'evolving' ORDER BY ordinal_position"
+            )
+            sink_names = [r[0] for r in self.sink_sql(sink_shape)]
+        else:
+            sink_names = [
+                r[0] for r in self.sql(None, shape, (p.sink_db,), server=self.sink_server)
+            ]
+        if names != sink_names:
             return False
 
         def parsed(rows: list[Any]) -> list[list[Any]]:
@@ -917,6 +977,9 @@ class ChaosRun:
             if p.second_source is not None:
                 self.sql(None, f"DROP DATABASE IF EXISTS `{p.source_db}`", server=p.second_source)
             p.delete_topics()
-            self.sql(None, f"DROP DATABASE IF EXISTS `{p.sink_db}`", server=self.sink_server)
+            if self.postgres:
+                self.postgres_sql(None, f'DROP DATABASE IF EXISTS "{p.sink_db}" WITH (FORCE)')
+            else:
+                self.sql(None, f"DROP DATABASE IF EXISTS `{p.sink_db}`", server=self.sink_server)
             for server in self._started_services:
                 self.stack.stop(server)  # leave the stack as the run found it

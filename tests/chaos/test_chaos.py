@@ -7,9 +7,10 @@ retry window; a transaction under session binlog settings, then the operator's
 fix) under a steady load with multi-table and large transactions, primary-key
 updates, a second source into the same topic and rows over the topic's
 max.message.bytes, and a handler that rejects some rows always and others once.
-The seed is printed; set SHARDCTL_CHAOS_SEED to replay a schedule, and
+The seed is printed; set SHARDCTL_CHAOS_SEED to replay a schedule,
 SHARDCTL_CHAOS_KINDS (short names, see tests/chaos/schedule.py, or `all`) to choose
-the kinds.
+the kinds, and SHARDCTL_CHAOS_SINK=postgres for the PostgreSQL sink instead of the
+MariaDB one (`sql`, the default; the DDL step is MariaDB's only).
 
 By default the short run leaves out `ddl`: a DDL step first waits for the sink to
 apply everything before it (it alters the sink's table as an operator would, after
@@ -40,6 +41,7 @@ def test_short_seeded_run_loses_and_duplicates_nothing(
 ) -> None:
     seed = int(os.environ.get("SHARDCTL_CHAOS_SEED", DEFAULT_SEED))
     kinds, load_kinds = parse_kinds(os.environ.get("SHARDCTL_CHAOS_KINDS", SHORT_RUN_KINDS))
+    sink = os.environ.get("SHARDCTL_CHAOS_SINK", "sql")
     settings: Settings = chaos_stack.settings(cluster=unique)
     config = ChaosConfig(
         seed=seed,
@@ -50,8 +52,9 @@ def test_short_seeded_run_loses_and_duplicates_nothing(
         kinds=kinds,
         load_kinds=load_kinds,
         sink_outage_s=(6.0, 8.0),
+        sink=sink,
     )
-    print(f"chaos seed {seed}, kinds {[k.name for k in (*kinds, *load_kinds)]}")
+    print(f"chaos seed {seed}, sink {sink}, kinds {[k.name for k in (*kinds, *load_kinds)]}")
     run = ChaosRun(chaos_stack, settings, chaos_db, tmp_path, config)
     try:
         report = run.run()

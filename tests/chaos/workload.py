@@ -96,6 +96,47 @@ def schema(log_table: str, tables: tuple[str, ...] = DATA_TABLES) -> list[str]:
     return statements
 
 
+# The same tables in PostgreSQL, for the PostgreSQL sink: the types its sink writes
+# the MariaDB values into exactly, and a trigger per table logging each row write.
+PG_ROW_COLUMNS = "id BIGINT PRIMARY KEY, version INT NOT NULL, name VARCHAR(64) NOT NULL, " + (
+    "amount NUMERIC(12,2) NOT NULL, payload BYTEA NULL"
+)
+PG_LOG_SHAPE = (
+    "(seq BIGSERIAL PRIMARY KEY, tbl VARCHAR(16) NOT NULL, id BIGINT NOT NULL, "
+    "version INT NOT NULL, kind CHAR(1) NOT NULL)"
+)
+
+
+def postgres_schema(log_table: str, tables: tuple[str, ...] = DATA_TABLES) -> list[str]:
+    """`schema` for PostgreSQL: the data tables and the trigger-fed change log."""
+    statements = [
+        f"CREATE TABLE {t} ({PG_ROW_COLUMNS}{', body TEXT NOT NULL' if t == 'wide' else ''})"
+        for t in tables
+    ]
+    statements.append(f"CREATE TABLE {log_table} {PG_LOG_SHAPE}")
+
+    def log(row: str, kind: str) -> str:
+        return (
+            f"INSERT INTO {log_table} (tbl, id, version, kind) "
+            f"VALUES (TG_TABLE_NAME, {row}.id, {row}.version, '{kind}');"
+        )
+
+    # As in MariaDB, a primary-key change logs a delete of the old key and a write.
+    statements.append(
+        f"CREATE FUNCTION log_{log_table}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF TG_OP = 'DELETE' THEN {log('OLD', 'd')} "
+        f"ELSIF TG_OP = 'UPDATE' THEN "
+        f"IF OLD.id <> NEW.id THEN {log('OLD', 'd')} END IF; {log('NEW', 'w')} "
+        f"ELSE {log('NEW', 'w')} END IF; RETURN NULL; END $$"
+    )
+    statements.extend(
+        f"CREATE TRIGGER {t}_log AFTER INSERT OR UPDATE OR DELETE ON {t} "
+        f"FOR EACH ROW EXECUTE FUNCTION log_{log_table}()"
+        for t in tables
+    )
+    return statements
+
+
 RETRYABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
 
 

@@ -3,6 +3,8 @@ tokens refused, a batch or a change applied twice has one effect."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shlex
 import subprocess
@@ -18,7 +20,8 @@ from tests.integration.postgres_support import count_effects, fresh_database, pg
 from tests.integration.workers_support import MIXED_CHANGES, MIXED_RESULT, maxwell, row_event
 from workers.events import Batch, Event, decode_message
 from workers.handlers import Fenced, HandlerContext, ShardHalted
-from workers.sinks.postgres import PostgresSink
+from workers.sinks.postgres import BULK_ROWS, PostgresSink
+from workers.sinks.schema_evolution import Unmappable
 
 pytestmark = pytest.mark.integration
 
@@ -60,15 +63,21 @@ def _sink(pg: dict[str, Any], scope: str = "test") -> PostgresSink:
     )
 
 
-@pytest.fixture
+@pytest.fixture(params=["statements", "bulk"])
 def sink(
-    stack: StackHandle, pg: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    stack: StackHandle,
+    pg: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> Iterator[PostgresSink]:
+    """The sink, writing every group of rows as multi-row statements, or every group
+    through the bulk path (COPY into a temporary table and one merge)."""
     for key, value in stack.env().items():
         if key.startswith("SHARDCTL_SINK_POSTGRES_"):
             monkeypatch.setenv(key, value)
     monkeypatch.delenv("SHARDCTL_SINK_POSTGRES_PASSWORD", raising=False)
     made = _sink(pg)
+    made.dialect.bulk_rows = 1 if request.param == "bulk" else None
     yield made
     made.on_close()
 
@@ -278,3 +287,112 @@ def test_a_failure_in_the_middle_of_a_batch_rolls_back_data_and_offsets_together
     sink.on_events(_batch(0, 7, failing[:2] + failing[3:]))
     assert pg_query(pg, "SELECT id, name FROM items ORDER BY id") == [(1, "changed"), (6, "n6")]
     assert sink.resume_positions(0) == {"orders": 6}
+
+
+def test_a_large_batch_keeps_every_type_exactly(pg: dict[str, Any], sink: PostgresSink) -> None:
+    """Hundreds of rows in one batch, copied and merged (bulk, at the default
+    threshold) or in multi-row statements: NUMERIC digits, JSONB, BYTEA, dates, times
+    and text with tabs, newlines and backslashes arrive as the source had them, and
+    the deletes of the batch take effect."""
+    if sink.dialect.bulk_rows is not None:
+        sink.dialect.bulk_rows = BULK_ROWS
+    pg_query(
+        pg,
+        "CREATE TABLE typed (id BIGINT PRIMARY KEY, amount NUMERIC(30, 10), doc JSONB, "
+        "payload BYTEA, day DATE, at TIMESTAMP(6), note TEXT)",
+    )
+    count = 3 * BULK_ROWS
+
+    def row(n: int) -> dict[str, Any]:
+        return {
+            "id": n,
+            "doc": {"n": n, "price": "0.10", "list": [1, "x\\y"]},
+            "payload": base64.b64encode(bytes([n % 256, 0, 255, 92])).decode(),
+            "day": f"2024-02-{1 + n % 28:02d}",
+            "at": f"2024-02-29 23:59:59.{n:06d}",
+            "note": f"tab\there, newline\nthere, backslash \\ {n}",
+        }
+
+    def change(offset: int, kind: str, n: int) -> Event:
+        doc = {
+            "database": "shop",
+            "table": "typed",
+            "type": kind,
+            "ts": 1700000000,
+            "xid": offset,
+            "commit": True,
+            "data": {**row(n), "amount": "AMOUNT"},
+            "event_id": f"0-1-{offset + 1}#0",
+        }
+        # A JSON number with more digits than a float keeps, as Maxwell writes DECIMAL.
+        raw = json.dumps(doc).replace('"AMOUNT"', f"12345678901234567890.{n:010d}").encode()
+        return Event(0, "orders", offset, None, raw, decode_message(raw, 0, "orders", offset), 7)
+
+    sink.on_assign(0, 7)
+    inserts = [change(n, "insert", n) for n in range(count)]
+    sink.on_events(_batch(0, 7, inserts))
+    # Every other row deleted, in one batch of more than BULK_ROWS deletes.
+    deletes = [change(count + i, "delete", n) for i, n in enumerate(range(0, count, 2))]
+    sink.on_events(_batch(0, 7, deletes))
+    stored = pg_query(
+        pg,
+        "SELECT id, amount::text, doc, payload, day::text, at::text, note FROM typed ORDER BY id",
+    )
+    expected = [
+        (
+            n,
+            f"12345678901234567890.{n:010d}",
+            {"n": n, "price": "0.10", "list": [1, "x\\y"]},
+            bytes([n % 256, 0, 255, 92]),
+            f"2024-02-{1 + n % 28:02d}",
+            f"2024-02-29 23:59:59.{n:06d}",
+            f"tab\there, newline\nthere, backslash \\ {n}",
+        )
+        for n in range(1, count, 2)
+    ]
+    assert stored == expected
+    assert sink.resume_positions(0) == {"orders": count + len(deletes)}
+    # The applied transactions went in bulk too: each remembered once.
+    assert pg_query(pg, "SELECT COUNT(*) FROM shardctl_applied_txns") == [(count + len(deletes),)]
+
+
+def _dated(offset: int, data: dict[str, Any]) -> Event:
+    raw = maxwell(offset, 0, table="dated", data=data, event_id=f"0-1-{offset + 1}#0")
+    return Event(0, "orders", offset, None, raw, decode_message(raw, 0, "orders", offset), 7)
+
+
+@pytest.mark.parametrize(
+    "zero",
+    ["0000-00-00", "0000-00-00 00:00:00.000", "2024-00-15 10:00:00", "2024-03-00"],
+)
+def test_a_zero_date_is_refused_with_its_reason_or_written_as_null_by_setting(
+    pg: dict[str, Any], sink: PostgresSink, zero: str
+) -> None:
+    """MariaDB keeps dates with a zero year, month or day; PostgreSQL's date and
+    timestamp columns have no such value. By default (zero_dates = refuse) the event
+    is refused naming the column and the setting; zero_dates = null writes NULL."""
+    pg_query(pg, "CREATE TABLE dated (id INT PRIMARY KEY, day DATE, at TIMESTAMP, note TEXT)")
+    sink.on_assign(0, 7)
+    good = {"id": 1, "day": "2024-02-29", "at": "2024-02-29 10:00:00", "note": zero}
+    sink.on_events(_batch(0, 7, [_dated(0, good)]))
+    with pytest.raises(Unmappable, match=rf"'at': zero date '{zero}'.*zero_dates = refuse"):
+        sink.on_events(_batch(0, 7, [_dated(1, {"id": 2, "day": "2024-01-01", "at": zero})]))
+    assert sink.resume_positions(0) == {"orders": 1}
+
+    sink.settings.zero_dates = "null"
+    sink.on_events(_batch(0, 7, [_dated(1, {"id": 2, "day": zero, "at": zero, "note": zero})]))
+    assert pg_query(pg, "SELECT id, day::text, at::text, note FROM dated ORDER BY id") == [
+        (1, "2024-02-29", "2024-02-29 10:00:00", zero),  # a text column keeps it as written
+        (2, None, None, zero),
+    ]
+
+
+def test_a_zero_date_in_a_primary_key_is_refused_whatever_the_setting(
+    pg: dict[str, Any], sink: PostgresSink
+) -> None:
+    pg_query(pg, "CREATE TABLE dated (day DATE PRIMARY KEY, n INT)")
+    sink.settings.zero_dates = "null"
+    sink.on_assign(0, 7)
+    with pytest.raises(Unmappable, match=r"'day': zero date .*it is a primary key column"):
+        sink.on_events(_batch(0, 7, [_dated(0, {"day": "0000-00-00", "n": 1})]))
+    assert pg_query(pg, "SELECT COUNT(*) FROM dated") == [(0,)]

@@ -4,6 +4,7 @@ refused, a batch applied twice has one effect."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pymysql
@@ -13,7 +14,7 @@ from tests.conftest import StackHandle
 from tests.integration.workers_support import MIXED_CHANGES, MIXED_RESULT, maxwell, row_event
 from workers.events import Batch, Event, decode_message
 from workers.handlers import Fenced, HandlerContext
-from workers.sinks.sql import SqlSink
+from workers.sinks.sql import MariaDBDialect, SqlSink
 
 pytestmark = pytest.mark.integration
 
@@ -265,3 +266,41 @@ def test_a_failure_in_the_middle_of_a_batch_rolls_back_data_and_offsets_together
         (6, "n6"),
     ]
     assert sink.resume_positions(0) == {"orders": 6}
+
+
+@pytest.mark.parametrize("sql_mode", ["", "NO_BACKSLASH_ESCAPES"])
+def test_the_dialect_writes_values_in_as_pymysql_binds_them(
+    stack: StackHandle, mysql_db: str, sql_mode: str
+) -> None:
+    """MariaDBDialect.execute writes the values into the statement itself (ints as
+    digits, repeated strings escaped once): the server reads back exactly what
+    PyMySQL's own binding sends, under either escaping mode."""
+    values: list[Any] = [
+        0,
+        -(2**63),
+        2**64 - 1,
+        True,
+        None,
+        "it's",
+        "back\\slash",
+        "nul\x00byte",
+        "it's",  # repeated: escaped once
+        "ünïcödé 😀",
+        Decimal("12345678901234567890.123456789"),
+        b"\x00\xff'\\",
+        1.5,
+    ]
+    statement = "SELECT " + ", ".join(["%s"] * len(values))
+    conn = stack.mysql_root(mysql_db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION sql_mode = %s", (sql_mode,))
+            cur.execute(statement, values)
+            bound = cur.fetchone()
+            MariaDBDialect().execute(cur, statement, values)
+            written = cur.fetchone()
+    finally:
+        conn.close()
+    assert bound is not None
+    assert written == bound
+    assert written[5] == "it's" and written[7] == "nul\x00byte" and written[11] == b"\x00\xff'\\"

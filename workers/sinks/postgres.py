@@ -6,9 +6,14 @@ transaction that takes the shard's fence row lock (`SELECT ... FOR UPDATE`), ref
 a stale token, skips what was applied (offsets, and the applied-change record per
 source stream), writes the data with `INSERT ... ON CONFLICT (primary key) DO UPDATE`
 and `DELETE`, and stores the offsets and the newest applied changes, then commits.
-The writes are folded per primary key and sent as multi-row statements (many VALUES
-rows in one INSERT ... ON CONFLICT, one DELETE ... IN (...) per table), as in the
-MariaDB sink; `fold_changes = false` keeps every change a write of its own.
+The writes are folded per primary key, as in the MariaDB sink (`fold_changes =
+false` keeps every change a write of its own). A group of at least BULK_ROWS rows
+(the upserts of one table and column list, or its deletes) is written in bulk: COPY
+into a temporary table (ON COMMIT DROP) made with the target columns' types, then one
+`INSERT ... SELECT ... ON CONFLICT (primary key) DO UPDATE` or `DELETE ... USING`;
+smaller groups go as multi-row statements (many VALUES rows in one INSERT ... ON
+CONFLICT, one DELETE ... IN (...) per table). The applied-transaction records of a
+batch are written the same way. All of it stays inside the batch's one transaction.
 
 Target: schema `target_schema` (default: the event's own database name, as a schema),
 table = the event's table; the tables must exist, with a primary key (or the event
@@ -32,9 +37,12 @@ and `..._TLS__KEY_FILE` (a client certificate).
 from __future__ import annotations
 
 import functools
+import itertools
+import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from pydantic import Field, SecretStr, model_validator
@@ -42,9 +50,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shardctl.core.config import TLSSettings, read_secret
 from workers.events import Event
-from workers.sinks.schema_evolution import POSTGRES_TYPES, SchemaEvolution, postgres_refusal
+from workers.sinks.schema_evolution import (
+    POSTGRES_TYPES,
+    SchemaEvolution,
+    Unmappable,
+    postgres_refusal,
+)
 from workers.sinks.sql import SqlSink
 from workers.sinks.sql_common import Dialect, MissingTable, TargetTable
+
+log = logging.getLogger(__name__)
+
+# PostgreSQL types that hold a date, none of them a zero date or a zero month or day.
+_DATE_TYPES = frozenset({"date", "timestamp without time zone", "timestamp with time zone"})
+
+# A MariaDB/MySQL date with a zero part, as the reader writes it ('0000-00-00',
+# '2024-00-15 10:00:00', ...): year 0, month 0 or day 0.
+_ZERO_DATE = re.compile(r"(?:0000-\d\d-\d\d|\d{4}-00-\d\d|\d{4}-\d\d-00)(?:$|[ T])")
+
+ZeroDates = Literal["refuse", "null"]
 
 # PostgreSQL type names -> the names `workers.sinks.sql.column_value` converts by.
 _COLUMN_KINDS = {"bytea": "varbinary", "json": "json", "jsonb": "json"}
@@ -70,6 +94,9 @@ class PostgresSinkSettings(BaseSettings):
     fold_changes: bool = True
     # basic: create missing target tables and add new columns (workers.sinks.schema_evolution).
     schema_evolution: SchemaEvolution = "none"
+    # A zero date for a date/timestamp column: refuse the event (dead-lettered with
+    # the reason) or write NULL.
+    zero_dates: ZeroDates = "refuse"
     tls: TLSSettings = TLSSettings()
 
     @model_validator(mode="after")
@@ -114,6 +141,16 @@ def numbered(statement: str) -> str:
     return "".join(out)
 
 
+# From this many rows a group of writes is copied into a temporary table and merged
+# with one statement; fewer go as multi-row statements (a COPY and a temporary table
+# cost a few round trips of their own).
+BULK_ROWS = 64
+
+# The bulk path's temporary tables: distinct names within a transaction, dropped at
+# its end (ON COMMIT DROP; a rollback drops them as well).
+_bulk_tables = itertools.count()
+
+
 # SQLSTATEs of a passing moment: waiting and retrying cures them.
 TRANSIENT_SQLSTATES = frozenset(
     {
@@ -149,6 +186,7 @@ class PostgresDialect(Dialect):
     connection_errors = (psycopg.Error,)
     driver_errors = (psycopg.Error, OSError)
     column_types = POSTGRES_TYPES
+    bulk_rows: int | None = BULK_ROWS
 
     def is_transient(self, error: BaseException) -> bool:
         return postgres_error_is_transient(error)
@@ -174,6 +212,50 @@ class PostgresDialect(Dialect):
         would tokenize a statement of thousands of `%s` at every call (it caches only
         short ones), which costs more than the server's work."""
         psycopg.RawCursor(cur.connection).execute(numbered(statement), params)
+
+    def _copy_in(
+        self, cur: Any, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> str:
+        """COPY `rows` into a new temporary table with the types of `columns` of `table`
+        (and none of its constraints); returns its name. Values go in COPY's text form,
+        which the server parses by the column's type, as it does a statement's text
+        parameter: DECIMAL digits, JSON, bytea and dates arrive exactly."""
+        temp = quote(f"_shardctl_bulk_{next(_bulk_tables)}")
+        names = ", ".join(quote(c) for c in columns)
+        cur.execute(
+            f"CREATE TEMPORARY TABLE {temp} ON COMMIT DROP AS "
+            f"SELECT {names} FROM {table} WITH NO DATA"
+        )
+        with cur.copy(f"COPY {temp} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return temp
+
+    def bulk_upsert(
+        self,
+        cur: Any,
+        table: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        updates: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT."""
+        temp = self._copy_in(cur, table, columns, rows)
+        names = ", ".join(quote(c) for c in columns)
+        assignments = ", ".join(f"{quote(c)} = {self.new_value(c)}" for c in updates)
+        cur.execute(
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM {temp} "
+            f"{self.on_conflict(keys)} {assignments}"
+        )
+
+    def bulk_delete(
+        self, cur: Any, table: str, keys: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """COPY the keys into a temporary table, then one DELETE ... USING it."""
+        temp = self._copy_in(cur, table, keys, rows)
+        match = " AND ".join(f"_t.{quote(k)} = _d.{quote(k)}" for k in keys)
+        cur.execute(f"DELETE FROM {table} AS _t USING {temp} AS _d WHERE {match}")
 
     def on_conflict(self, keys: Sequence[str]) -> str:
         return f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET"
@@ -212,7 +294,8 @@ class PostgresDialect(Dialect):
             (namespace, table),
         )
         primary = [str(name) for (name,) in cur.fetchall()]
-        return TargetTable(self.qualified(namespace, table), types, primary, scales)
+        dates = frozenset(str(name) for name, kind, _s in rows if str(kind) in _DATE_TYPES)
+        return TargetTable(self.qualified(namespace, table), types, primary, scales, dates)
 
     def refusal(self, kind: str, value: Any) -> str | None:
         return postgres_refusal(kind, value)
@@ -239,6 +322,38 @@ class PostgresSink(SqlSink):
 
     def make_dialect(self) -> Dialect:
         return PostgresDialect()
+
+    def dated_values(
+        self, table: TargetTable, pk: Sequence[str], data: dict[str, Any], event: Event
+    ) -> dict[str, Any]:
+        """A zero date (year, month or day 0, which MariaDB and MySQL keep and
+        PostgreSQL has no value for) bound for a date/timestamp column: refused
+        (Unmappable, the event is dead-lettered with the reason) with zero_dates =
+        refuse, NULL with zero_dates = null. A primary key column is always refused."""
+        zero = [
+            c
+            for c in table.dates
+            if isinstance(data.get(c), str) and _ZERO_DATE.match(data[c]) is not None
+        ]
+        if not zero:
+            return data
+        nulled = self.settings.zero_dates == "null"
+        for column in zero:
+            if not nulled or column in pk:
+                why = "it is a primary key column" if column in pk else "zero_dates = refuse"
+                raise Unmappable(
+                    f"postgres sink: {event.describe()}: {table.name} column {column!r}: "
+                    f"zero date {data[column]!r} has no PostgreSQL {table.types[column]} "
+                    f"value ({why}; zero_dates = null writes NULL instead); nothing of "
+                    "the event is written"
+                )
+        log.debug(
+            "postgres sink: %s: %s: zero dates in %s written as NULL (zero_dates = null)",
+            event.describe(),
+            table.name,
+            zero,
+        )
+        return {**data, **dict.fromkeys(zero)}
 
     def target_namespace(self, event: Event) -> str:
         """The `target_schema` setting, else the event's database name as a schema."""

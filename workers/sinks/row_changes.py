@@ -13,7 +13,9 @@ So the target ends exactly as if every change had been applied in turn, with at
 most one DELETE and one upsert per row. The writes then go out grouped: the DELETEs
 of a table in one statement (`primary key IN (...)`), then the upserts of a table
 and column list in one multi-row INSERT (`ON CONFLICT ... DO UPDATE` /
-`ON DUPLICATE KEY UPDATE`), cut into chunks a statement can hold.
+`ON DUPLICATE KEY UPDATE`), cut into chunks a statement can hold. A dialect with
+a bulk path (PostgreSQL) writes a group of at least its `bulk_rows` rows in bulk
+instead: COPY into a temporary table, then one merge statement.
 
 Without folding (`fold_changes = false`) every change stays a write of its own, so
 a trigger or an audit table on the target sees each one: the batch is cut into runs
@@ -81,8 +83,12 @@ class RowChanges:
         """How many row writes (DELETEs and upserts) the statements make."""
         return sum(w.delete + (w.image is not None) for run in self._runs for w in run.values())
 
-    def statements(self, dialect: Dialect) -> Iterator[tuple[str, list[Any]]]:
-        """(SQL, parameters) for every statement, in the order to execute them."""
+    def _groups(
+        self,
+    ) -> Iterator[tuple[str, str, tuple[str, ...], tuple[str, ...], list[tuple[Any, ...]]]]:
+        """("delete" | "upsert", table, primary key, columns, rows) in the order to write
+        them: per run, the DELETEs of each table, then the upserts of each table and
+        column list (for a delete, columns is the primary key and rows its values)."""
         for run in self._runs:
             deletes: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
             upserts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[tuple[Any, ...]]] = {}
@@ -95,18 +101,88 @@ class RowChanges:
                         tuple(write.image.values())
                     )
             for (table, primary_key), keys in deletes.items():
-                for chunk in chunks(keys, dialect):
-                    yield (
-                        dialect.delete(table, primary_key, len(chunk)),
-                        list(chain.from_iterable(chunk)),
-                    )
+                yield "delete", table, primary_key, primary_key, keys
             for (table, primary_key, columns), rows in upserts.items():
-                updates = [c for c in columns if c not in primary_key] or list(columns[:1])
-                for chunk in chunks(rows, dialect):
-                    yield (
-                        dialect.upsert(table, columns, primary_key, updates, rows=len(chunk)),
-                        list(chain.from_iterable(chunk)),
-                    )
+                yield "upsert", table, primary_key, columns, rows
+
+    def statements(self, dialect: Dialect) -> Iterator[tuple[str, list[Any]]]:
+        """(SQL, parameters) for every statement, in the order to execute them, all as
+        multi-row statements (what `write` sends when the dialect has no bulk path)."""
+        for kind, table, primary_key, columns, rows in self._groups():
+            if kind == "delete":
+                yield from delete_statements(dialect, table, primary_key, rows)
+            else:
+                yield from upsert_statements(
+                    dialect, table, columns, primary_key, _updates(columns, primary_key), rows
+                )
+
+    def write(self, dialect: Dialect, cur: Any) -> None:
+        """Write every change through `cur`: a group of at least the dialect's
+        `bulk_rows` rows through its bulk path (PostgreSQL: COPY and one merge), the
+        others as multi-row statements."""
+        for kind, table, primary_key, columns, rows in self._groups():
+            if kind == "delete":
+                write_deletes(dialect, cur, table, primary_key, rows)
+            else:
+                updates = _updates(columns, primary_key)
+                write_upserts(dialect, cur, table, columns, primary_key, updates, rows)
+
+
+def _updates(columns: Sequence[str], primary_key: Sequence[str]) -> list[str]:
+    """The columns an upsert sets on a conflict (a key-only row sets its first column)."""
+    return [c for c in columns if c not in primary_key] or list(columns[:1])
+
+
+def upsert_statements(
+    dialect: Dialect,
+    table: str,
+    columns: Sequence[str],
+    keys: Sequence[str],
+    updates: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> Iterator[tuple[str, list[Any]]]:
+    """Multi-row upserts of `rows` (values of `columns`) into `table`."""
+    for chunk in chunks(rows, dialect):
+        yield (
+            dialect.upsert(table, columns, keys, updates, rows=len(chunk)),
+            list(chain.from_iterable(chunk)),
+        )
+
+
+def delete_statements(
+    dialect: Dialect, table: str, keys: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> Iterator[tuple[str, list[Any]]]:
+    """Multi-row DELETEs of the rows of `table` whose primary key `keys` holds `rows`."""
+    for chunk in chunks(rows, dialect):
+        yield dialect.delete(table, keys, len(chunk)), list(chain.from_iterable(chunk))
+
+
+def write_upserts(
+    dialect: Dialect,
+    cur: Any,
+    table: str,
+    columns: Sequence[str],
+    keys: Sequence[str],
+    updates: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """Upsert `rows` into `table`: in bulk if there are enough, else multi-row."""
+    if dialect.bulk_rows is not None and len(rows) >= dialect.bulk_rows:
+        dialect.bulk_upsert(cur, table, columns, keys, updates, rows)
+        return
+    for statement, params in upsert_statements(dialect, table, columns, keys, updates, rows):
+        dialect.execute(cur, statement, params)
+
+
+def write_deletes(
+    dialect: Dialect, cur: Any, table: str, keys: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Delete the rows of `table` whose key `keys` holds one of `rows`."""
+    if dialect.bulk_rows is not None and len(rows) >= dialect.bulk_rows:
+        dialect.bulk_delete(cur, table, keys, rows)
+        return
+    for statement, params in delete_statements(dialect, table, keys, rows):
+        dialect.execute(cur, statement, params)
 
 
 def _size(row: tuple[Any, ...]) -> int:

@@ -86,7 +86,6 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
-from itertools import chain
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -98,7 +97,7 @@ from shardctl.core.config import ConfigError, MySQLSettings, TLSSettings, read_s
 from shardctl.core.event_ids import describe_key, order_key
 from workers.events import Batch, Event
 from workers.handlers import Fenced, HandlerContext, ShardHalted, TransientError
-from workers.sinks.row_changes import RowChanges, chunks
+from workers.sinks.row_changes import RowChanges, write_upserts
 from workers.sinks.schema_evolution import (
     MARIADB_TYPES,
     MYSQL_TYPES,
@@ -110,6 +109,8 @@ from workers.sinks.schema_evolution import (
     value_kind,
 )
 from workers.sinks.sql_common import STREAM_CHARS, Dialect, MissingTable, TargetTable
+from workers.sinks.sql_common import fingerprint as _fingerprint
+from workers.sinks.sql_common import txn_text as _txn_text
 
 log = logging.getLogger(__name__)
 
@@ -182,17 +183,6 @@ class SqlSinkSettings(BaseSettings):
     def _secret(self) -> SqlSinkSettings:
         self.password = read_secret(self.password, self.password_file, "sink.sql.password")
         return self
-
-
-def _txn_text(key: tuple[int, ...]) -> str:
-    """The transaction part of an order key (all but the row), as sortable text."""
-    return ".".join(f"{n:020d}" for n in key[:-1])
-
-
-def _fingerprint(event: Event) -> str:
-    """What a replay repeats exactly and a different transaction does not: the binlog
-    timestamp and XID (the same on every row of the transaction)."""
-    return f"{event.message.get('ts')}:{event.message.get('xid')}"[:64]
 
 
 def forget_command(
@@ -330,6 +320,28 @@ class MariaDBDialect(Dialect):
     def quote(self, name: str) -> str:
         return quote(name)
 
+    def execute(self, cur: Any, statement: str, params: Sequence[Any]) -> None:
+        """The statement with its values written in as PyMySQL writes them (the
+        connection's own escaping, which follows the server's sql_mode), with two
+        shortcuts for a batch's thousands of values: an int is its digits, and a string
+        that repeats (the scope, topic and stream of every bookkeeping row) is escaped
+        once."""
+        escape = cur.connection.escape
+        escaped: dict[str, str] = {}
+        literals: list[str] = []
+        for value in params:
+            kind = type(value)
+            if kind is int:
+                literals.append(str(value))
+            elif kind is str:
+                literal = escaped.get(value)
+                if literal is None:
+                    literal = escaped[value] = escape(value)
+                literals.append(literal)
+            else:
+                literals.append(escape(value))
+        cur.execute(statement % tuple(literals))
+
     def on_conflict(self, keys: Sequence[str]) -> str:
         return "ON DUPLICATE KEY UPDATE"
 
@@ -419,6 +431,13 @@ class SqlSink:
 
     def make_dialect(self) -> Dialect:
         return MariaDBDialect()
+
+    def dated_values(
+        self, table: _Table, pk: Sequence[str], data: dict[str, Any], event: Event
+    ) -> dict[str, Any]:
+        """The row's values for `table.dates` columns the target can hold (see
+        workers.sinks.postgres: zero dates)."""
+        return data
 
     def target_namespace(self, event: Event) -> str:
         """Where the event's table is: the `database` setting, else the event's own."""
@@ -546,8 +565,7 @@ class SqlSink:
                     txns[_txn_text(key)] = _fingerprint(event)
                 self._add(cur, event, changes)
                 applied += 1
-            for statement, params in changes.statements(self.dialect):
-                self.dialect.execute(cur, statement, params)
+            changes.write(self.dialect, cur)
             for topic, stream in changed:
                 self._remember_txns(cur, batch.shard, topic, stream, added[(topic, stream)])
                 cur.execute(
@@ -782,18 +800,15 @@ class SqlSink:
         if not txns:
             return
         rows = [(self.scope, shard, topic, stream, txn, fp) for txn, fp in txns.items()]
-        for chunk in chunks(rows, self.dialect):
-            self.dialect.execute(
-                cur,
-                self.dialect.upsert(
-                    "shardctl_applied_txns",
-                    ("scope", "shard", "topic", "stream", "txn", "fingerprint"),
-                    ("scope", "shard", "topic", "stream", "txn"),
-                    ("fingerprint",),
-                    rows=len(chunk),
-                ),
-                list(chain.from_iterable(chunk)),
-            )
+        write_upserts(
+            self.dialect,
+            cur,
+            "shardctl_applied_txns",
+            ("scope", "shard", "topic", "stream", "txn", "fingerprint"),
+            ("scope", "shard", "topic", "stream", "txn"),
+            ("fingerprint",),
+            rows,
+        )
         counter = (shard, topic, stream)
         count = self._unpruned.get(counter, 0) + len(txns)
         if count < self.settings.prune_every:
@@ -905,6 +920,8 @@ class SqlSink:
             self._key_values(table, pk, data, event)  # raises, naming the missing columns
         if table.scales:
             _check_scales(table, data, event, self.dialect.name)
+        if table.dates:
+            data = self.dated_values(table, pk, data, event)
         types = table.types
         changes.upsert(table.name, pk, {c: column_value(v, types[c]) for c, v in data.items()})
 

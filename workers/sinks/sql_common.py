@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from workers.events import Event
+
 # Longest stream name the bookkeeping tables hold (source identity plus the id's stream).
 STREAM_CHARS = 200
 
@@ -41,9 +43,22 @@ BOOKKEEPING_TABLES = (
 )
 
 
+def txn_text(key: tuple[int, ...]) -> str:
+    """The transaction part of an order key (all but the row), as sortable text.
+    (Also the Kafka sink's record of applied transactions.)"""
+    return ".".join(f"{n:020d}" for n in key[:-1])
+
+
+def fingerprint(event: Event) -> str:
+    """What a replay repeats exactly and a different transaction does not: the binlog
+    timestamp and XID (the same on every row of the transaction)."""
+    return f"{event.message.get('ts')}:{event.message.get('xid')}"[:64]
+
+
 class TargetTable:
     """A target table: its quoted full name, column types (as `column_value` knows
-    them), primary key, and the scale of each DECIMAL/NUMERIC column that has one."""
+    them), primary key, the scale of each DECIMAL/NUMERIC column that has one, and
+    the columns of a date type that cannot hold a zero date (PostgreSQL's)."""
 
     def __init__(
         self,
@@ -51,11 +66,13 @@ class TargetTable:
         types: dict[str, str],
         primary_key: list[str],
         scales: dict[str, int] | None = None,
+        dates: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
         self.types = types
         self.primary_key = primary_key
         self.scales = scales or {}
+        self.dates = dates
 
 
 class MissingTable(LookupError):
@@ -75,6 +92,9 @@ class Dialect:
     rows_per_statement = 1000
     #: Bind parameters one statement may carry (PostgreSQL's protocol allows 65535).
     max_parameters = 65535
+    #: Rows from which a group of writes goes through `bulk_upsert`/`bulk_delete`
+    #: (None: the dialect has no bulk path; every write is a multi-row statement).
+    bulk_rows: int | None = None
 
     def is_transient(self, error: BaseException) -> bool:
         """True for a failure of the connection or the server's moment (wait and
@@ -187,6 +207,25 @@ class Dialect:
             f"VALUES {', '.join([row] * rows)}{self.after_values()} {self.on_conflict(keys)} "
             + ", ".join(assignments)
         )
+
+    def bulk_upsert(
+        self,
+        cur: Any,
+        table: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        updates: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Upsert `rows` (values of `columns`, no key twice) into `table` in bulk, as
+        `upsert` would; only called when `bulk_rows` is set."""
+        raise NotImplementedError
+
+    def bulk_delete(
+        self, cur: Any, table: str, keys: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """Delete the rows of `table` whose primary key `keys` holds one of `rows`."""
+        raise NotImplementedError
 
     def delete(self, table: str, keys: Sequence[str], rows: int = 1) -> str:
         """DELETE the rows whose primary key `keys` equals one of `rows` key tuples."""
