@@ -18,12 +18,14 @@ so a broker refusal stops the worker at once with the topic's name.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shardctl.core.backoff import Backoff
 from shardctl.core.config import ConfigError, Settings
 from shardctl.core.keyspace import Keyspace
 from workers.consumer import Consumer, ConsumerConfig, ShardGate
@@ -78,15 +80,46 @@ def build_transport(settings: Settings, options: ConsumeOptions) -> Transport:
     raise ConfigError(f"transport: {options.transport!r} is not kafka or nsq")
 
 
-def ensure_kafka_topics(settings: Settings, topics: list[str]) -> list[str]:
+# How long a starting worker waits for an unreachable broker before it gives up.
+KAFKA_START_OUTAGE_S = 300.0
+
+
+def ensure_kafka_topics(
+    settings: Settings, topics: list[str], outage_s: float = KAFKA_START_OUTAGE_S
+) -> list[str]:
     """Create the missing `topics` (1 partition, broker-default replication); return
-    the created names."""
-    from confluent_kafka import KafkaException
+    the created names. While no broker answers (a Kafka restart), wait and retry for
+    up to `outage_s`, saying so, rather than exit; the worker registers only after."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient(dict(settings.kafka.client_config().items()))
-    existing = set(admin.list_topics(timeout=10).topics)
+    unreachable = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN}
+    backoff = Backoff()
+    deadline = time.monotonic() + outage_s
+    while True:
+        try:
+            existing = set(admin.list_topics(timeout=10).topics)
+            break
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not isinstance(err, KafkaError) or err.code() not in unreachable:
+                raise
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"kafka.bootstrap_servers {settings.kafka.bootstrap_servers}: no broker "
+                    f"answered for {outage_s:.0f} s while checking the dead-letter topics "
+                    f"{topics}: {exc}"
+                ) from exc
+            delay = backoff.next()
+            log.warning(
+                "kafka (%s) unreachable while checking dead-letter topics; retrying in %.1f s: %s",
+                settings.kafka.bootstrap_servers,
+                delay,
+                exc,
+            )
+            time.sleep(delay)
     missing = [t for t in topics if t not in existing]
     if not missing:
         return []
