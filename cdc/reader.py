@@ -59,6 +59,7 @@ from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.replication.server_check import binlog_lag_bytes, check_server, current_position
 from cdc.replication.source import Heartbeat
 from cdc.reshard import ShardSwitch
+from cdc.snapshot.runner import IncrementalSnapshots
 from cdc.stage import (
     Chunk,
     LocalStage,
@@ -389,6 +390,16 @@ class Reader:
             build_publisher(spec, row_filter, None),
             row_filter,
         )
+        snapshots = IncrementalSnapshots(
+            loop,
+            client,
+            self.keyspace,
+            options,
+            connect,
+            bootstrap.publisher,
+            row_filter,
+            leadership,
+        )
         lost: concurrent.futures.Future[str] = loop.submit(leadership.wait_lost())
         tracker: AckTracker[Checkpoint] = AckTracker()
         saved = checkpoint
@@ -429,6 +440,7 @@ class Reader:
                             # transaction and this one: its acks may checkpoint the
                             # former, never this one.
                             bootstrap.emit(producer, tracker, published, leadership)
+                    snapshots.observe(item)
                     published = self._publish(item, producer, tracker, published)
                     in_transaction = not item.last
                     wait_for_room()
@@ -436,6 +448,8 @@ class Reader:
                     producer.poll(0)
                     if isinstance(item, Heartbeat) and bootstrap.due(None):
                         bootstrap.emit(producer, tracker, published, leadership)
+                if not in_transaction:
+                    snapshots.step(producer, tracker, published, isinstance(item, Heartbeat))
                 now = time.monotonic()
                 if now >= next_save:
                     next_save = now + options.checkpoint_interval_s
@@ -474,6 +488,7 @@ class Reader:
             if stage is not None:
                 stage.close()
             bootstrap.close()
+            snapshots.close()
             lost.cancel()
             if clean:
                 why = (
