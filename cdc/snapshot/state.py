@@ -7,10 +7,10 @@
     RUNNING --read finds no more rows--> DONE (bootstrap-complete published)
     PENDING/RUNNING/WINDOW --pause--> PAUSED --resume--> RUNNING
     (WINDOW finishes its chunk first: a released chunk is never half published)
-    any but DONE --cancel--> CANCELLED
-    any but DONE --bad table, lost column, SQL error--> FAILED
+    any but a final state --cancel--> CANCELLED
+    any but a final state --bad table, lost column, SQL error--> FAILED
 
-DONE, CANCELLED and FAILED are final. Progress (state, last key, rows done) is
+DONE, CANCELLED and FAILED are final (a cancel leaves them as they are). Progress (state, last key, rows done) is
 stored in etcd after every released chunk, fenced by the reader's leadership.
 """
 
@@ -64,8 +64,8 @@ _TRANSITIONS: dict[tuple[SnapshotState, Event], SnapshotState] = {
 
 def transition(state: SnapshotState, event: Event) -> SnapshotState:
     """The state after `event`; raises TransitionError if `state` does not allow it."""
-    if event is Event.CANCEL and state is not _S.DONE:
-        return _S.CANCELLED if not state.final else state
+    if event is Event.CANCEL:
+        return state if state.final else _S.CANCELLED
     if event is Event.FAIL and not state.final:
         return _S.FAILED
     try:
