@@ -59,6 +59,7 @@ from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.replication.server_check import binlog_lag_bytes, check_server, current_position
 from cdc.replication.source import Heartbeat
 from cdc.reshard import ShardSwitch
+from cdc.snapshot.modes import request_initial_snapshots
 from cdc.snapshot.runner import IncrementalSnapshots
 from cdc.stage import (
     Chunk,
@@ -340,6 +341,8 @@ class Reader:
         checkpoint = call_with_retry(loop, store.load, f"reading {store.key}", timeout_s=timeout)
         if checkpoint is None:
             checkpoint = resolve_start(options, connect)
+            if options.snapshot_mode == "initial":
+                request_initial_snapshots(loop, client, self.keyspace, options, connect)
             json_model = JsonSchemaModel.from_server(partial(pymysql.connect, **connect))
             checkpoint = dataclasses.replace(checkpoint, json_columns=json_model.state)
             self._save(loop, store, leadership, checkpoint)

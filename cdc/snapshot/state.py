@@ -10,8 +10,9 @@
     any but a final state --cancel--> CANCELLED
     any but a final state --bad table, lost column, SQL error--> FAILED
 
-DONE, CANCELLED and FAILED are final (a cancel leaves them as they are). Progress (state, last key, rows done) is
-stored in etcd after every released chunk, fenced by the reader's leadership.
+DONE, CANCELLED and FAILED are final (a cancel leaves them as they are).
+Progress (state, last key, rows done) is stored in etcd after every released
+chunk, fenced by the reader's leadership.
 """
 
 from __future__ import annotations
