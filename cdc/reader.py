@@ -54,12 +54,12 @@ from cdc.filtering import Filter
 from cdc.options import CdcOptions
 from cdc.producers import build_producer
 from cdc.producers.base import DeliveryError, Producer
-from cdc.replication.errors import SessionSettingError
+from cdc.replication.errors import PurgedBinlogError, SessionSettingError
 from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.replication.server_check import binlog_lag_bytes, check_server, current_position
 from cdc.replication.source import Heartbeat
 from cdc.reshard import ShardSwitch
-from cdc.snapshot.modes import request_initial_snapshots
+from cdc.snapshot.modes import recover_from_purged, request_initial_snapshots
 from cdc.snapshot.runner import IncrementalSnapshots
 from cdc.stage import (
     Chunk,
@@ -273,7 +273,7 @@ class Reader:
                         if self.stopping:
                             break
                         log.info(
-                            "reader %s: leading again to switch the shard count",
+                            "reader %s: leading again (a new shard count or checkpoint)",
                             self.options.reader_id,
                         )
                     if self.stopping:
@@ -341,7 +341,7 @@ class Reader:
         checkpoint = call_with_retry(loop, store.load, f"reading {store.key}", timeout_s=timeout)
         if checkpoint is None:
             checkpoint = resolve_start(options, connect)
-            if options.snapshot_mode == "initial":
+            if options.snapshot_mode in ("initial", "when_needed"):
                 request_initial_snapshots(loop, client, self.keyspace, options, connect)
             json_model = JsonSchemaModel.from_server(partial(pymysql.connect, **connect))
             checkpoint = dataclasses.replace(checkpoint, json_columns=json_model.state)
@@ -414,6 +414,7 @@ class Reader:
         clean = False
         switching = False
         in_transaction = False  # chunks of a transaction are arriving
+        purged: PurgedBinlogError | None = None
 
         def check_leadership() -> None:
             health.beat()
@@ -475,6 +476,10 @@ class Reader:
                     break
         except (NotLeader, SessionLost) as exc:
             raise LeadershipLost(str(exc)) from exc
+        except PurgedBinlogError as exc:
+            if options.snapshot_mode != "when_needed":
+                raise
+            purged = exc
         except DeliveryError:
             CDC_DELIVERY_FAILURES.labels(options.source).inc()
             raise
@@ -501,6 +506,10 @@ class Reader:
                 producer.flush(60)
                 self._advance(loop, store, leadership, tracker, saved)
             producer.close()
+        if purged is not None:
+            restart = recover_from_purged(loop, client, self.keyspace, options, connect, purged)
+            self._save(loop, store, leadership, restart)
+            return True  # lead again, from the new checkpoint
         return switching
 
     @staticmethod

@@ -35,7 +35,7 @@ from cdc.snapshot.watermark import Watermark, read_watermark
 from cdc.snapshot.window import ChunkWindow
 from cdc.stage import Chunk
 from shardctl import health
-from shardctl.etcd.client import Delete, EtcdClient, Put
+from shardctl.etcd.client import Delete, EtcdClient, EtcdUnavailable, Put
 from shardctl.etcd.election import Leadership, NotLeader
 from shardctl.etcd.loop_thread import LoopThread
 from shardctl.keyspace import Keyspace
@@ -142,6 +142,20 @@ class IncrementalSnapshots:
         """At a transaction boundary (`published` is the stream's last end): release
         a chunk whose high watermark the stream reached, read the next one, or pick
         up a request."""
+        try:
+            self._step(producer, tracker, published, heartbeat)
+        except EtcdUnavailable as exc:
+            # Like the checkpoint, progress only lags: it is stored again after the
+            # next chunk, and a request not yet read is read at the next poll.
+            log.warning("source %s: snapshot progress not stored: %s", self._options.source, exc)
+
+    def _step(
+        self,
+        producer: Producer,
+        tracker: AckTracker[Checkpoint],
+        published: Checkpoint,
+        heartbeat: bool,
+    ) -> None:
         now = time.monotonic()
         if self.active is None:
             if now < self._next_poll:
