@@ -3,8 +3,12 @@
 Each chunk is one plain SELECT in autocommit (no snapshot transaction is held
 between chunks):
 
-    SELECT <columns> FROM `db`.`t` WHERE (<where>) AND (`a`,`b`) > (%s,%s)
+    SELECT * FROM `db`.`t` WHERE (<where>) AND (`a`,`b`) > (%s,%s)
     ORDER BY `a`,`b` LIMIT <size>
+
+When the columns a chunk returns are not those read before (an ALTER TABLE
+while the snapshot runs), the table's columns are read again and the chunk is
+read again with them: every row is published with the columns it has now.
 
 The row-value comparison handles composite and non-integer keys alike; the key
 of the last row read is where the next chunk starts (and what is stored as
@@ -23,7 +27,6 @@ import pymysql
 
 from cdc.bootstrap import (
     BootstrapError,
-    SourceColumn,
     json_ready,
     quote_ident,
     read_columns,
@@ -62,14 +65,12 @@ def decode_key(doc: list[Any]) -> KeyValues:
 def chunk_sql(
     database: str,
     table: str,
-    columns: list[str],
     primary_key: tuple[str, ...],
     where: str | None,
     after: KeyValues | None,
     size: int,
 ) -> tuple[str, list[Any]]:
     """The SELECT of the chunk after `after` (from the start when None), and its args."""
-    names = ",".join(f"`{quote_ident(c)}`" for c in columns)
     key = ",".join(f"`{quote_ident(c)}`" for c in primary_key)
     conditions: list[str] = []
     args: list[Any] = []
@@ -79,7 +80,7 @@ def chunk_sql(
         marks = ",".join(["%s"] * len(after))
         conditions.append(f"({key}) > ({marks})")
         args.extend(after)
-    sql = f"SELECT {names} FROM `{quote_ident(database)}`.`{quote_ident(table)}`"
+    sql = f"SELECT * FROM `{quote_ident(database)}`.`{quote_ident(table)}`"
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
     sql += f" ORDER BY {key} LIMIT {int(size)}"
@@ -109,12 +110,15 @@ class ChunkReader:
         try:
             with self._connection.cursor() as cursor:
                 cursor.execute("SET time_zone = '+00:00'")
-                self.table_def, self._columns = read_columns(cursor, database, table)
+            self._load_columns()
         except BaseException:
             self._connection.close()
             raise
+
+    def _load_columns(self) -> None:
+        with self._connection.cursor() as cursor:
+            self.table_def, self._columns = read_columns(cursor, self.database, self.table)
         if not self.table_def.primary_key:
-            self._connection.close()
             raise BootstrapError(
                 f"bootstrap of {self.name}: the table has no primary key, so it cannot be read "
                 "in chunks; use `shardctl cdc bootstrap --blocking` for this table"
@@ -144,22 +148,15 @@ class ChunkReader:
         return int(row[0] or 0) if row else 0
 
     def read(self, after: KeyValues | None, where_id: str) -> list[ChunkRow]:
-        columns: list[SourceColumn] = self._columns
-        sql, args = chunk_sql(
-            self.database,
-            self.table,
-            [c.name for c in columns],
-            self.table_def.primary_key,
-            self.where,
-            after,
-            self.size,
-        )
-        with self._connection.cursor() as cursor:
-            cursor.execute(sql, args)
-            names = [d[0] for d in cursor.description]
-            if names != [c.name for c in columns]:
-                raise BootstrapError(f"bootstrap {where_id}: columns changed while reading chunks")
-            raw = cursor.fetchall()
+        raw = self._select(after)
+        if raw is None:
+            self._load_columns()
+            raw = self._select(after)
+            if raw is None:
+                raise BootstrapError(
+                    f"bootstrap {where_id}: the columns changed twice while reading a chunk"
+                )
+        columns = self._columns
         return [
             ChunkRow(
                 tuple(row[i] for i in self._key_index),
@@ -170,6 +167,17 @@ class ChunkReader:
             )
             for row in raw
         ]
+
+    def _select(self, after: KeyValues | None) -> list[Any] | None:
+        """The chunk's rows; None when its columns are not the ones known."""
+        sql, args = chunk_sql(
+            self.database, self.table, self.table_def.primary_key, self.where, after, self.size
+        )
+        with self._connection.cursor() as cursor:
+            cursor.execute(sql, args)
+            names = [d[0] for d in cursor.description]
+            rows = list(cursor.fetchall())
+        return rows if names == [c.name for c in self._columns] else None
 
     def close(self) -> None:
         self._connection.close()

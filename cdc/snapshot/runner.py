@@ -243,6 +243,14 @@ class IncrementalSnapshots:
             # Finished, but the request was not removed (a crash in between).
             self._write([Delete(key)], f"removing {key}")
             return
+        if request.control == "cancel" and progress.state is SnapshotState.PENDING:
+            # Cancelled before it started: nothing was published, nothing is.
+            cancelled = dataclasses.replace(
+                progress, state=transition(progress.state, Event.CANCEL), updated=time.time()
+            )
+            self._write([Delete(key), Put(progress_key, cancelled.to_json())], f"cancelling {key}")
+            log.info("snapshot %s of %s cancelled before it started", request.id, name)
+            return
         try:
             if not self._filter.includes_table(request.database, request.table):
                 raise BootstrapError(f"bootstrap of {name}: the table is excluded by cdc.filter")

@@ -349,6 +349,8 @@ def test_pause_resume_and_cancel(
         assert status["rows_estimated"] > 0
         listed = _cli(env, "list").stdout
         assert request in listed and "paused" in listed
+        # A column added while paused: the rows read after it carry it.
+        _execute(conn, "ALTER TABLE slow ADD COLUMN w INT NOT NULL DEFAULT 5")
         assert _cli(env, "resume", request).returncode == 0
         wait_for("done after resume", lambda: _in_state(settings, request, "done"), timeout=120)
 
@@ -367,6 +369,13 @@ def test_pause_resume_and_cancel(
     ids = Counter(r.value["event_id"] for r in records if r.value["type"] == "bootstrap-insert")
     finished = [i for i in ids if i.startswith(f"bootstrap:{request}#")]
     assert len(finished) == 3000 and set(ids.values()) == {1}
+    by_number = {
+        int(r.value["event_id"].rpartition("#")[2]): r.value["data"]
+        for r in records
+        if r.value["event_id"].startswith(f"bootstrap:{request}#")
+        and r.value["type"] == "bootstrap-insert"
+    }
+    assert "w" not in by_number[1] and by_number[3000]["w"] == 5
 
 
 def test_initial_mode_snapshots_every_included_table(

@@ -163,13 +163,12 @@ def test_state_machine_paths() -> None:
 
 
 def test_chunk_sql_single_composite_and_where() -> None:
-    sql, args = chunk_sql("db", "t`x", ["a", "b", "v"], ("a",), None, None, 10)
-    assert sql == "SELECT `a`,`b`,`v` FROM `db`.`t``x` ORDER BY `a` LIMIT 10"
+    sql, args = chunk_sql("db", "t`x", ("a",), None, None, 10)
+    assert sql == "SELECT * FROM `db`.`t``x` ORDER BY `a` LIMIT 10"
     assert args == []
-    sql, args = chunk_sql("db", "t", ["a", "b", "v"], ("a", "b"), "v > 3", (1, "x"), 5)
+    sql, args = chunk_sql("db", "t", ("a", "b"), "v > 3", (1, "x"), 5)
     assert sql == (
-        "SELECT `a`,`b`,`v` FROM `db`.`t` WHERE (v > 3) AND (`a`,`b`) > (%s,%s)"
-        " ORDER BY `a`,`b` LIMIT 5"
+        "SELECT * FROM `db`.`t` WHERE (v > 3) AND (`a`,`b`) > (%s,%s) ORDER BY `a`,`b` LIMIT 5"
     )
     assert args == [1, "x"]
 
