@@ -349,6 +349,9 @@ def test_pause_resume_and_cancel(
         assert status["rows_estimated"] > 0
         listed = _cli(env, "list").stdout
         assert request in listed and "paused" in listed
+        # A request queued behind the paused one, cancelled before it starts.
+        queued = _request_id(_cli(env, f"{mysql_db}.slow", "--no-wait"))
+        assert _cli(env, "cancel", queued).returncode == 0
         # A column added while paused: the rows read after it carry it.
         _execute(conn, "ALTER TABLE slow ADD COLUMN w INT NOT NULL DEFAULT 5")
         assert _cli(env, "resume", request).returncode == 0
@@ -361,9 +364,11 @@ def test_pause_resume_and_cancel(
         wait_for("cancelled", lambda: _in_state(settings, cancelled_id, "cancelled"))
         gone = _cli(env, "pause", cancelled_id)
         assert gone.returncode == 1 and "no such pending request" in gone.stderr
+        assert _in_state(settings, queued, "cancelled")
         records = _read_table(stack, unique, mysql_db, "slow")
     finally:
         assert reader.terminate() == 0, reader.stderr()
+    assert not [r for r in records if r.value.get("event_id", "").startswith(f"bootstrap:{queued}")]
     completes = {r.value["event_id"] for r in records if r.value["type"] == "bootstrap-complete"}
     assert completes == {f"bootstrap:{request}#complete"}
     ids = Counter(r.value["event_id"] for r in records if r.value["type"] == "bootstrap-insert")
