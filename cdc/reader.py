@@ -402,6 +402,7 @@ class Reader:
             bootstrap.publisher,
             row_filter,
             leadership,
+            lambda: self.stopping,
         )
         lost: concurrent.futures.Future[str] = loop.submit(leadership.wait_lost())
         tracker: AckTracker[Checkpoint] = AckTracker()

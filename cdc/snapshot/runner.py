@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -48,6 +49,9 @@ _CONTROL_CHECK_S = 0.25
 # shows no transaction reaching it (an idle source whose binlog only gained
 # non-transaction events). The first could have been sent before the watermark.
 _HEARTBEATS_TO_RELEASE = 2
+# Longest run of chunks read in one go on an idle source before the reader's loop
+# gets control back.
+_LOOP_BUDGET_S = 5.0
 
 
 @dataclass
@@ -83,8 +87,10 @@ class IncrementalSnapshots:
         publisher: Publisher,
         row_filter: Filter,
         leadership: Leadership,
+        stopping: Callable[[], bool],
     ) -> None:
         self._loop = loop
+        self._stopping = stopping
         self._client = client
         self._requests = keyspace.cdc_bootstrap_prefix(options.source)
         self._progress = keyspace.cdc_snapshot_prefix(options.source)
@@ -165,17 +171,23 @@ class IncrementalSnapshots:
             if self.active is None:
                 return
         active = self.active
+        # Chunk after chunk while each is released at once: the stream stands at its
+        # high watermark, so nothing waits. A write to the source shows as a watermark
+        # the stream has not reached, and the loop returns to it; so does a stop, and
+        # the end of a time budget (the reader's periodic work: checkpoint, reshard).
+        budget_end = now + _LOOP_BUDGET_S
         try:
-            # Chunk after chunk while each is released at once: the stream stands at
-            # its high watermark, so nothing waits. A write to the source shows as a
-            # watermark the stream has not reached, and the loop returns to it.
             while True:
                 if active.window is not None:
+                    # A heartbeat counts for the chunk whose window was open when it came.
                     active.heartbeats += heartbeat
+                    heartbeat = False
                     if not self._reached(active, published):
                         return
                     self._release(active, producer, tracker, published)
                 now = time.monotonic()
+                if self._stopping() or now >= budget_end:
+                    return
                 if now >= active.next_control_check and not self._control(active):
                     return
                 if active.progress.state is SnapshotState.PAUSED or now < active.next_read_at:
