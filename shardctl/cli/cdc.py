@@ -153,13 +153,14 @@ def run(
 
 
 class _BootstrapGroup(TyperGroup):
-    """`shardctl cdc bootstrap db.table ...` stays the way to start one: a first
-    word that is not a subcommand is the table of `bootstrap start`."""
+    """`shardctl cdc bootstrap [options] db.table` stays the way to start one: a
+    first word that is not a subcommand (or --help) begins `bootstrap start`."""
 
-    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] != "--help":
             args = ["start", *args]
-        return super().resolve_command(ctx, args)
+        parsed: list[str] = super().parse_args(ctx, args)
+        return parsed
 
 
 bootstrap_app = typer.Typer(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from cdc.bootstrap import BootstrapRequest
 from cdc.replication.position import BinlogPosition, Checkpoint
@@ -18,6 +19,7 @@ from cdc.snapshot.progress import Progress
 from cdc.snapshot.state import Event, SnapshotState, TransitionError, transition
 from cdc.snapshot.watermark import Watermark
 from cdc.snapshot.window import ChunkWindow
+from shardctl.cli.main import app
 
 FILE = "bin.000001"
 
@@ -207,3 +209,20 @@ def test_requests_from_before_the_incremental_snapshot_are_blocking() -> None:
     with pytest.raises(ValueError, match="control"):
         BootstrapRequest.from_json(b'{"id":"1","database":"d","table":"t","control":"stop"}')
     assert Decimal("1.5") == decode_key(encode_key((Decimal("1.5"),)))[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cdc", "bootstrap", "nodot"],
+        ["cdc", "bootstrap", "--where", "id > 1", "nodot"],
+        ["cdc", "bootstrap", "start", "nodot"],
+        ["cdc", "bootstrap", "db.t", "--blocking", "--rows-per-s", "10"],
+    ],
+)
+def test_bootstrap_command_keeps_its_short_form(args: list[str]) -> None:
+    # `cdc bootstrap db.table` is `cdc bootstrap start db.table`; both refuse bad
+    # usage with exit 2 before contacting anything.
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "error: bootstrap:" in result.output
