@@ -36,14 +36,16 @@ from cdc.snapshot.watermark import Watermark, read_watermark
 from cdc.snapshot.window import ChunkWindow
 from cdc.stage import Chunk
 from shardctl import health
-from shardctl.etcd.client import Delete, EtcdClient, EtcdUnavailable, Put
+from shardctl.etcd.client import Delete, EtcdClient, EtcdUnavailable, KeyValue, Put
 from shardctl.etcd.election import Leadership, NotLeader
 from shardctl.etcd.loop_thread import LoopThread
+from shardctl.etcd.watch import Mirror
 from shardctl.keyspace import Keyspace
 
 log = logging.getLogger(__name__)
 
-# How often the request key is read for the operator's pause, resume or cancel.
+# How often the request (watched) is looked at for the operator's pause, resume or
+# cancel.
 _CONTROL_CHECK_S = 0.25
 # Heartbeats after a chunk's high watermark that release it when the stream
 # shows no transaction reaching it (an idle source whose binlog only gained
@@ -102,6 +104,7 @@ class IncrementalSnapshots:
         self._timeout = 10.0
         self._next_poll = 0.0
         self._server: ServerInfo | None = None
+        self._mirror: Mirror | None = None
         self.active: _Active | None = None
         self.completed = 0
 
@@ -164,7 +167,9 @@ class IncrementalSnapshots:
     ) -> None:
         now = time.monotonic()
         if self.active is None:
-            if now < self._next_poll:
+            # A new request shows in the watch at once; the poll is a fallback.
+            changed = self._mirror is not None and self._mirror.changed.is_set()
+            if now < self._next_poll and not changed:
                 return
             self._next_poll = now + self._options.bootstrap_poll_s
             self._take_next(producer, tracker, published)
@@ -211,14 +216,7 @@ class IncrementalSnapshots:
     def _take_next(
         self, producer: Producer, tracker: AckTracker[Checkpoint], published: Checkpoint
     ) -> None:
-        listing = call_with_retry(
-            self._loop,
-            lambda: self._client.get_prefix(self._requests),
-            f"reading {self._requests}",
-            deadline_s=5.0,
-            timeout_s=self._timeout,
-        )
-        for kv in sorted(listing.items, key=lambda kv: kv.key):
+        for kv in sorted(self._request_keys().values(), key=lambda kv: kv.key):
             try:
                 request = BootstrapRequest.from_json(kv.value)
             except (ValueError, KeyError, TypeError) as exc:
@@ -229,6 +227,38 @@ class IncrementalSnapshots:
             self._begin(request, kv.key, producer, tracker, published)
             if self.active is not None:
                 return
+
+    def _request_keys(self) -> dict[str, KeyValue]:
+        """The request keys, from a watch of their prefix (read once when the watch
+        is not ready yet or has stopped)."""
+        if self._mirror is None:
+            self._mirror = self._loop.run(self._start_mirror(), timeout=self._timeout)
+        seen = self._loop.run(self._mirror_items(self._mirror), timeout=self._timeout)
+        if seen is not None:
+            return seen
+        listing = call_with_retry(
+            self._loop,
+            lambda: self._client.get_prefix(self._requests),
+            f"reading {self._requests}",
+            deadline_s=5.0,
+            timeout_s=self._timeout,
+        )
+        return {kv.key: kv for kv in listing.items}
+
+    async def _start_mirror(self) -> Mirror:
+        return Mirror(self._client, self._requests).start()
+
+    @staticmethod
+    async def _mirror_items(mirror: Mirror) -> dict[str, KeyValue] | None:
+        try:
+            mirror.check()
+        except RuntimeError as exc:
+            log.warning("bootstrap requests: %s; reading them instead", exc)
+            return None
+        if not mirror.ready.is_set():
+            return None
+        mirror.changed.clear()
+        return dict(mirror.items)
 
     def _begin(
         self,
@@ -312,12 +342,7 @@ class IncrementalSnapshots:
     def _control(self, active: _Active) -> bool:
         """Apply the operator's control; False when the snapshot stopped (cancelled)."""
         active.next_control_check = time.monotonic() + _CONTROL_CHECK_S
-        kv = call_with_retry(
-            self._loop,
-            lambda: self._client.get(active.request_key),
-            f"reading {active.request_key}",
-            timeout_s=self._timeout,
-        )
+        kv = self._request_keys().get(active.request_key)
         control = "cancel" if kv is None else BootstrapRequest.from_json(kv.value).control
         state = active.progress.state
         if control == "cancel":
@@ -487,3 +512,9 @@ class IncrementalSnapshots:
 
     def close(self) -> None:
         self._close()
+        mirror, self._mirror = self._mirror, None
+        if mirror is not None:
+            try:
+                self._loop.run(mirror.stop(), timeout=self._timeout)
+            except TimeoutError:
+                log.warning("bootstrap requests: the watch did not stop in time")
