@@ -228,6 +228,7 @@ class Reader:
         self.transactions = 0
         self.messages = 0
         self.last_end: Checkpoint | None = None  # end of the last transaction read
+        self._relead = "to switch the shard count"  # why _lead asked to lead again
 
     # -- control --------------------------------------------------------------
 
@@ -273,8 +274,7 @@ class Reader:
                         if self.stopping:
                             break
                         log.info(
-                            "reader %s: leading again (a new shard count or checkpoint)",
-                            self.options.reader_id,
+                            "reader %s: leading again %s", self.options.reader_id, self._relead
                         )
                     if self.stopping:
                         loop.run(leadership.resign(), timeout=self.settings.etcd.timeout_s + 1)
@@ -510,7 +510,9 @@ class Reader:
         if purged is not None:
             restart = recover_from_purged(loop, client, self.keyspace, options, connect, purged)
             self._save(loop, store, leadership, restart)
-            return True  # lead again, from the new checkpoint
+            self._relead = "from the new checkpoint"
+            return True
+        self._relead = "to switch the shard count"
         return switching
 
     @staticmethod
