@@ -25,6 +25,11 @@ While leading:
    keeping the leadership; `cdc.reshard` switches the count at that boundary and
    records it, and the read stage is built again with the new count.
 
+Between transactions the leader also runs incremental snapshots (`cdc.snapshot`:
+`observe` each streamed chunk, `step` at each boundary), and with
+`snapshot_mode = when_needed` a purged checkpoint restarts at the server's current
+position with a snapshot of every included table (`cdc.snapshot.modes`).
+
 After a crash the new leader resumes at the stored boundary, which is at or
 before the last delivered transaction: messages after it are published again,
 with the same event ids. A delivery error stops the reader without moving the
