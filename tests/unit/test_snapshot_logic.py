@@ -3,6 +3,7 @@ the state machine, chunk SQL, progress and request documents."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from decimal import Decimal
 from typing import Any
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from cdc.bootstrap import BootstrapRequest
 from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.snapshot.chunks import chunk_sql, decode_key, encode_key
+from cdc.snapshot.control import SnapshotStatus
 from cdc.snapshot.progress import Progress
 from cdc.snapshot.state import Event, SnapshotState, TransitionError, transition
 from cdc.snapshot.watermark import Watermark
@@ -226,3 +228,23 @@ def test_bootstrap_command_keeps_its_short_form(args: list[str]) -> None:
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 2, result.output
     assert "error: bootstrap:" in result.output
+
+
+def test_status_of_a_snapshot_from_its_request_and_progress() -> None:
+    request = BootstrapRequest("r1", "db", "t", where="id > 5")
+    running = Progress("r1", "db.t", SnapshotState.RUNNING, rows_done=10, rows_estimated=40)
+    assert SnapshotStatus("r1", "db.t", request, None).state == "pending"
+    assert SnapshotStatus("r1", "db.t", request, running).state == "running"
+    pausing = dataclasses.replace(request, control="pause")
+    assert SnapshotStatus("r1", "db.t", pausing, running).state == "pausing"
+    done = dataclasses.replace(running, state=SnapshotState.DONE)
+    assert SnapshotStatus("r1", "db.t", None, done).state == "done"
+    failed = dataclasses.replace(request, error="no primary key")
+    status = SnapshotStatus("r1", "db.t", failed, None)
+    assert status.state == "failed"
+    assert status.line() == (
+        "r1  db.t  incremental  failed  -  where id > 5  error: no primary key"
+    )
+    assert SnapshotStatus("r1", "db.t", request, running).line() == (
+        "r1  db.t  incremental  running  10/~40 rows (25%)  where id > 5"
+    )
