@@ -203,8 +203,11 @@ class IncrementalSnapshots:
                 self._read_chunk(active, producer, tracker, published)
                 if self.active is None:
                     return
-        except (BootstrapError, pymysql.err.MySQLError) as exc:
+        except BootstrapError as exc:
             self._fail(active, str(exc))
+        except pymysql.err.MySQLError as exc:
+            where = "at its start" if active.after is None else f"after key {list(active.after)}"
+            self._fail(active, f"bootstrap {active.name}, reading {where}: {exc}")
 
     @staticmethod
     def _reached(active: _Active, published: Checkpoint) -> bool:
@@ -303,8 +306,11 @@ class IncrementalSnapshots:
                 request.where,
                 self._options.snapshot_chunk_size,
             )
-        except (BootstrapError, pymysql.err.MySQLError) as exc:
+        except BootstrapError as exc:
             self._fail_request(request, key, progress, str(exc))
+            return
+        except pymysql.err.MySQLError as exc:
+            self._fail_request(request, key, progress, f"bootstrap of {name}: {exc}")
             return
         after = decode_key(progress.last_key) if progress.last_key is not None else None
         active = _Active(request, key, progress_key, reader, progress, after)
@@ -336,8 +342,10 @@ class IncrementalSnapshots:
                     progress.last_key,
                     progress.describe(),
                 )
-        except (BootstrapError, pymysql.err.MySQLError) as exc:
+        except BootstrapError as exc:
             self._fail(active, str(exc))
+        except pymysql.err.MySQLError as exc:
+            self._fail(active, f"bootstrap {active.name}, starting: {exc}")
 
     def _control(self, active: _Active) -> bool:
         """Apply the operator's control; False when the snapshot stopped (cancelled)."""
