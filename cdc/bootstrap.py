@@ -1,8 +1,11 @@
 """Bootstrap: publish the current rows of a table, consistently with the live stream.
 
 `shardctl cdc bootstrap db.table [--where ...]` stores a request under
-`<root>cdc/<source>/bootstrap/<id>`. The leading reader picks requests up
-between transactions and runs them in its own stream:
+`<root>cdc/<source>/bootstrap/<id>`. By default it is an incremental snapshot
+that never pauses the stream (`cdc.snapshot`); this module holds the request
+document, the reading of a table's columns and values shared by both modes, and
+the blocking mode (`--blocking`), which the leading reader runs between
+transactions in its own stream:
 
     PENDING --reader takes a snapshot--> ARMED(S) --stream reaches S--> EMITTING
     EMITTING --all messages acknowledged--> DONE (request key deleted)
@@ -38,6 +41,7 @@ Needs MariaDB (binlog_snapshot_* status); InnoDB tables.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import time
@@ -45,7 +49,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import pymysql
 import pymysql.converters
@@ -56,6 +60,7 @@ from cdc.decoding.columns import parse_json_text
 from cdc.decoding.json_columns import json_column_of_check
 from cdc.etcd_calls import call_with_retry
 from cdc.filtering import Filter
+from cdc.formatter import BootstrapType
 from cdc.options import CdcOptions
 from cdc.producers.base import Outgoing, Producer
 from cdc.publisher import Publisher
@@ -74,13 +79,25 @@ class BootstrapError(Exception):
     """A bootstrap request cannot be carried out; the message names the table."""
 
 
+Control = Literal["run", "pause", "cancel"]
+
+
 @dataclass(frozen=True, slots=True)
 class BootstrapRequest:
+    """A request, written by `shardctl cdc bootstrap`; the operator's controls
+    (`control`) are written here too. The reader writes only `error` (blocking
+    mode); an incremental snapshot's progress has its own key (`cdc.snapshot`)."""
+
     id: str
     database: str
     table: str
     where: str | None = None
     error: str | None = None
+    # The single-instant snapshot that pauses the stream (this module), not the
+    # incremental one (`cdc.snapshot`).
+    blocking: bool = False
+    control: Control = "run"
+    rows_per_s: float | None = None  # incremental only: at most this many rows a second
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -90,6 +107,9 @@ class BootstrapRequest:
                 "table": self.table,
                 "where": self.where,
                 "error": self.error,
+                "blocking": self.blocking,
+                "control": self.control,
+                "rows_per_s": self.rows_per_s,
             },
             separators=(",", ":"),
         ).encode()
@@ -97,12 +117,23 @@ class BootstrapRequest:
     @classmethod
     def from_json(cls, raw: bytes) -> BootstrapRequest:
         doc = json.loads(raw)
+        control: Control
+        match doc.get("control") or "run":
+            case "run" | "pause" | "cancel" as known:
+                control = known
+            case other:
+                raise ValueError(f"control {other!r} is not run, pause or cancel")
+        rate = doc.get("rows_per_s")
         return cls(
             id=str(doc["id"]),
             database=str(doc["database"]),
             table=str(doc["table"]),
             where=doc.get("where"),
             error=doc.get("error"),
+            # Requests stored before the incremental snapshot existed were blocking.
+            blocking=bool(doc.get("blocking", True)),
+            control=control,
+            rows_per_s=None if rate is None else float(rate),
         )
 
 
@@ -118,8 +149,13 @@ async def submit_request(
     database: str,
     table: str,
     where: str | None,
+    *,
+    blocking: bool = False,
+    rows_per_s: float | None = None,
 ) -> BootstrapRequest:
-    request = BootstrapRequest(new_request_id(), database, table, where)
+    request = BootstrapRequest(
+        new_request_id(), database, table, where, blocking=blocking, rows_per_s=rows_per_s
+    )
     await client.put(keyspace.cdc_bootstrap_prefix(source) + request.id, request.to_json())
     return request
 
@@ -139,7 +175,7 @@ def _as_text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _conversions() -> dict[Any, Any]:
+def snapshot_conversions() -> dict[Any, Any]:
     # Temporal values as the server writes them (fsp digits, zero dates kept):
     # the same text the binlog decoder produces.
     conv: dict[Any, Any] = dict(pymysql.converters.conversions)
@@ -178,13 +214,13 @@ _TYPE_OF = {
 
 
 @dataclass(frozen=True, slots=True)
-class _Column:
+class SourceColumn:
     name: str
     kind: str  # information_schema DATA_TYPE
     json: bool
 
 
-def read_columns(cursor: Any, database: str, table: str) -> tuple[TableDef, list[_Column]]:
+def read_columns(cursor: Any, database: str, table: str) -> tuple[TableDef, list[SourceColumn]]:
     cursor.execute(
         "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_KEY, COLUMN_TYPE FROM information_schema.COLUMNS"
         " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
@@ -205,7 +241,7 @@ def read_columns(cursor: Any, database: str, table: str) -> tuple[TableDef, list
         (database, table),
     )
     primary_key = tuple(str(r[0]) for r in cursor.fetchall())
-    columns: list[_Column] = []
+    columns: list[SourceColumn] = []
     defs: list[ColumnDef] = []
     for name, data_type, _key, column_type in rows:
         kind = str(data_type).lower()
@@ -218,7 +254,7 @@ def read_columns(cursor: Any, database: str, table: str) -> tuple[TableDef, list
                 "is not supported"
             )
         is_json = kind == "json" or (kind in _TEXT_TYPES and name in json_names)
-        columns.append(_Column(str(name), kind, is_json))
+        columns.append(SourceColumn(str(name), kind, is_json))
         col_type = _INT_TYPES.get(kind) or _TYPE_OF.get(kind) or ColumnType.BLOB
         defs.append(
             ColumnDef(
@@ -231,7 +267,7 @@ def read_columns(cursor: Any, database: str, table: str) -> tuple[TableDef, list
     return TableDef(0, database, table, tuple(defs), primary_key), columns
 
 
-def json_ready(column: _Column, value: Any, where: str) -> Any:
+def json_ready(column: SourceColumn, value: Any, where: str) -> Any:
     """A snapshot value in the form the binlog decoder gives the same value."""
     if value is None:
         return None
@@ -261,7 +297,7 @@ class _Armed:
     connection: Any
     snapshot: BinlogPosition
     table: TableDef
-    columns: list[_Column]
+    columns: list[SourceColumn]
 
 
 class BootstrapRunner:
@@ -282,7 +318,7 @@ class BootstrapRunner:
         self._prefix = keyspace.cdc_bootstrap_prefix(options.source)
         self._options = options
         self._connect = connect
-        self._publisher = publisher
+        self.publisher = publisher
         self._filter = row_filter
         self._timeout = 10.0
         self.armed: _Armed | None = None
@@ -307,7 +343,7 @@ class BootstrapRunner:
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("bootstrap request %s is unreadable: %s", kv.key, exc)
                 continue
-            if request.error is not None:
+            if request.error is not None or not request.blocking:
                 continue
             try:
                 self.armed = self._arm(request, kv.key)
@@ -330,7 +366,9 @@ class BootstrapRunner:
                 f"bootstrap of {request.database}.{request.table}: the table is excluded by "
                 "cdc.filter"
             )
-        connection = pymysql.connect(**self._connect, conv=_conversions(), charset="utf8mb4")
+        connection = pymysql.connect(
+            **self._connect, conv=snapshot_conversions(), charset="utf8mb4"
+        )
         try:
             with connection.cursor() as cursor:
                 table, columns = read_columns(cursor, request.database, request.table)
@@ -375,34 +413,22 @@ class BootstrapRunner:
         assert armed is not None
         request = armed.request
         name = f"{request.database}.{request.table}"
-        formatter = self._publisher.formatter
-        partitioner = self._publisher.partitioner
-        num_shards = partitioner.num_shards
         sent: list[Outgoing] = []
         try:
-            start = formatter.format_bootstrap(
-                "bootstrap-start", armed.table, event_id=f"bootstrap:{request.id}#start"
-            )
             count = 0
             rows: list[Outgoing] = []
-            sent.extend(_outgoing(start, shard) for shard in range(num_shards))
+            sent.extend(
+                edge_messages(
+                    self.publisher, "bootstrap-start", armed.table, f"bootstrap:{request.id}#start"
+                )
+            )
             for data in self._rows(armed):
                 count += 1
-                message = formatter.format_bootstrap(
-                    "bootstrap-insert",
-                    armed.table,
-                    event_id=f"bootstrap:{request.id}#{count}",
-                    data=data,
+                rows.append(
+                    insert_message(
+                        self.publisher, armed.table, f"bootstrap:{request.id}#{count}", data
+                    )
                 )
-                shard = partitioner.shard(
-                    message.key,
-                    message.database,
-                    message.table,
-                    None,
-                    data,
-                    armed.table.primary_key,
-                )
-                rows.append(_outgoing(message, shard))
                 if len(rows) >= 1000:
                     self._send(producer, tracker, boundary, sent + rows)
                     sent, rows = [], []
@@ -412,15 +438,13 @@ class BootstrapRunner:
                             f"bootstrap {request.id} of {name}: leadership lost while "
                             "publishing the snapshot; the next leader runs it again"
                         )
-            complete = formatter.format_bootstrap(
-                "bootstrap-complete", armed.table, event_id=f"bootstrap:{request.id}#complete"
+            complete = edge_messages(
+                self.publisher,
+                "bootstrap-complete",
+                armed.table,
+                f"bootstrap:{request.id}#complete",
             )
-            self._send(
-                producer,
-                tracker,
-                boundary,
-                sent + rows + [_outgoing(complete, s) for s in range(num_shards)],
-            )
+            self._send(producer, tracker, boundary, sent + rows + complete)
         except (BootstrapError, pymysql.err.MySQLError) as exc:
             self._close()
             # Messages already sent stay sent; consumers see a start without a complete.
@@ -469,7 +493,7 @@ class BootstrapRunner:
 
     def _rows(self, armed: _Armed) -> Iterator[dict[str, Any]]:
         request = armed.request
-        sql = f"SELECT * FROM `{_ident(request.database)}`.`{_ident(request.table)}`"
+        sql = f"SELECT * FROM `{quote_ident(request.database)}`.`{quote_ident(request.table)}`"
         if request.where:
             sql += f" WHERE {request.where}"
         where = f"{request.id} of {request.database}.{request.table}"
@@ -505,7 +529,7 @@ class BootstrapRunner:
         log.error(
             "bootstrap %s of %s.%s failed: %s", request.id, request.database, request.table, error
         )
-        failed = BootstrapRequest(request.id, request.database, request.table, request.where, error)
+        failed = dataclasses.replace(request, error=error)
         try:
             call_with_retry(
                 self._loop,
@@ -517,7 +541,28 @@ class BootstrapRunner:
             log.error("bootstrap %s: its failure could not be recorded: %s", request.id, exc)
 
 
-def _ident(name: str) -> str:
+def edge_messages(
+    publisher: Publisher, kind: BootstrapType, table: TableDef, event_id: str
+) -> list[Outgoing]:
+    """`bootstrap-start` or `bootstrap-complete`, one to every shard."""
+    message = publisher.formatter.format_bootstrap(kind, table, event_id=event_id)
+    return [_outgoing(message, shard) for shard in range(publisher.partitioner.num_shards)]
+
+
+def insert_message(
+    publisher: Publisher, table: TableDef, event_id: str, data: dict[str, Any]
+) -> Outgoing:
+    """A `bootstrap-insert` of one row, on the row's shard (that of its live changes)."""
+    message = publisher.formatter.format_bootstrap(
+        "bootstrap-insert", table, event_id=event_id, data=data
+    )
+    shard = publisher.partitioner.shard(
+        message.key, message.database, message.table, None, data, table.primary_key
+    )
+    return _outgoing(message, shard)
+
+
+def quote_ident(name: str) -> str:
     return name.replace("`", "``")
 
 

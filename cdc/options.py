@@ -90,6 +90,13 @@ class CdcOptions(BaseSettings):
     lease_ttl_s: int = Field(default=10, ge=2)
     max_in_flight: int = Field(default=200_000, ge=1)
     bootstrap_poll_s: float = Field(default=2.0, gt=0)
+    # Incremental snapshots (`shardctl cdc bootstrap`): rows per chunk, read between
+    # two watermarks while the stream flows.
+    snapshot_chunk_size: int = Field(default=1024, ge=1)
+    # "initial": on the first start (no checkpoint), snapshot every table the filter
+    # includes, then stream; "when_needed": also when the checkpoint's binlog was
+    # purged (from the current position); "never": only the snapshots asked for.
+    snapshot_mode: Literal["never", "initial", "when_needed"] = "never"
     # A transaction's rows past either bound go to a temporary file (in `spill_dir`,
     # else the system's temporary directory) and are read back to publish.
     transaction_memory_rows: int = Field(default=DEFAULT_MEMORY_ROWS, ge=0)

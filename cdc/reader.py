@@ -25,6 +25,11 @@ While leading:
    keeping the leadership; `cdc.reshard` switches the count at that boundary and
    records it, and the read stage is built again with the new count.
 
+Between transactions the leader also runs incremental snapshots (`cdc.snapshot`:
+`observe` each streamed chunk, `step` at each boundary), and with
+`snapshot_mode = when_needed` a purged checkpoint restarts at the server's current
+position with a snapshot of every included table (`cdc.snapshot.modes`).
+
 After a crash the new leader resumes at the stored boundary, which is at or
 before the last delivered transaction: messages after it are published again,
 with the same event ids. A delivery error stops the reader without moving the
@@ -54,11 +59,13 @@ from cdc.filtering import Filter
 from cdc.options import CdcOptions
 from cdc.producers import build_producer
 from cdc.producers.base import DeliveryError, Producer
-from cdc.replication.errors import SessionSettingError
+from cdc.replication.errors import PurgedBinlogError, SessionSettingError
 from cdc.replication.position import BinlogPosition, Checkpoint
 from cdc.replication.server_check import binlog_lag_bytes, check_server, current_position
 from cdc.replication.source import Heartbeat
 from cdc.reshard import ShardSwitch
+from cdc.snapshot.modes import recover_from_purged, request_initial_snapshots
+from cdc.snapshot.runner import IncrementalSnapshots
 from cdc.stage import (
     Chunk,
     LocalStage,
@@ -226,6 +233,7 @@ class Reader:
         self.transactions = 0
         self.messages = 0
         self.last_end: Checkpoint | None = None  # end of the last transaction read
+        self._relead = "to switch the shard count"  # why _lead asked to lead again
 
     # -- control --------------------------------------------------------------
 
@@ -271,8 +279,7 @@ class Reader:
                         if self.stopping:
                             break
                         log.info(
-                            "reader %s: leading again to switch the shard count",
-                            self.options.reader_id,
+                            "reader %s: leading again %s", self.options.reader_id, self._relead
                         )
                     if self.stopping:
                         loop.run(leadership.resign(), timeout=self.settings.etcd.timeout_s + 1)
@@ -339,6 +346,8 @@ class Reader:
         checkpoint = call_with_retry(loop, store.load, f"reading {store.key}", timeout_s=timeout)
         if checkpoint is None:
             checkpoint = resolve_start(options, connect)
+            if options.snapshot_mode in ("initial", "when_needed"):
+                request_initial_snapshots(loop, client, self.keyspace, options, connect)
             json_model = JsonSchemaModel.from_server(partial(pymysql.connect, **connect))
             checkpoint = dataclasses.replace(checkpoint, json_columns=json_model.state)
             self._save(loop, store, leadership, checkpoint)
@@ -389,6 +398,17 @@ class Reader:
             build_publisher(spec, row_filter, None),
             row_filter,
         )
+        snapshots = IncrementalSnapshots(
+            loop,
+            client,
+            self.keyspace,
+            options,
+            connect,
+            bootstrap.publisher,
+            row_filter,
+            leadership,
+            lambda: self.stopping,
+        )
         lost: concurrent.futures.Future[str] = loop.submit(leadership.wait_lost())
         tracker: AckTracker[Checkpoint] = AckTracker()
         saved = checkpoint
@@ -400,6 +420,7 @@ class Reader:
         clean = False
         switching = False
         in_transaction = False  # chunks of a transaction are arriving
+        purged: PurgedBinlogError | None = None
 
         def check_leadership() -> None:
             health.beat()
@@ -429,6 +450,7 @@ class Reader:
                             # transaction and this one: its acks may checkpoint the
                             # former, never this one.
                             bootstrap.emit(producer, tracker, published, leadership)
+                    snapshots.observe(item)
                     published = self._publish(item, producer, tracker, published)
                     in_transaction = not item.last
                     wait_for_room()
@@ -436,6 +458,8 @@ class Reader:
                     producer.poll(0)
                     if isinstance(item, Heartbeat) and bootstrap.due(None):
                         bootstrap.emit(producer, tracker, published, leadership)
+                if not in_transaction:
+                    snapshots.step(producer, tracker, published, isinstance(item, Heartbeat))
                 now = time.monotonic()
                 if now >= next_save:
                     next_save = now + options.checkpoint_interval_s
@@ -458,6 +482,10 @@ class Reader:
                     break
         except (NotLeader, SessionLost) as exc:
             raise LeadershipLost(str(exc)) from exc
+        except PurgedBinlogError as exc:
+            if options.snapshot_mode != "when_needed":
+                raise
+            purged = exc
         except DeliveryError:
             CDC_DELIVERY_FAILURES.labels(options.source).inc()
             raise
@@ -474,6 +502,7 @@ class Reader:
             if stage is not None:
                 stage.close()
             bootstrap.close()
+            snapshots.close()
             lost.cancel()
             if clean:
                 why = (
@@ -483,6 +512,12 @@ class Reader:
                 producer.flush(60)
                 self._advance(loop, store, leadership, tracker, saved)
             producer.close()
+        if purged is not None:
+            restart = recover_from_purged(loop, client, self.keyspace, options, connect, purged)
+            self._save(loop, store, leadership, restart)
+            self._relead = "from the new checkpoint"
+            return True
+        self._relead = "to switch the shard count"
         return switching
 
     @staticmethod

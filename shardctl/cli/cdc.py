@@ -1,4 +1,4 @@
-"""`shardctl cdc`: run the binlog reader, request bootstraps, inspect or reset checkpoints.
+"""`shardctl cdc`: run the binlog reader, run bootstraps, inspect or reset checkpoints.
 
 Exit codes (the policy of every command, `shardctl.cli.common`): 0 after a clean
 stop (SIGTERM/SIGINT), 2 for bad usage, configuration or server settings (the
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from shardctl.cli.common import (
     ClusterOpt,
@@ -31,6 +32,7 @@ from shardctl.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from cdc.bootstrap import Control
     from shardctl.core.config import Settings
 
 app = typer.Typer(
@@ -150,46 +152,94 @@ def run(
         raise _fail(f"source {options.source!r}: MySQL at {where}: {exc}", 1) from None
 
 
-@app.command("bootstrap")
+class _BootstrapGroup(TyperGroup):
+    """`shardctl cdc bootstrap [options] db.table` stays the way to start one: a
+    first word that is not a subcommand (or --help) begins `bootstrap start`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] != "--help":
+            args = ["start", *args]
+        parsed: list[str] = super().parse_args(ctx, args)
+        return parsed
+
+
+bootstrap_app = typer.Typer(
+    cls=_BootstrapGroup,
+    help="Publish a table's rows (bootstrap); list, pause, resume or cancel snapshots.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(bootstrap_app, name="bootstrap")
+SnapshotIdArg = Annotated[str, typer.Argument(help="request id (shown by `bootstrap list`)")]
+
+
+@bootstrap_app.command("start")
 def bootstrap(
     table: Annotated[str, typer.Argument(help="database.table")],
     where: Annotated[str | None, typer.Option(help="SQL condition on the rows to publish")] = None,
+    blocking: Annotated[
+        bool,
+        typer.Option(
+            "--blocking",
+            help="one consistent-snapshot read, published while the stream waits "
+            "(MariaDB; tables without a primary key)",
+        ),
+    ] = False,
+    rows_per_s: Annotated[
+        float | None,
+        typer.Option("--rows-per-s", min=1, help="incremental: at most this many rows a second"),
+    ] = None,
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
     source: SourceOpt = None,
     wait: Annotated[bool, typer.Option(help="wait until the reader has published it")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait")] = 600.0,
 ) -> None:
-    """Ask the leading reader to publish the table's rows (bootstrap-start/insert/complete)."""
-    from cdc.bootstrap import BootstrapRequest, submit_request
+    """Ask the leading reader to publish the table's rows (bootstrap-start/insert/complete).
+
+    By default an incremental snapshot: chunks in primary-key order while the stream
+    flows. `shardctl cdc bootstrap db.table` is the same as `bootstrap start db.table`."""
+    from cdc.bootstrap import submit_request
+    from cdc.snapshot.control import snapshot_status
     from shardctl.core.etcd.client import EtcdClient, EtcdError, EtcdUnavailable
     from shardctl.core.keyspace import Keyspace
 
     database, dot, name = table.partition(".")
     if not dot or not database or not name:
         raise _fail(f"bootstrap: {table!r} is not database.table", 2)
+    if blocking and rows_per_s is not None:
+        raise _fail("bootstrap: --rows-per-s applies to incremental snapshots, not --blocking", 2)
     settings, options = _load(config, cluster, {"source": source})
     keyspace = Keyspace.of(settings)
 
     async def go() -> str | None:
         async with EtcdClient(settings.etcd) as client:
-            request = await submit_request(client, keyspace, options.source, database, name, where)
+            request = await submit_request(
+                client,
+                keyspace,
+                options.source,
+                database,
+                name,
+                where,
+                blocking=blocking,
+                rows_per_s=rows_per_s,
+            )
             typer.echo(f"bootstrap {request.id} of {table} requested for source {options.source}")
             if not wait:
                 return None
-            key = keyspace.cdc_bootstrap_prefix(options.source) + request.id
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 try:
-                    kv = await client.get(key)
+                    status = await snapshot_status(client, keyspace, options.source, request.id)
                 except EtcdUnavailable:
                     await asyncio.sleep(0.5)  # etcd restarting: keep waiting
                     continue
-                if kv is None:
+                state = "done" if status is None else status.state
+                if state == "done":
                     return None
-                state = BootstrapRequest.from_json(kv.value)
-                if state.error is not None:
-                    return state.error
+                if state in ("failed", "cancelled"):
+                    assert status is not None
+                    return status.line()
                 await asyncio.sleep(0.5)
             return f"not done after {timeout:.0f}s (is a reader of {options.source} running?)"
 
@@ -201,6 +251,132 @@ def bootstrap(
         raise _fail(f"bootstrap of {table}: {error}", 1)
     if wait:
         typer.echo(f"bootstrap of {table} published")
+
+
+@bootstrap_app.command("list")
+def bootstrap_list(
+    config: ConfigOpt = None, cluster: ClusterOpt = None, source: SourceOpt = None
+) -> None:
+    """One line per bootstrap: id, table, mode, state, rows done / estimated total."""
+    from cdc.snapshot.control import list_snapshots
+    from shardctl.core.etcd.client import EtcdClient, EtcdError
+    from shardctl.core.keyspace import Keyspace
+
+    settings, options = _load(config, cluster, {"source": source})
+
+    async def go() -> list[str]:
+        async with EtcdClient(settings.etcd) as client:
+            found = await list_snapshots(client, Keyspace.of(settings), options.source)
+            return [s.line() for s in found]
+
+    try:
+        lines = asyncio.run(go())
+    except EtcdError as exc:
+        raise _fail(f"bootstrap list: {exc}", 1) from None
+    for line in lines:
+        typer.echo(line)
+
+
+@bootstrap_app.command("status")
+def bootstrap_status(
+    snapshot_id: SnapshotIdArg,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+    source: SourceOpt = None,
+) -> None:
+    """The state and progress of one bootstrap, as JSON."""
+    from cdc.snapshot.control import snapshot_status
+    from shardctl.core.etcd.client import EtcdClient, EtcdError
+    from shardctl.core.keyspace import Keyspace
+
+    settings, options = _load(config, cluster, {"source": source})
+
+    async def go() -> dict[str, Any] | None:
+        async with EtcdClient(settings.etcd) as client:
+            status = await snapshot_status(
+                client, Keyspace.of(settings), options.source, snapshot_id
+            )
+        if status is None:
+            return None
+        progress = status.progress
+        return {
+            "id": status.id,
+            "table": status.table,
+            "mode": status.mode,
+            "state": status.state,
+            "where": status.request.where if status.request is not None else None,
+            "rows_done": progress.rows_done if progress is not None else None,
+            "rows_estimated": progress.rows_estimated if progress is not None else None,
+            "chunks": progress.chunks if progress is not None else None,
+            "last_key": progress.last_key if progress is not None else None,
+            "error": (status.request.error if status.request is not None else None)
+            or (progress.error if progress is not None else None),
+        }
+
+    try:
+        doc = asyncio.run(go())
+    except EtcdError as exc:
+        raise _fail(f"bootstrap status: {exc}", 1) from None
+    if doc is None:
+        raise _fail(f"bootstrap {snapshot_id} of source {options.source!r}: not found", 1)
+    typer.echo(json.dumps(doc))
+
+
+def _control(
+    snapshot_id: str,
+    control: Control,
+    config: Path | None,
+    cluster: str | None,
+    source: str | None,
+) -> None:
+    from cdc.snapshot.control import ControlError, set_control
+    from shardctl.core.etcd.client import EtcdClient, EtcdError
+    from shardctl.core.keyspace import Keyspace
+
+    settings, options = _load(config, cluster, {"source": source})
+
+    async def go() -> None:
+        async with EtcdClient(settings.etcd) as client:
+            await set_control(client, Keyspace.of(settings), options.source, snapshot_id, control)
+
+    try:
+        asyncio.run(go())
+    except (ControlError, EtcdError) as exc:
+        raise _fail(f"bootstrap {control}: {exc}", 1) from None
+    typer.echo(f"bootstrap {snapshot_id}: {control} requested")
+
+
+@bootstrap_app.command("pause")
+def bootstrap_pause(
+    snapshot_id: SnapshotIdArg,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+    source: SourceOpt = None,
+) -> None:
+    """Pause an incremental snapshot after its current chunk."""
+    _control(snapshot_id, "pause", config, cluster, source)
+
+
+@bootstrap_app.command("resume")
+def bootstrap_resume(
+    snapshot_id: SnapshotIdArg,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+    source: SourceOpt = None,
+) -> None:
+    """Resume a paused incremental snapshot at its next chunk."""
+    _control(snapshot_id, "run", config, cluster, source)
+
+
+@bootstrap_app.command("cancel")
+def bootstrap_cancel(
+    snapshot_id: SnapshotIdArg,
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+    source: SourceOpt = None,
+) -> None:
+    """Stop a snapshot; consumers keep the rows already published (no bootstrap-complete)."""
+    _control(snapshot_id, "cancel", config, cluster, source)
 
 
 @checkpoint_app.command("show")

@@ -10,6 +10,8 @@ All keys live under one root, `<etcd.prefix>/<cluster>/` (default `/shardctl/def
     cdc/<source>/leader       reader id, bound to the reader's lease
     cdc/<source>/checkpoint   binlog position, fenced by the reader's leadership token
     cdc/<source>/bootstrap/<id>  a pending `shardctl cdc bootstrap` request
+    cdc/<source>/snapshot/<id>   an incremental snapshot's progress, fenced by the
+                              reader's leadership token
     config                    {num_shards, topics, transport}
     maintenance               {since, reason}: present while the assignment is frozen
     reshard                   the last change of the shard count (`shardctl shards set`)
@@ -105,6 +107,10 @@ class Keyspace:
     def cdc_bootstrap_prefix(self, source: str) -> str:
         """Pending bootstrap requests: `cdc/<source>/bootstrap/<request id>`."""
         return f"{self.root}cdc/{check_name('cdc source', source)}/bootstrap/"
+
+    def cdc_snapshot_prefix(self, source: str) -> str:
+        """Progress of incremental snapshots: `cdc/<source>/snapshot/<request id>`."""
+        return f"{self.root}cdc/{check_name('cdc source', source)}/snapshot/"
 
     # config
     @property

@@ -151,4 +151,6 @@ def test_bootstrap_does_not_checkpoint_the_next_unacknowledged_transaction(
 
 async def _submit(settings: Settings, database: str) -> None:
     async with EtcdClient(settings.etcd) as client:
-        await submit_request(client, Keyspace.of(settings), "main", database, "boot", None)
+        await submit_request(
+            client, Keyspace.of(settings), "main", database, "boot", None, blocking=True
+        )
