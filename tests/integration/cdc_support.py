@@ -230,16 +230,20 @@ def nsq_read(tcp_address: str, topic: str, expected: int, timeout: float = 30.0)
 
 
 def purge_binlogs_to(conn: Any, newest: str, gone: str) -> None:
-    """PURGE BINARY LOGS TO `newest` until `gone` is no longer listed: MariaDB keeps a
-    file until its binlog checkpoint has passed it, so one PURGE may leave it."""
+    """PURGE BINARY LOGS TO `newest` until no older file is listed (`gone` among them):
+    MariaDB keeps a file until its binlog checkpoint has passed it, so one PURGE may
+    leave some. A file left between `gone` and `newest` would let a GTID reader find
+    its position there and stream on, instead of meeting the purge."""
 
     def purged() -> bool:
         with conn.cursor() as cur:
             cur.execute(f"PURGE BINARY LOGS TO '{newest}'")
             cur.execute("SHOW BINARY LOGS")
-            return gone not in {str(row[0]) for row in cur.fetchall()}
+            listed = [str(row[0]) for row in cur.fetchall()]
+        assert gone <= newest, f"{gone} is not older than {newest}"
+        return all(name >= newest for name in listed)
 
-    wait_for(f"{gone} to be purged", purged)
+    wait_for(f"binlogs before {newest} (with {gone}) to be purged", purged)
 
 
 class PrivateMariaDB:
