@@ -49,7 +49,9 @@ class AckTracker(Generic[T]):
             raise ValueError(f"transaction {seq} acknowledged more often than it has messages")
         entry[1] = remaining - 1
         self.in_flight -= 1
-        if index == 0:
+        # Called once per delivered message: only the first transaction's last
+        # acknowledgement can move the safe point.
+        if index == 0 and remaining == 1:
             self._advance()
 
     def safe(self) -> T | None:

@@ -29,7 +29,7 @@ without a primary key gets the key without `pk.` fields (Maxwell uses a random
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from json.encoder import encode_basestring as _encode_str
@@ -63,6 +63,10 @@ class _Change(Protocol):
 
 
 ChangeT = TypeVar("ChangeT", bound=_Change)
+
+# `MaxwellFormatter.encoded_row_writer`: (row, row index, last in transaction) ->
+# (key, value, event id).
+EncodedRowWriter = Callable[[EncodedRow, int, bool], tuple[bytes, bytes, str]]
 
 # `output_commit_info` / `output_xoffset`: True is Maxwell's form, "every_row" the
 # field on every row, False none.
@@ -328,6 +332,72 @@ class MaxwellFormatter:
             database=table.database,
             table=table.table,
         )
+
+    def encoded_row_writer(
+        self, ctx: TxnContext, table: TableDef, query: str | None = None
+    ) -> EncodedRowWriter:
+        """`format` of natively encoded rows of one table in one transaction, with
+        everything that does not change from row to row written once: the writer
+        gives `(key, value, event_id)` of a row, the bytes `format` gives."""
+        plan = self._plan(table)
+        opts = self.options
+        before, after = self._txn_fields(ctx)
+        source = self._source_text(ctx.server_id)
+        head = plan.head
+        if query is not None and opts.output_row_query:
+            head = f'{plan.key_head},"query":{_encode_str(query)},"type":"'
+        eid_prefix = f"{ctx.gtid}#" if ctx.gtid else f"{ctx.file}:{ctx.pos}#"
+        # The JSON string of `eid_prefix + digits` is this and the digits and a
+        # quote: JSON escapes characters one by one, and digits need none.
+        eid_open = ',"event_id":' + _encode_str(eid_prefix)[:-1] if source else ""
+        eid_close = '"' + source
+        with_pks = opts.output_primary_keys
+        pk_columns = (
+            ',"primary_key_columns":' + plan.pk_columns_json
+            if opts.output_primary_key_columns
+            else ""
+        )
+        mode = self._xoffset_mode
+        commit_last, commit_other = self._commit_last, self._commit_other
+        key_head = plan.key_head
+        pk_key_fields = plan.pk_key_fields
+        single_key_head = key_head + pk_key_fields[0] if len(pk_key_fields) == 1 else None
+
+        def write(
+            row: EncodedRow, row_index: int, is_last_in_txn: bool
+        ) -> tuple[bytes, bytes, str]:
+            pk_texts = row.primary_key
+            if mode == 2 or (mode == 1 and not is_last_in_txn):
+                commit = f',"xoffset":{row_index}' + (
+                    commit_last if is_last_in_txn else commit_other
+                )
+            else:
+                commit = commit_last if is_last_in_txn else commit_other
+            event_id_text = f"{eid_open}{row_index}{eid_close}" if eid_open else ""
+            pk_fields = (
+                ',"primary_key":[' + ",".join(pk_texts) + "]" + pk_columns
+                if with_pks
+                else pk_columns
+            )
+            old_text = "" if row.old is None else ',"old":' + row.old
+            value = (
+                f"{head}{row.type}{before}{commit}{after}{event_id_text}{pk_fields}"
+                f',"data":{row.data_json}{old_text}}}'
+            )
+            if single_key_head is not None and len(pk_texts) == 1:
+                key = f"{single_key_head}{pk_texts[0]}}}"
+            else:
+                key = key_head
+                for field_text, pk_text in zip(pk_key_fields, pk_texts, strict=True):
+                    key += field_text + pk_text
+                key += "}"
+            try:
+                value_bytes = value.encode()
+            except UnicodeEncodeError:
+                value_bytes = _utf8(value)
+            return _utf8(key), value_bytes, f"{eid_prefix}{row_index}"
+
+        return write
 
     def _value_texts(self, plan: _TablePlan, row: RowImage, eid: str) -> tuple[list[str], str, str]:
         """The key values', data's and `,"old":..`'s JSON texts of a decoded row."""

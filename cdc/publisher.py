@@ -20,12 +20,12 @@ from typing import Any
 
 from cdc.ddl import classify, is_truncate
 from cdc.filtering import Filter
-from cdc.formatter import MaxwellFormatter
+from cdc.formatter import EncodedRowWriter, MaxwellFormatter
 from cdc.partitioner import Partitioner
 from cdc.producers.base import Outgoing
 from cdc.replication.position import BinlogPosition
 from cdc.replication.transaction import RowChange, Transaction
-from cdc.rows import Message
+from cdc.rows import EncodedRow, Message
 from cdc.schema_model import Definitions, SchemaModel
 
 log = logging.getLogger(__name__)
@@ -69,12 +69,35 @@ class Publisher:
         by_key = partitioner.by_message_key
         num_shards = partitioner.num_shards
         shard_for = partitioner.shard_for
+        # The writer of natively encoded rows of the last table definition and
+        # statement seen (a transaction's rows events mostly share both).
+        encoded_writer = self.formatter.encoded_row_writer
+        writer: EncodedRowWriter | None = None
+        writer_for: tuple[Any, str | None] = (None, None)
         changes = self._published_changes(txn)
         change = next(changes, None)
         while change is not None:
             # One change ahead: the last one carries `commit: true`.
             following = next(changes, None)
-            message = fmt(ctx, change.table, change.row, index, following is None, change.query)
+            row = change.row
+            if by_key and type(row) is EncodedRow:
+                table = change.table
+                if writer is None or writer_for[0] is not table or writer_for[1] != change.query:
+                    writer = encoded_writer(ctx, table, change.query)
+                    writer_for = (table, change.query)
+                key, value, event_id = writer(row, index, following is None)
+                yield Outgoing(
+                    key,
+                    value,
+                    shard_for(key, num_shards),
+                    event_id,
+                    table.database,
+                    table.table,
+                )
+                change = following
+                index += 1
+                continue
+            message = fmt(ctx, change.table, row, index, following is None, change.query)
             key = message.key
             shard = (
                 shard_for(key, num_shards)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import logging.handlers
 import multiprocessing
@@ -82,6 +83,27 @@ _IDLE_S = 0.2
 _PARENT_CHECK_S = 0.2
 
 Pipeline = Literal["two-process", "one-process"]
+
+# Allocations between young-generation collections (Python's default is 700). The
+# stage makes several short-lived objects per row and no reference cycles: at the
+# default, a collection runs every hundred-odd rows and older generations are
+# scanned often, about a third of the per-row cost of making messages.
+GC_YOUNG_THRESHOLD = 20_000
+_gc_tuned = False
+
+
+def tune_gc() -> None:
+    """Collect garbage less often in this process, and move every object alive now
+    (modules, settings, clients) out of the collector's sight (`gc.freeze`) so that
+    the collections that do run scan only what the stream made. Once per process."""
+    global _gc_tuned
+    if _gc_tuned:
+        return
+    _gc_tuned = True
+    gc.collect()  # nothing collectable gets frozen
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 @dataclass(slots=True)
@@ -233,6 +255,7 @@ class LocalStage:
     """The read stage in the reader's process."""
 
     def __init__(self, spec: StageSpec) -> None:
+        tune_gc()
         options = spec.options
         connect = spec.settings.mysql.connect_kwargs()
         self._json_model = json_model_at(spec.start, connect, options.source)

@@ -13,8 +13,13 @@ from hypothesis import strategies as st
 
 from cdc.decoding import DecodeError, RowDecoder
 from cdc.decoding.native import NativeOptions, native_available
+from cdc.filtering import Filter
 from cdc.formatter import FormatterOptions, MaxwellFormatter
-from cdc.replication.transaction import RowChange, SpilledRows
+from cdc.partitioner import Partitioner
+from cdc.producers.base import Outgoing
+from cdc.publisher import Publisher
+from cdc.replication.position import Checkpoint
+from cdc.replication.transaction import RowChange, SpilledRows, Transaction
 from cdc.rows import EncodedRow, RowImage, TxnContext
 from cdc.schema import ColumnDef, ColumnType, TableDef
 from tests.unit.binlog_encoding import all_present, encode_row
@@ -328,3 +333,73 @@ def test_spilled_encoded_rows_read_back_the_same() -> None:
         assert [(c.table, c.row) for c in spilled] == [(TABLE, r) for r in rows]
     finally:
         spilled.close()
+
+
+# Every message-form option the row writer reads.
+WRITER_OPTIONS = st.builds(
+    FormatterOptions,
+    output_binlog_position=st.booleans(),
+    output_gtid_position=st.booleans(),
+    output_server_id=st.booleans(),
+    output_thread_id=st.booleans(),
+    output_primary_keys=st.booleans(),
+    output_primary_key_columns=st.booleans(),
+    output_null_zerodates=st.booleans(),
+    output_row_query=st.booleans(),
+    output_commit_info=st.sampled_from([True, False, "every_row"]),
+    output_xoffset=st.sampled_from([True, False, "every_row"]),
+    output_event_id=st.booleans(),
+    decimal_as_string=st.booleans(),
+    source=st.sampled_from(["default", 'odd "source"\\', "ü"]),
+    primary_key_change=st.sampled_from(["split", "update"]),
+)
+CONTEXTS = st.builds(
+    TxnContext,
+    server_id=st.integers(1, 2**32 - 1),
+    thread_id=st.none() | st.integers(0, 2**32),
+    gtid=st.none() | st.sampled_from(["0-7-99", "3e11fa47-71ca-11e1-9e33-c80aa9429562:23"]),
+    file=st.sampled_from(["binlog.000002", 'odd"name\\.000001', "bïnlog.000009"]),
+    pos=st.integers(4, 2**40),
+    ts=st.integers(0, 2**32),
+    xid=st.none() | st.integers(0, 2**64 - 1),
+)
+
+
+@DIFF
+@given(cases(), WRITER_OPTIONS, CONTEXTS, st.none() | st.text(max_size=20), st.integers(0, 3))
+def test_the_encoded_row_writer_writes_what_format_writes(
+    case: tuple[TableDef, str, bytes],
+    options: FormatterOptions,
+    ctx: TxnContext,
+    query: str | None,
+    first_index: int,
+) -> None:
+    table, kind, body = case
+    encoded, _ = _both_ways(table, kind, body, options)
+    assert encoded is not None, "the native decoder refused a valid body"
+    formatter = MaxwellFormatter(options)
+    changes = formatter.split_key_changes([RowChange(table, row) for row in encoded])
+    write = formatter.encoded_row_writer(ctx, table, query)
+    for offset, change in enumerate(changes):
+        index, last = first_index + offset, offset == len(changes) - 1
+        assert isinstance(change.row, EncodedRow)
+        message = formatter.format(ctx, table, change.row, index, last, query)
+        assert write(change.row, index, last) == (message.key, message.value, message.event_id)
+
+
+@DIFF
+@given(cases(), WRITER_OPTIONS, CONTEXTS)
+def test_a_transaction_of_encoded_rows_publishes_what_the_reference_rows_publish(
+    case: tuple[TableDef, str, bytes], options: FormatterOptions, ctx: TxnContext
+) -> None:
+    table, kind, body = case
+    encoded, reference = _both_ways(table, kind, body, options)
+    assert encoded is not None and not isinstance(reference, DecodeError)
+
+    def published(rows: list[EncodedRow] | list[RowImage]) -> list[Outgoing]:
+        publisher = Publisher(MaxwellFormatter(options), Partitioner(4), Filter(None))
+        end = Checkpoint(ctx.file, ctx.pos + 100, ctx.gtid, 0, ctx.server_id)
+        txn = Transaction(ctx=ctx, end=end, changes=[RowChange(table, row) for row in rows])
+        return list(publisher.messages(txn))
+
+    assert published(encoded) == published(reference)
