@@ -90,6 +90,7 @@ from cdc.replication.transaction import (
     TransactionAssembler,
     event_start,
 )
+from shardctl.core.backoff import Backoff, Exponential
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,18 @@ class MysqlGtidState:
         return str(self._set)
 
 
+@dataclass(slots=True)
+class _StartChecks:
+    """What one connection still has to check of where the server started it."""
+
+    start: Checkpoint
+    use_gtid: bool
+    # gtid mode: the start state, and the domains whose first GTID was checked.
+    start_state: MariadbGtidState | None
+    unchecked_domains: set[int] = field(default_factory=set)
+    verified_rotate: bool = False
+
+
 class BinlogSource:
     """Yields `Transaction`s and `Heartbeat`s from a start checkpoint; see the module docstring."""
 
@@ -202,11 +215,11 @@ class BinlogSource:
     # -- public ---------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Transaction | Heartbeat]:
-        backoff = self._options.reconnect_backoff_s[0]
+        backoff = Backoff(Exponential(*self._options.reconnect_backoff_s))
         while True:
             try:
                 for item in self._follow():
-                    backoff = self._options.reconnect_backoff_s[0]
+                    backoff.reset()
                     yield item
                 # The server ended the dump (EOF): reconnect like after a lost connection.
                 reason = "server ended the binlog dump"
@@ -222,14 +235,15 @@ class BinlogSource:
             finally:
                 self.close()
             self.reconnects += 1
+            delay = backoff.next()
             log.warning(
-                "source %s: reconnecting at %s after: %s",
+                "source %s: reconnecting at %s in %.1f s after: %s",
                 self._options.source,
                 self.boundary.describe(),
+                delay,
                 reason,
             )
-            time.sleep(backoff)
-            backoff = min(backoff * 2, self._options.reconnect_backoff_s[1])
+            time.sleep(delay)
 
     def close(self) -> None:
         if self._reader is not None:
@@ -304,19 +318,36 @@ class BinlogSource:
         return info
 
     def _follow(self) -> Iterator[Transaction | Heartbeat]:
+        """One replication connection, from `self.boundary`: check the server, open the
+        stream, and feed its events to a transaction assembler."""
         info = self._check()
         self._server = info
         start = self.boundary
-        gtid_state: MariadbGtidState | MysqlGtidState | None
-        if info.flavor == "mariadb":
-            gtid_state = MariadbGtidState(start.gtid)
-        elif info.gtid_mode:
-            gtid_state = MysqlGtidState(start.gtid)
-        else:
-            gtid_state = None
         use_gtid = self._options.mode == "gtid"
+        self._reader = self._stream_reader(info, start, use_gtid)
+        assembler = self._assembler(info, start)
+        checks = _StartChecks(
+            start, use_gtid, MariadbGtidState(start.gtid) if info.flavor == "mariadb" else None
+        )
+        while True:
+            event = self._reader.fetchone()
+            if event is None:
+                return
+            item = self._feed(event, assembler, checks)
+            if item is None:
+                continue
+            if isinstance(item, Transaction):
+                self.boundary = item.end
+                if use_gtid and item.end.gtid:
+                    # The library reconnects by itself on a lost connection; make it
+                    # ask for the state after this transaction, not the original one.
+                    self._reader.auto_position = item.end.gtid
+            yield item
+
+    def _stream_reader(self, info: ServerInfo, start: Checkpoint, use_gtid: bool) -> Any:
+        """The library's dump connection, at `start` (file:pos, or the GTID state)."""
         row_query = self._options.row_query
-        self._reader = BinLogStreamReader(
+        return BinLogStreamReader(
             connection_settings=self._connect_settings(),
             server_id=self._options.server_id,
             resume_stream=True,
@@ -335,7 +366,16 @@ class BinlogSource:
             slave_heartbeat=self._options.heartbeat_s,
             enable_logging=False,
         )
-        assembler = TransactionAssembler(
+
+    def _assembler(self, info: ServerInfo, start: Checkpoint) -> TransactionAssembler:
+        gtid_state: MariadbGtidState | MysqlGtidState | None
+        if info.flavor == "mariadb":
+            gtid_state = MariadbGtidState(start.gtid)
+        elif info.gtid_mode:
+            gtid_state = MysqlGtidState(start.gtid)
+        else:
+            gtid_state = None
+        return TransactionAssembler(
             self._decoding,
             gtid_state,
             start.file,
@@ -345,74 +385,56 @@ class BinlogSource:
             memory_bytes=self._options.transaction_memory_bytes,
             spill_dir=self._options.spill_dir,
         )
-        verified_rotate = False
-        # gtid mode: domains whose first GTID has not been checked against the start.
-        start_state = MariadbGtidState(start.gtid) if info.flavor == "mariadb" else None
-        unchecked_domains: set[int] = set()
-        while True:
-            event = self._reader.fetchone()
-            if event is None:
-                return
-            if isinstance(event, RotateEvent):
-                if event.timestamp == 0 and not verified_rotate:
-                    self._verify_start(event, start, use_gtid)
-                    verified_rotate = True
-                assembler.rotate(str(event.next_binlog))
-                continue
-            if isinstance(event, FormatDescriptionEvent):
-                assembler.format_description(event)
-                continue
-            if isinstance(event, HeartbeatLogEvent):
-                if not assembler.in_transaction:
-                    yield Heartbeat()
-                continue
-            if isinstance(event, MariadbGtidEvent):
-                gtid = str(event.gtid)
-                if start_state is not None and use_gtid:
-                    domain, _, seq = parse_mariadb_gtid(gtid)
-                    if domain not in unchecked_domains:
-                        unchecked_domains.add(domain)
-                        self._verify_gtid(gtid, domain, seq, start_state)
-                assembler.gtid(event, gtid, int(event.flags), begun=True)
-                continue
-            if isinstance(event, GtidEvent):
-                assembler.gtid(event, str(event.gtid), 0, begun=False)
-                continue
-            if isinstance(event, TableMapEvent):
-                assembler.table_map(event)
-                continue
-            if isinstance(event, MariadbAnnotateRowsEvent):
-                assembler.row_query(event, self._annotation_text(event, assembler))
-                continue
-            if isinstance(event, RowsQueryLogEvent):
-                assembler.row_query(event, str(event.query))
-                continue
-            if isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
-                assembler.rows(event)
-                continue
-            if isinstance(event, ExecuteLoadQueryEvent):
-                assembler.load_query(event)
-                continue
-            if isinstance(event, XAPrepareEvent):
-                raise SourceError(
-                    f"XA PREPARE at {assembler.file}:{event_start(event)}: XA transactions "
-                    "are not supported by the reader"
-                )
-            txn: Transaction | None
-            if isinstance(event, XidEvent):
-                txn = assembler.xid(event)
-            elif isinstance(event, QueryEvent):
-                txn = assembler.query(event)
-            else:
-                continue
-            if txn is None:
-                continue
-            self.boundary = txn.end
-            if use_gtid and txn.end.gtid:
-                # The library reconnects by itself on a lost connection; make it
-                # ask for the state after this transaction, not the original one.
-                self._reader.auto_position = txn.end.gtid
-            yield txn
+
+    def _feed(
+        self, event: Any, assembler: TransactionAssembler, checks: _StartChecks
+    ) -> Transaction | Heartbeat | None:
+        """Give one event to the assembler; a transaction it completes, a heartbeat
+        between transactions, or None. One flat branch per event type."""
+        if isinstance(event, RotateEvent):
+            if event.timestamp == 0 and not checks.verified_rotate:
+                self._verify_start(event, checks.start, checks.use_gtid)
+                checks.verified_rotate = True
+            assembler.rotate(str(event.next_binlog))
+        elif isinstance(event, FormatDescriptionEvent):
+            assembler.format_description(event)
+        elif isinstance(event, HeartbeatLogEvent):
+            return None if assembler.in_transaction else Heartbeat()
+        elif isinstance(event, MariadbGtidEvent):
+            gtid = str(event.gtid)
+            self._check_first_gtid(gtid, checks)
+            assembler.gtid(event, gtid, int(event.flags), begun=True)
+        elif isinstance(event, GtidEvent):
+            assembler.gtid(event, str(event.gtid), 0, begun=False)
+        elif isinstance(event, TableMapEvent):
+            assembler.table_map(event)
+        elif isinstance(event, MariadbAnnotateRowsEvent):
+            assembler.row_query(event, self._annotation_text(event, assembler))
+        elif isinstance(event, RowsQueryLogEvent):
+            assembler.row_query(event, str(event.query))
+        elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
+            assembler.rows(event)
+        elif isinstance(event, ExecuteLoadQueryEvent):
+            assembler.load_query(event)
+        elif isinstance(event, XAPrepareEvent):
+            raise SourceError(
+                f"XA PREPARE at {assembler.file}:{event_start(event)}: XA transactions "
+                "are not supported by the reader"
+            )
+        elif isinstance(event, XidEvent):
+            return assembler.xid(event)
+        elif isinstance(event, QueryEvent):
+            return assembler.query(event)
+        return None
+
+    def _check_first_gtid(self, gtid: str, checks: _StartChecks) -> None:
+        """In gtid mode, check each domain's first GTID against the start state."""
+        if checks.start_state is None or not checks.use_gtid:
+            return
+        domain, _, seq = parse_mariadb_gtid(gtid)
+        if domain not in checks.unchecked_domains:
+            checks.unchecked_domains.add(domain)
+            self._verify_gtid(gtid, domain, seq, checks.start_state)
 
     def _annotation_text(self, event: Any, assembler: TransactionAssembler) -> str:
         raw = bytes(event.sql_statement)
