@@ -10,6 +10,12 @@ When the columns a chunk returns are not those read before (an ALTER TABLE
 while the snapshot runs), the table's columns are read again and the chunk is
 read again with them: every row is published with the columns it has now.
 
+The snapshot ends at the largest key the table held when the reader was made
+(`AND (a,b) <= (%s,%s)`): rows inserted after it with larger keys reach the
+consumer through the stream, and a table that keeps gaining rows at its end is
+not chased forever (Debezium's incremental snapshot bounds its chunks the same
+way).
+
 The row-value comparison handles composite and non-integer keys alike; the key
 of the last row read is where the next chunk starts (and what is stored as
 progress, in the JSON form of `encode_key`). A table without a primary key has
@@ -69,8 +75,10 @@ def chunk_sql(
     where: str | None,
     after: KeyValues | None,
     size: int,
+    upto: KeyValues | None = None,
 ) -> tuple[str, list[Any]]:
-    """The SELECT of the chunk after `after` (from the start when None), and its args."""
+    """The SELECT of the chunk after `after` (from the start when None) and up to
+    `upto` (no bound when None), and its args."""
     key = ",".join(f"`{quote_ident(c)}`" for c in primary_key)
     conditions: list[str] = []
     args: list[Any] = []
@@ -80,6 +88,10 @@ def chunk_sql(
         marks = ",".join(["%s"] * len(after))
         conditions.append(f"({key}) > ({marks})")
         args.extend(after)
+    if upto is not None:
+        marks = ",".join(["%s"] * len(upto))
+        conditions.append(f"({key}) <= ({marks})")
+        args.extend(upto)
     sql = f"SELECT * FROM `{quote_ident(database)}`.`{quote_ident(table)}`"
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
@@ -111,6 +123,7 @@ class ChunkReader:
             with self._connection.cursor() as cursor:
                 cursor.execute("SET time_zone = '+00:00'")
             self._load_columns()
+            self.last_key = self._last_key()
         except BaseException:
             self._connection.close()
             raise
@@ -126,6 +139,18 @@ class ChunkReader:
         self._key_index = [
             [c.name for c in self._columns].index(pk) for pk in self.table_def.primary_key
         ]
+
+    def _last_key(self) -> KeyValues | None:
+        """The largest key (under the request's `where`) now: where the snapshot ends."""
+        key = ",".join(f"`{quote_ident(c)}`" for c in self.table_def.primary_key)
+        desc = ",".join(f"`{quote_ident(c)}` DESC" for c in self.table_def.primary_key)
+        sql = f"SELECT {key} FROM `{quote_ident(self.database)}`.`{quote_ident(self.table)}`"
+        if self.where:
+            sql += f" WHERE ({self.where})"
+        with self._connection.cursor() as cursor:
+            cursor.execute(sql + f" ORDER BY {desc} LIMIT 1")
+            row = cursor.fetchone()
+        return None if row is None else tuple(row)
 
     @property
     def connection(self) -> Any:
@@ -148,6 +173,8 @@ class ChunkReader:
         return int(row[0] or 0) if row else 0
 
     def read(self, after: KeyValues | None, where_id: str) -> list[ChunkRow]:
+        if self.last_key is None:
+            return []  # the table was empty (under `where`) when the snapshot began
         raw = self._select(after)
         if raw is None:
             self._load_columns()
@@ -171,7 +198,13 @@ class ChunkReader:
     def _select(self, after: KeyValues | None) -> list[Any] | None:
         """The chunk's rows; None when its columns are not the ones known."""
         sql, args = chunk_sql(
-            self.database, self.table, self.table_def.primary_key, self.where, after, self.size
+            self.database,
+            self.table,
+            self.table_def.primary_key,
+            self.where,
+            after,
+            self.size,
+            self.last_key,
         )
         with self._connection.cursor() as cursor:
             cursor.execute(sql, args)

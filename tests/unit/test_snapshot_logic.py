@@ -177,6 +177,15 @@ def test_chunk_sql_single_composite_and_where() -> None:
     assert args == [1, "x"]
 
 
+def test_chunk_sql_stops_at_the_largest_key_of_the_start() -> None:
+    sql, args = chunk_sql("db", "t", ("a", "b"), None, (1, "x"), 5, (9, "z"))
+    assert sql == (
+        "SELECT * FROM `db`.`t` WHERE (`a`,`b`) > (%s,%s) AND (`a`,`b`) <= (%s,%s)"
+        " ORDER BY `a`,`b` LIMIT 5"
+    )
+    assert args == [1, "x", 9, "z"]
+
+
 @given(
     st.lists(
         st.one_of(
