@@ -1,9 +1,17 @@
 """The reader process: elected per source, it streams binlog → messages → producer.
 
-    STANDBY --won election--> LEADING --stop()--> FLUSHING --> (checkpoint) --> STOPPED
-       ^                         |
-       +----leadership lost------+      (new session, campaign again)
-    LEADING --delivery/decode/source error--> raise (the process exits non-zero)
+Its lifecycle (`ReaderState`, one transition per line):
+
+    STANDBY --won the election--> LEADING
+    STANDBY --stop() while campaigning--> STOPPED
+    STANDBY --an error no retry mends (a setting, the server): raised--> FAILED
+    LEADING --stop(), or another shard count asked (at a transaction boundary)--> FLUSHING
+    LEADING --leadership lost or etcd unreachable: a new session, campaign again--> STANDBY
+    LEADING --a delivery, decode or source error: raised, the process exits non-zero--> FAILED
+    FLUSHING --delivered and checkpointed, to lead with the new shard count--> LEADING
+    FLUSHING --delivered and checkpointed, then resigned--> STOPPED
+    FLUSHING --leadership lost or etcd unreachable while flushing--> STANDBY
+    FLUSHING --a delivery failed while flushing: raised--> FAILED
 
 Several readers may run for one source; they share `cdc.server_id`. Each holds
 an etcd session (lease) and campaigns on `cdc/<source>/leader`; the winner's
@@ -19,7 +27,10 @@ While leading:
    publish each one's messages and register the transaction with the ack tracker.
 3. Every `checkpoint_interval_s`, store the end of the newest transaction whose
    messages, and all before it, were acknowledged (`cdc.acks`).
-4. On stop: flush the producer, store the final checkpoint, resign.
+4. On stop: flush the producer, store the final checkpoint, resign. A stop in the
+   middle of a transaction delivers its first chunks, but the checkpoint stays
+   at the transaction's start (the acks of a transaction's chunks but the last
+   vouch only for the end before it).
 5. When `shardctl shards set` asks for another shard count: at a transaction
    boundary, flush and store the checkpoint as on stop, then lead again from it,
    keeping the leadership; `cdc.reshard` switches the count at that boundary and
@@ -44,7 +55,8 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from enum import Enum
 from functools import partial
 from typing import Any
 
@@ -70,6 +82,7 @@ from cdc.stage import (
     Chunk,
     LocalStage,
     ProcessStage,
+    StageItem,
     StageSpec,
     build_publisher,
     prepare_stage,
@@ -77,6 +90,7 @@ from cdc.stage import (
     start_stage,
 )
 from shardctl.core import health
+from shardctl.core.backoff import ETCD_RETRY, Backoff
 from shardctl.core.config import ConfigError, Settings
 from shardctl.core.etcd.client import EtcdClient, EtcdUnavailable
 from shardctl.core.etcd.election import Election, Leadership, NotLeader
@@ -93,10 +107,42 @@ from shardctl.core.metrics import (
     CDC_PUBLISH_AGE,
     CDC_ROWS,
 )
+from shardctl.core.states import Transitions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LagMonitor", "Reader", "recovery_command", "resolve_start", "server_charset"]
+__all__ = [
+    "READER_TRANSITIONS",
+    "LagMonitor",
+    "Reader",
+    "ReaderState",
+    "recovery_command",
+    "resolve_start",
+    "server_charset",
+]
+
+
+class ReaderState(Enum):
+    STANDBY = "standby"  # a session is open; campaigning
+    LEADING = "leading"  # publishing
+    FLUSHING = "flushing"  # stopped at a boundary: delivering and storing the checkpoint
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+READER_TRANSITIONS = Transitions(
+    "reader",
+    {
+        ReaderState.STANDBY: {ReaderState.LEADING, ReaderState.STOPPED, ReaderState.FAILED},
+        ReaderState.LEADING: {ReaderState.FLUSHING, ReaderState.STANDBY, ReaderState.FAILED},
+        ReaderState.FLUSHING: {
+            ReaderState.LEADING,
+            ReaderState.STOPPED,
+            ReaderState.STANDBY,
+            ReaderState.FAILED,
+        },
+    },
+)
 
 
 class LagMonitor:
@@ -217,6 +263,42 @@ def resolve_start(options: CdcOptions, connect: dict[str, Any]) -> Checkpoint:
         connection.close()
 
 
+class _TermEnd(Enum):
+    """Why a term's stream stopped at a transaction boundary."""
+
+    STOP = "stop"  # Reader.stop()
+    SWITCH = "switch"  # `shardctl shards set` asked for another shard count
+
+
+@dataclasses.dataclass
+class _Term:
+    """One term of leadership: what it publishes with, and how far it got.
+
+    `published` is the end of the last transaction registered with the ack tracker:
+    the only checkpoint that messages published after it (a bootstrap) may vouch
+    for. `saved` is the checkpoint last stored. `in_transaction` holds while a
+    transaction's chunks are arriving (the stream is not at a boundary).
+    """
+
+    loop: LoopThread
+    store: CheckpointStore
+    leadership: Leadership
+    connect: dict[str, Any]  # PyMySQL keyword arguments; holds the password, never logged
+    spec: StageSpec
+    producer: Producer
+    tracker: AckTracker[Checkpoint]
+    bootstrap: BootstrapRunner
+    snapshots: IncrementalSnapshots
+    switch: ShardSwitch
+    lag: LagMonitor
+    lost: concurrent.futures.Future[str]  # done once the leadership is over
+    published: Checkpoint
+    saved: Checkpoint
+    next_save: float  # time.monotonic() of the next checkpoint store
+    next_bootstrap: float = dataclasses.field(default_factory=time.monotonic)
+    in_transaction: bool = False
+
+
 class Reader:
     def __init__(
         self,
@@ -234,6 +316,7 @@ class Reader:
         self.messages = 0
         self.last_end: Checkpoint | None = None  # end of the last transaction read
         self._relead = "to switch the shard count"  # why _lead asked to lead again
+        self.state = ReaderState.STANDBY
 
     # -- control --------------------------------------------------------------
 
@@ -245,6 +328,11 @@ class Reader:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def _move(self, new: ReaderState) -> None:
+        if new is not self.state:
+            self.state = READER_TRANSITIONS.check(self.options.reader_id, self.state, new)
+            log.info("reader %s: %s", self.options.reader_id, new.value)
+
     # -- main loop ------------------------------------------------------------
 
     def run(self) -> None:
@@ -252,52 +340,63 @@ class Reader:
         client: EtcdClient | None = None
         try:
             client = loop.run(EtcdClient(self.settings.etcd).connect())
-            store = CheckpointStore(client, self.keyspace, self.options.source)
-            while not self.stopping:
-                health.beat()
-                try:
-                    session = Session.open_blocking(
-                        self.settings.etcd,
-                        self.options.lease_ttl_s,
-                        name=f"cdc-{self.options.source}-{self.options.reader_id}",
-                    )
-                except EtcdUnavailable as exc:
-                    log.warning("reader %s: no etcd session yet: %s", self.options.reader_id, exc)
-                    self._stop.wait(1.0)
-                    continue
-                health.update("standby", session)
-                # Started now, so that it is ready (imported) when this reader leads.
-                prepared = prepare_stage(self.options)
-                try:
-                    leadership = self._campaign(loop, client, session)
-                    if leadership is None:
-                        return
-                    while self._lead(loop, client, store, leadership, prepared):
-                        # The read stage was built for the old count; the next
-                        # lead builds its own.
-                        prepared = None
-                        if self.stopping:
-                            break
-                        log.info(
-                            "reader %s: leading again %s", self.options.reader_id, self._relead
-                        )
-                    if self.stopping:
-                        loop.run(leadership.resign(), timeout=self.settings.etcd.timeout_s + 1)
-                except LeadershipLost as exc:
-                    log.error("reader %s: %s; campaigning again", self.options.reader_id, exc)
-                except EtcdUnavailable as exc:
-                    # Without etcd the checkpoint cannot be kept: stop publishing, and
-                    # start over (from the stored checkpoint) once etcd answers again.
-                    log.error("reader %s: %s; starting over", self.options.reader_id, exc)
-                    self._stop.wait(1.0)
-                finally:
-                    if prepared is not None:
-                        prepared.close()
-                    session.close_blocking()
+            self._serve(loop, client, CheckpointStore(client, self.keyspace, self.options.source))
+            self._move(ReaderState.STOPPED)
+        except BaseException:
+            if self.state is not ReaderState.STOPPED:
+                self._move(ReaderState.FAILED)
+            raise
         finally:
             if client is not None:
                 loop.run(client.close(), timeout=5)
             loop.stop()
+
+    def _serve(self, loop: LoopThread, client: EtcdClient, store: CheckpointStore) -> None:
+        """Campaign and lead, one etcd session after another, until stopped."""
+        retry = Backoff(ETCD_RETRY)
+        while not self.stopping:
+            health.beat()
+            try:
+                session = Session.open_blocking(
+                    self.settings.etcd,
+                    self.options.lease_ttl_s,
+                    name=f"cdc-{self.options.source}-{self.options.reader_id}",
+                )
+            except EtcdUnavailable as exc:
+                log.warning("reader %s: no etcd session yet: %s", self.options.reader_id, exc)
+                self._stop.wait(retry.next())
+                continue
+            self._move(ReaderState.STANDBY)
+            health.update(self.state.value, session)
+            # Started now, so that it is ready (imported) when this reader leads.
+            prepared = prepare_stage(self.options)
+            try:
+                leadership = self._campaign(loop, client, session)
+                if leadership is None:
+                    return
+                while self._lead(loop, client, store, leadership, prepared):
+                    # The read stage was built for the old count; the next lead
+                    # builds its own.
+                    prepared = None
+                    if self.stopping:
+                        break
+                    log.info("reader %s: leading again %s", self.options.reader_id, self._relead)
+                if self.stopping:
+                    loop.run(leadership.resign(), timeout=self.settings.etcd.timeout_s + 1)
+                retry.reset()
+            except LeadershipLost as exc:
+                log.error("reader %s: %s; campaigning again", self.options.reader_id, exc)
+                self._move(ReaderState.STANDBY)
+            except EtcdUnavailable as exc:
+                # Without etcd the checkpoint cannot be kept: stop publishing, and
+                # start over (from the stored checkpoint) once etcd answers again.
+                log.error("reader %s: %s; starting over", self.options.reader_id, exc)
+                self._move(ReaderState.STANDBY)
+                self._stop.wait(retry.next())
+            finally:
+                if prepared is not None:
+                    prepared.close()
+                session.close_blocking()
 
     def _campaign(
         self, loop: LoopThread, client: EtcdClient, session: Session
@@ -339,35 +438,96 @@ class Reader:
         leadership: Leadership,
         prepared: ProcessStage | None = None,
     ) -> bool:
-        """Publish while leading; True when it ended to switch the shard count."""
+        """One term of leadership: publish until asked to stop or to switch the shard
+        count; True when the reader should lead again (a new count, or a new
+        checkpoint after a purged binlog)."""
+        self._move(ReaderState.LEADING)
+        checkpoint = self._starting_checkpoint(loop, client, store, leadership)
+        term = self._begin_term(loop, client, store, leadership, checkpoint)
+        ending: _TermEnd | None = None  # set when the stream stopped at a boundary
+        purged: PurgedBinlogError | None = None
+        stage: LocalStage | ProcessStage | None = None
+        CDC_LEADER.labels(self.options.source).set(1)
+        health.update(ReaderState.LEADING.value)
+        term.lag.start()
+        try:
+            stage = start_stage(term.spec, prepared)
+            ending = self._stream(term, stage)
+        except (NotLeader, SessionLost) as exc:
+            raise LeadershipLost(str(exc)) from exc
+        except PurgedBinlogError as exc:
+            if self.options.snapshot_mode != "when_needed":
+                raise
+            purged = exc
+        except DeliveryError:
+            CDC_DELIVERY_FAILURES.labels(self.options.source).inc()
+            raise
+        except SessionSettingError:
+            # Stop at the boundary just before the transaction: everything before it
+            # delivered and checkpointed, so `checkpoint skip` finds the checkpoint
+            # sitting at that transaction. A delivery failure here is raised instead.
+            term.producer.flush(60)
+            self._advance(term)
+            raise
+        finally:
+            self._end_term(term, stage, ending)
+        if purged is not None:
+            restart = recover_from_purged(
+                loop, client, self.keyspace, self.options, term.connect, purged
+            )
+            self._save(loop, store, leadership, restart)
+            self._relead = "from the new checkpoint"
+            return True
+        self._relead = "to switch the shard count"
+        return ending is _TermEnd.SWITCH
+
+    # -- the steps of a term ------------------------------------------------------
+
+    def _starting_checkpoint(
+        self, loop: LoopThread, client: EtcdClient, store: CheckpointStore, leadership: Leadership
+    ) -> Checkpoint:
+        """The stored checkpoint; on a first start, `start_position`, stored at once
+        (so a crash before the first transaction loses nothing), and the initial
+        snapshots that `snapshot_mode` asks for."""
         options = self.options
         timeout = self.settings.etcd.timeout_s + 1
         connect = self.settings.mysql.connect_kwargs()
         checkpoint = call_with_retry(loop, store.load, f"reading {store.key}", timeout_s=timeout)
-        if checkpoint is None:
-            checkpoint = resolve_start(options, connect)
-            if options.snapshot_mode in ("initial", "when_needed"):
-                request_initial_snapshots(loop, client, self.keyspace, options, connect)
-            json_model = JsonSchemaModel.from_server(partial(pymysql.connect, **connect))
-            checkpoint = dataclasses.replace(checkpoint, json_columns=json_model.state)
-            self._save(loop, store, leadership, checkpoint)
-            log.info(
-                "source %s: no checkpoint; starting at %s",
-                options.source,
-                checkpoint.describe(),
-                extra={"source": options.source, "position": checkpoint.describe()},
-            )
-        else:
+        where = {"source": options.source}
+        if checkpoint is not None:
             log.info(
                 "source %s: resuming at checkpoint %s",
                 options.source,
                 checkpoint.describe(),
-                extra={"source": options.source, "position": checkpoint.describe()},
+                extra={**where, "position": checkpoint.describe()},
             )
+            return checkpoint
+        checkpoint = resolve_start(options, connect)
+        if options.snapshot_mode in ("initial", "when_needed"):
+            request_initial_snapshots(loop, client, self.keyspace, options, connect)
+        json_model = JsonSchemaModel.from_server(partial(pymysql.connect, **connect))
+        checkpoint = dataclasses.replace(checkpoint, json_columns=json_model.state)
+        self._save(loop, store, leadership, checkpoint)
+        log.info(
+            "source %s: no checkpoint; starting at %s",
+            options.source,
+            checkpoint.describe(),
+            extra={**where, "position": checkpoint.describe()},
+        )
+        return checkpoint
+
+    def _begin_term(
+        self,
+        loop: LoopThread,
+        client: EtcdClient,
+        store: CheckpointStore,
+        leadership: Leadership,
+        checkpoint: Checkpoint,
+    ) -> _Term:
+        """Settle the shard count, then build what the term publishes with."""
+        options = self.options
+        connect = self.settings.mysql.connect_kwargs()
         self.last_end = checkpoint
-        # End of the last transaction registered with the ack tracker: the only
-        # checkpoint that messages published after it (a bootstrap) may vouch for.
-        published = checkpoint
         switch = ShardSwitch(loop, client, self.keyspace, self.settings, options)
         try:
             num_shards, shard_hash = switch.start(leadership, checkpoint)
@@ -409,116 +569,124 @@ class Reader:
             leadership,
             lambda: self.stopping,
         )
-        lost: concurrent.futures.Future[str] = loop.submit(leadership.wait_lost())
         tracker: AckTracker[Checkpoint] = AckTracker()
-        saved = checkpoint
-        next_save = time.monotonic() + options.checkpoint_interval_s
-        next_bootstrap = time.monotonic()
         lag = LagMonitor(options.source, connect, options.lag_interval_s, lambda: tracker.in_flight)
         # A checkpoint without a commit time (a first start): count from now.
         lag.read(checkpoint, checkpoint.ts or time.time())
-        clean = False
-        switching = False
-        in_transaction = False  # chunks of a transaction are arriving
-        purged: PurgedBinlogError | None = None
+        return _Term(
+            loop=loop,
+            store=store,
+            leadership=leadership,
+            connect=connect,
+            spec=spec,
+            producer=producer,
+            tracker=tracker,
+            bootstrap=bootstrap,
+            snapshots=snapshots,
+            switch=switch,
+            lag=lag,
+            lost=loop.submit(leadership.wait_lost()),
+            published=checkpoint,
+            saved=checkpoint,
+            next_save=time.monotonic() + options.checkpoint_interval_s,
+        )
 
-        def check_leadership() -> None:
-            health.beat()
-            if lost.done() or not leadership.session.is_valid():
-                raise LeadershipLost(self._lost_reason(lost, leadership))
+    def _stream(self, term: _Term, stage: Iterable[StageItem]) -> _TermEnd:
+        """Publish what the read stage yields; return why it stopped at a boundary."""
+        for item in stage:
+            self._check_leadership(term)
+            self._take(term, item)
+            self._periodic(term)
+            if self.stopping:
+                return _TermEnd.STOP
+            if not term.in_transaction and term.switch.requested():
+                # At a transaction boundary: everything before it goes out with the
+                # old count, flushed and checkpointed as the term ends.
+                return _TermEnd.SWITCH
+        # The binlog source reconnects by itself; its end is a bug, never a stop.
+        raise RuntimeError(
+            f"reader {self.options.reader_id}: the read stage ended after "
+            f"{term.published.describe()} without an error"
+        )
 
-        def wait_for_room() -> None:
-            """Back-pressure: at most `max_in_flight` messages unacknowledged."""
-            producer.poll(0)
-            while tracker.in_flight > options.max_in_flight:
-                producer.poll(0.05)
-                check_leadership()
+    def _take(self, term: _Term, item: StageItem) -> None:
+        """Publish one chunk of a transaction, or use a pause in the stream; at a
+        boundary, let a bootstrap or an incremental snapshot take its turn."""
+        if isinstance(item, Chunk):
+            if not term.in_transaction:
+                term.lag.read(item.end, item.end.ts)
+                if term.bootstrap.due(item.ctx):
+                    # The bootstrap stands between the last published transaction and
+                    # this one: its acks may checkpoint the former, never this one.
+                    self._emit_bootstrap(term)
+            term.snapshots.observe(item)
+            term.published = self._publish(item, term.producer, term.tracker, term.published)
+            term.in_transaction = not item.last
+            self._wait_for_room(term)
+        else:
+            term.producer.poll(0)
+            if isinstance(item, Heartbeat) and term.bootstrap.due(None):
+                self._emit_bootstrap(term)
+        if not term.in_transaction:
+            term.snapshots.step(
+                term.producer, term.tracker, term.published, isinstance(item, Heartbeat)
+            )
 
-        CDC_LEADER.labels(options.source).set(1)
-        health.update("leading")
-        lag.start()
-        stage: LocalStage | ProcessStage | None = None
+    @staticmethod
+    def _emit_bootstrap(term: _Term) -> None:
+        term.bootstrap.emit(term.producer, term.tracker, term.published, term.leadership)
+
+    def _periodic(self, term: _Term) -> None:
+        """Every `checkpoint_interval_s` store the checkpoint; every `bootstrap_poll_s`
+        look for a blocking bootstrap request."""
+        now = time.monotonic()
+        if now >= term.next_save:
+            term.next_save = now + self.options.checkpoint_interval_s
+            self._advance(term)
+        if now >= term.next_bootstrap and term.bootstrap.armed is None:
+            term.next_bootstrap = now + self.options.bootstrap_poll_s
+            try:
+                term.bootstrap.arm_next(term.leadership)
+            except EtcdUnavailable as exc:
+                log.warning("source %s: bootstrap requests not read: %s", self.options.source, exc)
+
+    def _check_leadership(self, term: _Term) -> None:
+        health.beat()
+        if term.lost.done() or not term.leadership.session.is_valid():
+            raise LeadershipLost(self._lost_reason(term.lost, term.leadership))
+
+    def _wait_for_room(self, term: _Term) -> None:
+        """Back-pressure: at most `max_in_flight` messages unacknowledged."""
+        term.producer.poll(0)
+        while term.tracker.in_flight > self.options.max_in_flight:
+            term.producer.poll(0.05)
+            self._check_leadership(term)
+
+    def _end_term(
+        self, term: _Term, stage: LocalStage | ProcessStage | None, ending: _TermEnd | None
+    ) -> None:
+        """Release what the term held; after a stop at a boundary, deliver everything
+        and store the final checkpoint first."""
+        CDC_LEADER.labels(self.options.source).set(0)
+        term.lag.stop()
+        if stage is not None:
+            stage.close()
+        term.bootstrap.close()
+        term.snapshots.close()
+        term.lost.cancel()
         try:
-            stage = start_stage(spec, prepared)
-            for item in stage:
-                check_leadership()
-                if isinstance(item, Chunk):
-                    if not in_transaction:
-                        lag.read(item.end, item.end.ts)
-                        if bootstrap.due(item.ctx):
-                            # The bootstrap stands between the last published
-                            # transaction and this one: its acks may checkpoint the
-                            # former, never this one.
-                            bootstrap.emit(producer, tracker, published, leadership)
-                    snapshots.observe(item)
-                    published = self._publish(item, producer, tracker, published)
-                    in_transaction = not item.last
-                    wait_for_room()
-                else:
-                    producer.poll(0)
-                    if isinstance(item, Heartbeat) and bootstrap.due(None):
-                        bootstrap.emit(producer, tracker, published, leadership)
-                if not in_transaction:
-                    snapshots.step(producer, tracker, published, isinstance(item, Heartbeat))
-                now = time.monotonic()
-                if now >= next_save:
-                    next_save = now + options.checkpoint_interval_s
-                    saved = self._advance(loop, store, leadership, tracker, saved)
-                if now >= next_bootstrap and bootstrap.armed is None:
-                    next_bootstrap = now + options.bootstrap_poll_s
-                    try:
-                        bootstrap.arm_next(leadership)
-                    except EtcdUnavailable as exc:
-                        log.warning(
-                            "source %s: bootstrap requests not read: %s", options.source, exc
-                        )
-                if self.stopping:
-                    clean = True
-                    break
-                if not in_transaction and switch.requested():
-                    # At a transaction boundary: everything before it goes out with
-                    # the old count, flushed and checkpointed below.
-                    clean = switching = True
-                    break
-        except (NotLeader, SessionLost) as exc:
-            raise LeadershipLost(str(exc)) from exc
-        except PurgedBinlogError as exc:
-            if options.snapshot_mode != "when_needed":
-                raise
-            purged = exc
-        except DeliveryError:
-            CDC_DELIVERY_FAILURES.labels(options.source).inc()
-            raise
-        except SessionSettingError:
-            # Stop at the boundary just before the transaction: everything before it
-            # delivered and checkpointed, so `checkpoint skip` finds the checkpoint
-            # sitting at that transaction. A delivery failure here is raised instead.
-            producer.flush(60)
-            self._advance(loop, store, leadership, tracker, saved)
-            raise
-        finally:
-            CDC_LEADER.labels(options.source).set(0)
-            lag.stop()
-            if stage is not None:
-                stage.close()
-            bootstrap.close()
-            snapshots.close()
-            lost.cancel()
-            if clean:
+            if ending is not None:
+                self._move(ReaderState.FLUSHING)
                 why = (
-                    "to switch the shard count" if switching else f"stopping ({self._stop_reason})"
+                    "to switch the shard count"
+                    if ending is _TermEnd.SWITCH
+                    else f"stopping ({self._stop_reason})"
                 )
-                log.info("reader %s: %s; flushing", options.reader_id, why)
-                producer.flush(60)
-                self._advance(loop, store, leadership, tracker, saved)
-            producer.close()
-        if purged is not None:
-            restart = recover_from_purged(loop, client, self.keyspace, options, connect, purged)
-            self._save(loop, store, leadership, restart)
-            self._relead = "from the new checkpoint"
-            return True
-        self._relead = "to switch the shard count"
-        return switching
+                log.info("reader %s: %s; flushing", self.options.reader_id, why)
+                term.producer.flush(60)
+                self._advance(term)
+        finally:
+            term.producer.close()
 
     @staticmethod
     def _lost_reason(lost: concurrent.futures.Future[str], leadership: Leadership) -> str:
@@ -565,19 +733,14 @@ class Reader:
         ack()
         CDC_PUBLISH_AGE.labels(self.options.source).observe(max(0.0, time.time() - committed_at))
 
-    def _advance(
-        self,
-        loop: LoopThread,
-        store: CheckpointStore,
-        leadership: Leadership,
-        tracker: AckTracker[Checkpoint],
-        saved: Checkpoint,
-    ) -> Checkpoint:
-        safe = tracker.safe()
-        if safe is None or safe == saved:
-            return saved
+    def _advance(self, term: _Term) -> None:
+        """Store the end of the newest transaction delivered in full, with all before
+        it (`AckTracker.safe`), if it moved since the last store."""
+        safe = term.tracker.safe()
+        if safe is None or safe == term.saved:
+            return
         try:
-            self._save(loop, store, leadership, safe)
+            self._save(term.loop, term.store, term.leadership, safe)
         except EtcdUnavailable as exc:
             # Not fatal: the checkpoint only lags; the next interval tries again.
             log.warning(
@@ -586,9 +749,9 @@ class Reader:
                 safe.describe(),
                 exc,
             )
-            return saved
+            return
         CDC_CHECKPOINT.labels(self.options.source, safe.file).set(safe.pos)
-        return safe
+        term.saved = safe
 
     def _save(
         self, loop: LoopThread, store: CheckpointStore, leadership: Leadership, cp: Checkpoint

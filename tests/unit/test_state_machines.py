@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import cdc.reader
 import coordinator.service
 import workers.consumer
 import workers.ownership
@@ -25,6 +26,7 @@ MACHINES: list[tuple[ModuleType, Transitions[Any], type[Enum]]] = [
         coordinator.service.COORDINATOR_TRANSITIONS,
         coordinator.service.CoordinatorState,
     ),
+    (cdc.reader, cdc.reader.READER_TRANSITIONS, cdc.reader.ReaderState),
 ]
 
 
