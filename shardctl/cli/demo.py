@@ -19,6 +19,7 @@ import asyncio
 import os
 import random
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -351,6 +352,7 @@ def demo(
         f"{shards} shards; process logs in {workdir}"
     )
     verdict = False
+    raise_on_interrupt()
     try:
         verdict = _run(run, console, duration, shards, rate, catch_up_timeout)
     except KeyboardInterrupt:
@@ -364,6 +366,20 @@ def demo(
         else:
             run.remove_everything()
     raise typer.Exit(0 if verdict else 1)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def raise_on_interrupt() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt wherever the demo is.
+
+    With Python's default handler in place, `asyncio.Runner.run` (the live view's
+    snapshots) turns a Ctrl-C into the cancellation of its task, and a coroutine in
+    flight may absorb a cancellation: the demo then ran on as if never interrupted.
+    The runner leaves a handler of our own alone."""
+    signal.signal(signal.SIGINT, _interrupted)
 
 
 def _run(

@@ -94,7 +94,7 @@ class ReaderProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
-    def terminate(self, timeout: float = 30) -> int:
+    def terminate(self, timeout: float = 60) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
@@ -144,11 +144,11 @@ class TopicReader:
         )
 
     def read_until(
-        self, done: Callable[[list[Record]], bool], timeout: float = 60.0
+        self, done: Callable[[list[Record]], bool], timeout: float = 120.0
     ) -> list[Record]:
         """Read until `done(records)`. Fails only when no record arrived for `timeout`
         seconds: a reader that is slow on a loaded machine but still publishing is
-        waited for."""
+        waited for, and so is a reader process that is still starting."""
         deadline = time.monotonic() + timeout
         while not done(self.records):
             # `done` may scan every record: ask it again only once caught up.
