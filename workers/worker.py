@@ -38,6 +38,7 @@ from enum import Enum
 
 from shardctl.core import health, metrics
 from shardctl.core.aio import threadsafe_event, wait_any
+from shardctl.core.backoff import ETCD_RETRY, Backoff
 from shardctl.core.config import Settings
 from shardctl.core.etcd import (
     EtcdClient,
@@ -238,12 +239,13 @@ class Worker:
                 await self._commit_if_due(ownership, run)
                 if self._finished(ownership, assigned):
                     return True
+                run.retry.reset()
             except EtcdUnavailable as exc:
                 log.warning("%s: etcd unavailable, retrying: %s", self.options.worker_id, exc)
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(run.retry.next())
             except (EtcdError, RecordError) as exc:
-                log.error("%s: %s", self.options.worker_id, exc)
-                await asyncio.sleep(0.5)
+                log.error("%s: %s; retrying", self.options.worker_id, exc)
+                await asyncio.sleep(run.retry.next())
             wait = max(0.0, run.next_commit - time.monotonic())
             # Once draining or restarting, the stop request stays set: waiting on it
             # would spin.
@@ -376,6 +378,8 @@ class _SessionRun:
     registered: bool = False
     waiting_logged: bool = False  # for an older registration of our id to expire
     drain_since: float | None = None
+    # A pass that etcd failed is tried again after this; a pass that ran resets it.
+    retry: Backoff = field(default_factory=lambda: Backoff(ETCD_RETRY))
 
 
 class _Mirrors:

@@ -11,7 +11,8 @@ same outage do not all retry at the same instant:
 `reset()` after a success. Who uses which schedule:
 
     ETCD_RETRY (0.2 s doubling to 2 s)  opening a session, campaigning, revoking an
-                                        old lease, the reader's etcd calls, broker
+                                        old lease, the reader's etcd calls, a worker's
+                                        reconcile pass that etcd failed, broker
                                         outages of the CDC producers
     WATCH_RETRY (0.2 s doubling to 1 s) a broken etcd watch stream
     workers.retry.RetryPolicy           a failing event ([worker] retry_*)
