@@ -493,26 +493,21 @@ class Reader:
         timeout = self.settings.etcd.timeout_s + 1
         connect = self.settings.mysql.connect_kwargs()
         checkpoint = call_with_retry(loop, store.load, f"reading {store.key}", timeout_s=timeout)
-        where = {"source": options.source}
-        if checkpoint is not None:
-            log.info(
-                "source %s: resuming at checkpoint %s",
-                options.source,
-                checkpoint.describe(),
-                extra={**where, "position": checkpoint.describe()},
-            )
-            return checkpoint
-        checkpoint = resolve_start(options, connect)
-        if options.snapshot_mode in ("initial", "when_needed"):
-            request_initial_snapshots(loop, client, self.keyspace, options, connect)
-        json_model = JsonSchemaModel.from_server(partial(pymysql.connect, **connect))
-        checkpoint = dataclasses.replace(checkpoint, json_columns=json_model.state)
-        self._save(loop, store, leadership, checkpoint)
+        how = "resuming at checkpoint"
+        if checkpoint is None:
+            how = "no checkpoint; starting at"
+            checkpoint = resolve_start(options, connect)
+            if options.snapshot_mode in ("initial", "when_needed"):
+                request_initial_snapshots(loop, client, self.keyspace, options, connect)
+            json_model = JsonSchemaModel.from_server(partial(pymysql.connect, **connect))
+            checkpoint = dataclasses.replace(checkpoint, json_columns=json_model.state)
+            self._save(loop, store, leadership, checkpoint)
         log.info(
-            "source %s: no checkpoint; starting at %s",
+            "source %s: %s %s",
             options.source,
+            how,
             checkpoint.describe(),
-            extra={**where, "position": checkpoint.describe()},
+            extra={"source": options.source, "position": checkpoint.describe()},
         )
         return checkpoint
 

@@ -407,7 +407,14 @@ class Coordinator:
         new, unplaceable = compute_assignment(seen.assignment, members, cfg, self.options.max_moves)
         if unplaceable != self.unplaceable:
             self.unplaceable = unplaceable
-            if unplaceable:
+            if unplaceable and not any(not m.draining for m in members.values()):
+                # Not a placement problem: nobody serves yet (a start) or any more.
+                log.warning(
+                    "%s: no active worker; %d shard(s) stay unassigned until one registers",
+                    self.options.coordinator_id,
+                    len(unplaceable),
+                )
+            elif unplaceable:
                 log.error(
                     "%s: no eligible worker for %d shard(s) %s (their affinity in %s "
                     "matches no active worker's labels); they stay unassigned",

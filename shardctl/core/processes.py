@@ -87,8 +87,20 @@ class ProcessGroup:
 
     def kill9(self, name: str) -> None:
         proc = self.procs[name]
+        proc.send_signal(signal.SIGCONT)  # a frozen (SIGSTOP) process is reaped at once too
         proc.kill()
         proc.wait(10)
+
+    def freeze(self, name: str) -> None:
+        """SIGSTOP: the process holds its connections and leases but does nothing."""
+        self.procs[name].send_signal(signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGCONT)
+
+    def exited(self) -> list[str]:
+        """The names of the processes that are no longer running."""
+        return [name for name, proc in self.procs.items() if proc.poll() is not None]
 
     def stop_all(self, grace_s: float = 15.0) -> list[str]:
         """Stop every process of the group (see `stop`)."""

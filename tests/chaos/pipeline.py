@@ -13,7 +13,6 @@ ends only the processes it started.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import zlib
@@ -26,6 +25,7 @@ from confluent_kafka.cimpl import NewTopic
 from shardctl.core.config import Settings
 from shardctl.core.etcd import EtcdClient, LoopThread
 from shardctl.core.keyspace import Keyspace
+from shardctl.core.processes import ProcessGroup
 from tests.chaos.flaky_sink import HANDLERS
 from tests.chaos.workload import DATA_TABLES, SECOND_SOURCE_TABLES
 
@@ -81,7 +81,6 @@ class Pipeline:
             # The verdict needs every version of a row applied: no folding per key.
             "fold_changes": "false",
         }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.etcd = LoopThread(f"chaos-etcd-{settings.cluster}").start()
         self.client = self.etcd.run(EtcdClient(settings.etcd).connect())
         include = ", ".join(f"include: {source_db}.{t}" for t in DATA_TABLES)
@@ -107,6 +106,11 @@ class Pipeline:
             self.env["SHARDCTL_SINK_SQL_DATABASE"] = self.sink_db
         self.env.pop("SHARDCTL_SINK_SQL_PASSWORD", None)
         self.env.pop("SHARDCTL_SINK_SQL_PASSWORD_FILE", None)
+        self.processes = ProcessGroup(workdir, self.env, cwd=REPO)
+
+    @property
+    def procs(self) -> dict[str, subprocess.Popen[bytes]]:
+        return self.processes.procs
 
     # -- setup -----------------------------------------------------------------------
 
@@ -161,15 +165,7 @@ class Pipeline:
     # -- processes -------------------------------------------------------------------
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        log = (self.workdir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "shardctl.cli.main", *args],
-            env=env or self.env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        self.processes.shardctl(name, *args, env=env)
 
     def start_reader(self, name: str) -> None:
         server_id = 10_000 + zlib.crc32(f"{self.settings.cluster}/{name}".encode()) % 2_000_000_000
@@ -225,26 +221,23 @@ class Pipeline:
         starts[name[0]](name)
 
     def kill9(self, name: str) -> None:
-        proc = self.procs[name]
-        proc.send_signal(signal.SIGCONT)  # a frozen process dies as well
-        proc.kill()
-        proc.wait(10)
+        self.processes.kill9(name)
 
     def freeze(self, name: str) -> None:
-        self.procs[name].send_signal(signal.SIGSTOP)
+        self.processes.freeze(name)
 
     def thaw(self, name: str) -> None:
-        self.procs[name].send_signal(signal.SIGCONT)
+        self.processes.thaw(name)
 
     def dead(self) -> list[str]:
         """Processes that exited on their own (not killed by the run): each is a finding."""
-        return [name for name, p in self.procs.items() if p.poll() is not None]
+        return self.processes.exited()
 
     def names(self, kind: str) -> list[str]:
         return sorted(n for n in self.procs if n.startswith(kind))
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
-        path = self.workdir / f"{name}.log"
+        path = self.processes.log_path(name)
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def complaints(self, per_process: int = 12) -> str:
@@ -274,10 +267,6 @@ class Pipeline:
         return self.leader(self.keys.cdc_leader(SOURCE))
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-                proc.wait(10)
+        self.processes.stop_all(grace_s=0)
         self.etcd.run(self.client.close(), timeout=10)
         self.etcd.stop()

@@ -6,6 +6,7 @@ tests/integration/test_coordination.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -17,7 +18,7 @@ from coordinator.writer import Current, write_assignment
 from shardctl.core.config import load_settings
 from shardctl.core.etcd import Leadership, NotLeader
 from shardctl.core.keyspace import Keyspace
-from shardctl.core.records import Assignment
+from shardctl.core.records import Assignment, ClusterConfig
 from tests.stub_etcd import MemoryEtcd, StubSession
 
 T = TypeVar("T")
@@ -161,3 +162,21 @@ def test_moved_shards_counts_changes_of_owner_not_first_owners() -> None:
     new = Assignment(generation=2, num_shards=3, owners=["w2", "w1", "w2"])
     assert moved_shards(old, new) == 1
     assert moved_shards(None, new) == 0
+
+
+def test_unplaceable_shards_are_reported_as_what_they_are(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    leader = Leader()
+    cfg = ClusterConfig(num_shards=2, affinity={1: {"zone": "b"}})
+    with caplog.at_level(logging.WARNING, logger="coordinator.service"):
+        # Nobody registered yet: not an affinity problem.
+        assert run(leader.coordinator._write(leader.leadership, leader.current(), {}, cfg))
+        assert "no active worker; 2 shard(s) stay unassigned" in caplog.text
+        assert "affinity" not in caplog.text
+        caplog.clear()
+        # A worker whose labels the affinity of shard 1 does not match.
+        members = {"w1": Member(labels=(("zone", "a"),))}
+        assert run(leader.coordinator._write(leader.leadership, leader.current(), members, cfg))
+        assert "no eligible worker for 1 shard(s) [1] (their affinity" in caplog.text
+    assert leader.stored().owners == ["w1", None]
