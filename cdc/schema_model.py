@@ -678,14 +678,6 @@ def _in_list(column: str, values: Iterable[str]) -> tuple[str, list[str]]:
     return f"{column} IN ({', '.join(['%s'] * len(items))})", items
 
 
-def _column_charset(type_name: str, charset: Any) -> str | None:
-    if type_name in BINARY_TYPES:
-        return "binary"
-    if type_name in TEXT_TYPES and charset:
-        return str(charset)
-    return None
-
-
 def _read_schema(
     cursor: Any, facts: ServerFacts, keys: list[tuple[str, str]] | None
 ) -> tuple[dict[str, str], Tables]:
