@@ -332,6 +332,7 @@ class Reader:
         if new is not self.state:
             self.state = READER_TRANSITIONS.check(self.options.reader_id, self.state, new)
             log.info("reader %s: %s", self.options.reader_id, new.value)
+            health.update(new.value)  # ready while standby or leading (`core.health`)
 
     # -- main loop ------------------------------------------------------------
 
@@ -448,7 +449,6 @@ class Reader:
         purged: PurgedBinlogError | None = None
         stage: LocalStage | ProcessStage | None = None
         CDC_LEADER.labels(self.options.source).set(1)
-        health.update(ReaderState.LEADING.value)
         term.lag.start()
         try:
             stage = start_stage(term.spec, prepared)
