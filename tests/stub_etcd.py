@@ -6,12 +6,16 @@ every write raises, `create_revision`/`mod_revision`/`version` per key, keys bou
 leases (revoking a lease deletes its keys), and all-or-nothing transactions whose
 guards are the real `CreateRevisionIs`/`ValueIs`/`Absent`/`ModRevisionIs`. Setting
 `down` makes every call raise `EtcdUnavailable`, naming the operation and the key,
-as the real client does when etcd does not answer. Integration tests use real etcd.
+as the real client does when etcd does not answer. Watches replay the history of
+every put and delete from their start revision, then follow new ones (what
+`shardctl.core.etcd.watch` needs for its mirrors); all calls and writes must come
+from one event loop. Integration tests use real etcd.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from shardctl.core.etcd import SessionLost
@@ -28,6 +32,7 @@ from shardctl.core.etcd.client import (
     Op,
     Put,
     ValueIs,
+    WatchEvent,
 )
 
 
@@ -37,7 +42,18 @@ class MemoryEtcd:
     keys: dict[str, KeyValue] = field(default_factory=dict)
     leases: set[int] = field(default_factory=set)
     down: bool = False
+    history: list[WatchEvent] = field(default_factory=list)
     _next_lease: int = 0x1000
+    _watchers: list[asyncio.Event] = field(default_factory=list)
+
+    async def __aenter__(self) -> MemoryEtcd:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
 
     def _reachable(self, op: str, key: str) -> None:
         if self.down:
@@ -54,6 +70,39 @@ class MemoryEtcd:
         items = [kv for key, kv in sorted(self.keys.items()) if key.startswith(prefix)]
         return Listing(items=items, revision=self.revision)
 
+    async def range_of(self, key: str, *, prefix: bool) -> Listing:
+        self._reachable("range", key)
+        items = [kv for k, kv in sorted(self.keys.items()) if _under(k, key, prefix)]
+        return Listing(items=items, revision=self.revision)
+
+    # -- watches ---------------------------------------------------------------
+
+    async def watch_events(
+        self, key: str, *, prefix: bool, start_revision: int
+    ) -> AsyncIterator[WatchEvent]:
+        self._reachable("watch", key)
+        wake = asyncio.Event()
+        self._watchers.append(wake)
+        try:
+            seen = 0
+            while True:
+                while seen < len(self.history):
+                    event = self.history[seen]
+                    seen += 1
+                    if event.kv.mod_revision >= start_revision and _under(
+                        event.kv.key, key, prefix
+                    ):
+                        yield event
+                wake.clear()
+                await wake.wait()
+        finally:
+            self._watchers.remove(wake)
+
+    def _record(self, kind: str, kv: KeyValue) -> None:
+        self.history.append(WatchEvent(kind, kv))
+        for wake in self._watchers:
+            wake.set()
+
     # -- writes ----------------------------------------------------------------
 
     def _put(self, key: str, value: bytes, lease: int) -> None:
@@ -69,12 +118,14 @@ class MemoryEtcd:
             version=old.version + 1 if old else 1,
             lease=lease,
         )
+        self._record("put", self.keys[key])
 
     def _delete(self, key: str) -> bool:
         if key not in self.keys:
             return False
         self.revision += 1
         del self.keys[key]
+        self._record("delete", KeyValue(key, b"", 0, self.revision, 0, 0))
         return True
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
@@ -126,6 +177,14 @@ class MemoryEtcd:
         self.leases.add(self._next_lease)
         return self._next_lease
 
+    async def grant_lease(self, ttl: int) -> int:
+        self._reachable("lease-grant", "")
+        return self.grant()
+
+    async def revoke_lease(self, lease: int) -> None:
+        self._reachable("lease-revoke", f"{lease:x}")
+        self.expire(lease)
+
     def expire(self, lease: int) -> None:
         """The lease ends (revoked or timed out): its keys go, as in etcd."""
         self.leases.discard(lease)
@@ -133,15 +192,39 @@ class MemoryEtcd:
             self._delete(key)
 
 
+def _under(key: str, watched: str, prefix: bool) -> bool:
+    return key.startswith(watched) if prefix else key == watched
+
+
 @dataclass
 class StubSession:
-    """What ownership and leadership need of `shardctl.core.etcd.Session`."""
+    """What ownership, leadership and the worker need of `shardctl.core.etcd.Session`.
+    `lose(reason)` is what the keepalive thread does when the lease is gone; `close`
+    revokes the lease in `etcd` (if given), deleting its keys."""
 
     lease_id: int
     valid: bool = True
+    etcd: MemoryEtcd | None = None
+    lost_reason: str | None = None
+    closed: bool = False
+    _on_lost: list[Callable[[str], None]] = field(default_factory=list)
 
     def is_valid(self) -> bool:
         return self.valid
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        self._on_lost.append(callback)
+
+    def lose(self, reason: str) -> None:
+        self.valid, self.lost_reason = False, reason
+        for callback in self._on_lost:
+            callback(reason)
+
+    async def close(self, revoke: bool = True) -> bool:
+        self.closed, self.valid = True, False
+        if revoke and self.etcd is not None:
+            self.etcd.expire(self.lease_id)
+        return True
 
     def check(self) -> None:
         if not self.valid:

@@ -33,13 +33,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 from shardctl.core import health, metrics
 from shardctl.core.aio import threadsafe_event, wait_any
 from shardctl.core.backoff import ETCD_RETRY, Backoff
-from shardctl.core.config import Settings
+from shardctl.core.config import EtcdSettings, Settings
 from shardctl.core.etcd import (
     EtcdClient,
     EtcdError,
@@ -100,11 +101,27 @@ class WorkerOptions:
     restart_grace_s: float = 0.0  # in the worker record; the coordinator reserves shards
 
 
+# How a worker reaches etcd; the defaults are the real client and session, unit
+# tests pass an in-memory etcd (tests/stub_etcd.py).
+ConnectEtcd = Callable[[], EtcdClient]
+OpenSession = Callable[[EtcdSettings, int, str, asyncio.Event], Awaitable[Session | None]]
+
+
 class Worker:
-    def __init__(self, settings: Settings, options: WorkerOptions, consumer: ShardConsumer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        options: WorkerOptions,
+        consumer: ShardConsumer,
+        *,
+        connect: ConnectEtcd | None = None,
+        open_session: OpenSession = open_session,
+    ) -> None:
         self.settings = settings
         self.options = options
         self.consumer = consumer
+        self._connect = connect or (lambda: EtcdClient(settings.etcd))
+        self._open_session = open_session
         self.keys = Keyspace.of(settings)
         self.stop_requested = asyncio.Event()
         self.state = WorkerState.STARTING
@@ -133,7 +150,7 @@ class Worker:
                 server.server_close()
 
     async def _run(self) -> None:
-        async with EtcdClient(self.settings.etcd) as client:
+        async with self._connect() as client:
             mirrors = _Mirrors(client, self.keys, self.options.worker_id)
             self.mirrors = mirrors
             membership = Membership(
@@ -164,7 +181,7 @@ class Worker:
         name = f"worker-{self.options.worker_id}"
         stale_leases: list[int] = []  # of lost sessions whose revoke failed
         while True:
-            session = await open_session(
+            session = await self._open_session(
                 self.settings.etcd, self.options.ttl, name, self.stop_requested
             )
             if session is None:
