@@ -440,7 +440,7 @@ class Reader:
         stage: LocalStage | ProcessStage | None = None
         try:
             stage = start_stage(spec, prepared)
-            for item in stage:
+            for item in snapshots.paced(stage):
                 check_leadership()
                 if isinstance(item, Chunk):
                     if not in_transaction:
