@@ -52,6 +52,7 @@ from cdc.replication.position import Checkpoint
 from cdc.replication.server_check import ServerInfo, check_server
 from cdc.snapshot.background import SnapshotThread
 from cdc.snapshot.chunks import ChunkReader, KeyValues, decode_key, encode_key
+from cdc.snapshot.new_tables import NewTables
 from cdc.snapshot.progress import Progress
 from cdc.snapshot.state import Event, SnapshotState, transition
 from cdc.snapshot.watermark import Watermark, read_watermark
@@ -156,6 +157,10 @@ class IncrementalSnapshots:
         self._server: ServerInfo | None = None  # read on the snapshot's thread
         self._mirror: Mirror | None = None
         self._thread = SnapshotThread(f"cdc-{options.source}-snapshot", self._turn)
+        self._new_tables = NewTables(
+            loop, client, keyspace, options, connect, row_filter, leadership
+        )
+        self._filter_checked = False
         # The stream's side, as of its last transaction boundary (under the lock).
         self._producer: Producer | None = None
         self._tracker: AckTracker[Checkpoint] | None = None
@@ -176,6 +181,8 @@ class IncrementalSnapshots:
         if it committed after the chunk's low watermark; note the keys while the
         chunk is being read."""
         self._in_transaction = not chunk.last
+        if chunk.statement is not None:
+            self._new_tables.renamed(chunk.statement, chunk.ctx)
         active = self.active
         if active is None:
             return
@@ -254,6 +261,9 @@ class IncrementalSnapshots:
 
     def _advance_active(self) -> float:
         now = time.monotonic()
+        if not self._filter_checked:
+            self._new_tables.filter_changed()
+            self._filter_checked = True
         if self.active is None:
             # A new request shows in the watch at once; the poll is a fallback.
             changed = self._mirror is not None and self._mirror.changed.is_set()
