@@ -100,8 +100,8 @@ class CdcOptions(BaseSettings):
     # Snapshot a table when it comes into the filter: renamed from a name the filter
     # excludes to one it includes, or included by a changed `filter` on restart.
     # Tables created while streaming need none (every row they get is in the
-    # binlog, CREATE TABLE ... SELECT included). Like Debezium 1.x's
-    # `snapshot.new.tables`.
+    # binlog, CREATE TABLE ... SELECT included). Like the `snapshot.new.tables`
+    # of Debezium's MySQL connector before 1.5.
     snapshot_new_tables: bool = Field(
         default=False,
         description="snapshot a table that comes into the filter (a RENAME into it, or a "
