@@ -51,13 +51,20 @@ from cdc.publisher import Publisher
 from cdc.replication.position import Checkpoint
 from cdc.replication.server_check import ServerInfo, check_server
 from cdc.snapshot.background import SnapshotThread
-from cdc.snapshot.chunks import ChunkReader, KeyValues, decode_key, encode_key
+from cdc.snapshot.chunks import (
+    ChunkReader,
+    KeyValues,
+    connection_lost,
+    decode_key,
+    encode_key,
+)
 from cdc.snapshot.new_tables import NewTables
 from cdc.snapshot.progress import Progress
 from cdc.snapshot.state import Event, SnapshotState, transition
 from cdc.snapshot.watermark import Watermark, read_watermark
 from cdc.snapshot.window import ChunkWindow
 from cdc.stage import Chunk
+from shardctl.core.backoff import Backoff
 from shardctl.core.etcd.client import Delete, EtcdClient, EtcdUnavailable, KeyValue, Put
 from shardctl.core.etcd.election import Leadership, NotLeader
 from shardctl.core.etcd.loop_thread import LoopThread
@@ -79,6 +86,9 @@ _HEARTBEATS_TO_RELEASE = 2
 # (its read, window, acknowledgement or store), and otherwise.
 _BUSY_S = 0.005
 _IDLE_S = 0.25
+# How long a chunk's read tries again after losing its server connection (a
+# server restart, a killed connection) before the snapshot fails.
+_RECONNECT_FOR_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +494,42 @@ class IncrementalSnapshots:
     def _read_chunk(
         self, reader: ChunkReader, request_id: str, name: str, after: KeyValues | None, base: int
     ) -> ChunkRead:
-        """A chunk's read, on the snapshot's thread (its connection is used by no other)."""
+        """A chunk's read, on the snapshot's thread (its connection is used by no other).
+        A lost connection is opened again and the chunk read again, for up to
+        `_RECONNECT_FOR_S`; nothing of the chunk was published, so nothing repeats."""
+        backoff = Backoff()
+        give_up = time.monotonic() + _RECONNECT_FOR_S
+        while True:
+            try:
+                return self._read_chunk_once(reader, request_id, name, after, base)
+            except pymysql.err.MySQLError as exc:
+                delay = backoff.next()
+                if (
+                    not connection_lost(exc)
+                    or self._stopping()
+                    or time.monotonic() + delay > give_up
+                ):
+                    raise
+                where = "at its start" if after is None else f"after key {list(after)}"
+                log.warning(
+                    "snapshot %s: the server connection was lost reading %s (%s); "
+                    "reconnecting in %.1fs",
+                    name,
+                    where,
+                    exc,
+                    delay,
+                )
+            time.sleep(delay)
+            try:
+                reader.reconnect()
+            except pymysql.err.MySQLError as exc:
+                if not connection_lost(exc) or time.monotonic() > give_up:
+                    raise
+                log.warning("snapshot %s: reconnecting: %s", name, exc)
+
+    def _read_chunk_once(
+        self, reader: ChunkReader, request_id: str, name: str, after: KeyValues | None, base: int
+    ) -> ChunkRead:
         started = time.monotonic()
         connection = reader.connection
         if self._server is None:

@@ -8,6 +8,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import pymysql
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from cdc.bootstrap import BootstrapRequest
 from cdc.replication.position import BinlogPosition, Checkpoint
-from cdc.snapshot.chunks import chunk_sql, decode_key, encode_key
+from cdc.snapshot.chunks import chunk_sql, connection_lost, decode_key, encode_key
 from cdc.snapshot.control import SnapshotStatus
 from cdc.snapshot.progress import Progress
 from cdc.snapshot.state import Event, SnapshotState, TransitionError, transition
@@ -288,3 +289,19 @@ def test_status_of_a_snapshot_from_its_request_and_progress() -> None:
     assert SnapshotStatus("r1", "db.t", request, running).line() == (
         "r1  db.t  incremental  running  10/~40 rows (25%)  where id > 5"
     )
+
+
+def test_a_lost_connection_is_told_from_a_failed_query() -> None:
+    lost = [
+        pymysql.err.OperationalError(2013, "Lost connection to server during query"),
+        pymysql.err.OperationalError(2006, "Server has gone away"),
+        pymysql.err.OperationalError(1927, "Connection was killed"),
+        pymysql.err.InterfaceError(0, ""),
+    ]
+    assert all(connection_lost(exc) for exc in lost)
+    failed = [
+        pymysql.err.ProgrammingError(1146, "Table 'db.t' doesn't exist"),
+        pymysql.err.OperationalError(1054, "Unknown column 'v' in 'SELECT'"),
+        pymysql.err.OperationalError(),
+    ]
+    assert not any(connection_lost(exc) for exc in failed)
