@@ -171,6 +171,7 @@ class IncrementalSnapshots:
             loop, client, keyspace, options, connect, row_filter, leadership
         )
         self._filter_checked = False
+        self._next_filter_check = 0.0
         # The stream's side, as of its last transaction boundary (under the lock).
         self._producer: Producer | None = None
         self._tracker: AckTracker[Checkpoint] | None = None
@@ -271,7 +272,9 @@ class IncrementalSnapshots:
 
     def _advance_active(self) -> float:
         now = time.monotonic()
-        if not self._filter_checked:
+        if not self._filter_checked and now >= self._next_filter_check:
+            # Once per lead; after an etcd failure, again at the next poll.
+            self._next_filter_check = now + self._options.bootstrap_poll_s
             self._new_tables.filter_changed()
             self._filter_checked = True
         if self.active is None:
