@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import random
 import subprocess
 import tempfile
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1024, help="snapshot_chunk_size")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="shardctl-snapshot-"))
     bench = Bench("snapshot", workdir)
     database = f"bench_snapshot_{bench.token}"
@@ -193,7 +195,14 @@ def main() -> None:
                 raise RuntimeError(f"{name}: bootstrap failed: {done.stderr}\n{bench.log('cdc')}")
             results.append((name, started, ended))
         stamps = timestamps(bench.bootstrap, f"{topic}-other")
+        load_after = os.getloadavg()
         print(f"snapshot of {args.rows} rows, chunks of {args.chunk}, {SHARDS} shards")
+        print(
+            "load average (1, 5, 15 min) before: "
+            + ", ".join(f"{x:.2f}" for x in load_before)
+            + "; after: "
+            + ", ".join(f"{x:.2f}" for x in load_after)
+        )
         print(f"{'phase':<26}{'rows/s':>10}{'gap p50 ms':>12}{'p99 ms':>9}{'max ms':>9}")
         for name, started, ended in results:
             seen = gaps(stamps, started, ended)
