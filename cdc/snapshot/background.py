@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -35,6 +36,9 @@ T = TypeVar("T")
 # How long a turn waits for the lock before trying again later: the loop holds it
 # while it works, for about one transaction.
 _LOCK_WAIT_S = 0.05
+# The interpreter's switch interval while a job runs (Python's default is 5 ms): how
+# long the reader's loop may wait for the interpreter lock after it read the stream.
+_JOB_SWITCH_S = 0.0005
 
 _Job = tuple[Callable[[], Any], "concurrent.futures.Future[Any]"]
 
@@ -105,10 +109,16 @@ class SnapshotThread:
             if job is not None:
                 work, future = job
                 if future.set_running_or_notify_cancel():
+                    # A job is Python work that holds the interpreter's lock: while it
+                    # runs, the loop gets it back sooner after each of its waits.
+                    switch = sys.getswitchinterval()
+                    sys.setswitchinterval(min(switch, _JOB_SWITCH_S))
                     try:
                         future.set_result(work())
                     except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
                         future.set_exception(exc)
+                    finally:
+                        sys.setswitchinterval(switch)
             self._take_turn()
 
     def _take_turn(self) -> None:
