@@ -137,6 +137,15 @@ def gaps(stamps: list[tuple[float, float | None]], start: float, end: float) -> 
     return [b - a for a, b in itertools.pairwise(inside)]
 
 
+def worst_gap_at(stamps: list[tuple[float, float | None]], start: float, end: float) -> str:
+    """When the longest gap began, in seconds from the phase's start (of its length)."""
+    inside = [t for t, _ in stamps if start <= t <= end]
+    if len(inside) < 2:
+        return "-"
+    _, at = max((b - a, a) for a, b in itertools.pairwise(inside))
+    return f"{at - start:.1f}/{end - start:.1f}s"
+
+
 def latencies(stamps: list[tuple[float, float | None]], start: float, end: float) -> list[float]:
     return [t - w for t, w in stamps if start <= t <= end and w is not None]
 
@@ -242,7 +251,7 @@ def main() -> None:
         )
         print(
             f"{'phase':<26}{'rows/s':>10}{'gap p50 ms':>12}{'p99 ms':>9}{'max ms':>9}"
-            f"{'latency p50 ms':>16}{'p99 ms':>9}{'max ms':>9}"
+            f"{'latency p50 ms':>16}{'p99 ms':>9}{'max ms':>9}{'longest gap at':>16}"
         )
         for name, started, ended in results:
             seen = gaps(stamps, started, ended)
@@ -254,6 +263,7 @@ def main() -> None:
                 f"{(max(seen) if seen else float('nan')) * 1000:>9.1f}"
                 f"{percentile(late, 50) * 1000:>16.1f}{percentile(late, 99) * 1000:>9.1f}"
                 f"{(max(late) if late else float('nan')) * 1000:>9.1f}"
+                f"{worst_gap_at(stamps, started, ended):>16}"
             )
     finally:
         with root.cursor() as cur:

@@ -16,7 +16,7 @@ Both yield the same items in the same order:
   set on the transaction's last chunk (which may hold no message); its `end` is
   then the checkpoint to register once all of it is delivered. Every chunk carries
   the transaction's context and end, so the first one tells the reader where the
-  stream is.
+  stream is. The last one also carries the transaction's statement (DDL), if any.
 - `Heartbeat`: the source is idle and every transaction read so far was handed over.
 - `Idle` (two-process only): nothing arrived for a moment; the reader does its
   periodic work. Unlike a heartbeat it says nothing about the stream.
