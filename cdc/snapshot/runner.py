@@ -102,6 +102,14 @@ class ChunkRead:
     started: float  # monotonic time the read began (for the rate limit)
 
 
+@dataclass(frozen=True)
+class _Opening:
+    request: BootstrapRequest
+    request_key: str
+    progress: Progress
+    reader: concurrent.futures.Future[tuple[ChunkReader, int]]
+
+
 @dataclass
 class _Active:
     request: BootstrapRequest
@@ -139,6 +147,16 @@ class _Active:
         return self.acks.in_flight == 0 and self.store is None and not self.dirty
 
 
+def _close_opened(future: concurrent.futures.Future[tuple[ChunkReader, int]]) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return  # no connection was made
+    reader, _ = future.result()
+    try:
+        reader.close()
+    except pymysql.err.MySQLError as exc:
+        log.warning("snapshot of %s: closing its connection: %s", reader.name, exc)
+
+
 class IncrementalSnapshots:
     def __init__(
         self,
@@ -172,6 +190,7 @@ class IncrementalSnapshots:
         )
         self._filter_checked = False
         self._next_filter_check = 0.0
+        self._opening: _Opening | None = None  # a snapshot whose connection is being made
         # The stream's side, as of its last transaction boundary (under the lock).
         self._producer: Producer | None = None
         self._tracker: AckTracker[Checkpoint] | None = None
@@ -277,6 +296,12 @@ class IncrementalSnapshots:
             self._next_filter_check = now + self._options.bootstrap_poll_s
             self._new_tables.filter_changed()
             self._filter_checked = True
+        opening = self._opening
+        if opening is not None:
+            if not opening.reader.done():
+                return _BUSY_S
+            self._opening = None
+            self._opened(opening)
         if self.active is None:
             # A new request shows in the watch at once; the poll is a fallback.
             changed = self._mirror is not None and self._mirror.changed.is_set()
@@ -285,7 +310,7 @@ class IncrementalSnapshots:
             self._next_poll = now + self._options.bootstrap_poll_s
             self._take_next()
             if self.active is None:
-                return _IDLE_S
+                return _BUSY_S if self._opening is not None else _IDLE_S
         active = self.active
         assert self._producer is not None
         try:
@@ -360,7 +385,7 @@ class IncrementalSnapshots:
             if request.error is not None or request.blocking:
                 continue
             self._begin(request, kv.key)
-            if self.active is not None:
+            if self._opening is not None:
                 return
 
     def _request_keys(self) -> dict[str, KeyValue]:
@@ -421,16 +446,36 @@ class IncrementalSnapshots:
             self._write([Delete(key), Put(progress_key, cancelled.to_json())], f"cancelling {key}")
             log.info("snapshot %s of %s cancelled before it started", request.id, name)
             return
+        if not self._filter.includes_table(request.database, request.table):
+            error = f"bootstrap of {name}: the table is excluded by cdc.filter"
+            self._fail_request(request, key, progress, error)
+            return
+        # The connection and the table's columns, largest key and size: read on the
+        # snapshot's thread while the stream goes on (`_opened` takes them in).
+        self._opening = _Opening(
+            request, key, progress, self._thread.submit(partial(self._open_reader, request))
+        )
+
+    def _open_reader(self, request: BootstrapRequest) -> tuple[ChunkReader, int]:
+        reader = ChunkReader(
+            self._connect,
+            request.database,
+            request.table,
+            request.where,
+            self._options.snapshot_chunk_size,
+        )
         try:
-            if not self._filter.includes_table(request.database, request.table):
-                raise BootstrapError(f"bootstrap of {name}: the table is excluded by cdc.filter")
-            reader = ChunkReader(
-                self._connect,
-                request.database,
-                request.table,
-                request.where,
-                self._options.snapshot_chunk_size,
-            )
+            return reader, reader.estimated_rows()
+        except BaseException:
+            reader.close()
+            raise
+
+    def _opened(self, opening: _Opening) -> None:
+        request, key, progress = opening.request, opening.request_key, opening.progress
+        name = f"{request.database}.{request.table}"
+        progress_key = self._progress + request.id
+        try:
+            reader, estimate = opening.reader.result()
         except BootstrapError as exc:
             self._fail_request(request, key, progress, str(exc))
             return
@@ -444,7 +489,7 @@ class IncrementalSnapshots:
         self.active = active
         try:
             if progress.state is SnapshotState.PENDING:
-                progress = dataclasses.replace(progress, rows_estimated=reader.estimated_rows())
+                progress = dataclasses.replace(progress, rows_estimated=estimate)
                 active.progress = dataclasses.replace(
                     progress, state=transition(progress.state, Event.START)
                 )
@@ -471,8 +516,6 @@ class IncrementalSnapshots:
                 )
         except BootstrapError as exc:
             self._fail(active, str(exc))
-        except pymysql.err.MySQLError as exc:
-            self._fail(active, f"bootstrap {active.name}, starting: {exc}")
 
     def _control(self, active: _Active) -> bool:
         """Apply the operator's control; False when the snapshot stopped (cancelled)."""
@@ -732,6 +775,10 @@ class IncrementalSnapshots:
         with self._thread.lock:  # the thread's turn, if one is running, ends first
             self._thread.end_turns()
             self._close()
+            opening, self._opening = self._opening, None
+            if opening is not None:
+                # Runs on the snapshot's thread once the connection is made.
+                opening.reader.add_done_callback(_close_opened)
         self._thread.stop()  # after closing the reader's connection on it
         mirror, self._mirror = self._mirror, None
         if mirror is not None:
