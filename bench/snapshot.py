@@ -9,11 +9,18 @@ Three phases, each a `shardctl cdc bootstrap` of `big`:
    between `big` and `other`;
 3. `--blocking`, under the same load.
 
+Before them, a baseline: the same load as phase 2 for 20 s without a snapshot,
+to tell the machine's own pauses (a loaded machine deschedules the writer and
+the reader) from the snapshot's.
+
 Per phase: snapshot rows/s (rows / the wall time of the bootstrap command, which
 polls every 0.5 s), and the gaps between consecutive streamed messages of
 `other` while the bootstrap ran, from the messages' Kafka timestamps (set by
 the reader as it sends): p50, p99, max. With writes every few milliseconds the
-gap is the stream's pause. Not a test: it asserts nothing about speed.
+gap is the stream's pause. Also the latency of `other`'s inserts and updates:
+Kafka timestamp minus the time the writer wrote into the row (`note`), so a
+writer that stalled is not counted as a pause of the stream. Not a test: it
+asserts nothing about speed.
 
     .venv/bin/python bench/snapshot.py                 # 1,000,000 rows
     .venv/bin/python bench/snapshot.py --rows 200000
@@ -23,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import os
 import random
 import subprocess
 import tempfile
@@ -75,12 +84,18 @@ class Writer:
                 table = names[self.count % len(names)]
                 key = rng.randint(1, self._tables[table])
                 roll = rng.random()
+                now = f"{time.time():.3f}"
                 if roll < 0.6:
-                    cur.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (key,))
+                    cur.execute(
+                        f"UPDATE {table} SET v = v + 1, note = %s WHERE id = %s", (now, key)
+                    )
                 elif roll < 0.8:
                     cur.execute(f"DELETE FROM {table} WHERE id = %s", (key,))
                 else:
-                    cur.execute(f"REPLACE INTO {table} (id, v) VALUES (%s, %s)", (key, self.count))
+                    cur.execute(
+                        f"REPLACE INTO {table} (id, v, note) VALUES (%s, %s, %s)",
+                        (key, self.count, now),
+                    )
                 self.count += 1
                 wait = started + self.count * self._interval - time.monotonic()
                 if wait > 0:
@@ -88,26 +103,51 @@ class Writer:
         conn.close()
 
 
-def timestamps(bootstrap: str, topic: str) -> list[float]:
-    """Kafka timestamps (s) of every message of `topic`, sorted."""
+def timestamps(bootstrap: str, topic: str) -> list[tuple[float, float | None]]:
+    """(Kafka timestamp, write time or None) of every message of `topic`, sorted. The
+    write time is what the writer put into `note` (inserts and updates)."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"bench-{topic}", "enable.auto.commit": False}
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(SHARDS)])
-    out: list[float] = []
+    out: list[tuple[float, float | None]] = []
     idle = 0
     while idle < 3:
         batch = consumer.consume(10_000, timeout=1.0)
         got = [m for m in batch if m.error() is None]
         idle = 0 if got else idle + 1
-        out.extend(m.timestamp()[1] / 1000 for m in got)
+        out.extend((m.timestamp()[1] / 1000, _written(m.value())) for m in got)
     consumer.close()
-    return sorted(out)
+    return sorted(out, key=lambda pair: pair[0])
 
 
-def gaps(stamps: list[float], start: float, end: float) -> list[float]:
-    inside = [t for t in stamps if start <= t <= end]
+def _written(value: bytes) -> float | None:
+    doc = json.loads(value)
+    note = doc.get("data", {}).get("note", "")
+    if doc.get("type") not in ("insert", "update"):
+        return None
+    try:
+        return float(note)
+    except ValueError:
+        return None  # a row the writer has not written yet
+
+
+def gaps(stamps: list[tuple[float, float | None]], start: float, end: float) -> list[float]:
+    inside = [t for t, _ in stamps if start <= t <= end]
     return [b - a for a, b in itertools.pairwise(inside)]
+
+
+def worst_gap_at(stamps: list[tuple[float, float | None]], start: float, end: float) -> str:
+    """When the longest gap began, in seconds from the phase's start (of its length)."""
+    inside = [t for t, _ in stamps if start <= t <= end]
+    if len(inside) < 2:
+        return "-"
+    _, at = max((b - a, a) for a, b in itertools.pairwise(inside))
+    return f"{at - start:.1f}/{end - start:.1f}s"
+
+
+def latencies(stamps: list[tuple[float, float | None]], start: float, end: float) -> list[float]:
+    return [t - w for t, w in stamps if start <= t <= end and w is not None]
 
 
 def main() -> None:
@@ -122,6 +162,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1024, help="snapshot_chunk_size")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="shardctl-snapshot-"))
     bench = Bench("snapshot", workdir)
     database = f"bench_snapshot_{bench.token}"
@@ -161,6 +202,13 @@ def main() -> None:
             "cdc", "cdc", "run", "--reader-id", "r1", "--num-shards", str(SHARDS), env=cdc_env
         )
         results: list[tuple[str, float, float]] = []
+        writer = Writer(bench.mysql_port, database, {"big": args.rows, "other": 1000}, args.rate)
+        writer.start()
+        time.sleep(2)
+        started = time.time()
+        time.sleep(20)
+        results.append(("no snapshot, under load", started, time.time()))
+        writer.stop()
         phases = [
             ("incremental, alone", [], {"other": 1000}, 50.0),
             ("incremental, under load", [], {"big": args.rows, "other": 1000}, args.rate),
@@ -193,14 +241,29 @@ def main() -> None:
                 raise RuntimeError(f"{name}: bootstrap failed: {done.stderr}\n{bench.log('cdc')}")
             results.append((name, started, ended))
         stamps = timestamps(bench.bootstrap, f"{topic}-other")
+        load_after = os.getloadavg()
         print(f"snapshot of {args.rows} rows, chunks of {args.chunk}, {SHARDS} shards")
-        print(f"{'phase':<26}{'rows/s':>10}{'gap p50 ms':>12}{'p99 ms':>9}{'max ms':>9}")
+        print(
+            "load average (1, 5, 15 min) before: "
+            + ", ".join(f"{x:.2f}" for x in load_before)
+            + "; after: "
+            + ", ".join(f"{x:.2f}" for x in load_after)
+        )
+        print(
+            f"{'phase':<26}{'rows/s':>10}{'gap p50 ms':>12}{'p99 ms':>9}{'max ms':>9}"
+            f"{'latency p50 ms':>16}{'p99 ms':>9}{'max ms':>9}{'longest gap at':>16}"
+        )
         for name, started, ended in results:
             seen = gaps(stamps, started, ended)
+            late = latencies(stamps, started, ended)
+            rate = "-" if name.startswith("no snapshot") else f"{args.rows / (ended - started):.0f}"
             print(
-                f"{name:<26}{args.rows / (ended - started):>10.0f}"
+                f"{name:<26}{rate:>10}"
                 f"{percentile(seen, 50) * 1000:>12.1f}{percentile(seen, 99) * 1000:>9.1f}"
                 f"{(max(seen) if seen else float('nan')) * 1000:>9.1f}"
+                f"{percentile(late, 50) * 1000:>16.1f}{percentile(late, 99) * 1000:>9.1f}"
+                f"{(max(late) if late else float('nan')) * 1000:>9.1f}"
+                f"{worst_gap_at(stamps, started, ended):>16}"
             )
     finally:
         with root.cursor() as cur:

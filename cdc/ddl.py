@@ -179,6 +179,28 @@ def classify(sql: str, default_db: str) -> list[SchemaChange]:
     return []
 
 
+_ALTER_RENAME = re.compile(rf"^RENAME\s+(?:TO\s+|AS\s+)?{_QUALIFIED}$", re.I)
+
+
+def renamed_tables(sql: str, default_db: str) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """((old database, old table), (new database, new table)) of every table a
+    statement renames: `RENAME TABLE a TO b[, ...]`, or `ALTER TABLE a ... RENAME
+    [TO|AS] b` (a clause among others)."""
+    renames = [
+        ((change.old_database, change.old_table), (change.database, change.table))
+        for change in classify(sql, default_db)
+        if change.old_database is not None and change.old_table is not None and change.table
+    ]
+    match = _ALTER_TABLE.match(normalize(sql))
+    if match is not None:
+        source = _pair(match, 1, default_db)
+        for clause in _split_top(normalize(sql)[match.end() :], ","):
+            found = _ALTER_RENAME.match(clause.strip())
+            if found is not None:
+                renames.append((source, _pair(found, 1, default_db)))
+    return renames
+
+
 def _pair(match: re.Match[str], group: int, default_db: str) -> tuple[str, str]:
     first, second = match.group(group), match.group(group + 1)
     if second is None:

@@ -97,6 +97,16 @@ class CdcOptions(BaseSettings):
     # includes, then stream; "when_needed": also when the checkpoint's binlog was
     # purged (from the current position); "never": only the snapshots asked for.
     snapshot_mode: Literal["never", "initial", "when_needed"] = "never"
+    # Snapshot a table when it comes into the filter: renamed from a name the filter
+    # excludes to one it includes, or included by a changed `filter` on restart.
+    # Tables created while streaming need none (every row they get is in the
+    # binlog, CREATE TABLE ... SELECT included). Like the `snapshot.new.tables`
+    # of Debezium's MySQL connector before 1.5.
+    snapshot_new_tables: bool = Field(
+        default=False,
+        description="snapshot a table that comes into the filter (a RENAME into it, or a "
+        "filter changed between runs)",
+    )
     # A transaction's rows past either bound go to a temporary file (in `spill_dir`,
     # else the system's temporary directory) and are read back to publish.
     transaction_memory_rows: int = Field(default=DEFAULT_MEMORY_ROWS, ge=0)

@@ -37,7 +37,8 @@ While leading:
    records it, and the read stage is built again with the new count.
 
 Between transactions the leader also runs incremental snapshots (`cdc.snapshot`:
-`observe` each streamed chunk, `step` at each boundary), and with
+`observe` each streamed chunk, `step` at each boundary, the stream read through
+`paced` so that the snapshot's thread may work while the loop waits), and with
 `snapshot_mode = when_needed` a purged checkpoint restarts at the server's current
 position with a snapshot of every included table (`cdc.snapshot.modes`).
 
@@ -452,7 +453,7 @@ class Reader:
         term.lag.start()
         try:
             stage = start_stage(term.spec, prepared)
-            ending = self._stream(term, stage)
+            ending = self._stream(term, term.snapshots.paced(stage))
         except (NotLeader, SessionLost) as exc:
             raise LeadershipLost(str(exc)) from exc
         except PurgedBinlogError as exc:

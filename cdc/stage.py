@@ -16,7 +16,7 @@ Both yield the same items in the same order:
   set on the transaction's last chunk (which may hold no message); its `end` is
   then the checkpoint to register once all of it is delivered. Every chunk carries
   the transaction's context and end, so the first one tells the reader where the
-  stream is.
+  stream is. The last one also carries the transaction's statement (DDL), if any.
 - `Heartbeat`: the source is idle and every transaction read so far was handed over.
 - `Idle` (two-process only): nothing arrived for a moment; the reader does its
   periodic work. Unlike a heartbeat it says nothing about the stream.
@@ -67,7 +67,7 @@ from cdc.replication.decoding import FilteredDecoding
 from cdc.replication.errors import SourceError
 from cdc.replication.position import Checkpoint
 from cdc.replication.source import BinlogSource, Heartbeat, SourceOptions
-from cdc.replication.transaction import Transaction
+from cdc.replication.transaction import Statement, Transaction
 from cdc.rows import TxnContext
 from cdc.schema_model import SchemaModel
 from shardctl.core.config import Settings
@@ -114,6 +114,8 @@ class Chunk:
     end: Checkpoint
     messages: list[Outgoing]
     last: bool
+    # On the last chunk: the transaction's statement (DDL), if it has one.
+    statement: Statement | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +250,7 @@ def transaction_chunks(
         event_id=chunk[-1].event_id if chunk else txn.end.event_id,
         json_columns=json_model.state,
     )
-    yield Chunk(txn.ctx, end, chunk, last=True)
+    yield Chunk(txn.ctx, end, chunk, last=True, statement=txn.statement)
 
 
 class LocalStage:
@@ -352,7 +354,7 @@ def _child_main(conn: Connection, log_level: int, parent: int) -> None:
         stage = LocalStage(spec)
         for item in stage:
             if isinstance(item, Chunk):
-                conn.send((_CHUNK, item.ctx, item.end, item.messages, item.last))
+                conn.send((_CHUNK, item.ctx, item.end, item.messages, item.last, item.statement))
             else:
                 conn.send((_HEARTBEAT,))
     except (BrokenPipeError, ConnectionResetError, EOFError):
@@ -409,7 +411,7 @@ class ProcessStage:
                 raise self._gone() from None
             kind = item[0]
             if kind == _CHUNK:
-                yield Chunk(item[1], item[2], item[3], item[4])
+                yield Chunk(item[1], item[2], item[3], item[4], item[5])
             elif kind == _HEARTBEAT:
                 yield Heartbeat()
             elif kind == _LOG:

@@ -33,5 +33,10 @@ after H (it had nothing more to send) release it. Released early, a chunk may
 be followed by changes older than its read: a consumer briefly sees a row step
 back to a value it then moves past, and still ends with the table's state.
 
+Steps L, SELECT and H run on the snapshot's own thread (background.py) while
+the stream goes on; the changes streamed meanwhile are noted and applied to the
+chunk's buffer when its rows come in (window.py). Tables that come into the
+filter are snapshotted with `snapshot_new_tables` (new_tables.py).
+
 The state machine is in state.py, the reader hook in runner.py.
 """

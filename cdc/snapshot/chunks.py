@@ -105,6 +105,23 @@ class ChunkRow:
     data: dict[str, Any]  # JSON-ready values, as the binlog decoder gives them
 
 
+# Client and server errors that mean the connection is gone, not that the query
+# failed: CR_CONN_HOST_ERROR, CR_SERVER_GONE_ERROR, CR_SERVER_LOST,
+# CR_SERVER_LOST_EXTENDED, ER_SERVER_SHUTDOWN, ER_CONNECTION_KILLED (MariaDB).
+_CONNECTION_LOST = frozenset({2003, 2006, 2013, 2055, 1053, 1927})
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Did `exc` end the connection (a reconnect may help), rather than the query?"""
+    if isinstance(exc, pymysql.err.InterfaceError):
+        return True  # PyMySQL's "(0, '')": the connection was already closed
+    return (
+        isinstance(exc, pymysql.err.OperationalError)
+        and bool(exc.args)
+        and exc.args[0] in _CONNECTION_LOST
+    )
+
+
 class ChunkReader:
     """Reads one table's chunks on its own autocommit connection."""
 
@@ -116,17 +133,34 @@ class ChunkReader:
         self.where = where
         self.size = size
         self.name = f"{database}.{table}"
-        self._connection: Any = pymysql.connect(
-            **connect, conv=snapshot_conversions(), charset="utf8mb4", autocommit=True
-        )
+        self._connect = connect
+        self._connection: Any = self._open()
         try:
-            with self._connection.cursor() as cursor:
-                cursor.execute("SET time_zone = '+00:00'")
             self._load_columns()
             self.last_key = self._last_key()
         except BaseException:
             self._connection.close()
             raise
+
+    def _open(self) -> Any:
+        connection = pymysql.connect(
+            **self._connect, conv=snapshot_conversions(), charset="utf8mb4", autocommit=True
+        )
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SET time_zone = '+00:00'")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def reconnect(self) -> None:
+        """A new connection after the old one was lost. The snapshot's end key stays
+        the one of its start; the columns are read again."""
+        if self._connection.open:  # PyMySQL's close() of a broken socket raises nothing
+            self._connection.close()
+        self._connection = self._open()
+        self._load_columns()
 
     def _load_columns(self) -> None:
         with self._connection.cursor() as cursor:

@@ -11,8 +11,9 @@
     any but a final state --bad table, lost column, SQL error--> FAILED
 
 DONE, CANCELLED and FAILED are final (a cancel leaves them as they are).
-Progress (state, last key, rows done) is stored in etcd after every released
-chunk, fenced by the reader's leadership.
+Progress (state, last key, rows done) is stored in etcd once a released chunk
+is acknowledged, fenced by the reader's leadership. WINDOW lives in memory only:
+it is stored as RUNNING (a chunk in its window is read again after a crash).
 """
 
 from __future__ import annotations

@@ -6,6 +6,14 @@ the key is dropped from the buffer: the streamed change already carries the
 newer state. When the stream reaches the high watermark, what is left is
 published, and every change streamed after it is newer than the chunk's read.
 
+The chunk is read on its own thread while the stream goes on, so the stream may
+pass the low watermark before the rows are handed over: the changes the stream
+publishes while a read is in flight are noted (key and transaction end), and
+`opened` drops, from the rows handed over, every noted key whose transaction
+committed after the chunk's low watermark, as `drop` would have done had the
+window been open then. The noting starts before the low watermark is taken, so
+nothing committed after it is missed.
+
 Keys are the message keys the formatter makes (database, table and primary key
 values), so a chunk row and a streamed change of the same row compare equal.
 """
@@ -15,6 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from cdc.replication.position import Checkpoint
+from cdc.snapshot.watermark import Watermark
 
 Row = TypeVar("Row")
 
@@ -33,6 +44,21 @@ class ChunkWindow(Generic[Row]):
         for key, row in rows:
             window.rows[key] = row
             window.read += 1
+        return window
+
+    @classmethod
+    def opened(
+        cls,
+        rows: Iterable[tuple[bytes, Row]],
+        low: Watermark,
+        streamed: Iterable[tuple[bytes, Checkpoint]],
+    ) -> ChunkWindow[Row]:
+        """The window of rows read after `low`, with the changes the stream published
+        while they were read (`streamed`: key and transaction end) applied."""
+        window = cls.of(rows)
+        for key, end in streamed:
+            if low.is_after(end):
+                window.drop(key)
         return window
 
     def drop(self, key: bytes) -> None:

@@ -108,6 +108,10 @@ class Keyspace:
         """Pending bootstrap requests: `cdc/<source>/bootstrap/<request id>`."""
         return f"{self.root}cdc/{check_name('cdc source', source)}/bootstrap/"
 
+    def cdc_filter(self, source: str) -> str:
+        """The `cdc.filter` the source's reader last ran with (`snapshot_new_tables`)."""
+        return f"{self.root}cdc/{check_name('cdc source', source)}/filter"
+
     def cdc_snapshot_prefix(self, source: str) -> str:
         """Progress of incremental snapshots: `cdc/<source>/snapshot/<request id>`."""
         return f"{self.root}cdc/{check_name('cdc source', source)}/snapshot/"

@@ -8,6 +8,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import pymysql
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from cdc.bootstrap import BootstrapRequest
 from cdc.replication.position import BinlogPosition, Checkpoint
-from cdc.snapshot.chunks import chunk_sql, decode_key, encode_key
+from cdc.snapshot.chunks import chunk_sql, connection_lost, decode_key, encode_key
 from cdc.snapshot.control import SnapshotStatus
 from cdc.snapshot.progress import Progress
 from cdc.snapshot.state import Event, SnapshotState, TransitionError, transition
@@ -30,13 +31,19 @@ writes = st.lists(st.tuples(st.integers(0, 25), st.none() | st.integers(0, 9)), 
 action = st.one_of(
     st.tuples(st.just("write"), writes),
     st.tuples(st.just("stream"), st.integers(1, 4)),
-    st.tuples(st.just("chunk"), writes, writes),
+    st.tuples(st.just("chunk"), writes, writes, writes),
+    st.tuples(st.just("hand_over")),
 )
 
 
 class _Simulation:
     """A table, its binlog, a lagging stream and the snapshot, all in memory. The
-    window, watermarks and their comparisons are the real ones."""
+    window, watermarks and their comparisons are the real ones.
+
+    A chunk is read as on the snapshot's thread: the read starts (from then on the
+    stream's changes are noted), writes may commit before its low watermark, between
+    the watermarks and after its SELECT; the stream may go on (past the high
+    watermark, too) before the rows are handed over and the window opens."""
 
     def __init__(self, initial: dict[int, int], chunk_size: int) -> None:
         self.table = dict(initial)
@@ -49,6 +56,10 @@ class _Simulation:
         self.window: ChunkWindow[tuple[int, int]] | None = None
         self.low: Watermark | None = None
         self.high: Watermark | None = None
+        # A read done but not handed over: its watermarks and rows; and the stream's
+        # changes noted since the read started.
+        self.pending: tuple[Watermark, Watermark, list[tuple[int, int]]] | None = None
+        self.noted: list[tuple[bytes, Checkpoint]] | None = None
 
     def position(self) -> Watermark:
         return Watermark("mariadb", BinlogPosition(FILE, len(self.binlog)), None)
@@ -68,7 +79,9 @@ class _Simulation:
             key, value = self.binlog[self.streamed]
             self.streamed += 1
             end = Checkpoint(FILE, self.streamed, None, 0, 1)
-            if self.window is not None and self.low is not None and self.low.is_after(end):
+            if self.noted is not None:
+                self.noted.append((_key(key), end))
+            elif self.window is not None and self.low is not None and self.low.is_after(end):
                 self.window.drop(_key(key))
             self.out.append(("change", key, value))
             self.release_if_reached()
@@ -80,21 +93,30 @@ class _Simulation:
                 self.out.append(("bootstrap-insert", key, value))
             self.window = None
 
-    def chunk(self, before: list[Any], after_read: list[Any]) -> None:
-        if self.window is not None or self.finished:
+    def chunk(self, before_low: list[Any], before: list[Any], after_read: list[Any]) -> None:
+        if self.window is not None or self.pending is not None or self.finished:
             return
-        self.low = self.position()
+        self.noted = []
+        self.write(before_low)
+        low = self.position()
         self.write(before)
         keys = sorted(k for k in self.table if self.after is None or k > self.after)
         rows = [(k, self.table[k]) for k in keys[: self.chunk_size]]
         self.write(after_read)
-        self.high = self.position()
+        self.pending = (low, self.position(), rows)
+
+    def hand_over(self) -> None:
+        if self.pending is None or self.noted is None:
+            return
+        (low, high, rows), self.pending = self.pending, None
+        noted, self.noted = self.noted, None
         if not rows:
             self.out.append(("bootstrap-complete", -1, None))
             self.finished = True
             return
         self.after = rows[-1][0]
-        self.window = ChunkWindow.of((_key(k), (k, v)) for k, v in rows)
+        self.window = ChunkWindow.opened(((_key(k), (k, v)) for k, v in rows), low, noted)
+        self.low, self.high = low, high
         self.release_if_reached()
 
 
@@ -116,7 +138,9 @@ def test_applying_the_stream_ends_equal_to_the_table(
         getattr(sim, kind)(*args)
     while not sim.finished:  # the rest of the snapshot, on an idle table
         sim.stream(len(sim.binlog))
-        sim.chunk([], [])
+        sim.hand_over()
+        sim.stream(len(sim.binlog))
+        sim.chunk([], [], [])
     sim.stream(len(sim.binlog))
     assert sim.window is None
     # A consumer that starts at bootstrap-start and applies everything in order.
@@ -134,6 +158,14 @@ def test_applying_the_stream_ends_equal_to_the_table(
                 state[key] = value
     assert state == sim.table
     assert sim.out[-1][0] != "bootstrap-start"
+
+
+def test_window_opened_drops_only_changes_after_its_low_watermark() -> None:
+    low = Watermark("mariadb", BinlogPosition(FILE, 10), None)
+    streamed = [(b"a", Checkpoint(FILE, 9, None, 0, 1)), (b"b", Checkpoint(FILE, 11, None, 0, 1))]
+    window = ChunkWindow.opened([(b"a", 1), (b"b", 2), (b"c", 3)], low, streamed)
+    assert (window.read, window.dropped) == (3, 1)
+    assert window.release() == [1, 3]
 
 
 def test_window_drops_and_releases_in_read_order() -> None:
@@ -257,3 +289,19 @@ def test_status_of_a_snapshot_from_its_request_and_progress() -> None:
     assert SnapshotStatus("r1", "db.t", request, running).line() == (
         "r1  db.t  incremental  running  10/~40 rows (25%)  where id > 5"
     )
+
+
+def test_a_lost_connection_is_told_from_a_failed_query() -> None:
+    lost = [
+        pymysql.err.OperationalError(2013, "Lost connection to server during query"),
+        pymysql.err.OperationalError(2006, "Server has gone away"),
+        pymysql.err.OperationalError(1927, "Connection was killed"),
+        pymysql.err.InterfaceError(0, ""),
+    ]
+    assert all(connection_lost(exc) for exc in lost)
+    failed = [
+        pymysql.err.ProgrammingError(1146, "Table 'db.t' doesn't exist"),
+        pymysql.err.OperationalError(1054, "Unknown column 'v' in 'SELECT'"),
+        pymysql.err.OperationalError(),
+    ]
+    assert not any(connection_lost(exc) for exc in failed)
