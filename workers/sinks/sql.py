@@ -20,8 +20,10 @@ A batch is ONE database transaction, which also holds the shard's fence and offs
                                                          source topic of the shard)
     shardctl_applied (scope, shard, topic, stream) -> the newest applied change, as
                      its place in the source's commit order (shardctl.core.event_ids)
-    shardctl_applied_txns (scope, shard, topic, stream, txn) -> fingerprint (ts, xid)
-                     of each applied transaction, the newest `replay_window` of them
+    shardctl_applied_runs (scope, shard, topic, stream, last_txn, first_txn) -> the
+                     fingerprint (ts, xid) of each transaction a batch applied, one row
+                     per batch and stream; the newest `replay_window` transactions
+                     (at least) are kept
 
 A stream is the message's `source` identity (source name and server_id) plus the
 id's own order stream (GTID domain, MySQL server uuid, or binlog file name), so two
@@ -97,7 +99,7 @@ from shardctl.core.config import ConfigError, MySQLSettings, TLSSettings, read_s
 from shardctl.core.event_ids import describe_key, order_key
 from workers.events import Batch, Event
 from workers.handlers import Fenced, HandlerContext, ShardHalted, TransientError
-from workers.sinks.row_changes import RowChanges, write_upserts
+from workers.sinks.row_changes import RowChanges
 from workers.sinks.schema_evolution import (
     MARIADB_TYPES,
     MYSQL_TYPES,
@@ -266,6 +268,7 @@ class MariaDBDialect(Dialect):
     name = "sql"
     connection_errors = (pymysql.err.Error,)
     driver_errors = (pymysql.err.MySQLError, OSError)
+    long_text = "MEDIUMTEXT"
 
     def __init__(self, row_alias: bool = False) -> None:
         self._streams_checked = False
@@ -529,7 +532,7 @@ class SqlSink:
             changed: set[tuple[str, str]] = set()
             # (topic, stream) -> {txn: fingerprint} applied by this batch
             added: dict[tuple[str, str], dict[str, str]] = {}
-            known: dict[tuple[str, str, str], str | None] = {}  # looked up
+            known = _Remembered()  # what the batch read of earlier batches' transactions
             applied = 0
             changes = RowChanges(fold=self.settings.fold_changes)
             last_ids: dict[str, str] = {}
@@ -756,23 +759,14 @@ class SqlSink:
         key: tuple[int, ...],
         seen: tuple[int, ...],
         added: dict[str, str],
-        known: dict[tuple[str, str, str], str | None],
+        known: _Remembered,
     ) -> None:
         """Return if `event` repeats an applied transaction; else raise ShardHalted."""
         txn = _txn_text(key)
         fingerprint = _fingerprint(event)
         remembered = added.get(txn)
         if remembered is None:
-            where = (event.topic, stream, txn)
-            if where not in known:
-                cur.execute(
-                    "SELECT fingerprint FROM shardctl_applied_txns WHERE scope=%s AND "
-                    "shard=%s AND topic=%s AND stream=%s AND txn=%s",
-                    (self.scope, shard, *where),
-                )
-                row = cur.fetchone()
-                known[where] = None if row is None else str(row[0])
-            remembered = known[where]
+            remembered = self._remembered(cur, shard, event.topic, stream, txn, known)
         if remembered == fingerprint:
             return
         why = (
@@ -793,21 +787,71 @@ class SqlSink:
             )
         )
 
+    def _remembered(
+        self, cur: Any, shard: int, topic: str, stream: str, txn: str, known: _Remembered
+    ) -> str | None:
+        """The fingerprint an earlier batch stored for transaction `txn` of the stream,
+        or None. The stream's rows from `txn` on are read once per batch (a replay goes
+        on in order, so its next transactions are then known too); a transaction not
+        among them is looked up in the rows of releases that stored one per
+        transaction."""
+        stream_key = (topic, stream)
+        start = known.read_from.get(stream_key)
+        if start is None or txn < start:
+            cur.execute(
+                "SELECT fingerprints FROM shardctl_applied_runs WHERE scope=%s AND shard=%s "
+                "AND topic=%s AND stream=%s AND last_txn >= %s",
+                (self.scope, shard, topic, stream, txn),
+            )
+            for (text,) in cur.fetchall():
+                for stored, fingerprint in json.loads(text).items():
+                    known.fingerprints[(topic, stream, str(stored))] = str(fingerprint)
+            known.read_from[stream_key] = txn
+        where = (topic, stream, txn)
+        if where not in known.fingerprints:
+            cur.execute(
+                "SELECT fingerprint FROM shardctl_applied_txns WHERE scope=%s AND "
+                "shard=%s AND topic=%s AND stream=%s AND txn=%s",
+                (self.scope, shard, *where),
+            )
+            row = cur.fetchone()
+            known.fingerprints[where] = None if row is None else str(row[0])
+        return known.fingerprints[where]
+
     def _remember_txns(
         self, cur: Any, shard: int, topic: str, stream: str, txns: dict[str, str]
     ) -> None:
-        """Store the fingerprints of the batch's applied transactions; prune now and then."""
+        """Store the fingerprints of the batch's applied transactions of one stream, in
+        one row; prune now and then."""
         if not txns:
             return
-        rows = [(self.scope, shard, topic, stream, txn, fp) for txn, fp in txns.items()]
-        write_upserts(
-            self.dialect,
+        self.dialect.execute(
             cur,
-            "shardctl_applied_txns",
-            ("scope", "shard", "topic", "stream", "txn", "fingerprint"),
-            ("scope", "shard", "topic", "stream", "txn"),
-            ("fingerprint",),
-            rows,
+            self.dialect.upsert(
+                "shardctl_applied_runs",
+                (
+                    "scope",
+                    "shard",
+                    "topic",
+                    "stream",
+                    "last_txn",
+                    "first_txn",
+                    "txns",
+                    "fingerprints",
+                ),
+                ("scope", "shard", "topic", "stream", "last_txn", "first_txn"),
+                ("txns", "fingerprints"),
+            ),
+            (
+                self.scope,
+                shard,
+                topic,
+                stream,
+                max(txns),
+                min(txns),
+                len(txns),
+                json.dumps(txns, separators=(",", ":")),
+            ),
         )
         counter = (shard, topic, stream)
         count = self._unpruned.get(counter, 0) + len(txns)
@@ -815,18 +859,32 @@ class SqlSink:
             self._unpruned[counter] = count
             return
         self._unpruned[counter] = 0
+        self._prune_txns(cur, shard, topic, stream)
+
+    def _prune_txns(self, cur: Any, shard: int, topic: str, stream: str) -> None:
+        """Delete the stream's rows older than its newest `replay_window` transactions
+        (a row that holds some of those stays whole)."""
         where = "scope=%s AND shard=%s AND topic=%s AND stream=%s"
         args = (self.scope, shard, topic, stream)
+        window = self.settings.replay_window
         cur.execute(
-            f"SELECT txn FROM shardctl_applied_txns WHERE {where} ORDER BY txn DESC "
-            "LIMIT 1 OFFSET %s",
-            (*args, self.settings.replay_window),
+            f"SELECT last_txn, txns FROM shardctl_applied_runs WHERE {where} "
+            "ORDER BY last_txn DESC LIMIT %s",
+            (*args, window),
         )
-        row = cur.fetchone()
-        if row is not None:
-            cur.execute(
-                f"DELETE FROM shardctl_applied_txns WHERE {where} AND txn <= %s", (*args, row[0])
-            )
+        total = 0
+        for last_txn, count in cur.fetchall():
+            total += int(count)
+            if total >= window:
+                cur.execute(
+                    f"DELETE FROM shardctl_applied_runs WHERE {where} AND last_txn < %s",
+                    (*args, last_txn),
+                )
+                cur.execute(
+                    f"DELETE FROM shardctl_applied_txns WHERE {where} AND txn < %s",
+                    (*args, last_txn),
+                )
+                return
 
     def forget_stream(self, shard: int, topic: str, stream: str) -> int:
         """Delete what the sink remembers of one stream of a shard's topic (after the
@@ -836,7 +894,11 @@ class SqlSink:
         try:
             with conn.cursor() as cur:
                 self.dialect.begin(conn)
-                for table in ("shardctl_applied", "shardctl_applied_txns"):
+                for table in (
+                    "shardctl_applied",
+                    "shardctl_applied_runs",
+                    "shardctl_applied_txns",
+                ):
                     cur.execute(
                         f"DELETE FROM {table} WHERE scope=%s AND shard=%s AND topic=%s "
                         "AND stream=%s",
@@ -935,6 +997,18 @@ class SqlSink:
                 f"{missing} absent from the event"
             )
         return [column_value(row[c], table.types.get(c, "")) for c in pk]
+
+
+class _Remembered:
+    """What one batch's transaction read of the transactions earlier batches applied."""
+
+    __slots__ = ("fingerprints", "read_from")
+
+    def __init__(self) -> None:
+        # (topic, stream, txn) -> its fingerprint; None: none is stored
+        self.fingerprints: dict[tuple[str, str, str], str | None] = {}
+        # (topic, stream) -> the txn from which on every stored one is in `fingerprints`
+        self.read_from: dict[tuple[str, str], str] = {}
 
 
 def _primary_key(event: Event, table: _Table) -> list[str]:
