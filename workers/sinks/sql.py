@@ -120,6 +120,8 @@ _BINARY = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
 _UPSERT_TYPES = {"insert", "update", "bootstrap-insert"}
 _WRITE_TYPES = _UPSERT_TYPES | {"delete"}
 _ROW_TYPES = {"insert", "update", "delete"}
+# Values `column_value` returns unchanged for a plain column (TargetTable.plain).
+_SCALARS = frozenset({int, str, float, bool, Decimal})
 
 # Longest stream name the bookkeeping tables hold (source identity plus the id's stream).
 _STREAM_CHARS = STREAM_CHARS
@@ -537,15 +539,19 @@ class SqlSink:
             changes = RowChanges(fold=self.settings.fold_changes)
             last_ids: dict[str, str] = {}
             for event in batch.events:
-                event_id = event.event_id
-                if event_id is not None:
+                message = event.message
+                event_id = message.get("event_id")
+                if type(event_id) is not str:
+                    event_id = None
+                else:
                     last_ids[event.topic] = event_id
                 if event.position is not None and event.position < stored.get(event.topic, -1):
                     continue  # this record was applied by an earlier transaction
                 # Only the row changes it applies are ordered (DDL carries no source).
+                kind = message.get("type")
                 place = (
                     order_key(event_id, event.source)
-                    if event_id and event.type in _ROW_TYPES
+                    if event_id and type(kind) is str and kind in _ROW_TYPES
                     else None
                 )
                 if place is not None:
@@ -936,8 +942,8 @@ class SqlSink:
 
     def _table(self, cur: Any, database: str, table: str, reread: bool = False) -> _Table:
         key = (database, table)
-        with self._lock:
-            found = None if reread else self._tables.get(key)
+        # One dict read is atomic: the lock guards the writes.
+        found = None if reread else self._tables.get(key)
         if found is not None:
             return found
         found = self.dialect.target_table(cur, database, table)
@@ -947,31 +953,36 @@ class SqlSink:
 
     def _add(self, cur: Any, event: Event, changes: RowChanges) -> None:
         """Add the row writes of `event` to the batch's `changes`."""
-        kind = event.type
-        if kind not in _UPSERT_TYPES and kind != "delete":
+        message = event.message
+        kind = message.get("type")
+        if type(kind) is not str or kind not in _WRITE_TYPES:
             return
         table = self._table(cur, self.target_namespace(event), event.table)
-        pk = _primary_key(event, table)
-        data = event.data
+        pk = _primary_key(message, event, table)
+        data = message.get("data")
+        if type(data) is not dict:
+            data = {}
         if kind == "delete":
             changes.delete(table.name, pk, self._key_values(table, pk, data, event))
             return
-        old = event.old
-        if old and any(col in old for col in pk):
+        old = message.get("old")
+        if type(old) is dict and old and any(col in old for col in pk):
             moved_from = {**data, **{c: old[c] for c in pk if c in old}}
             changes.delete(table.name, pk, self._key_values(table, pk, moved_from, event))
-        if not table.types.keys() >= data.keys():
+        types = table.types
+        if not types.keys() >= data.keys():
             basic = self.settings.schema_evolution == "basic"
-            if basic and all(c in table.types or data[c] is None for c in data):
+            if basic and all(c in types or data[c] is None for c in data):
                 # A column made once a value comes: until then a row reads NULL there.
-                data = {c: v for c, v in data.items() if c in table.types}
+                data = {c: v for c, v in data.items() if c in types}
             else:
                 # The target may have gained the columns since it was read (an ALTER
                 # that followed the source's): read it again once before refusing.
                 table = self._table(cur, self.target_namespace(event), event.table, reread=True)
-                unknown = [c for c in data if c not in table.types]
+                types = table.types
+                unknown = [c for c in data if c not in types]
                 if unknown and basic and all(data[c] is None for c in unknown):
-                    data = {c: v for c, v in data.items() if c in table.types}
+                    data = {c: v for c, v in data.items() if c in types}
                 elif unknown:
                     raise LookupError(
                         f"{self.dialect.name} sink: {event.describe()}: {table.name} has no "
@@ -984,8 +995,13 @@ class SqlSink:
             _check_scales(table, data, event, self.dialect.name)
         if table.dates:
             data = self.dated_values(table, pk, data, event)
-        types = table.types
-        changes.upsert(table.name, pk, {c: column_value(v, types[c]) for c, v in data.items()})
+        plain = table.plain
+        # A scalar bound for a plain column is written as it is; the rest is converted.
+        image = {
+            c: v if v is None or (type(v) in _SCALARS and c in plain) else column_value(v, types[c])
+            for c, v in data.items()
+        }
+        changes.upsert(table.name, pk, image, owned=True)
 
     def _key_values(
         self, table: _Table, pk: Sequence[str], row: dict[str, Any], event: Event
@@ -1011,9 +1027,11 @@ class _Remembered:
         self.read_from: dict[tuple[str, str], str] = {}
 
 
-def _primary_key(event: Event, table: _Table) -> list[str]:
-    declared = event.message.get("primary_key_columns")
-    if isinstance(declared, list) and declared:
+def _primary_key(message: dict[str, Any], event: Event, table: _Table) -> list[str]:
+    declared = message.get("primary_key_columns")
+    if type(declared) is list and declared:
+        if all(type(c) is str for c in declared):
+            return declared
         return [str(c) for c in declared]
     if not table.primary_key:
         raise LookupError(

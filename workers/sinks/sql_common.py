@@ -56,6 +56,8 @@ BOOKKEEPING_TABLES = (
 def txn_text(key: tuple[int, ...]) -> str:
     """The transaction part of an order key (all but the row), as sortable text.
     (Also the Kafka sink's record of applied transactions.)"""
+    if len(key) == 2:  # a GTID's sequence number and the row: the common case
+        return f"{key[0]:020d}"
     return ".".join(f"{n:020d}" for n in key[:-1])
 
 
@@ -63,6 +65,13 @@ def fingerprint(event: Event) -> str:
     """What a replay repeats exactly and a different transaction does not: the binlog
     timestamp and XID (the same on every row of the transaction)."""
     return f"{event.message.get('ts')}:{event.message.get('xid')}"[:64]
+
+
+# Column types (as `TargetTable.types` names them) whose values
+# `workers.sinks.sql.column_value` converts even when they are scalars.
+CONVERTED_TYPES = frozenset(
+    {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "json", "set", "longtext"}
+)
 
 
 class TargetTable:
@@ -83,6 +92,9 @@ class TargetTable:
         self.primary_key = primary_key
         self.scales = scales or {}
         self.dates = dates
+        # Columns whose scalar values (numbers, strings, booleans) are written as they
+        # come: every type but binary, JSON, SET, and LONGTEXT (MariaDB's JSON).
+        self.plain = frozenset(c for c, kind in types.items() if kind not in CONVERTED_TYPES)
 
 
 class MissingTable(LookupError):
