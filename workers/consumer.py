@@ -559,12 +559,13 @@ class Consumer:
 
     async def _process(self, st: _Shard, records: Sequence[Record]) -> None:
         done = 0  # records settled (or given back) so far, in order
+        shard, token = st.shard, st.token
         try:
             run: list[Event] = []
             run_records: list[Record] = []
             for record in records:
                 try:
-                    message = decode_message(record.value, st.shard, record.topic, record.position)
+                    message = decode_message(record.value, shard, record.topic, record.position)
                 except EventDecodeError as exc:
                     await self._handle_run(st, run, run_records)
                     done += len(run_records)
@@ -590,15 +591,17 @@ class Consumer:
                     await self._advance(st, [record], None)
                     done += 1
                     continue
+                # By position (shard, topic, position, key, raw, message, token):
+                # cheaper per event than keywords.
                 run.append(
                     Event(
-                        shard=st.shard,
-                        topic=record.topic,
-                        position=record.position,
-                        key=record.key,
-                        raw=record.value,
-                        message=message,
-                        token=st.token,
+                        shard,
+                        record.topic,
+                        record.position,
+                        record.key,
+                        record.value,
+                        message,
+                        token,
                     )
                 )
                 run_records.append(record)
