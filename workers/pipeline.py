@@ -31,11 +31,12 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from shardctl.core import health, metrics
 from shardctl.core.backoff import Backoff
 from shardctl.core.config import ConfigError, Settings
+from shardctl.core.kafka_log import kafka_log
 from shardctl.core.keyspace import Keyspace
 from workers.consumer import Consumer, ConsumerConfig, ShardGate
 from workers.deadletters import (
@@ -103,7 +104,11 @@ def ensure_kafka_topics(
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient(dict(settings.kafka.client_config().items()))
+    config: dict[str, Any] = {
+        **settings.kafka.client_config(),
+        "logger": kafka_log("worker dead-letter topic check"),
+    }
+    admin = AdminClient(config)
     unreachable = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN}
     backoff = Backoff()
     deadline = time.monotonic() + outage_s
@@ -114,6 +119,7 @@ def ensure_kafka_topics(
                 existing = set(admin.list_topics(timeout=10).topics)
                 break
             except KafkaException as exc:
+                admin.poll(0)  # its log lines, rate-limited
                 err = exc.args[0] if exc.args else None
                 if not isinstance(err, KafkaError) or err.code() not in unreachable:
                     raise

@@ -3,7 +3,7 @@
 dead-letter topic check). It says what it waits for, and registers and serves once
 Kafka is back. While it waits, its health port answers: alive for longer than the
 liveness window (a liveness probe must not restart it), and not ready, naming what it
-waits for."""
+waits for; and librdkafka's lines reach its log structured and rate-limited."""
 
 from __future__ import annotations
 
@@ -72,6 +72,11 @@ def test_a_worker_started_while_kafka_is_down_waits_for_it(
         alive = probe(port, "/healthz")
         assert alive is not None and alive[0] == 200, (alive, procs.tail("w1"))
         assert "Kafka" in str(probe(port, "/readyz")), procs.tail("w1")
+        # librdkafka's own lines come through the structured log, rate-limited, not
+        # printed raw to stderr many times a second.
+        text = procs.log("w1")
+        assert "|FAIL|rdkafka" not in text, procs.tail("w1")
+        assert "kafka client worker dead-letter topic check:" in text, procs.tail("w1")
     finally:
         stack.start("kafka")
     wait_for("the worker to serve once Kafka is back", lambda: ready_as(port, "serving"), 120)

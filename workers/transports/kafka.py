@@ -33,6 +33,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from shardctl.core.kafka_log import kafka_log
 from workers.transports.base import Record, TransportError
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class KafkaTransport:
             # Bound what librdkafka prefetches per partition: memory stays bounded
             # however slow the handler is.
             "queued.max.messages.kbytes": str(fetch_max_kbytes),
+            # Its own lines go to the structured log, rate-limited (served by poll).
+            "logger": kafka_log("worker consumer"),
         }
         self._consumer: Consumer | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
@@ -291,7 +294,12 @@ class KafkaTransport:
 
     async def _describe_topic_ids(self, now: float) -> dict[str, str]:
         if self._admin is None:
-            self._admin = AdminClient(self._client_config)
+            config: dict[str, Any] = {
+                **self._client_config,
+                "logger": kafka_log("worker topic-id lookups"),
+            }
+            self._admin = AdminClient(config)
+        self._admin.poll(0)  # serves the log lines since the last lookup
         self.topic_id_lookups += 1
         futures = self._admin.describe_topics(
             TopicCollection(list(self.topics)), request_timeout=10
