@@ -252,6 +252,43 @@ class KafkaTransport:
     async def abandon(self, records: Sequence[Record]) -> None:
         """Nothing to do: the next owner re-reads from the committed offset."""
 
+    async def refetch_if_behind(
+        self, shard: int, positions: Mapping[str, int]
+    ) -> dict[str, tuple[int, int]]:
+        """Ask the broker for the shard's high watermarks (not the cached ones: a
+        partition whose fetching stopped has none newer); where one is past the
+        position, resume the partition and seek it to the position, which restarts
+        librdkafka's fetching of it from there. After a broker restart librdkafka was
+        seen to leave an assigned, unpaused partition without fetching for good (a
+        chaos run: a worker held two shards and applied nothing more)."""
+        if shard not in self._shards:
+            return {}
+        consumer = self._require()
+        parts = self._partitions(shard)
+
+        def check() -> dict[str, tuple[int, int]]:
+            behind: dict[str, tuple[int, int]] = {}
+            for part in parts:
+                at = positions.get(part.topic)
+                if at is None:
+                    continue  # nothing fetched yet: no position to compare
+                _low, high = consumer.get_watermark_offsets(part, timeout=5, cached=False)
+                if high > at:
+                    behind[part.topic] = (at, int(high))
+            if behind:
+                again = [TopicPartition(t, shard, at) for t, (at, _h) in behind.items()]
+                consumer.resume(again)
+                for part in again:
+                    consumer.seek(part)
+            return behind
+
+        try:
+            return await self._run(check)
+        except KafkaException as exc:
+            raise TransportError(
+                f"kafka: shard {shard}: checking whether fetching stalled failed: {exc}"
+            ) from exc
+
     def high_watermarks(self, shard: int) -> dict[str, int]:
         """The cached high watermarks of the shard's partitions, as of the last fetch
         response. Called from the event loop: a cached read takes only librdkafka's
