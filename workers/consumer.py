@@ -559,7 +559,8 @@ class Consumer:
         if behind:
             log.warning(
                 "shard %d: no record fetched for %.0f s while the broker holds newer ones "
-                "(topic: (position, newest) %s): fetching again from the position",
+                "or cannot tell (topic: (position, newest; -1 not known) %s): fetching "
+                "again from the position",
                 st.shard,
                 self.config.fetch_stall_s,
                 behind,

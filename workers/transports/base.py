@@ -72,9 +72,10 @@ class Transport(Protocol):
         self, shard: int, positions: Mapping[str, int]
     ) -> dict[str, tuple[int, int]]:
         """For a running, unpaused shard that got no record for a while: where the
-        broker holds records past `positions` ({topic: next position}), start fetching
-        that topic again from its position. Returns {topic: (position, newest)} of
-        what it restarted; {} if nothing is behind (or the transport has no positions).
+        broker holds records past `positions` ({topic: next position}), or cannot
+        tell, start fetching that topic again from its position. Returns {topic:
+        (position, newest)} of what it restarted (newest -1: not known); {} if nothing
+        is behind (or the transport has no positions).
         Raises TransportError if the broker cannot be asked."""
 
     async def topic_ids(self) -> dict[str, str]:

@@ -257,8 +257,9 @@ class KafkaTransport:
     ) -> dict[str, tuple[int, int]]:
         """Ask the broker for the shard's high watermarks (not the cached ones: a
         partition whose fetching stopped has none newer); where one is past the
-        position, resume the partition and seek it to the position, which restarts
-        librdkafka's fetching of it from there. After a broker restart librdkafka was
+        position, or where the broker cannot tell (newest -1), resume the partition
+        and seek it to the position, which restarts librdkafka's fetching of it from
+        there. After a broker restart librdkafka was
         seen to leave an assigned, unpaused partition without fetching for good (a
         chaos run: a worker held two shards and applied nothing more)."""
         if shard not in self._shards:
@@ -272,8 +273,14 @@ class KafkaTransport:
                 at = positions.get(part.topic)
                 if at is None:
                     continue  # nothing fetched yet: no position to compare
-                _low, high = consumer.get_watermark_offsets(part, timeout=5, cached=False)
-                if high > at:
+                try:
+                    _low, high = consumer.get_watermark_offsets(part, timeout=5, cached=False)
+                except KafkaException as exc:
+                    # Not known (the broker away, or the partition unknown to this
+                    # client): fetching again from the position is safe, so do it.
+                    log.info("kafka: shard %d %s: no high watermark: %s", shard, part.topic, exc)
+                    high = -1
+                if high > at or high == -1:
                     behind[part.topic] = (at, int(high))
             if behind:
                 again = [TopicPartition(t, shard, at) for t, (at, _h) in behind.items()]
