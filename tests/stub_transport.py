@@ -48,6 +48,11 @@ class StubTransport:
         if self._published is not None:
             self._published.set()
 
+    async def refetch_if_behind(
+        self, shard: int, positions: Mapping[str, int]
+    ) -> dict[str, tuple[int, int]]:
+        return {}
+
     def paused(self, shard: int) -> bool:
         fetch = self._fetching.get(shard)
         return fetch is not None and fetch.paused

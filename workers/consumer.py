@@ -139,6 +139,9 @@ class ConsumerConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # How often the topics' ids are compared with those of the running shards' offsets.
     topic_check_s: float = 30.0
+    # A running, unpaused shard that got no record for this long asks the transport
+    # whether the broker holds records past its position, and if so to fetch again.
+    fetch_stall_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -179,6 +182,7 @@ class _Shard:
     events_handled: int = 0
     dead_lettered: int = 0
     stall: ShardStall | None = None  # waiting out a transient failure since
+    fetched_at: float = field(default_factory=time.monotonic)  # its last record came
     topic_ids: dict[str, str] = field(default_factory=dict)  # what its positions belong to
 
     @property
@@ -482,12 +486,14 @@ class Consumer:
                 await asyncio.sleep(1.0)
                 continue
             stray: list[Record] = []
+            now = time.monotonic()
             for record in records:
                 st = self._shards.get(record.shard)
                 if st is None or st.halted():
                     stray.append(record)
                     continue
                 st.queue.append(record)
+                st.fetched_at = now
                 if not st.paused and len(st.queue) >= self.config.max_in_flight:
                     self.transport.pause(st.shard)
                     st.paused = True
@@ -504,6 +510,8 @@ class Consumer:
                     st.wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(st.wake.wait(), self.config.idle_wait_s)
+                    if not st.queue and not st.paused and st.state is ShardState.RUNNING:
+                        await self._check_fetching(st)
                     continue
                 take = min(self.config.batch_size, len(st.queue))
                 if self._gate is not None:
@@ -534,6 +542,30 @@ class Consumer:
             log.exception("shard %d: consume loop failed", st.shard)
             self._stop_self(st, f"consume loop failed: {type(exc).__name__}: {exc}")
 
+    async def _check_fetching(self, st: _Shard) -> None:
+        """An idle shard whose last record came `fetch_stall_s` ago: if the broker
+        holds records past its position, the transport fetches them again (a fetch
+        that stopped for good after a broker restart would hold the shard forever)."""
+        now = time.monotonic()
+        if now - st.fetched_at < self.config.fetch_stall_s:
+            return
+        st.fetched_at = now  # the next check is a whole fetch_stall_s later
+        positions = {t: p for t, p in st.handled.items() if t in self.transport.topics}
+        try:
+            behind = await self.transport.refetch_if_behind(st.shard, positions)
+        except TransportError as exc:
+            log.warning("shard %d: %s; checking again later", st.shard, exc)
+            return
+        if behind:
+            log.warning(
+                "shard %d: no record fetched for %.0f s while the broker holds newer ones "
+                "or cannot tell (topic: (position, newest; -1 not known) %s): fetching "
+                "again from the position",
+                st.shard,
+                self.config.fetch_stall_s,
+                behind,
+            )
+
     @staticmethod
     def _admitted(gate: ShardGate, st: _Shard, take: int) -> int:
         """How many of the first `take` queued records the gate lets through."""
@@ -559,12 +591,13 @@ class Consumer:
 
     async def _process(self, st: _Shard, records: Sequence[Record]) -> None:
         done = 0  # records settled (or given back) so far, in order
+        shard, token = st.shard, st.token
         try:
             run: list[Event] = []
             run_records: list[Record] = []
             for record in records:
                 try:
-                    message = decode_message(record.value, st.shard, record.topic, record.position)
+                    message = decode_message(record.value, shard, record.topic, record.position)
                 except EventDecodeError as exc:
                     await self._handle_run(st, run, run_records)
                     done += len(run_records)
@@ -590,15 +623,17 @@ class Consumer:
                     await self._advance(st, [record], None)
                     done += 1
                     continue
+                # By position (shard, topic, position, key, raw, message, token):
+                # cheaper per event than keywords.
                 run.append(
                     Event(
-                        shard=st.shard,
-                        topic=record.topic,
-                        position=record.position,
-                        key=record.key,
-                        raw=record.value,
-                        message=message,
-                        token=st.token,
+                        shard,
+                        record.topic,
+                        record.position,
+                        record.key,
+                        record.value,
+                        message,
+                        token,
                     )
                 )
                 run_records.append(record)

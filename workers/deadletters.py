@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from shardctl.core.kafka_log import kafka_log
 from workers.events import Event, where
 
 log = logging.getLogger(__name__)
@@ -147,11 +148,12 @@ class KafkaDeadLetterWriter:
         template: str = DEFAULT_TEMPLATE,
         timeout_s: float = 30.0,
     ) -> None:
-        self._config: dict[str, str] = {
+        self._config: dict[str, Any] = {
             **client_config,
             "enable.idempotence": "true",
             "acks": "all",
             "linger.ms": "0",
+            "logger": kafka_log("worker dead-letter producer"),
         }
         self._producer: Any = None
         self._lock = threading.Lock()  # shards write from executor threads

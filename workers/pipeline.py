@@ -13,20 +13,30 @@ or piece by piece: `build_consumer(...)`, `await consumer.open()`,
 Kafka dead-letter topics must exist before the first poison event; with
 `create_dead_letter_topics` (the default) missing ones are created here, at start,
 so a broker refusal stops the worker at once with the topic's name.
+
+With `WorkerOptions.metrics_port`, `consuming_worker` serves /metrics, /healthz and
+/readyz from its start, before anything waits on a broker: while the worker waits
+for Kafka (a Kafka restart, a broker not up yet) liveness says alive (the process's
+loop ticks; the caller runs `health.run_ticker()`) and readiness says not ready,
+naming `kafka.bootstrap_servers`. The worker it yields then does not serve the port
+again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
+from shardctl.core import health, metrics
 from shardctl.core.backoff import Backoff
 from shardctl.core.config import ConfigError, Settings
+from shardctl.core.kafka_log import kafka_log
 from shardctl.core.keyspace import Keyspace
 from workers.consumer import Consumer, ConsumerConfig, ShardGate
 from workers.deadletters import (
@@ -94,32 +104,42 @@ def ensure_kafka_topics(
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient(dict(settings.kafka.client_config().items()))
+    config: dict[str, Any] = {
+        **settings.kafka.client_config(),
+        "logger": kafka_log("worker dead-letter topic check"),
+    }
+    admin = AdminClient(config)
     unreachable = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN}
     backoff = Backoff()
     deadline = time.monotonic() + outage_s
-    while True:
-        try:
-            existing = set(admin.list_topics(timeout=10).topics)
-            break
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if not isinstance(err, KafkaError) or err.code() not in unreachable:
-                raise
-            if time.monotonic() >= deadline:
-                raise ConfigError(
-                    f"kafka.bootstrap_servers {settings.kafka.bootstrap_servers}: no broker "
-                    f"answered for {outage_s:.0f} s while checking the dead-letter topics "
-                    f"{topics}: {exc}"
-                ) from exc
-            delay = backoff.next()
-            log.warning(
-                "kafka (%s) unreachable while checking dead-letter topics; retrying in %.1f s: %s",
-                settings.kafka.bootstrap_servers,
-                delay,
-                exc,
-            )
-            time.sleep(delay)
+    servers = settings.kafka.bootstrap_servers
+    try:
+        while True:
+            try:
+                existing = set(admin.list_topics(timeout=10).topics)
+                break
+            except KafkaException as exc:
+                admin.poll(0)  # its log lines, rate-limited
+                err = exc.args[0] if exc.args else None
+                if not isinstance(err, KafkaError) or err.code() not in unreachable:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise ConfigError(
+                        f"kafka.bootstrap_servers {servers}: no broker answered for "
+                        f"{outage_s:.0f} s while checking the dead-letter topics {topics}: {exc}"
+                    ) from exc
+                health.waiting(f"Kafka at kafka.bootstrap_servers {servers}: {exc}")
+                delay = backoff.next()
+                log.warning(
+                    "kafka (%s) unreachable while checking dead-letter topics; retrying in "
+                    "%.1f s: %s",
+                    servers,
+                    delay,
+                    exc,
+                )
+                time.sleep(delay)
+    finally:
+        health.waiting(None)
     missing = [t for t in topics if t not in existing]
     if not missing:
         return []
@@ -201,15 +221,35 @@ async def consuming_worker(
     (transport, handler) when the block ends. A shard that fails for a reason other
     than fencing is given up alone (`Claim.fail`): committed, released, and
     acquired again after a backoff, while the other shards keep flowing."""
-    # Holds shards that gain keys while the shard count changes (workers.reshard_gate).
-    gate = ReshardGate(settings, Keyspace.of(settings))
-    consumer = build_consumer(settings, options, worker_options.worker_id, gate=gate)
-    await gate.start()
+    server = None
+    if worker_options.metrics_port:
+        # Probes get answers while the worker waits for a broker below.
+        server = metrics.start_server(worker_options.metrics_port)
+        log.info(
+            "%s: /metrics, /healthz, /readyz on port %d",
+            worker_options.worker_id,
+            worker_options.metrics_port,
+        )
+        worker_options = replace(worker_options, metrics_port=0)
     try:
-        await consumer.open()
+        if options.transport == "kafka" and options.create_dead_letter_topics:
+            # Off the event loop: the health ticker goes on while no broker answers.
+            names = [dead_letter_topic(options.dead_letter_template, t) for t in options.topics]
+            await asyncio.to_thread(ensure_kafka_topics, settings, names)
+            options = replace(options, create_dead_letter_topics=False)
+        # Holds shards that gain keys while the shard count changes (workers.reshard_gate).
+        gate = ReshardGate(settings, Keyspace.of(settings))
+        consumer = build_consumer(settings, options, worker_options.worker_id, gate=gate)
+        await gate.start()
         try:
-            yield Worker(settings, worker_options, consumer)
+            await consumer.open()
+            try:
+                yield Worker(settings, worker_options, consumer)
+            finally:
+                await consumer.close()
         finally:
-            await consumer.close()
+            await gate.close()
     finally:
-        await gate.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()

@@ -57,6 +57,7 @@ from cdc.producers.base import (
 )
 from shardctl.core.backoff import Backoff
 from shardctl.core.config import ConfigError, KafkaSettings
+from shardctl.core.kafka_log import kafka_log
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -289,6 +290,8 @@ class KafkaProducer(Producer):
                     f"with an idempotent producer and acks=all), got {conf[key]!r}"
                 )
             conf[key] = value
+        # librdkafka's own lines go to the structured log, rate-limited.
+        conf["logger"] = kafka_log("cdc producer")
         self._conf = conf
         # What the operator allows; topic limits may only lower them.
         self._client_max = int(conf.get("message.max.bytes", _CLIENT_MAX_MESSAGE_BYTES))

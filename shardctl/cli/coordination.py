@@ -13,12 +13,13 @@ shardctl maintenance on|off  freeze the assignment (no moves at all), or thaw it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -412,9 +413,14 @@ def worker_run(
         task = asyncio.current_task()
         assert task is not None
         install_stop_signals(worker.stop_requested.set, lambda: _cancel(task))
+        await worker.run()
+
+    @contextlib.asynccontextmanager
+    async def ticking() -> AsyncIterator[None]:
+        # From before the consumer is built: liveness holds while it waits for Kafka.
         ticker = asyncio.ensure_future(health.run_ticker())
         try:
-            await worker.run()
+            yield
         finally:
             ticker.cancel()
 
@@ -423,7 +429,8 @@ def worker_run(
 
         noop = NoopHandler(wid, tick_s=tick, event_log=event_log)
         try:
-            await run(Worker(settings, options, noop))
+            async with ticking():
+                await run(Worker(settings, options, noop))
         finally:
             noop.close()
 
@@ -449,7 +456,7 @@ def worker_run(
             handler_threads=tuning.handler_threads,
         )
         try:
-            async with consuming_worker(settings, options, consume) as worker:
+            async with ticking(), consuming_worker(settings, options, consume) as worker:
                 await run(worker)
         except (ConfigError, HandlerError) as exc:
             raise _fail(str(exc), EXIT_USAGE) from None

@@ -5,7 +5,9 @@ alive   the process's main loop ticked within `stall_after_s`, and the tracked
         lease's keepalive is not stuck (a lease past its deadline by a whole TTL that
         the keepalive never declared lost).
 ready   the role says it is in a ready state (a leader, a standby campaigning, a
-        registered worker) and its tracked lease is valid now.
+        registered worker) and its tracked lease is valid now, and it waits for
+        nothing: `waiting(what)` names what a starting process waits for (a worker
+        waiting for Kafka), which readiness reports until `waiting(None)`.
 
 There is one state per process. Roles update it with `update(state, session=...)`;
 the asyncio processes tick it with `run_ticker()`, the reader's main loop calls
@@ -51,6 +53,7 @@ class ProcessHealth:
         self.stall_after_s = stall_after_s
         self._state = "starting"
         self._session: LeaseView | None = None
+        self._waiting: str | None = None
         self._last_beat = time.monotonic()
 
     def configure(self, role: str, stall_after_s: float = DEFAULT_STALL_AFTER_S) -> None:
@@ -59,6 +62,7 @@ class ProcessHealth:
             self.stall_after_s = stall_after_s
             self._state = "starting"
             self._session = None
+            self._waiting = None
             self._last_beat = time.monotonic()
 
     def beat(self) -> None:
@@ -72,6 +76,12 @@ class ProcessHealth:
             if session is not None:
                 self._session = session
             self._last_beat = time.monotonic()
+
+    def waiting(self, what: str | None) -> None:
+        """Say what the process waits for before it can serve (None: nothing any more);
+        readiness names it."""
+        with self._lock:
+            self._waiting = what
 
     @property
     def state(self) -> str:
@@ -99,9 +109,11 @@ class ProcessHealth:
 
     def ready(self) -> Verdict:
         with self._lock:
-            state, session = self._state, self._session
+            state, session, waiting = self._state, self._session, self._waiting
         detail: dict[str, Any] = {"role": self.role, "state": state}
         problems = []
+        if waiting is not None:
+            problems.append(f"waiting for {waiting}")
         if state not in READY_STATES:
             problems.append(f"state is {state}")
         if session is None:
@@ -130,6 +142,10 @@ def update(state: str, session: LeaseView | None = None) -> None:
 
 def beat() -> None:
     PROCESS.beat()
+
+
+def waiting(what: str | None) -> None:
+    PROCESS.waiting(what)
 
 
 async def run_ticker(interval_s: float = TICK_S) -> None:

@@ -460,7 +460,7 @@ def test_the_remembered_transactions_are_pruned_to_the_replay_window(
         for seq in range(1, 6):
             sink.on_events(Batch.of(0, 1, (change(seq, seq),)))
         with stack.mysql_root(sink_db) as conn, conn.cursor() as cur:
-            cur.execute("SELECT txn FROM shardctl_applied_txns WHERE scope = 'window'")
+            cur.execute("SELECT first_txn FROM shardctl_applied_runs WHERE scope = 'window'")
             assert sorted(int(t) for (t,) in cur.fetchall()) == [4, 5]
         sink.on_events(Batch.of(0, 1, (change(6, 4), change(7, 5))))  # a replay: skipped
         assert len(_rows(stack, sink_db)) == 5
@@ -468,3 +468,62 @@ def test_the_remembered_transactions_are_pruned_to_the_replay_window(
             sink.on_events(Batch.of(0, 1, (change(8, 3),)))
     finally:
         sink.on_close()
+
+
+def _change(offset: int, seq: int, xid: int | None = None, row: int = 0) -> Event:
+    doc = json.loads(
+        maxwell(offset, 0, data={"id": seq * 10 + row, "name": f"v{seq}"}, xid=xid or seq)
+    )
+    doc.update(event_id=f"0-7-{seq}#{row}", source="main/7")
+    raw = json.dumps(doc).encode()
+    return Event(0, "t", offset, None, raw, decode_message(raw, 0, "t", offset), 1)
+
+
+def test_a_replay_spanning_several_batches_is_skipped_and_one_batch_is_one_row(
+    stack: Any, sink: SqlSink, sink_db: str
+) -> None:
+    """A batch's transactions are remembered in one row per stream; a replay of the
+    transactions of several batches, one split across two of them, is skipped."""
+    sink.on_events(Batch.of(0, 1, (_change(1, 1), _change(2, 2), _change(3, 3, row=0))))
+    sink.on_events(Batch.of(0, 1, (_change(4, 3, row=1), _change(5, 4))))
+    with stack.mysql_root(sink_db) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT first_txn, last_txn, txns FROM shardctl_applied_runs "
+            "WHERE scope = 'identity' ORDER BY last_txn"
+        )
+        runs = [(int(first), int(last), n) for first, last, n in cur.fetchall()]
+    assert runs == [(1, 3, 3), (3, 4, 2)]
+    with stack.mysql_root(sink_db) as conn:
+        _execute(conn, "UPDATE items SET name = CONCAT('marked', id)")
+    replay = (_change(6, 2), _change(7, 3, row=0), _change(8, 3, row=1), _change(9, 4))
+    sink.on_events(Batch.of(0, 1, (*replay, _change(10, 5))))
+    assert _rows(stack, sink_db) == [
+        (10, "marked10"), (20, "marked20"), (30, "marked30"), (31, "marked31"), (40, "marked40"),
+        (50, "v5"),
+    ]  # fmt: skip
+    # A different transaction at a remembered position is no replay.
+    with pytest.raises(ShardHalted, match="the transaction applied there differs"):
+        sink.on_events(Batch.of(0, 1, (_change(11, 2, xid=99),)))
+
+
+def test_transactions_an_older_release_remembered_one_row_each_still_make_a_replay(
+    stack: Any, sink: SqlSink, sink_db: str
+) -> None:
+    """Releases before shardctl_applied_runs stored one shardctl_applied_txns row per
+    transaction: a replay of those transactions after an upgrade is still skipped."""
+    sink.on_events(Batch.of(0, 1, (_change(1, 1), _change(2, 2))))
+    with stack.mysql_root(sink_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT fingerprints FROM shardctl_applied_runs WHERE scope = 'identity'")
+        [(text,)] = cur.fetchall()
+        cur.execute("DELETE FROM shardctl_applied_runs WHERE scope = 'identity'")
+        for txn, fingerprint in json.loads(text).items():
+            cur.execute(
+                "INSERT INTO shardctl_applied_txns VALUES ('identity', 0, 't', %s, %s, %s)",
+                ("main/7|gtid:0", txn, fingerprint),
+            )
+        cur.execute("UPDATE items SET name = CONCAT('marked', id)")
+        conn.commit()
+    sink.on_events(Batch.of(0, 1, (_change(3, 1), _change(4, 2), _change(5, 3))))
+    assert _rows(stack, sink_db) == [(10, "marked10"), (20, "marked20"), (30, "v3")]
+    with pytest.raises(ShardHalted, match="the transaction applied there differs"):
+        sink.on_events(Batch.of(0, 1, (_change(6, 1, xid=99),)))

@@ -1,12 +1,15 @@
 """A worker started while no Kafka broker answers waits for one instead of exiting
 (the chaos run found a worker restarted during a Kafka restart exiting at its
 dead-letter topic check). It says what it waits for, and registers and serves once
-Kafka is back."""
+Kafka is back. While it waits, its health port answers: alive for longer than the
+liveness window (a liveness probe must not restart it), and not ready, naming what it
+waits for; and librdkafka's lines reach its log structured and rate-limited."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +17,10 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from shardctl.core.config import Settings
+from shardctl.core.health import DEFAULT_STALL_AFTER_S
 from shardctl.core.processes import ProcessGroup
 from tests.conftest import StackHandle
-from tests.integration.test_health import free_port, ready_as
+from tests.integration.test_health import free_port, probe, ready_as
 from tests.integration.workers_support import delete_cluster
 from tests.polling import wait_for
 
@@ -49,7 +53,30 @@ def test_a_worker_started_while_kafka_is_down_waits_for_it(
             lambda: "unreachable while checking dead-letter topics" in procs.log("w1"),
             90,
         )
+        waiting_since = time.monotonic()
         assert procs.alive("w1"), procs.tail("w1")
+        ready = probe(port, "/readyz")
+        assert ready is not None and ready[0] == 503, ready
+        assert isinstance(ready[1], dict), ready
+        assert any(
+            p.startswith("waiting for Kafka at kafka.bootstrap_servers")
+            for p in ready[1]["problems"]
+        ), ready
+        # Liveness holds for longer than its window while the worker waits: the
+        # process's loop keeps ticking.
+        wait_for(
+            "the liveness window to pass while the worker waits",
+            lambda: time.monotonic() - waiting_since > DEFAULT_STALL_AFTER_S + 2,
+            DEFAULT_STALL_AFTER_S + 30,
+        )
+        alive = probe(port, "/healthz")
+        assert alive is not None and alive[0] == 200, (alive, procs.tail("w1"))
+        assert "Kafka" in str(probe(port, "/readyz")), procs.tail("w1")
+        # librdkafka's own lines come through the structured log, rate-limited, not
+        # printed raw to stderr many times a second.
+        text = procs.log("w1")
+        assert "|FAIL|rdkafka" not in text, procs.tail("w1")
+        assert "kafka client worker dead-letter topic check:" in text, procs.tail("w1")
     finally:
         stack.start("kafka")
     wait_for("the worker to serve once Kafka is back", lambda: ready_as(port, "serving"), 120)

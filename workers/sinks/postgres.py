@@ -12,18 +12,19 @@ false` keeps every change a write of its own). A group of at least BULK_ROWS row
 into a temporary table (ON COMMIT DROP) made with the target columns' types, then one
 `INSERT ... SELECT ... ON CONFLICT (primary key) DO UPDATE` or `DELETE ... USING`;
 smaller groups go as multi-row statements (many VALUES rows in one INSERT ... ON
-CONFLICT, one DELETE ... IN (...) per table). The applied-transaction records of a
-batch are written the same way. All of it stays inside the batch's one transaction.
+CONFLICT, one DELETE ... IN (...) per table). The batch's applied transactions are
+one row per source stream (shardctl_applied_runs). All of it stays inside the batch's
+one transaction.
 
 Target: schema `target_schema` (default: the event's own database name, as a schema),
 table = the event's table; the tables must exist, with a primary key (or the event
 names its `primary_key_columns`), unless `schema_evolution = basic` creates them and
 adds new columns (as in the MariaDB sink; the types in
 workers.sinks.schema_evolution). The bookkeeping tables (shardctl_fences,
-shardctl_offsets, shardctl_applied, shardctl_applied_txns) are made in the first
-schema of the user's search_path (`public` by default). Maxwell values are converted
-by the target column's type: base64 -> bytes for bytea, JSON values -> JSON text for
-json/jsonb.
+shardctl_offsets, shardctl_applied, shardctl_applied_runs, shardctl_applied_txns) are
+made in the first schema of the user's search_path (`public` by default). Maxwell
+values are converted by the target column's type: base64 -> bytes for bytea, JSON
+values -> JSON text for json/jsonb.
 
 Settings (environment `SHARDCTL_SINK_POSTGRES_*`, or handler options, except the
 password which is environment/file only): host, port, user, password /

@@ -73,11 +73,21 @@ class RowChanges:
         write.delete = True
         write.image = None
 
-    def upsert(self, table: str, primary_key: Sequence[str], image: dict[str, Any]) -> None:
-        """`image` (column -> value, the primary key among them) is written to `table`."""
-        key = (table, tuple(primary_key), tuple(image[c] for c in primary_key))
+    def upsert(
+        self, table: str, primary_key: Sequence[str], image: dict[str, Any], owned: bool = False
+    ) -> None:
+        """`image` (column -> value, the primary key among them) is written to `table`;
+        `owned`: the caller gives `image` away (it is kept, not copied)."""
+        key: RowKey
+        if len(primary_key) == 1:
+            key = (table, (primary_key[0],), (image[primary_key[0]],))
+        else:
+            key = (table, tuple(primary_key), tuple([image[c] for c in primary_key]))
         write = self._slot(key)
-        write.image = dict(image) if write.image is None else {**write.image, **image}
+        if write.image is None:
+            write.image = image if owned else dict(image)
+        else:
+            write.image = {**write.image, **image}
 
     def writes(self) -> int:
         """How many row writes (DELETEs and upserts) the statements make."""

@@ -20,8 +20,10 @@ A batch is ONE database transaction, which also holds the shard's fence and offs
                                                          source topic of the shard)
     shardctl_applied (scope, shard, topic, stream) -> the newest applied change, as
                      its place in the source's commit order (shardctl.core.event_ids)
-    shardctl_applied_txns (scope, shard, topic, stream, txn) -> fingerprint (ts, xid)
-                     of each applied transaction, the newest `replay_window` of them
+    shardctl_applied_runs (scope, shard, topic, stream, last_txn, first_txn) -> the
+                     fingerprint (ts, xid) of each transaction a batch applied, one row
+                     per batch and stream; the newest `replay_window` transactions
+                     (at least) are kept
 
 A stream is the message's `source` identity (source name and server_id) plus the
 id's own order stream (GTID domain, MySQL server uuid, or binlog file name), so two
@@ -97,7 +99,7 @@ from shardctl.core.config import ConfigError, MySQLSettings, TLSSettings, read_s
 from shardctl.core.event_ids import describe_key, order_key
 from workers.events import Batch, Event
 from workers.handlers import Fenced, HandlerContext, ShardHalted, TransientError
-from workers.sinks.row_changes import RowChanges, write_upserts
+from workers.sinks.row_changes import RowChanges
 from workers.sinks.schema_evolution import (
     MARIADB_TYPES,
     MYSQL_TYPES,
@@ -118,6 +120,8 @@ _BINARY = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
 _UPSERT_TYPES = {"insert", "update", "bootstrap-insert"}
 _WRITE_TYPES = _UPSERT_TYPES | {"delete"}
 _ROW_TYPES = {"insert", "update", "delete"}
+# Values `column_value` returns unchanged for a plain column (TargetTable.plain).
+_SCALARS = frozenset({int, str, float, bool, Decimal})
 
 # Longest stream name the bookkeeping tables hold (source identity plus the id's stream).
 _STREAM_CHARS = STREAM_CHARS
@@ -266,6 +270,7 @@ class MariaDBDialect(Dialect):
     name = "sql"
     connection_errors = (pymysql.err.Error,)
     driver_errors = (pymysql.err.MySQLError, OSError)
+    long_text = "MEDIUMTEXT"
 
     def __init__(self, row_alias: bool = False) -> None:
         self._streams_checked = False
@@ -529,20 +534,24 @@ class SqlSink:
             changed: set[tuple[str, str]] = set()
             # (topic, stream) -> {txn: fingerprint} applied by this batch
             added: dict[tuple[str, str], dict[str, str]] = {}
-            known: dict[tuple[str, str, str], str | None] = {}  # looked up
+            known = _Remembered()  # what the batch read of earlier batches' transactions
             applied = 0
             changes = RowChanges(fold=self.settings.fold_changes)
             last_ids: dict[str, str] = {}
             for event in batch.events:
-                event_id = event.event_id
-                if event_id is not None:
+                message = event.message
+                event_id = message.get("event_id")
+                if type(event_id) is not str:
+                    event_id = None
+                else:
                     last_ids[event.topic] = event_id
                 if event.position is not None and event.position < stored.get(event.topic, -1):
                     continue  # this record was applied by an earlier transaction
                 # Only the row changes it applies are ordered (DDL carries no source).
+                kind = message.get("type")
                 place = (
                     order_key(event_id, event.source)
-                    if event_id and event.type in _ROW_TYPES
+                    if event_id and type(kind) is str and kind in _ROW_TYPES
                     else None
                 )
                 if place is not None:
@@ -756,23 +765,14 @@ class SqlSink:
         key: tuple[int, ...],
         seen: tuple[int, ...],
         added: dict[str, str],
-        known: dict[tuple[str, str, str], str | None],
+        known: _Remembered,
     ) -> None:
         """Return if `event` repeats an applied transaction; else raise ShardHalted."""
         txn = _txn_text(key)
         fingerprint = _fingerprint(event)
         remembered = added.get(txn)
         if remembered is None:
-            where = (event.topic, stream, txn)
-            if where not in known:
-                cur.execute(
-                    "SELECT fingerprint FROM shardctl_applied_txns WHERE scope=%s AND "
-                    "shard=%s AND topic=%s AND stream=%s AND txn=%s",
-                    (self.scope, shard, *where),
-                )
-                row = cur.fetchone()
-                known[where] = None if row is None else str(row[0])
-            remembered = known[where]
+            remembered = self._remembered(cur, shard, event.topic, stream, txn, known)
         if remembered == fingerprint:
             return
         why = (
@@ -793,21 +793,71 @@ class SqlSink:
             )
         )
 
+    def _remembered(
+        self, cur: Any, shard: int, topic: str, stream: str, txn: str, known: _Remembered
+    ) -> str | None:
+        """The fingerprint an earlier batch stored for transaction `txn` of the stream,
+        or None. The stream's rows from `txn` on are read once per batch (a replay goes
+        on in order, so its next transactions are then known too); a transaction not
+        among them is looked up in the rows of releases that stored one per
+        transaction."""
+        stream_key = (topic, stream)
+        start = known.read_from.get(stream_key)
+        if start is None or txn < start:
+            cur.execute(
+                "SELECT fingerprints FROM shardctl_applied_runs WHERE scope=%s AND shard=%s "
+                "AND topic=%s AND stream=%s AND last_txn >= %s",
+                (self.scope, shard, topic, stream, txn),
+            )
+            for (text,) in cur.fetchall():
+                for stored, fingerprint in json.loads(text).items():
+                    known.fingerprints[(topic, stream, str(stored))] = str(fingerprint)
+            known.read_from[stream_key] = txn
+        where = (topic, stream, txn)
+        if where not in known.fingerprints:
+            cur.execute(
+                "SELECT fingerprint FROM shardctl_applied_txns WHERE scope=%s AND "
+                "shard=%s AND topic=%s AND stream=%s AND txn=%s",
+                (self.scope, shard, *where),
+            )
+            row = cur.fetchone()
+            known.fingerprints[where] = None if row is None else str(row[0])
+        return known.fingerprints[where]
+
     def _remember_txns(
         self, cur: Any, shard: int, topic: str, stream: str, txns: dict[str, str]
     ) -> None:
-        """Store the fingerprints of the batch's applied transactions; prune now and then."""
+        """Store the fingerprints of the batch's applied transactions of one stream, in
+        one row; prune now and then."""
         if not txns:
             return
-        rows = [(self.scope, shard, topic, stream, txn, fp) for txn, fp in txns.items()]
-        write_upserts(
-            self.dialect,
+        self.dialect.execute(
             cur,
-            "shardctl_applied_txns",
-            ("scope", "shard", "topic", "stream", "txn", "fingerprint"),
-            ("scope", "shard", "topic", "stream", "txn"),
-            ("fingerprint",),
-            rows,
+            self.dialect.upsert(
+                "shardctl_applied_runs",
+                (
+                    "scope",
+                    "shard",
+                    "topic",
+                    "stream",
+                    "last_txn",
+                    "first_txn",
+                    "txns",
+                    "fingerprints",
+                ),
+                ("scope", "shard", "topic", "stream", "last_txn", "first_txn"),
+                ("txns", "fingerprints"),
+            ),
+            (
+                self.scope,
+                shard,
+                topic,
+                stream,
+                max(txns),
+                min(txns),
+                len(txns),
+                json.dumps(txns, separators=(",", ":")),
+            ),
         )
         counter = (shard, topic, stream)
         count = self._unpruned.get(counter, 0) + len(txns)
@@ -815,18 +865,32 @@ class SqlSink:
             self._unpruned[counter] = count
             return
         self._unpruned[counter] = 0
+        self._prune_txns(cur, shard, topic, stream)
+
+    def _prune_txns(self, cur: Any, shard: int, topic: str, stream: str) -> None:
+        """Delete the stream's rows older than its newest `replay_window` transactions
+        (a row that holds some of those stays whole)."""
         where = "scope=%s AND shard=%s AND topic=%s AND stream=%s"
         args = (self.scope, shard, topic, stream)
+        window = self.settings.replay_window
         cur.execute(
-            f"SELECT txn FROM shardctl_applied_txns WHERE {where} ORDER BY txn DESC "
-            "LIMIT 1 OFFSET %s",
-            (*args, self.settings.replay_window),
+            f"SELECT last_txn, txns FROM shardctl_applied_runs WHERE {where} "
+            "ORDER BY last_txn DESC LIMIT %s",
+            (*args, window),
         )
-        row = cur.fetchone()
-        if row is not None:
-            cur.execute(
-                f"DELETE FROM shardctl_applied_txns WHERE {where} AND txn <= %s", (*args, row[0])
-            )
+        total = 0
+        for last_txn, count in cur.fetchall():
+            total += int(count)
+            if total >= window:
+                cur.execute(
+                    f"DELETE FROM shardctl_applied_runs WHERE {where} AND last_txn < %s",
+                    (*args, last_txn),
+                )
+                cur.execute(
+                    f"DELETE FROM shardctl_applied_txns WHERE {where} AND txn < %s",
+                    (*args, last_txn),
+                )
+                return
 
     def forget_stream(self, shard: int, topic: str, stream: str) -> int:
         """Delete what the sink remembers of one stream of a shard's topic (after the
@@ -836,7 +900,11 @@ class SqlSink:
         try:
             with conn.cursor() as cur:
                 self.dialect.begin(conn)
-                for table in ("shardctl_applied", "shardctl_applied_txns"):
+                for table in (
+                    "shardctl_applied",
+                    "shardctl_applied_runs",
+                    "shardctl_applied_txns",
+                ):
                     cur.execute(
                         f"DELETE FROM {table} WHERE scope=%s AND shard=%s AND topic=%s "
                         "AND stream=%s",
@@ -874,8 +942,8 @@ class SqlSink:
 
     def _table(self, cur: Any, database: str, table: str, reread: bool = False) -> _Table:
         key = (database, table)
-        with self._lock:
-            found = None if reread else self._tables.get(key)
+        # One dict read is atomic: the lock guards the writes.
+        found = None if reread else self._tables.get(key)
         if found is not None:
             return found
         found = self.dialect.target_table(cur, database, table)
@@ -885,31 +953,36 @@ class SqlSink:
 
     def _add(self, cur: Any, event: Event, changes: RowChanges) -> None:
         """Add the row writes of `event` to the batch's `changes`."""
-        kind = event.type
-        if kind not in _UPSERT_TYPES and kind != "delete":
+        message = event.message
+        kind = message.get("type")
+        if type(kind) is not str or kind not in _WRITE_TYPES:
             return
         table = self._table(cur, self.target_namespace(event), event.table)
-        pk = _primary_key(event, table)
-        data = event.data
+        pk = _primary_key(message, event, table)
+        data = message.get("data")
+        if type(data) is not dict:
+            data = {}
         if kind == "delete":
             changes.delete(table.name, pk, self._key_values(table, pk, data, event))
             return
-        old = event.old
-        if old and any(col in old for col in pk):
+        old = message.get("old")
+        if type(old) is dict and old and any(col in old for col in pk):
             moved_from = {**data, **{c: old[c] for c in pk if c in old}}
             changes.delete(table.name, pk, self._key_values(table, pk, moved_from, event))
-        if not table.types.keys() >= data.keys():
+        types = table.types
+        if not types.keys() >= data.keys():
             basic = self.settings.schema_evolution == "basic"
-            if basic and all(c in table.types or data[c] is None for c in data):
+            if basic and all(c in types or data[c] is None for c in data):
                 # A column made once a value comes: until then a row reads NULL there.
-                data = {c: v for c, v in data.items() if c in table.types}
+                data = {c: v for c, v in data.items() if c in types}
             else:
                 # The target may have gained the columns since it was read (an ALTER
                 # that followed the source's): read it again once before refusing.
                 table = self._table(cur, self.target_namespace(event), event.table, reread=True)
-                unknown = [c for c in data if c not in table.types]
+                types = table.types
+                unknown = [c for c in data if c not in types]
                 if unknown and basic and all(data[c] is None for c in unknown):
-                    data = {c: v for c, v in data.items() if c in table.types}
+                    data = {c: v for c, v in data.items() if c in types}
                 elif unknown:
                     raise LookupError(
                         f"{self.dialect.name} sink: {event.describe()}: {table.name} has no "
@@ -922,8 +995,13 @@ class SqlSink:
             _check_scales(table, data, event, self.dialect.name)
         if table.dates:
             data = self.dated_values(table, pk, data, event)
-        types = table.types
-        changes.upsert(table.name, pk, {c: column_value(v, types[c]) for c, v in data.items()})
+        plain = table.plain
+        # A scalar bound for a plain column is written as it is; the rest is converted.
+        image = {
+            c: v if v is None or (type(v) in _SCALARS and c in plain) else column_value(v, types[c])
+            for c, v in data.items()
+        }
+        changes.upsert(table.name, pk, image, owned=True)
 
     def _key_values(
         self, table: _Table, pk: Sequence[str], row: dict[str, Any], event: Event
@@ -937,9 +1015,23 @@ class SqlSink:
         return [column_value(row[c], table.types.get(c, "")) for c in pk]
 
 
-def _primary_key(event: Event, table: _Table) -> list[str]:
-    declared = event.message.get("primary_key_columns")
-    if isinstance(declared, list) and declared:
+class _Remembered:
+    """What one batch's transaction read of the transactions earlier batches applied."""
+
+    __slots__ = ("fingerprints", "read_from")
+
+    def __init__(self) -> None:
+        # (topic, stream, txn) -> its fingerprint; None: none is stored
+        self.fingerprints: dict[tuple[str, str, str], str | None] = {}
+        # (topic, stream) -> the txn from which on every stored one is in `fingerprints`
+        self.read_from: dict[tuple[str, str], str] = {}
+
+
+def _primary_key(message: dict[str, Any], event: Event, table: _Table) -> list[str]:
+    declared = message.get("primary_key_columns")
+    if type(declared) is list and declared:
+        if all(type(c) is str for c in declared):
+            return declared
         return [str(c) for c in declared]
     if not table.primary_key:
         raise LookupError(

@@ -34,7 +34,17 @@ BOOKKEEPING_TABLES = (
         stream VARCHAR({STREAM_CHARS}) NOT NULL, last_key VARCHAR(100) NOT NULL,
         PRIMARY KEY (scope, shard, topic, stream))""",
     # The newest applied transactions per stream, to tell a replay (same transaction,
-    # same fingerprint) from a source whose position went backwards.
+    # same fingerprint) from a source whose position went backwards: one row per batch
+    # and stream, holding the batch's transactions from first_txn to last_txn (`txns`
+    # of them) with their fingerprints, as a JSON object {txn: fingerprint}.
+    # {long_text} is the dialect's type for text of up to a few MiB.
+    f"""CREATE TABLE IF NOT EXISTS shardctl_applied_runs (
+        scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
+        stream VARCHAR({STREAM_CHARS}) NOT NULL, last_txn VARCHAR(64) NOT NULL,
+        first_txn VARCHAR(64) NOT NULL, txns INT NOT NULL, fingerprints {{long_text}} NOT NULL,
+        PRIMARY KEY (scope, shard, topic, stream, last_txn, first_txn))""",
+    # What releases before shardctl_applied_runs wrote: one row per transaction. Read
+    # (a replay of what they applied is still recognised) and pruned, never written.
     f"""CREATE TABLE IF NOT EXISTS shardctl_applied_txns (
         scope VARCHAR(190) NOT NULL, shard INT NOT NULL, topic VARCHAR(249) NOT NULL,
         stream VARCHAR({STREAM_CHARS}) NOT NULL, txn VARCHAR(64) NOT NULL,
@@ -46,6 +56,8 @@ BOOKKEEPING_TABLES = (
 def txn_text(key: tuple[int, ...]) -> str:
     """The transaction part of an order key (all but the row), as sortable text.
     (Also the Kafka sink's record of applied transactions.)"""
+    if len(key) == 2:  # a GTID's sequence number and the row: the common case
+        return f"{key[0]:020d}"
     return ".".join(f"{n:020d}" for n in key[:-1])
 
 
@@ -53,6 +65,13 @@ def fingerprint(event: Event) -> str:
     """What a replay repeats exactly and a different transaction does not: the binlog
     timestamp and XID (the same on every row of the transaction)."""
     return f"{event.message.get('ts')}:{event.message.get('xid')}"[:64]
+
+
+# Column types (as `TargetTable.types` names them) whose values
+# `workers.sinks.sql.column_value` converts even when they are scalars.
+CONVERTED_TYPES = frozenset(
+    {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "json", "set", "longtext"}
+)
 
 
 class TargetTable:
@@ -73,6 +92,9 @@ class TargetTable:
         self.primary_key = primary_key
         self.scales = scales or {}
         self.dates = dates
+        # Columns whose scalar values (numbers, strings, booleans) are written as they
+        # come: every type but binary, JSON, SET, and LONGTEXT (MariaDB's JSON).
+        self.plain = frozenset(c for c, kind in types.items() if kind not in CONVERTED_TYPES)
 
 
 class MissingTable(LookupError):
@@ -95,6 +117,8 @@ class Dialect:
     #: Rows from which a group of writes goes through `bulk_upsert`/`bulk_delete`
     #: (None: the dialect has no bulk path; every write is a multi-row statement).
     bulk_rows: int | None = None
+    #: The column type of text up to a few MiB (a batch's applied transactions).
+    long_text = "TEXT"
 
     def is_transient(self, error: BaseException) -> bool:
         """True for a failure of the connection or the server's moment (wait and
@@ -102,7 +126,7 @@ class Dialect:
         raise NotImplementedError
 
     def schema(self) -> Sequence[str]:
-        return BOOKKEEPING_TABLES
+        return tuple(s.replace("{long_text}", self.long_text) for s in BOOKKEEPING_TABLES)
 
     def upgrade_schema(self, cur: Any) -> None:
         """Bring bookkeeping tables made by an older release up to date."""

@@ -68,6 +68,16 @@ class Transport(Protocol):
         seen (Kafka's high watermark, from the last fetch); {} where there is none (NSQ).
         Never blocks."""
 
+    async def refetch_if_behind(
+        self, shard: int, positions: Mapping[str, int]
+    ) -> dict[str, tuple[int, int]]:
+        """For a running, unpaused shard that got no record for a while: where the
+        broker holds records past `positions` ({topic: next position}), or cannot
+        tell, start fetching that topic again from its position. Returns {topic:
+        (position, newest)} of what it restarted (newest -1: not known); {} if nothing
+        is behind (or the transport has no positions).
+        Raises TransportError if the broker cannot be asked."""
+
     async def topic_ids(self) -> dict[str, str]:
         """Per topic, the id of its current incarnation (Kafka's topic id: a topic
         deleted and re-created gets a new one); topics that do not exist are left out,

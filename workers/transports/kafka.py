@@ -33,6 +33,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from shardctl.core.kafka_log import kafka_log
 from workers.transports.base import Record, TransportError
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class KafkaTransport:
             # Bound what librdkafka prefetches per partition: memory stays bounded
             # however slow the handler is.
             "queued.max.messages.kbytes": str(fetch_max_kbytes),
+            # Its own lines go to the structured log, rate-limited (served by poll).
+            "logger": kafka_log("worker consumer"),
         }
         self._consumer: Consumer | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
@@ -222,15 +225,8 @@ class KafkaTransport:
             partition, topic = msg.partition(), msg.topic()
             if partition is None or topic is None:
                 raise TransportError(f"kafka consumer: a message without topic/partition: {msg}")
-            out.append(
-                Record(
-                    shard=partition,
-                    topic=topic,
-                    position=msg.offset(),
-                    key=msg.key(),
-                    value=msg.value() or b"",
-                )
-            )
+            # By position (shard, topic, position, key, value): cheaper than keywords.
+            out.append(Record(partition, topic, msg.offset(), msg.key(), msg.value() or b""))
         return out
 
     async def poll(self, max_records: int, timeout_s: float) -> list[Record]:
@@ -255,6 +251,50 @@ class KafkaTransport:
 
     async def abandon(self, records: Sequence[Record]) -> None:
         """Nothing to do: the next owner re-reads from the committed offset."""
+
+    async def refetch_if_behind(
+        self, shard: int, positions: Mapping[str, int]
+    ) -> dict[str, tuple[int, int]]:
+        """Ask the broker for the shard's high watermarks (not the cached ones: a
+        partition whose fetching stopped has none newer); where one is past the
+        position, or where the broker cannot tell (newest -1), resume the partition
+        and seek it to the position, which restarts librdkafka's fetching of it from
+        there. After a broker restart librdkafka was
+        seen to leave an assigned, unpaused partition without fetching for good (a
+        chaos run: a worker held two shards and applied nothing more)."""
+        if shard not in self._shards:
+            return {}
+        consumer = self._require()
+        parts = self._partitions(shard)
+
+        def check() -> dict[str, tuple[int, int]]:
+            behind: dict[str, tuple[int, int]] = {}
+            for part in parts:
+                at = positions.get(part.topic)
+                if at is None:
+                    continue  # nothing fetched yet: no position to compare
+                try:
+                    _low, high = consumer.get_watermark_offsets(part, timeout=5, cached=False)
+                except KafkaException as exc:
+                    # Not known (the broker away, or the partition unknown to this
+                    # client): fetching again from the position is safe, so do it.
+                    log.info("kafka: shard %d %s: no high watermark: %s", shard, part.topic, exc)
+                    high = -1
+                if high > at or high == -1:
+                    behind[part.topic] = (at, int(high))
+            if behind:
+                again = [TopicPartition(t, shard, at) for t, (at, _h) in behind.items()]
+                consumer.resume(again)
+                for part in again:
+                    consumer.seek(part)
+            return behind
+
+        try:
+            return await self._run(check)
+        except KafkaException as exc:
+            raise TransportError(
+                f"kafka: shard {shard}: checking whether fetching stalled failed: {exc}"
+            ) from exc
 
     def high_watermarks(self, shard: int) -> dict[str, int]:
         """The cached high watermarks of the shard's partitions, as of the last fetch
@@ -298,7 +338,12 @@ class KafkaTransport:
 
     async def _describe_topic_ids(self, now: float) -> dict[str, str]:
         if self._admin is None:
-            self._admin = AdminClient(self._client_config)
+            config: dict[str, Any] = {
+                **self._client_config,
+                "logger": kafka_log("worker topic-id lookups"),
+            }
+            self._admin = AdminClient(config)
+        self._admin.poll(0)  # serves the log lines since the last lookup
         self.topic_id_lookups += 1
         futures = self._admin.describe_topics(
             TopicCollection(list(self.topics)), request_timeout=10

@@ -182,6 +182,12 @@ class NsqTransport:
     def _held_by(self, shard: int) -> list[Any]:
         return [m for s, m in self._outstanding.values() if s == shard]
 
+    async def refetch_if_behind(
+        self, shard: int, positions: Mapping[str, int]
+    ) -> dict[str, tuple[int, int]]:
+        """NSQ has no positions: nothing to compare or restart."""
+        return {}
+
     def high_watermarks(self, shard: int) -> dict[str, int]:
         """NSQ has no positions, hence no lag in records."""
         return {}
