@@ -82,6 +82,11 @@ class KafkaTransport:
             # Bound what librdkafka prefetches per partition: memory stays bounded
             # however slow the handler is.
             "queued.max.messages.kbytes": str(fetch_max_kbytes),
+            # A broker that restarts can answer for a moment that the topic does not
+            # exist; librdkafka then forgets its partitions and fetches none of them
+            # until its next metadata refresh, 5 minutes by default (seen in a chaos
+            # run: "Local: Unknown partition" for 5 minutes). Refresh every 10 s.
+            "topic.metadata.refresh.interval.ms": "10000",
             # Its own lines go to the structured log, rate-limited (served by poll).
             "logger": kafka_log("worker consumer"),
         }
@@ -277,9 +282,15 @@ class KafkaTransport:
                     _low, high = consumer.get_watermark_offsets(part, timeout=5, cached=False)
                 except KafkaException as exc:
                     # Not known (the broker away, or the partition unknown to this
-                    # client): fetching again from the position is safe, so do it.
+                    # client): fetching again from the position is safe, so do it,
+                    # after asking for the topic's metadata, which makes a partition
+                    # the client forgot known again.
                     log.info("kafka: shard %d %s: no high watermark: %s", shard, part.topic, exc)
                     high = -1
+                    try:
+                        consumer.list_topics(part.topic, timeout=5)
+                    except KafkaException as unread:
+                        log.info("kafka: %s: metadata not read: %s", part.topic, unread)
                 if high > at or high == -1:
                     behind[part.topic] = (at, int(high))
             if behind:
