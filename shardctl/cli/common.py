@@ -15,6 +15,7 @@ pay for etcd, gRPC or pydantic. Commands import what they need when they run.
 from __future__ import annotations
 
 import enum
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -109,3 +110,17 @@ def start_process(role: str, log_level: LogLevel, log_json: bool, metrics_port: 
             metrics.serve(metrics_port)
         except OSError as exc:
             die(f"--metrics-port {metrics_port}: cannot listen: {exc}", EXIT_USAGE)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def raise_on_interrupt() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt wherever the command is.
+
+    With Python's default handler in place, `asyncio.Runner.run` (and `asyncio.run`)
+    turns a Ctrl-C into the cancellation of its task, and a coroutine in flight may
+    absorb a cancellation: the demo and `status --watch` then ran on as if never
+    interrupted. The runner leaves a handler of our own alone."""
+    signal.signal(signal.SIGINT, _interrupted)

@@ -548,9 +548,12 @@ def status(
 
     settings = _settings(config, cluster)
     if watch:
+        from shardctl.cli.common import raise_on_interrupt
         from shardctl.cli.live import watch_status
 
-        _run(watch_status(settings, topic, interval))
+        raise_on_interrupt()
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
+            _run(watch_status(settings, topic, interval))
         return
     state = _run(read_status(settings))
     if as_json:

@@ -19,7 +19,6 @@ import asyncio
 import os
 import random
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from shardctl.cli.common import raise_on_interrupt
 from shardctl.core.processes import ProcessExited, ProcessGroup
 
 if TYPE_CHECKING:
@@ -366,20 +366,6 @@ def demo(
         else:
             run.remove_everything()
     raise typer.Exit(0 if verdict else 1)
-
-
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def raise_on_interrupt() -> None:
-    """Make Ctrl-C raise KeyboardInterrupt wherever the demo is.
-
-    With Python's default handler in place, `asyncio.Runner.run` (the live view's
-    snapshots) turns a Ctrl-C into the cancellation of its task, and a coroutine in
-    flight may absorb a cancellation: the demo then ran on as if never interrupted.
-    The runner leaves a handler of our own alone."""
-    signal.signal(signal.SIGINT, _interrupted)
 
 
 def _run(
