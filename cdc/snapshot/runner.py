@@ -275,7 +275,10 @@ class IncrementalSnapshots:
     def _turn(self) -> float:
         """The snapshot thread's turn (under the lock): seconds until the next."""
         if self._in_transaction or self._published is None:
-            return _BUSY_S
+            # Nothing to move on: with no snapshot under way, idle waits keep this
+            # thread from contending with a busy stream for the interpreter.
+            busy = self.active is not None or self._opening is not None
+            return _BUSY_S if busy else _IDLE_S
         return self._advance()
 
     # -- moving on ----------------------------------------------------------------
