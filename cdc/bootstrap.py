@@ -59,9 +59,8 @@ from cdc.acks import AckTracker
 from cdc.decoding.columns import parse_json_text
 from cdc.decoding.json_columns import json_column_of_check
 from cdc.etcd_calls import call_with_retry
-from cdc.filtering import Filter
 from cdc.formatter import BootstrapType
-from cdc.options import CdcOptions
+from cdc.leader_context import LeaderContext
 from cdc.producers.base import Outgoing, Producer
 from cdc.publisher import Publisher
 from cdc.replication.position import BinlogPosition, Checkpoint
@@ -69,7 +68,6 @@ from cdc.rows import TxnContext
 from cdc.schema import ColumnDef, ColumnType, TableDef
 from shardctl.core.etcd.client import Delete, EtcdClient, EtcdUnavailable, Put
 from shardctl.core.etcd.election import Leadership, NotLeader
-from shardctl.core.etcd.loop_thread import LoopThread
 from shardctl.core.keyspace import Keyspace
 
 log = logging.getLogger(__name__)
@@ -303,23 +301,9 @@ class _Armed:
 class BootstrapRunner:
     """Runs pending bootstrap requests inside the reader's stream; see the module docstring."""
 
-    def __init__(
-        self,
-        loop: LoopThread,
-        client: EtcdClient,
-        keyspace: Keyspace,
-        options: CdcOptions,
-        connect: dict[str, Any],
-        publisher: Publisher,
-        row_filter: Filter,
-    ) -> None:
-        self._loop = loop
-        self._client = client
-        self._prefix = keyspace.cdc_bootstrap_prefix(options.source)
-        self._options = options
-        self._connect = connect
-        self.publisher = publisher
-        self._filter = row_filter
+    def __init__(self, context: LeaderContext) -> None:
+        self._ctx = context
+        self._prefix = context.keyspace.cdc_bootstrap_prefix(context.options.source)
         self._timeout = 10.0
         self.armed: _Armed | None = None
         self.completed = 0
@@ -331,8 +315,8 @@ class BootstrapRunner:
         if self.armed is not None:
             return True
         listing = call_with_retry(
-            self._loop,
-            lambda: self._client.get_prefix(self._prefix),
+            self._ctx.loop,
+            lambda: self._ctx.client.get_prefix(self._prefix),
             f"reading {self._prefix}",
             deadline_s=5.0,
             timeout_s=self._timeout,
@@ -361,13 +345,13 @@ class BootstrapRunner:
         return False
 
     def _arm(self, request: BootstrapRequest, key: str) -> _Armed:
-        if not self._filter.includes_table(request.database, request.table):
+        if not self._ctx.row_filter.includes_table(request.database, request.table):
             raise BootstrapError(
                 f"bootstrap of {request.database}.{request.table}: the table is excluded by "
                 "cdc.filter"
             )
         connection = pymysql.connect(
-            **self._connect, conv=snapshot_conversions(), charset="utf8mb4"
+            **self._ctx.connect, conv=snapshot_conversions(), charset="utf8mb4"
         )
         try:
             with connection.cursor() as cursor:
@@ -419,14 +403,17 @@ class BootstrapRunner:
             rows: list[Outgoing] = []
             sent.extend(
                 edge_messages(
-                    self.publisher, "bootstrap-start", armed.table, f"bootstrap:{request.id}#start"
+                    self._ctx.publisher,
+                    "bootstrap-start",
+                    armed.table,
+                    f"bootstrap:{request.id}#start",
                 )
             )
             for data in self._rows(armed):
                 count += 1
                 rows.append(
                     insert_message(
-                        self.publisher, armed.table, f"bootstrap:{request.id}#{count}", data
+                        self._ctx.publisher, armed.table, f"bootstrap:{request.id}#{count}", data
                     )
                 )
                 if len(rows) >= 1000:
@@ -439,7 +426,7 @@ class BootstrapRunner:
                             "publishing the snapshot; the next leader runs it again"
                         )
             complete = edge_messages(
-                self.publisher,
+                self._ctx.publisher,
                 "bootstrap-complete",
                 armed.table,
                 f"bootstrap:{request.id}#complete",
@@ -456,7 +443,7 @@ class BootstrapRunner:
         producer.flush(120)
         try:
             call_with_retry(
-                self._loop,
+                self._ctx.loop,
                 lambda: leadership.guarded_txn([Delete(armed.key)]),
                 f"removing {armed.key}",
                 timeout_s=self._timeout,
@@ -532,7 +519,7 @@ class BootstrapRunner:
         failed = dataclasses.replace(request, error=error)
         try:
             call_with_retry(
-                self._loop,
+                self._ctx.loop,
                 lambda: leadership.guarded_txn([Put(key, failed.to_json())]),
                 f"marking {key} failed",
                 timeout_s=self._timeout,

@@ -97,7 +97,11 @@ def _split_top(text: str, sep: str) -> list[str]:
 
 
 def _qualified(text: str, default_db: str) -> tuple[str, str] | None:
-    match = _QUALIFIED_ONLY.match(text)
+    return _names(_QUALIFIED_ONLY.match(text), default_db)
+
+
+def _names(match: re.Match[str] | None, default_db: str) -> tuple[str, str] | None:
+    """(database, table) of a `[db.]table` match, the default database if it has none."""
     if match is None:
         return None
     first, second = match.group(1), match.group(2)
@@ -113,13 +117,7 @@ def normalize(sql: str) -> str:
 
 
 def is_truncate(sql: str, default_db: str) -> tuple[str, str] | None:
-    match = _TRUNCATE.match(normalize(sql))
-    if match is None:
-        return None
-    first, second = match.group(1), match.group(2)
-    if second is None:
-        return default_db, _unquote(first)
-    return _unquote(first), _unquote(second)
+    return _names(_TRUNCATE.match(normalize(sql)), default_db)
 
 
 def classify(sql: str, default_db: str) -> list[SchemaChange]:

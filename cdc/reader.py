@@ -69,6 +69,7 @@ from cdc.checkpoint import CheckpointStore
 from cdc.decoding.json_columns import JsonSchemaModel
 from cdc.etcd_calls import call_with_retry
 from cdc.filtering import Filter
+from cdc.leader_context import LeaderContext
 from cdc.options import CdcOptions
 from cdc.producers import build_producer
 from cdc.producers.base import DeliveryError, Producer
@@ -545,7 +546,7 @@ class Reader:
             if self._producer_factory is not None
             else build_producer(self.settings, options, num_shards)
         )
-        bootstrap = BootstrapRunner(
+        context = LeaderContext(
             loop,
             client,
             self.keyspace,
@@ -553,18 +554,10 @@ class Reader:
             connect,
             build_publisher(spec, row_filter, None),
             row_filter,
-        )
-        snapshots = IncrementalSnapshots(
-            loop,
-            client,
-            self.keyspace,
-            options,
-            connect,
-            bootstrap.publisher,
-            row_filter,
             leadership,
-            lambda: self.stopping,
         )
+        bootstrap = BootstrapRunner(context)
+        snapshots = IncrementalSnapshots(context, lambda: self.stopping)
         tracker: AckTracker[Checkpoint] = AckTracker()
         lag = LagMonitor(options.source, connect, options.lag_interval_s, lambda: tracker.in_flight)
         # A checkpoint without a commit time (a first start): count from now.

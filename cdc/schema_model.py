@@ -56,7 +56,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import pymysql
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
@@ -64,6 +63,7 @@ from sqlglot.errors import SqlglotError
 from cdc.ddl import SchemaChange, normalize
 from cdc.decoding.json_columns import json_column_of_check
 from cdc.replication.position import BinlogPosition
+from cdc.replication.server_check import binlog_head
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class SchemaModel:
         try:
             with conn.cursor() as cursor:
                 facts = _server_facts(cursor)
-                read_at = _head(cursor)
+                read_at = binlog_head(cursor)
                 databases, tables = _read_schema(cursor, facts, None)
         finally:
             conn.close()
@@ -222,7 +222,7 @@ class SchemaModel:
             conn = connect()
             try:
                 with conn.cursor() as cursor:
-                    head = _head(cursor)
+                    head = binlog_head(cursor)
                     _, found = _read_schema(cursor, facts, keys)
             finally:
                 conn.close()
@@ -648,18 +648,6 @@ def enum_values(column_type: str) -> tuple[str, ...]:
 
 
 # --- information_schema ------------------------------------------------------------
-
-
-def _head(cursor: Any) -> BinlogPosition:
-    try:
-        cursor.execute("SHOW BINARY LOG STATUS")
-    except pymysql.err.ProgrammingError:
-        # Servers before MySQL 8.2 / MariaDB 10.5.2 only know the old spelling.
-        cursor.execute("SHOW MASTER STATUS")
-    row = cursor.fetchone()
-    if row is None:
-        raise UnappliedDdl("the server writes no binary log (log_bin=OFF)")
-    return BinlogPosition(str(row[0]), int(row[1]))
 
 
 def _server_facts(cursor: Any) -> ServerFacts:

@@ -128,18 +128,23 @@ def check_server(connection: Any, reader_server_id: int) -> ServerInfo:
     return ServerInfo(flavor=flavor, version=version, server_id=server_id, gtid_mode=gtid_mode)
 
 
+def binlog_head(cursor: Any) -> BinlogPosition:
+    """The server's current end of binlog."""
+    try:
+        cursor.execute("SHOW BINARY LOG STATUS")
+    except pymysql.err.ProgrammingError:
+        # Servers before MySQL 8.2 / MariaDB 10.5.2 only know the old spelling.
+        cursor.execute("SHOW MASTER STATUS")
+    row = cursor.fetchone()
+    if row is None:
+        raise ServerSettingError("log_bin", "OFF", "ON", "the reader follows the binary log")
+    return BinlogPosition(str(row[0]), int(row[1]))
+
+
 def current_position(connection: Any, info: ServerInfo) -> tuple[BinlogPosition, str | None]:
     """The server's current end of binlog and its GTID state, for a fresh start."""
     with connection.cursor() as cursor:
-        try:
-            cursor.execute("SHOW BINARY LOG STATUS")
-        except pymysql.err.ProgrammingError:
-            # Servers before MySQL 8.2 / MariaDB 10.5.2 only know the old spelling.
-            cursor.execute("SHOW MASTER STATUS")
-        row = cursor.fetchone()
-        if row is None:
-            raise ServerSettingError("log_bin", "OFF", "ON", "the reader follows the binary log")
-        position = BinlogPosition(str(row[0]), int(row[1]))
+        position = binlog_head(cursor)
         if info.flavor == "mariadb":
             cursor.execute("SELECT @@GLOBAL.gtid_binlog_pos")
             gtid = cursor.fetchone()[0] or ""

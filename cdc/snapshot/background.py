@@ -36,6 +36,8 @@ T = TypeVar("T")
 # How long a turn waits for the lock before trying again later: the loop holds it
 # while it works, for about one transaction.
 _LOCK_WAIT_S = 0.05
+# The wait before the first turn, and after a turn that failed or came while closing.
+_QUIET_S = 0.25
 # The interpreter's switch interval while a job runs (Python's default is 5 ms): how
 # long the reader's loop may wait for the interpreter lock after it read the stream.
 _JOB_SWITCH_S = 0.0005
@@ -49,7 +51,8 @@ class SnapshotThread:
         self.lock = threading.RLock()
         self._turn = turn
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._wait = 0.25
+        self._wait = _QUIET_S
+        self._pace = _QUIET_S  # the wait the last turn asked for
         self._paced = False  # turns only once the loop holds the lock while it works
         self._closing = False
         self.error: BaseException | None = None  # a turn's error, raised on the loop
@@ -123,14 +126,17 @@ class SnapshotThread:
 
     def _take_turn(self) -> None:
         if self._closing or not self._paced or self.error is not None:
-            self._wait = 0.25
+            self._wait = _QUIET_S
             return
         if not self.lock.acquire(timeout=_LOCK_WAIT_S):
-            self._wait = 0.005  # the loop is working (and moves the snapshot on itself)
+            # The loop is working (and moves the snapshot on itself): try again at
+            # the pace the last turn asked for, so that with no snapshot under way
+            # this thread does not contend with a busy stream for the lock.
+            self._wait = self._pace
             return
         try:
             if self._paced and not self._closing:
-                self._wait = self._turn()
+                self._pace = self._wait = self._turn()
         except BaseException as exc:  # noqa: BLE001 - raised again on the reader's loop
             log.error("snapshot thread: %s: %s", type(exc).__name__, exc)
             self.error = exc

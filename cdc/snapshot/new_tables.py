@@ -28,20 +28,16 @@ import logging
 import re
 import zlib
 from functools import partial
-from typing import Any
 
 from cdc.bootstrap import BootstrapRequest
 from cdc.ddl import renamed_tables
 from cdc.etcd_calls import call_with_retry
 from cdc.filtering import Filter
-from cdc.options import CdcOptions
+from cdc.leader_context import LeaderContext
 from cdc.replication.transaction import Statement
 from cdc.rows import TxnContext
 from cdc.snapshot.modes import included_tables
-from shardctl.core.etcd.client import EtcdClient, Put
-from shardctl.core.etcd.election import Leadership
-from shardctl.core.etcd.loop_thread import LoopThread
-from shardctl.core.keyspace import Keyspace
+from shardctl.core.etcd.client import Put
 
 log = logging.getLogger(__name__)
 
@@ -70,31 +66,17 @@ def newly_included(
 class NewTables:
     """Requests the snapshots of tables that come into the filter."""
 
-    def __init__(
-        self,
-        loop: LoopThread,
-        client: EtcdClient,
-        keyspace: Keyspace,
-        options: CdcOptions,
-        connect: dict[str, Any],
-        row_filter: Filter,
-        leadership: Leadership,
-    ) -> None:
-        self._loop = loop
-        self._client = client
-        self._requests = keyspace.cdc_bootstrap_prefix(options.source)
-        self._filter_key = keyspace.cdc_filter(options.source)
-        self._options = options
-        self._connect = connect
-        self._filter = row_filter
-        self._leadership = leadership
+    def __init__(self, context: LeaderContext) -> None:
+        self._ctx = context
+        self._requests = context.keyspace.cdc_bootstrap_prefix(context.options.source)
+        self._filter_key = context.keyspace.cdc_filter(context.options.source)
         self._timeout = 10.0
 
     def renamed(self, statement: Statement, ctx: TxnContext) -> None:
         """The stream read `statement` (at `ctx`): snapshot what it renamed into the filter."""
-        if not self._options.snapshot_new_tables:
+        if not self._ctx.options.snapshot_new_tables:
             return
-        for database, table in renamed_into(statement, self._filter):
+        for database, table in renamed_into(statement, self._ctx.row_filter):
             request_id = f"renamed-{_safe(f'{database}.{table}')}-{_safe(f'{ctx.file}_{ctx.pos}')}"
             self._request(
                 BootstrapRequest(request_id, database, table),
@@ -105,20 +87,22 @@ class NewTables:
         """At the start of a lead: snapshot the tables a changed filter now includes,
         then store the filter (always, so that turning the option on later compares
         with the filter of the run before)."""
-        current = self._options.filter or ""
+        current = self._ctx.options.filter or ""
         stored = call_with_retry(
-            self._loop,
-            lambda: self._client.get(self._filter_key),
+            self._ctx.loop,
+            lambda: self._ctx.client.get(self._filter_key),
             f"reading {self._filter_key}",
             timeout_s=self._timeout,
         )
         previous = None if stored is None else stored.value.decode()
         if previous == current:
             return
-        if previous is not None and self._options.snapshot_new_tables:
+        if previous is not None and self._ctx.options.snapshot_new_tables:
             tag = f"{zlib.crc32(current.encode()):08x}"
             tables = newly_included(
-                included_tables(self._connect, self._filter), Filter(previous or None), self._filter
+                included_tables(self._ctx.connect, self._ctx.row_filter),
+                Filter(previous or None),
+                self._ctx.row_filter,
             )
             for database, table in tables:
                 request_id = f"filter-{_safe(f'{database}.{table}')}-{tag}"
@@ -127,16 +111,18 @@ class NewTables:
                     f"included by the changed filter (it was {previous!r})",
                 )
         call_with_retry(
-            self._loop,
-            lambda: self._leadership.guarded_txn([Put(self._filter_key, current.encode())]),
+            self._ctx.loop,
+            lambda: self._ctx.leadership.guarded_txn([Put(self._filter_key, current.encode())]),
             f"storing {self._filter_key}",
             timeout_s=self._timeout,
         )
 
     def _request(self, request: BootstrapRequest, why: str) -> None:
         result = call_with_retry(
-            self._loop,
-            partial(self._client.create_if_absent, self._requests + request.id, request.to_json()),
+            self._ctx.loop,
+            partial(
+                self._ctx.client.create_if_absent, self._requests + request.id, request.to_json()
+            ),
             f"requesting the snapshot of {request.database}.{request.table}",
             timeout_s=self._timeout,
         )
@@ -144,7 +130,7 @@ class NewTables:
             log.info(
                 "source %s: snapshot %s of %s.%s requested: the table was %s "
                 "(cdc.snapshot_new_tables)",
-                self._options.source,
+                self._ctx.options.source,
                 request.id,
                 request.database,
                 request.table,

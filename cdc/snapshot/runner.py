@@ -44,10 +44,8 @@ import pymysql
 from cdc.acks import AckTracker
 from cdc.bootstrap import BootstrapError, BootstrapRequest, edge_messages, insert_message
 from cdc.etcd_calls import call_with_retry
-from cdc.filtering import Filter
-from cdc.options import CdcOptions
+from cdc.leader_context import LeaderContext
 from cdc.producers.base import Outgoing, Producer
-from cdc.publisher import Publisher
 from cdc.replication.position import Checkpoint
 from cdc.replication.server_check import ServerInfo, check_server
 from cdc.snapshot.background import SnapshotThread
@@ -65,11 +63,9 @@ from cdc.snapshot.watermark import Watermark, read_watermark
 from cdc.snapshot.window import ChunkWindow
 from cdc.stage import Chunk
 from shardctl.core.backoff import Backoff
-from shardctl.core.etcd.client import Delete, EtcdClient, EtcdUnavailable, KeyValue, Put
-from shardctl.core.etcd.election import Leadership, NotLeader
-from shardctl.core.etcd.loop_thread import LoopThread
+from shardctl.core.etcd.client import Delete, EtcdUnavailable, KeyValue, Put
+from shardctl.core.etcd.election import NotLeader
 from shardctl.core.etcd.watch import Mirror
-from shardctl.core.keyspace import Keyspace
 
 log = logging.getLogger(__name__)
 
@@ -158,36 +154,17 @@ def _close_opened(future: concurrent.futures.Future[tuple[ChunkReader, int]]) ->
 
 
 class IncrementalSnapshots:
-    def __init__(
-        self,
-        loop: LoopThread,
-        client: EtcdClient,
-        keyspace: Keyspace,
-        options: CdcOptions,
-        connect: dict[str, Any],
-        publisher: Publisher,
-        row_filter: Filter,
-        leadership: Leadership,
-        stopping: Callable[[], bool],
-    ) -> None:
-        self._loop = loop
+    def __init__(self, context: LeaderContext, stopping: Callable[[], bool]) -> None:
+        self._ctx = context
         self._stopping = stopping
-        self._client = client
-        self._requests = keyspace.cdc_bootstrap_prefix(options.source)
-        self._progress = keyspace.cdc_snapshot_prefix(options.source)
-        self._options = options
-        self._connect = connect
-        self._publisher = publisher
-        self._filter = row_filter
-        self._leadership = leadership
+        self._requests = context.keyspace.cdc_bootstrap_prefix(context.options.source)
+        self._progress = context.keyspace.cdc_snapshot_prefix(context.options.source)
         self._timeout = 10.0
         self._next_poll = 0.0
         self._server: ServerInfo | None = None  # read on the snapshot's thread
         self._mirror: Mirror | None = None
-        self._thread = SnapshotThread(f"cdc-{options.source}-snapshot", self._turn)
-        self._new_tables = NewTables(
-            loop, client, keyspace, options, connect, row_filter, leadership
-        )
+        self._thread = SnapshotThread(f"cdc-{context.options.source}-snapshot", self._turn)
+        self._new_tables = NewTables(context)
         self._filter_checked = False
         self._next_filter_check = 0.0
         self._opening: _Opening | None = None  # a snapshot whose connection is being made
@@ -239,7 +216,7 @@ class IncrementalSnapshots:
     def _old_key(self, active: _Active, message: Outgoing) -> bytes | None:
         """With `primary_key_change = update`, an update that changes the key moves
         the row away from its old key: that key is dropped too."""
-        if self._options.primary_key_change != "update":
+        if self._ctx.options.primary_key_change != "update":
             return None
         doc = json.loads(message.value)
         old = doc.get("old")
@@ -249,7 +226,7 @@ class IncrementalSnapshots:
         if not any(pk in old for pk in table.primary_key):
             return None
         before = {**doc.get("data", {}), **old}
-        return insert_message(self._publisher, table, "", before).key
+        return insert_message(self._ctx.publisher, table, "", before).key
 
     def step(
         self,
@@ -289,14 +266,16 @@ class IncrementalSnapshots:
         except EtcdUnavailable as exc:
             # Like the checkpoint, progress only lags: it is stored again later, and a
             # request not yet read is read at the next poll.
-            log.warning("source %s: snapshot progress not stored: %s", self._options.source, exc)
+            log.warning(
+                "source %s: snapshot progress not stored: %s", self._ctx.options.source, exc
+            )
             return _IDLE_S
 
     def _advance_active(self) -> float:
         now = time.monotonic()
         if not self._filter_checked and now >= self._next_filter_check:
             # Once per lead; after an etcd failure, again at the next poll.
-            self._next_filter_check = now + self._options.bootstrap_poll_s
+            self._next_filter_check = now + self._ctx.options.bootstrap_poll_s
             self._new_tables.filter_changed()
             self._filter_checked = True
         opening = self._opening
@@ -310,7 +289,7 @@ class IncrementalSnapshots:
             changed = self._mirror is not None and self._mirror.changed.is_set()
             if now < self._next_poll and not changed:
                 return _IDLE_S
-            self._next_poll = now + self._options.bootstrap_poll_s
+            self._next_poll = now + self._ctx.options.bootstrap_poll_s
             self._take_next()
             if self.active is None:
                 return _BUSY_S if self._opening is not None else _IDLE_S
@@ -351,7 +330,7 @@ class IncrementalSnapshots:
             return _CONTROL_CHECK_S
         if now < active.next_read_at:
             return min(active.next_read_at - now, _CONTROL_CHECK_S)
-        if not self._leadership.session.is_valid():
+        if not self._ctx.leadership.session.is_valid():
             raise NotLeader(f"snapshot {active.name}: leadership lost")
         active.progress = dataclasses.replace(
             active.progress, state=transition(active.progress.state, Event.READ)
@@ -395,13 +374,13 @@ class IncrementalSnapshots:
         """The request keys, from a watch of their prefix (read once when the watch
         is not ready yet or has stopped)."""
         if self._mirror is None:
-            self._mirror = self._loop.run(self._start_mirror(), timeout=self._timeout)
-        seen = self._loop.run(self._mirror_items(self._mirror), timeout=self._timeout)
+            self._mirror = self._ctx.loop.run(self._start_mirror(), timeout=self._timeout)
+        seen = self._ctx.loop.run(self._mirror_items(self._mirror), timeout=self._timeout)
         if seen is not None:
             return seen
         listing = call_with_retry(
-            self._loop,
-            lambda: self._client.get_prefix(self._requests),
+            self._ctx.loop,
+            lambda: self._ctx.client.get_prefix(self._requests),
             f"reading {self._requests}",
             deadline_s=5.0,
             timeout_s=self._timeout,
@@ -409,7 +388,7 @@ class IncrementalSnapshots:
         return {kv.key: kv for kv in listing.items}
 
     async def _start_mirror(self) -> Mirror:
-        return Mirror(self._client, self._requests).start()
+        return Mirror(self._ctx.client, self._requests).start()
 
     @staticmethod
     async def _mirror_items(mirror: Mirror) -> dict[str, KeyValue] | None:
@@ -427,8 +406,8 @@ class IncrementalSnapshots:
         name = f"{request.database}.{request.table}"
         progress_key = self._progress + request.id
         stored = call_with_retry(
-            self._loop,
-            lambda: self._client.get(progress_key),
+            self._ctx.loop,
+            lambda: self._ctx.client.get(progress_key),
             f"reading {progress_key}",
             timeout_s=self._timeout,
         )
@@ -449,7 +428,7 @@ class IncrementalSnapshots:
             self._write([Delete(key), Put(progress_key, cancelled.to_json())], f"cancelling {key}")
             log.info("snapshot %s of %s cancelled before it started", request.id, name)
             return
-        if not self._filter.includes_table(request.database, request.table):
+        if not self._ctx.row_filter.includes_table(request.database, request.table):
             error = f"bootstrap of {name}: the table is excluded by cdc.filter"
             self._fail_request(request, key, progress, error)
             return
@@ -461,11 +440,11 @@ class IncrementalSnapshots:
 
     def _open_reader(self, request: BootstrapRequest) -> tuple[ChunkReader, int]:
         reader = ChunkReader(
-            self._connect,
+            self._ctx.connect,
             request.database,
             request.table,
             request.where,
-            self._options.snapshot_chunk_size,
+            self._ctx.options.snapshot_chunk_size,
         )
         try:
             return reader, reader.estimated_rows()
@@ -497,7 +476,7 @@ class IncrementalSnapshots:
                     progress, state=transition(progress.state, Event.START)
                 )
                 start = edge_messages(
-                    self._publisher,
+                    self._ctx.publisher,
                     "bootstrap-start",
                     reader.definition,
                     f"bootstrap:{request.id}#start",
@@ -582,7 +561,7 @@ class IncrementalSnapshots:
         started = time.monotonic()
         connection = reader.connection
         if self._server is None:
-            self._server = check_server(connection, self._options.server_id)
+            self._server = check_server(connection, self._ctx.options.server_id)
         low = read_watermark(connection, self._server)
         rows = reader.read(after, name)
         high = read_watermark(connection, self._server)
@@ -591,7 +570,7 @@ class IncrementalSnapshots:
             (message.key, message)
             for message in (
                 insert_message(
-                    self._publisher, table, f"bootstrap:{request_id}#{base + i}", row.data
+                    self._ctx.publisher, table, f"bootstrap:{request_id}#{base + i}", row.data
                 )
                 for i, row in enumerate(rows, start=1)
             )
@@ -607,7 +586,7 @@ class IncrementalSnapshots:
         if read.last_key is None:
             active.progress = dataclasses.replace(active.progress, state=SnapshotState.RUNNING)
             complete = edge_messages(
-                self._publisher,
+                self._ctx.publisher,
                 "bootstrap-complete",
                 active.reader.definition,
                 f"bootstrap:{active.request.id}#complete",
@@ -690,8 +669,8 @@ class IncrementalSnapshots:
         if active.dirty:
             active.dirty = False
             doc = self._document(active, active.progress.state)
-            active.store = self._loop.submit(
-                self._leadership.guarded_txn([Put(active.progress_key, doc.to_json())])
+            active.store = self._ctx.loop.submit(
+                self._ctx.leadership.guarded_txn([Put(active.progress_key, doc.to_json())])
             )
 
     @staticmethod
@@ -721,8 +700,8 @@ class IncrementalSnapshots:
     def _write(self, ops: list[Put | Delete], what: str) -> None:
         # Fenced by the leadership, like the checkpoint: NotLeader ends the lead.
         call_with_retry(
-            self._loop,
-            lambda: self._leadership.guarded_txn(ops),
+            self._ctx.loop,
+            lambda: self._ctx.leadership.guarded_txn(ops),
             what,
             timeout_s=self._timeout,
         )
@@ -786,6 +765,6 @@ class IncrementalSnapshots:
         mirror, self._mirror = self._mirror, None
         if mirror is not None:
             try:
-                self._loop.run(mirror.stop(), timeout=self._timeout)
+                self._ctx.loop.run(mirror.stop(), timeout=self._timeout)
             except TimeoutError:
                 log.warning("bootstrap requests: the watch did not stop in time")
