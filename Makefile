@@ -43,8 +43,8 @@ typecheck: venv
 deploy-check: venv  ## validate deploy/compose and deploy/k8s statically (no container engine)
 	PYTHON=$(BIN)/python deploy/tools/check-manifests
 
-pytest: venv stack
-	$(BIN)/pytest
+pytest: venv stack  ## the tests (tests/suite.sh: unit tests beside the service tests)
+	BIN=$(BIN) tests/suite.sh
 
 unit: venv  ## pure-logic tests only; no services needed
 	$(BIN)/pytest tests/unit
@@ -55,7 +55,7 @@ flake-hunt: venv stack  ## the suite 3 times under CPU load (about 75 minutes)
 	@$(BIN)/python -c 'while True: pass' & burner=$$!; trap 'kill $$burner' EXIT; \
 	failed=0; for run in 1 2 3; do \
 		echo "== flake-hunt run $$run of 3 (one core busy)"; \
-		if $(BIN)/pytest -q; then echo "== run $$run: passed"; \
+		if BIN=$(BIN) tests/suite.sh -q; then echo "== run $$run: passed"; \
 		else echo "== run $$run: FAILED"; failed=1; fi; \
 	done; exit $$failed
 

@@ -207,14 +207,17 @@ def _start_reader(
     return env, reader
 
 
+# The snapshot's thread works beside either read stage: decoding in the reader's own
+# process, or in a second process (cdc.pipeline).
+@pytest.mark.parametrize("pipeline", ["one-process", "two-process"])
 def test_snapshot_under_writes_ends_equal_to_the_source(
-    stack: Any, settings: Settings, unique: str, mysql_db: str, tmp_path: Path
+    stack: Any, settings: Settings, unique: str, mysql_db: str, tmp_path: Path, pipeline: str
 ) -> None:
     conn = stack.mysql_root(mysql_db)
     _fill(conn, "big", 20_000)
     _fill(conn, "other", 500)
     env, reader = _start_reader(
-        stack, settings, unique, mysql_db, tmp_path, snapshot_chunk_size=500
+        stack, settings, unique, mysql_db, tmp_path, snapshot_chunk_size=500, pipeline=pipeline
     )
     try:
         with Churn(stack, mysql_db, {"big": 22_000, "other": 600}) as churn:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole suite, as `make pytest` and `make flake-hunt` run it. The unit tests need no
+# services and only CPU, so they run beside the service tests (which run one at a time
+# against the shared local stack); their report is printed after the service tests'.
+# Exits non-zero if either part failed. Extra arguments go to both pytest runs.
+set -uo pipefail
+bin=${BIN:-.venv/bin}
+unit_log=$(mktemp)
+unit_tmp=$(mktemp -d)
+trap 'rm -rf "$unit_log" "$unit_tmp"' EXIT
+
+# Its own temporary directory and no cache: two pytest sessions must not share them.
+"$bin/pytest" -q -p no:cacheprovider --basetemp="$unit_tmp" tests/unit "$@" >"$unit_log" 2>&1 &
+unit_pid=$!
+"$bin/pytest" --ignore=tests/unit --durations=15 "$@"
+services=$?
+wait "$unit_pid"
+units=$?
+echo "== the unit tests (run beside the service tests):"
+cat "$unit_log"
+echo "== service tests: exit $services; unit tests: exit $units"
+[ "$services" -eq 0 ] && [ "$units" -eq 0 ]
