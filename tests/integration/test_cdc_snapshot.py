@@ -214,13 +214,13 @@ def test_snapshot_under_writes_ends_equal_to_the_source(
     stack: Any, settings: Settings, unique: str, mysql_db: str, tmp_path: Path, pipeline: str
 ) -> None:
     conn = stack.mysql_root(mysql_db)
-    _fill(conn, "big", 20_000)
+    _fill(conn, "big", 100_000)
     _fill(conn, "other", 500)
     env, reader = _start_reader(
-        stack, settings, unique, mysql_db, tmp_path, snapshot_chunk_size=500, pipeline=pipeline
+        stack, settings, unique, mysql_db, tmp_path, snapshot_chunk_size=1000, pipeline=pipeline
     )
     try:
-        with Churn(stack, mysql_db, {"big": 22_000, "other": 600}) as churn:
+        with Churn(stack, mysql_db, {"big": 110_000, "other": 600}) as churn:
             done = _cli(env, f"{mysql_db}.big", "--timeout", "200")
             assert done.returncode == 0, done.stderr + reader.stderr()
         assert churn.count > 0
@@ -231,7 +231,7 @@ def test_snapshot_under_writes_ends_equal_to_the_source(
 
     progress = _progress(settings, _request_id(done))
     assert progress is not None and progress.state.value == "done"
-    assert progress.chunks >= 20_000 // 500 - 1
+    assert progress.chunks >= 100_000 // 1000 - 1
     truth = _truth(stack, mysql_db, "big")
     applied = _applied(big, _marker_ids(big))
     assert _checksum(applied) == _checksum(truth)

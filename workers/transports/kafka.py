@@ -262,8 +262,8 @@ class KafkaTransport:
     ) -> dict[str, tuple[int, int]]:
         """Ask the broker for the shard's high watermarks (not the cached ones: a
         partition whose fetching stopped has none newer); where one is past the
-        position, or where the broker cannot tell (newest -1), resume the partition
-        and seek it to the position, which restarts librdkafka's fetching of it from
+        position, or where the broker cannot tell (newest -1), assign the partition
+        again at the position, which restarts librdkafka's fetching of it from
         there. After a broker restart librdkafka was
         seen to leave an assigned, unpaused partition without fetching for good (a
         chaos run: a worker held two shards and applied nothing more)."""
@@ -294,10 +294,13 @@ class KafkaTransport:
                 if high > at or high == -1:
                     behind[part.topic] = (at, int(high))
             if behind:
+                # Assigned afresh at the position: a seek alone did not always restart
+                # the fetching (a chaos run saw a partition stay unknown to the client,
+                # its watermark -1, for minutes after a broker restart).
                 again = [TopicPartition(t, shard, at) for t, (at, _h) in behind.items()]
+                consumer.incremental_unassign(again)
+                consumer.incremental_assign(again)
                 consumer.resume(again)
-                for part in again:
-                    consumer.seek(part)
             return behind
 
         try:
