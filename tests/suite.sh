@@ -5,6 +5,15 @@
 # Exits non-zero if either part failed. Extra arguments go to both pytest runs.
 set -uo pipefail
 bin=${BIN:-.venv/bin}
+
+# Every test folder is run by one of the two: a new one must be added here.
+for dir in tests/*/; do
+    case "$dir" in
+    tests/unit/ | tests/integration/ | tests/e2e/ | tests/chaos/ | tests/__pycache__/) ;;
+    *) echo "tests/suite.sh: $dir is run by neither pytest process; add it" >&2; exit 2 ;;
+    esac
+done
+
 unit_log=$(mktemp)
 unit_tmp=$(mktemp -d)
 trap 'rm -rf "$unit_log" "$unit_tmp"' EXIT

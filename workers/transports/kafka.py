@@ -166,14 +166,8 @@ class KafkaTransport:
             for topic in self.topics
         ]
 
-        def assign() -> None:
-            consumer.incremental_assign(parts)
-            # librdkafka keeps a partition paused across unassign and assign, so a shard
-            # paused during its last handoff would never flow again here.
-            consumer.resume(parts)
-
         try:
-            await self._run(assign)
+            await self._run(lambda: _assign(consumer, parts))
         except Exception as exc:
             raise TransportError(f"kafka: assigning shard {shard} ({parts}) failed: {exc}") from exc
         self._shards.add(shard)
@@ -299,8 +293,7 @@ class KafkaTransport:
                 # its watermark -1, for minutes after a broker restart).
                 again = [TopicPartition(t, shard, at) for t, (at, _h) in behind.items()]
                 consumer.incremental_unassign(again)
-                consumer.incremental_assign(again)
-                consumer.resume(again)
+                _assign(consumer, again)
             return behind
 
         try:
@@ -394,3 +387,11 @@ class KafkaTransport:
         if consumer is not None:
             await self._run(consumer.close)
         self._thread.shutdown(wait=True)
+
+
+def _assign(consumer: Consumer, parts: list[TopicPartition]) -> None:
+    """Assign `parts` at their offsets, flowing."""
+    consumer.incremental_assign(parts)
+    # librdkafka keeps a partition paused across unassign and assign, so a shard
+    # paused during its last handoff would never flow again here.
+    consumer.resume(parts)
