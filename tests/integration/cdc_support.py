@@ -106,6 +106,21 @@ class ReaderProcess:
         return self.err.read_text(errors="replace")
 
 
+@contextlib.contextmanager
+def their_logs_on_failure(*readers: ReaderProcess, lines: int = 40) -> Iterator[None]:
+    """Adds the end of each reader's log to an assertion that fails inside: a
+    stalled reader is otherwise a bare timeout."""
+    try:
+        yield
+    except AssertionError as exc:
+        tails = [
+            f"--- the last {lines} lines of {reader.name}'s log:\n"
+            + "\n".join(reader.stderr().splitlines()[-lines:])
+            for reader in readers
+        ]
+        raise AssertionError("\n".join([str(exc), *tails])) from exc
+
+
 def etcd_get(settings: Settings, key: str) -> bytes | None:
     async def go() -> bytes | None:
         async with EtcdClient(settings.etcd) as client:

@@ -4,6 +4,7 @@ transactions after the stored checkpoint, with the same event ids and bytes."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -21,6 +22,7 @@ from tests.integration.cdc_support import (
     leader_of,
     reader_env,
     stored_checkpoint,
+    their_logs_on_failure,
     wait_for,
 )
 
@@ -174,28 +176,32 @@ def test_failover_between_two_readers(
     load = Load(stack, mysql_db)
     env = reader_env(stack, unique, "main", **_start_options(stack, unique, mysql_db))
     readers = {name: ReaderProcess(env, tmp_path, name) for name in ("ra", "rb")}
-    try:
-        first = wait_for("a leader", lambda: leader_of(settings, "main"))
-        wait_for("initial checkpoint", lambda: stored_checkpoint(settings, "main"))
-        load.start()
-        killed_at = _wait_for_progress(settings, None, first)
-        readers[first].kill9()
-        second = wait_for(
-            "the standby to lead",
-            lambda: (who := leader_of(settings, "main")) not in (None, first) and who,
-        )
-        assert readers[second].proc.poll() is None
-        _wait_for_progress(settings, killed_at, second)
-    finally:
-        load.stop()
-    topic = TopicReader(stack.kafka_bootstrap, f"{unique}_load_t", SHARDS)
-    try:
-        records = topic.read_until(lambda r: load.committed <= _inserted_ids(r), timeout=90)
-    finally:
-        for reader in readers.values():
-            if reader.proc.poll() is None:
-                assert reader.terminate() == 0, reader.stderr()
-        topic.close()
+    with their_logs_on_failure(*readers.values()):
+        try:
+            first = wait_for("a leader", lambda: leader_of(settings, "main"))
+            wait_for("initial checkpoint", lambda: stored_checkpoint(settings, "main"))
+            load.start()
+            _wait_for_progress(settings, None, first)
+            readers[first].kill9()
+            # What the killed reader stored last: progress past it is the standby's.
+            last = stored_checkpoint(settings, "main")
+            assert last is not None and last.gtid
+            second = wait_for(
+                "the standby to lead",
+                lambda: (who := leader_of(settings, "main")) not in (None, first) and who,
+            )
+            assert readers[second].proc.poll() is None
+            _wait_for_progress(settings, MariadbGtidState(last.gtid).seq_of(0), second)
+        finally:
+            load.stop()
+        topic = TopicReader(stack.kafka_bootstrap, f"{unique}_load_t", SHARDS)
+        try:
+            records = topic.read_until(lambda r: load.committed <= _inserted_ids(r), timeout=90)
+        finally:
+            for reader in readers.values():
+                if reader.proc.returncode != -signal.SIGKILL:  # the standby, alive or not
+                    assert reader.terminate() == 0, f"{reader.name}: {reader.stderr()}"
+            topic.close()
     assert load.committed <= _inserted_ids(records)
     # The standby published after the failover, under its own leadership.
     assert "leads source main" in readers[second].stderr()
