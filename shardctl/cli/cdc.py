@@ -24,12 +24,14 @@ from typer.core import TyperGroup
 from shardctl.cli.common import (
     ClusterOpt,
     ConfigOpt,
+    LivenessWindowOpt,
     LogJsonOpt,
     LogLevel,
     LogLevelOpt,
     MetricsPortOpt,
     start_process,
 )
+from shardctl.core.health import DEFAULT_LIVENESS_WINDOW_S
 
 if TYPE_CHECKING:
     from cdc.bootstrap import Control
@@ -105,6 +107,7 @@ def run(
     log_level: LogLevelOpt = LogLevel.INFO,
     log_json: LogJsonOpt = False,
     metrics_port: MetricsPortOpt = 0,
+    liveness_window: LivenessWindowOpt = DEFAULT_LIVENESS_WINDOW_S,
 ) -> None:
     """Follow the source as a replica and publish every committed row change."""
     from cdc.decoding import DecodeError
@@ -126,7 +129,7 @@ def run(
             "start_position": start_position,
         },
     )
-    start_process("cdc", log_level, log_json, metrics_port)
+    start_process("cdc", log_level, log_json, metrics_port, liveness_window)
     reader = Reader(settings, options)
     signals = {"count": 0}
 

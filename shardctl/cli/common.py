@@ -73,6 +73,17 @@ MetricsPortOpt = Annotated[
     ),
 ]
 
+LivenessWindowOpt = Annotated[
+    float,
+    typer.Option(
+        "--liveness-window",
+        envvar="SHARDCTL_LIVENESS_WINDOW_S",
+        help="Seconds without a tick of the process's main loop (every second; a CDC "
+        "reader's at least every cdc.heartbeat_s) after which /healthz answers 503.",
+        min=2,
+    ),
+]
+
 
 def fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
     """Print one `error:` line to stderr and return the Exit to raise."""
@@ -99,12 +110,18 @@ def load(
         raise fail(str(exc), EXIT_USAGE) from None
 
 
-def start_process(role: str, log_level: LogLevel, log_json: bool, metrics_port: int | None) -> None:
+def start_process(
+    role: str,
+    log_level: LogLevel,
+    log_json: bool,
+    metrics_port: int | None,
+    liveness_window_s: float,
+) -> None:
     """Logging, the health state of `role`, and (with a port) /metrics, /healthz, /readyz."""
     from shardctl.core import health, logs, metrics
 
     logs.configure(log_level.value, json=log_json)
-    health.configure(role)
+    health.configure(role, liveness_window_s)
     if metrics_port:
         try:
             metrics.serve(metrics_port)

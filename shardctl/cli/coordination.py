@@ -30,6 +30,7 @@ from shardctl.cli.common import (
     EXIT_USAGE,
     ClusterOpt,
     ConfigOpt,
+    LivenessWindowOpt,
     LogJsonOpt,
     LogLevel,
     LogLevelOpt,
@@ -39,6 +40,7 @@ from shardctl.cli.common import (
     load,
     start_process,
 )
+from shardctl.core.health import DEFAULT_LIVENESS_WINDOW_S
 
 if TYPE_CHECKING:
     from shardctl.core.config import Settings
@@ -109,6 +111,7 @@ def coordinator_run(
         int | None, typer.Option(help="Churn budget: most shards moved per generation.", min=1)
     ] = None,
     metrics_port: MetricsPortOpt = 0,
+    liveness_window: LivenessWindowOpt = DEFAULT_LIVENESS_WINDOW_S,
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
     log_json: LogJsonOpt = False,
@@ -127,7 +130,7 @@ def coordinator_run(
         stabilization_s=stabilization,
         max_moves=max_moves,
     )
-    start_process("coordinator", log_level, log_json, metrics_port)
+    start_process("coordinator", log_level, log_json, metrics_port, liveness_window)
 
     async def main() -> None:
         coordinator = Coordinator(settings, options)
@@ -349,6 +352,7 @@ def worker_run(
         typer.Option(help="--handler noop: append one JSON line per handled event here."),
     ] = None,
     metrics_port: MetricsPortOpt = 0,
+    liveness_window: LivenessWindowOpt = DEFAULT_LIVENESS_WINDOW_S,
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
     log_json: LogJsonOpt = False,
@@ -407,7 +411,7 @@ def worker_run(
     )
     handler_options = _key_values("--handler-option", handler_option or [])
     # The worker serves its own /metrics port (it closes it when it returns).
-    start_process("worker", log_level, log_json, None)
+    start_process("worker", log_level, log_json, None, liveness_window)
 
     async def run(worker: Worker) -> None:
         task = asyncio.current_task()

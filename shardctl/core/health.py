@@ -1,7 +1,7 @@
 """Liveness and readiness of a long-running shardctl process, served as /healthz and
 /readyz beside /metrics (see `shardctl.core.metrics.start_server`).
 
-alive   the process's main loop ticked within `stall_after_s`, and the tracked
+alive   the process's main loop ticked within `liveness_window_s`, and the tracked
         lease's keepalive is not stuck (a lease past its deadline by a whole TTL that
         the keepalive never declared lost).
 ready   the role says it is in a ready state (a leader, a standby campaigning, a
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-DEFAULT_STALL_AFTER_S = 30.0
+DEFAULT_LIVENESS_WINDOW_S = 30.0
 TICK_S = 1.0
 
 # States in which a process with a valid lease is ready.
@@ -47,19 +47,21 @@ class Verdict:
 
 
 class ProcessHealth:
-    def __init__(self, role: str = "process", stall_after_s: float = DEFAULT_STALL_AFTER_S) -> None:
+    def __init__(
+        self, role: str = "process", liveness_window_s: float = DEFAULT_LIVENESS_WINDOW_S
+    ) -> None:
         self._lock = threading.Lock()
         self.role = role
-        self.stall_after_s = stall_after_s
+        self.liveness_window_s = liveness_window_s
         self._state = "starting"
         self._session: LeaseView | None = None
         self._waiting: str | None = None
         self._last_beat = time.monotonic()
 
-    def configure(self, role: str, stall_after_s: float = DEFAULT_STALL_AFTER_S) -> None:
+    def configure(self, role: str, liveness_window_s: float = DEFAULT_LIVENESS_WINDOW_S) -> None:
         with self._lock:
             self.role = role
-            self.stall_after_s = stall_after_s
+            self.liveness_window_s = liveness_window_s
             self._state = "starting"
             self._session = None
             self._waiting = None
@@ -96,7 +98,7 @@ class ProcessHealth:
                 "state": self._state,
                 "last_tick_s": round(since, 3),
             }
-            stalled_loop = since > self.stall_after_s
+            stalled_loop = since > self.liveness_window_s
         stalled_keepalive = session is not None and session.keepalive_stalled
         problems = []
         if stalled_loop:
@@ -131,9 +133,9 @@ class ProcessHealth:
 PROCESS = ProcessHealth()
 
 
-def configure(role: str, stall_after_s: float = DEFAULT_STALL_AFTER_S) -> None:
+def configure(role: str, liveness_window_s: float = DEFAULT_LIVENESS_WINDOW_S) -> None:
     """Name this process's role and reset its state (call once at start)."""
-    PROCESS.configure(role, stall_after_s)
+    PROCESS.configure(role, liveness_window_s)
 
 
 def update(state: str, session: LeaseView | None = None) -> None:

@@ -17,7 +17,6 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from shardctl.core.config import Settings
-from shardctl.core.health import DEFAULT_STALL_AFTER_S
 from shardctl.core.processes import ProcessGroup
 from tests.conftest import StackHandle
 from tests.integration.test_health import free_port, probe, ready_as
@@ -25,6 +24,8 @@ from tests.integration.workers_support import delete_cluster
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
+
+WINDOW_S = 5  # the worker's --liveness-window (30 s by default)
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def test_a_worker_started_while_kafka_is_down_waits_for_it(
     try:
         procs.shardctl(
             "w1", "worker", "run", "--id", "w1", "--handler", "stdout", "--topic", topic,
-            "--ttl", "3", "--metrics-port", str(port),
+            "--ttl", "3", "--metrics-port", str(port), "--liveness-window", str(WINDOW_S),
         )  # fmt: skip
         wait_for(
             "the worker to say it waits for Kafka",
@@ -66,8 +67,8 @@ def test_a_worker_started_while_kafka_is_down_waits_for_it(
         # process's loop keeps ticking.
         wait_for(
             "the liveness window to pass while the worker waits",
-            lambda: time.monotonic() - waiting_since > DEFAULT_STALL_AFTER_S + 2,
-            DEFAULT_STALL_AFTER_S + 30,
+            lambda: time.monotonic() - waiting_since > WINDOW_S + 2,
+            WINDOW_S + 30,
         )
         alive = probe(port, "/healthz")
         assert alive is not None and alive[0] == 200, (alive, procs.tail("w1"))

@@ -48,6 +48,15 @@ def test_an_unknown_log_level_is_a_usage_error(args: list[str]) -> None:
     assert "--log-level" in output and "'foo'" in output
 
 
+@pytest.mark.parametrize("role", ["coordinator", "worker", "cdc"])
+def test_the_liveness_window_is_a_flag_of_every_process(role: str) -> None:
+    code, output = invoke(role, "run", "--liveness-window", "1")
+    assert code == 2
+    assert "--liveness-window" in output and "greater than or equal to 2" in output
+    _, help_text = invoke(role, "run", "--help")
+    assert "SHARDCTL_LIVENESS_WINDOW_S" in " ".join(help_text.split())
+
+
 def test_log_level_is_case_insensitive() -> None:
     # Parsing succeeds; the command then stops at the bad setting, not at the level.
     code, output = invoke("coordinator", "run", "--log-level", "debug", env=BAD_SETTING)
