@@ -73,7 +73,13 @@ def produce(bootstrap: str, topic: str, partitions: int, count: int) -> None:
             "primary_key_columns": ["id"],
             "data": {"id": n, "name": f"name-{n}", "amount": n % 1000},
         }
-        producer.produce(topic, json.dumps(doc).encode(), key=b"%d" % n, partition=n % partitions)
+        value = json.dumps(doc).encode()
+        while True:
+            try:
+                producer.produce(topic, value, key=b"%d" % n, partition=n % partitions)
+                break
+            except BufferError:
+                producer.poll(0.5)  # the local queue is full: wait for deliveries
         if n % 10000 == 0:
             producer.poll(0)
     producer.flush(60)
