@@ -314,9 +314,6 @@ class Reader:
         self._producer_factory = producer_factory
         self._stop = threading.Event()
         self._stop_reason = ""
-        self.transactions = 0
-        self.messages = 0
-        self.last_end: Checkpoint | None = None  # end of the last transaction read
         self._relead = "to switch the shard count"  # why _lead asked to lead again
         self.state = ReaderState.STANDBY
 
@@ -524,7 +521,6 @@ class Reader:
         """Settle the shard count, then build what the term publishes with."""
         options = self.options
         connect = self.settings.mysql.connect_kwargs()
-        self.last_end = checkpoint
         switch = ShardSwitch(loop, client, self.keyspace, self.settings, options)
         try:
             num_shards, shard_hash = switch.start(leadership, checkpoint)
@@ -711,10 +707,6 @@ class Reader:
                 producer.send(messages[-1], partial(self._last_acked, ack, chunk.ctx.ts))
             else:
                 producer.send_many(messages, ack)
-        if chunk.last:
-            self.last_end = chunk.end
-            self.transactions += 1
-        self.messages += len(messages)
         CDC_ROWS.labels(self.options.source).inc(len(messages))
         return end
 

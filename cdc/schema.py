@@ -64,9 +64,6 @@ class ColumnType(IntEnum):
 INTEGER_TYPES = frozenset(
     {ColumnType.TINY, ColumnType.SHORT, ColumnType.INT24, ColumnType.LONG, ColumnType.LONGLONG}
 )
-STRING_TYPES = frozenset(
-    {ColumnType.VARCHAR, ColumnType.VAR_STRING, ColumnType.STRING, ColumnType.BLOB}
-)
 # Columns whose values are date or date-time strings and may be zero dates.
 DATE_TYPES = frozenset(
     {

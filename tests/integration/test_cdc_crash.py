@@ -4,7 +4,6 @@ transactions after the stored checkpoint, with the same event ids and bytes."""
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections import defaultdict
@@ -102,6 +101,29 @@ def _wait_for_progress(settings: Any, past_seq: int | None, reader: str) -> int:
     )
 
 
+def _checkpointed_seq(settings: Any) -> int:
+    """The GTID seq of the stored checkpoint."""
+    checkpoint = stored_checkpoint(settings, "main")
+    assert checkpoint is not None and checkpoint.gtid
+    seq = MariadbGtidState(checkpoint.gtid).seq_of(0)
+    assert seq is not None
+    return seq
+
+
+def _read_committed(
+    stack: Any, unique: str, load: Load, running: list[ReaderProcess]
+) -> list[Record]:
+    """Every record of the load's topic, read until it holds each committed row; then
+    the `running` readers are stopped, and each must have been running until then."""
+    topic = TopicReader(stack.kafka_bootstrap, f"{unique}_load_t", SHARDS)
+    try:
+        return topic.read_until(lambda r: load.committed <= _inserted_ids(r), timeout=90)
+    finally:
+        for reader in running:
+            assert reader.terminate() == 0, f"{reader.name}: {reader.stderr()}"
+        topic.close()
+
+
 def test_kill_9_under_load_loses_nothing(
     stack: Any, settings: Any, unique: str, mysql_db: str, tmp_path: Path
 ) -> None:
@@ -117,19 +139,13 @@ def test_kill_9_under_load_loses_nothing(
             # (past the previous reader's checkpoint), whatever the machine's speed.
             _wait_for_progress(settings, kills[-1][1] if kills else None, f"r{round_no - 1}")
             reader.kill9()
-            checkpoint = stored_checkpoint(settings, "main")
-            assert checkpoint is not None and checkpoint.gtid
-            kills.append((int(time.time() * 1000), MariadbGtidState(checkpoint.gtid).seq_of(0)))
+            kills.append((int(time.time() * 1000), _checkpointed_seq(settings)))
             reader = ReaderProcess(env, tmp_path, f"r{round_no}")
         _wait_for_progress(settings, kills[-1][1], "r3")
     finally:
         load.stop()
-    topic = TopicReader(stack.kafka_bootstrap, f"{unique}_load_t", SHARDS)
-    try:
-        records = topic.read_until(lambda r: load.committed <= _inserted_ids(r), timeout=90)
-    finally:
-        assert reader.terminate() == 0, reader.stderr()
-        topic.close()
+    with their_logs_on_failure(reader):
+        records = _read_committed(stack, unique, load, [reader])
 
     # Zero lost: every committed row is in Kafka.
     assert load.committed <= _inserted_ids(records)
@@ -184,24 +200,16 @@ def test_failover_between_two_readers(
             _wait_for_progress(settings, None, first)
             readers[first].kill9()
             # What the killed reader stored last: progress past it is the standby's.
-            last = stored_checkpoint(settings, "main")
-            assert last is not None and last.gtid
+            killed_at = _checkpointed_seq(settings)
             second = wait_for(
                 "the standby to lead",
                 lambda: (who := leader_of(settings, "main")) not in (None, first) and who,
             )
             assert readers[second].proc.poll() is None
-            _wait_for_progress(settings, MariadbGtidState(last.gtid).seq_of(0), second)
+            _wait_for_progress(settings, killed_at, second)
         finally:
             load.stop()
-        topic = TopicReader(stack.kafka_bootstrap, f"{unique}_load_t", SHARDS)
-        try:
-            records = topic.read_until(lambda r: load.committed <= _inserted_ids(r), timeout=90)
-        finally:
-            for reader in readers.values():
-                if reader.proc.returncode != -signal.SIGKILL:  # the standby, alive or not
-                    assert reader.terminate() == 0, f"{reader.name}: {reader.stderr()}"
-            topic.close()
+        records = _read_committed(stack, unique, load, [readers[second]])
     assert load.committed <= _inserted_ids(records)
     # The standby published after the failover, under its own leadership.
     assert "leads source main" in readers[second].stderr()
