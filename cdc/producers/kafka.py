@@ -133,6 +133,7 @@ class TopicManager:
         deadline = time.monotonic() + self._outage_s
         backoff = Backoff()
         while True:
+            self._admin.poll(0)  # hands librdkafka's queued log lines to its logger
             try:
                 return call()
             except KafkaException as exc:
@@ -194,6 +195,7 @@ class TopicManager:
             return {}
 
         def describe() -> dict[Any, Any]:
+            self._admin.poll(0)
             futures = self._admin.describe_configs(
                 [ConfigResource(ResourceType.TOPIC, t) for t in topics],
                 request_timeout=self._timeout_s,
@@ -303,11 +305,12 @@ class KafkaProducer(Producer):
         self._limits: dict[str, int] = {}
         self._refresh_s = topic_config_refresh_s
         self._next_refresh = time.monotonic() + topic_config_refresh_s
-        admin_conf: dict[str, str | int | float | bool] = {
+        admin_conf: dict[str, Any] = {
             k: v
             for k, v in settings.client_config().items()
             if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "client."))
         }
+        admin_conf["logger"] = kafka_log("cdc topic admin")
         self._topics = TopicManager(
             AdminClient(admin_conf),
             num_shards,

@@ -21,6 +21,9 @@ class AdminWithoutController:
     def __init__(self) -> None:
         self.calls = 0
 
+    def poll(self, timeout: float) -> int:
+        return 0
+
     def describe_configs(self, resources: list[Any], request_timeout: float) -> dict[Any, Any]:
         self.calls += 1
         error = KafkaError(KafkaError._TIMED_OUT, "Failed while waiting for controller")

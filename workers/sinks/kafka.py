@@ -54,6 +54,7 @@ from confluent_kafka.admin import AdminClient, NewPartitions  # type: ignore[att
 from confluent_kafka.cimpl import NewTopic
 
 from shardctl.core.config import ConfigError
+from shardctl.core.kafka_log import kafka_log
 from workers.events import Batch, Event
 from workers.handlers import Fenced, HandlerContext, HandlerError, TransientError, resolve_spec
 from workers.sinks.applied_changes import AppliedChanges
@@ -161,6 +162,7 @@ class KafkaSink:
                 "enable.idempotence": "true",
                 "acks": "all",
                 "linger.ms": "5",
+                "logger": kafka_log(f"kafka sink producer {self.group}.{shard}"),
             }
         )
         # Fences every older producer of this shard: their commits fail from now on,
@@ -317,6 +319,7 @@ class KafkaSink:
                 self._unaborted.discard(batch.shard)
             if unaborted:
                 self._abort(producer, batch, RuntimeError("an earlier abort failed"))
+            producer.poll(0)  # hands librdkafka's queued log lines to its logger
             producer.begin_transaction()
             for event, (key, value) in outputs:
                 kwargs: dict[str, Any] = {"key": key, "value": value}
