@@ -35,6 +35,8 @@ from decimal import Decimal
 from json.encoder import encode_basestring as _encode_str
 from typing import Any, Literal, Protocol, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from cdc.json_text import JsonTextError, ObjectEncoder, ValueKind, compile_object_encoder, encode
 from cdc.rows import (
     EncodedRow,
@@ -73,9 +75,12 @@ EncodedRowWriter = Callable[[EncodedRow, int, bool], tuple[bytes, bytes, str]]
 CommitInfo = bool | Literal["every_row"]
 
 
-@dataclass(frozen=True, slots=True)
-class FormatterOptions:
-    """Maxwell's output options (same names, same defaults), plus DECIMAL as string."""
+class FormatterOptions(BaseModel):
+    """How messages are written: Maxwell's output options (same names, same defaults)
+    and our own. The reader's settings (`cdc.options.CdcOptions`) are these plus the
+    rest, so each option is declared once, here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     output_binlog_position: bool = False
     output_gtid_position: bool = False
@@ -85,16 +90,21 @@ class FormatterOptions:
     output_primary_key_columns: bool = False
     output_null_zerodates: bool = False
     output_ddl: bool = False
+    # Maxwell's `query` on row messages: the statement that changed the row, when the
+    # server logs it (MariaDB binlog_annotate_row_events, MySQL
+    # binlog_rows_query_log_events); rows without one have no `query`.
     output_row_query: bool = False
+    # Maxwell's commit information (its code defaults): `xid` on every row, `xoffset`
+    # on every row but the last, `"commit":true` on the last. "every_row" writes the
+    # field on every row (`"commit":false` on the others), false leaves it out.
     output_commit_info: CommitInfo = True
     output_xoffset: CommitInfo = True
-    # Ours: `event_id` and `source` on every message.
+    # Ours: `event_id` and `source`, the stable id of each message (sinks dedupe by it).
     output_event_id: bool = True
     # DECIMAL as a JSON string ("12.50") instead of a JSON number (12.50).
     decimal_as_string: bool = False
-    # Not an output option: the reader's `cdc.source`, the first half of each row
-    # message's source identity.
-    source: str = "default"
+    # The reader's `cdc.source`: the first half of each row message's source identity.
+    source: str = Field(default="default", description="name of the source; etcd keys use it")
     # An UPDATE that changes the primary key: `split` publishes a delete of the old
     # key and an insert of the new key (each on its key's shard); `update` publishes
     # Maxwell's single update (on the new key's shard).

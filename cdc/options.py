@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,10 +25,9 @@ def default_reader_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class CdcOptions(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SHARDCTL_CDC_", extra="forbid")
+class CdcOptions(FormatterOptions, BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHARDCTL_CDC_", extra="forbid", frozen=False)
 
-    source: str = Field(default="default", description="name of the source; etcd keys use it")
     reader_id: str = Field(default_factory=default_reader_id)
     # Our replica server_id; readers of one source share it, so the server itself
     # drops a deposed leader's connection when a new leader connects. The default
@@ -62,29 +60,8 @@ class CdcOptions(BaseSettings):
 
     filter: str | None = None
 
-    output_binlog_position: bool = False
-    output_gtid_position: bool = False
-    output_server_id: bool = False
-    output_thread_id: bool = False
-    output_primary_keys: bool = False
-    output_primary_key_columns: bool = False
-    output_null_zerodates: bool = False
-    output_ddl: bool = False
-    # Maxwell's `query` on row messages: the statement that changed the row, when the
-    # server logs it (MariaDB binlog_annotate_row_events, MySQL
-    # binlog_rows_query_log_events); rows without one have no `query`.
-    output_row_query: bool = False
-    # Maxwell's commit information (its code defaults): `xid` on every row, `xoffset`
-    # on every row but the last, `"commit":true` on the last. "every_row" writes the
-    # field on every row (`"commit":false` on the others), false leaves it out.
-    output_commit_info: bool | Literal["every_row"] = True
-    output_xoffset: bool | Literal["every_row"] = True
-    # Ours: `event_id` and `source`, the stable id of each message (sinks dedupe by it).
-    output_event_id: bool = True
-    decimal_as_string: bool = False
-    # An UPDATE that changes the primary key: "split" (a delete of the old key and an
-    # insert of the new key, each on its key's shard) or "update" (Maxwell's form).
-    primary_key_change: Literal["split", "update"] = "split"
+    # The message-form options (output_*, decimal_as_string, primary_key_change) and
+    # `source` are FormatterOptions'.
 
     checkpoint_interval_s: float = Field(default=1.0, gt=0)
     lease_ttl_s: int = Field(default=10, ge=2)
@@ -159,7 +136,8 @@ class CdcOptions(BaseSettings):
 
     def formatter_options(self) -> FormatterOptions:
         """The Maxwell output options among these settings (they share their names)."""
-        return FormatterOptions(**{f.name: getattr(self, f.name) for f in fields(FormatterOptions)})
+        names = FormatterOptions.model_fields
+        return FormatterOptions(**{name: getattr(self, name) for name in names})
 
 
 def load_cdc_options(
