@@ -135,15 +135,23 @@ def test_session_setting_stops_the_reader_and_skip_recovers(
                 timeout=120,
             )
             assert boot.returncode == 0, boot.stderr
-            records = topic.read_until(
-                lambda rs: any(r.value["type"] == "bootstrap-complete" for r in rs)
-            )
+            with conn.cursor() as cur:
+                cur.execute("SELECT id, v, b FROM t ORDER BY id")
+                table = [dict(zip(("id", "v", "b"), row, strict=True)) for row in cur.fetchall()]
+
+            # Each row has its own shard: bootstrap-complete may be read before a
+            # bootstrap-insert or an insert of another partition.
+            def complete(rs: list[Record]) -> bool:
+                return (
+                    any(r.value["type"] == "bootstrap-complete" for r in rs)
+                    and len(_rows(rs, "bootstrap-insert")) >= len(table)
+                    and {3, 4} <= {r["id"] for r in _rows(rs, "insert")}
+                )
+
+            records = topic.read_until(complete)
         finally:
             assert resumed.terminate() == 0, resumed.stderr()
         assert [r["id"] for r in _rows(records, "insert")] == [3, 4]
-        with conn.cursor() as cur:
-            cur.execute("SELECT id, v, b FROM t ORDER BY id")
-            table = [dict(zip(("id", "v", "b"), row, strict=True)) for row in cur.fetchall()]
         assert sorted(_rows(records, "bootstrap-insert"), key=lambda r: r["id"]) == table
     finally:
         if reader.proc.poll() is None:
