@@ -128,8 +128,9 @@ class TopicManager:
         self._outage_s = outage_s
         self._ready: set[str] = set()
 
-    def _through_outage(self, what: str, call: Callable[[], T]) -> T:
-        """`call()`, retried while the broker is unavailable, for up to `outage_s`."""
+    def _through_outage(self, what: str, call: Callable[[], T], retry: bool = True) -> T:
+        """`call()`, retried while the broker is unavailable, for up to `outage_s`
+        (without `retry`, one attempt)."""
         deadline = time.monotonic() + self._outage_s
         backoff = Backoff()
         while True:
@@ -137,7 +138,7 @@ class TopicManager:
             try:
                 return call()
             except KafkaException as exc:
-                if not _broker_unavailable(exc) or time.monotonic() >= deadline:
+                if not (retry and _broker_unavailable(exc)) or time.monotonic() >= deadline:
                     raise
                 delay = backoff.next()
                 log.warning(
@@ -195,7 +196,6 @@ class TopicManager:
             return {}
 
         def describe() -> dict[Any, Any]:
-            self._admin.poll(0)
             futures = self._admin.describe_configs(
                 [ConfigResource(ResourceType.TOPIC, t) for t in topics],
                 request_timeout=self._timeout_s,
@@ -204,7 +204,7 @@ class TopicManager:
 
         try:
             what = f"topics {', '.join(topics)} configs"
-            configs = self._through_outage(what, describe) if wait_out_outage else describe()
+            configs = self._through_outage(what, describe, retry=wait_out_outage)
             found: dict[str, int] = {}
             for resource, config in configs.items():
                 entry = config.get("max.message.bytes")
