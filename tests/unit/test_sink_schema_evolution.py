@@ -81,8 +81,9 @@ def test_mysql_8_gets_its_own_binary_key_collation() -> None:
 
 
 def _plain(value: Decimal) -> tuple[str, str]:
-    """The digits before and after the point, written out, without padding zeros."""
-    text = format(abs(value), "f")
+    """The digits before and after the point, written out, without padding zeros.
+    (copy_abs, not abs(): abs() rounds to the context's 28 digits.)"""
+    text = format(value.copy_abs(), "f")
     whole, _, fraction = text.partition(".")
     return whole.lstrip("0"), fraction.rstrip("0")
 

@@ -91,6 +91,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
+import msgspec
 import pymysql
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -856,7 +857,7 @@ class SqlSink:
                 max(txns),
                 min(txns),
                 len(txns),
-                json.dumps(txns, separators=(",", ":")),
+                msgspec.json.encode(txns).decode(),
             ),
         )
         counter = (shard, topic, stream)
