@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from cdc.replication.position import Checkpoint
 from shardctl.core.config import Settings
@@ -154,9 +154,33 @@ class TopicReader:
                 "isolation.level": "read_committed",
             }
         )
+        self._partitions = partitions
+        self._assigned = False
+
+    def _assign_once_led(self) -> bool:
+        """Assign the partitions once the topic has all of them, each with a leader.
+        The reader under test usually creates the topic after this reader is made, and
+        librdkafka does not fetch a partition assigned before it existed until a later
+        metadata refresh (seen: no record for 120 s while the topic held them all)."""
+        if self._assigned:
+            return True
+        try:
+            metadata = self._consumer.list_topics(self.topic, timeout=5)
+        except KafkaException:
+            return False  # no broker answered in time; read_until's deadline still runs
+        found = metadata.topics.get(self.topic)
+        if (
+            found is None
+            or found.error is not None
+            or len(found.partitions) < self._partitions
+            or any(p.leader < 0 for p in found.partitions.values())
+        ):
+            return False
         self._consumer.assign(
-            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+            [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in range(self._partitions)]
         )
+        self._assigned = True
+        return True
 
     def read_until(
         self, done: Callable[[list[Record]], bool], timeout: float = 120.0
@@ -182,6 +206,9 @@ class TopicReader:
 
     def _consume(self) -> list[Any]:
         """One poll: appends the records it got, and returns every message."""
+        if not self._assign_once_led():
+            time.sleep(0.2)  # the topic is not there yet: look again
+            return []
         messages = self._consumer.consume(CONSUME_BATCH, timeout=0.5)
         for msg in messages:
             if msg.error() is not None:
