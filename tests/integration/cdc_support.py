@@ -17,13 +17,20 @@ import subprocess
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pymysql
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from cdc.replication.position import Checkpoint
 from shardctl.core.config import Settings
@@ -141,7 +148,8 @@ def leader_of(settings: Settings, source: str) -> str | None:
 
 
 class TopicReader:
-    """Reads every partition of a topic from the beginning, cumulatively."""
+    """Reads partitions 0 to `partitions` - 1 of a topic from the beginning, cumulatively,
+    once the topic has them."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
         self.topic = topic
@@ -152,10 +160,15 @@ class TopicReader:
                 "group.id": f"test-{topic}",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
+                # From the start if the broker ever says an offset is out of range
+                # (the default, latest, would skip what is there; the error is kept).
+                "auto.offset.reset": "earliest",
             }
         )
         self._partitions = partitions
         self._assigned = False
+        self._not_assigned_why = "not looked up yet"
+        self._errors: list[str] = []  # the consumer's error events, for a failure message
 
     def _assign_once_led(self) -> bool:
         """Assign the partitions once the topic has all of them, each with a leader.
@@ -166,15 +179,22 @@ class TopicReader:
             return True
         try:
             metadata = self._consumer.list_topics(self.topic, timeout=5)
-        except KafkaException:
-            return False  # no broker answered in time; read_until's deadline still runs
+        except KafkaException as exc:
+            self._not_assigned_why = f"no broker answered its metadata request: {exc}"
+            return False  # read_until's deadline still runs
         found = metadata.topics.get(self.topic)
-        if (
-            found is None
-            or found.error is not None
-            or len(found.partitions) < self._partitions
-            or any(p.leader < 0 for p in found.partitions.values())
-        ):
+        if found is None or found.error is not None:
+            self._not_assigned_why = "the topic does not exist"
+            return False
+        if len(found.partitions) < self._partitions:
+            self._not_assigned_why = (
+                f"the topic has {len(found.partitions)} partitions, this reader expects "
+                f"{self._partitions}"
+            )
+            return False
+        leaderless = sorted(p.id for p in found.partitions.values() if p.leader < 0)
+        if leaderless:
+            self._not_assigned_why = f"partitions {leaderless} have no leader"
             return False
         self._consumer.assign(
             [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in range(self._partitions)]
@@ -196,13 +216,32 @@ class TopicReader:
                 if time.monotonic() > deadline:
                     raise AssertionError(
                         f"{self.topic}: condition not met, and no new record for {timeout}s, "
-                        f"with {len(self.records)} records"
+                        f"with {len(self.records)} records; {self._where_it_stands()}"
                     )
                 messages = self._consume()
                 if any(msg.error() is None for msg in messages):
                     deadline = time.monotonic() + timeout
                 caught_up = len(messages) < CONSUME_BATCH
         return self.records
+
+    def _where_it_stands(self) -> str:
+        """What was read of each partition against what the broker holds: tells a
+        record never published from one published and not fetched."""
+        if not self._assigned:
+            return f"not read: {self._not_assigned_why}"
+        read = Counter(r.partition for r in self.records)
+        parts = []
+        for p in range(self._partitions):
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=5, cached=False
+                )
+                held = f"the broker holds offsets {low} to {high - 1}"
+            except KafkaException as exc:
+                held = f"watermarks unknown: {exc}"
+            parts.append(f"partition {p}: read {read[p]}, {held}")
+        errors = f"; consumer errors: {self._errors[-5:]}" if self._errors else ""
+        return "; ".join(parts) + errors
 
     def _consume(self) -> list[Any]:
         """One poll: appends the records it got, and returns every message."""
@@ -211,8 +250,11 @@ class TopicReader:
             return []
         messages = self._consumer.consume(CONSUME_BATCH, timeout=0.5)
         for msg in messages:
-            if msg.error() is not None:
-                continue  # partition EOF and transient errors
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self._errors.append(f"partition {msg.partition()}: {err}")
+                continue  # transient: the consumer retries by itself
             raw = msg.value()
             self.records.append(
                 Record(

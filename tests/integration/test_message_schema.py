@@ -126,15 +126,17 @@ def test_real_messages_and_dead_letters_match_the_published_schemas(
 
     reader = ReaderProcess(env, tmp_path, "reader")
     procs: list[subprocess.Popen[bytes]] = []
+    # The reader makes its topics with one partition per shard; a worker makes a
+    # missing dead-letter topic with one partition.
     readers = {
-        name: TopicReader(stack.kafka_bootstrap, topic, SHARDS)
-        for name, topic in {
-            "items": names["items"],
-            "ddl": names["ddl"],
-            "dlq": names["dlq"],
-            "items.dlq": f"{names['items']}.dlq",
-            "raw.dlq": f"{names['raw']}.dlq",
-        }.items()
+        name: TopicReader(stack.kafka_bootstrap, topic, partitions)
+        for name, topic, partitions in [
+            ("items", names["items"], SHARDS),
+            ("ddl", names["ddl"], SHARDS),
+            ("dlq", names["dlq"], SHARDS),
+            ("items.dlq", f"{names['items']}.dlq", 1),
+            ("raw.dlq", f"{names['raw']}.dlq", 1),
+        ]
     }
     try:
         wait_for("the reader's first checkpoint", lambda: stored_checkpoint(settings, "main"))
