@@ -154,21 +154,23 @@ class TopicManager:
     def ensure(self, topic: str) -> None:
         if topic in self._ready:
             return
-        count = self._partitions(topic)
-        if count is None:
+        partitions = self._partitions(topic)
+        if partitions is None:
             self._create(topic)
-            count = self._partitions(topic)
-            if count is None:
+            partitions = self._partitions(topic)
+            if partitions is None:
                 raise DeliveryError(f"kafka topic {topic}: created but not visible in metadata")
-        if count != self._num_shards:
+        if len(partitions) != self._num_shards:
             raise TopicPartitionsMismatch(
-                f"cdc.num_shards: kafka topic {topic} has {count} partitions but "
+                f"cdc.num_shards: kafka topic {topic} has {len(partitions)} partitions but "
                 f"num_shards is {self._num_shards}; partition = shard, so they must match. "
                 "Use another topic or recreate this one with num_shards partitions."
             )
         self._ready.add(topic)
 
-    def _partitions(self, topic: str) -> int | None:
+    def _partitions(self, topic: str) -> dict[int, int] | None:
+        """The topic's partitions and the broker that leads each (-1: none yet), or
+        None when the topic does not exist."""
         try:
             metadata = self._through_outage(
                 f"topic {topic} metadata",
@@ -185,8 +187,9 @@ class TopicManager:
                 KafkaError._UNKNOWN_TOPIC,
             ):
                 return None
-            raise DeliveryError(f"kafka topic {topic}: metadata error: {found.error}")
-        return len(found.partitions)
+            if found.error.code() != KafkaError.LEADER_NOT_AVAILABLE:
+                raise DeliveryError(f"kafka topic {topic}: metadata error: {found.error}")
+        return {p.id: p.leader for p in found.partitions.values()}
 
     def max_message_bytes(self, topics: list[str], wait_out_outage: bool = True) -> dict[str, int]:
         """Each topic's effective `max.message.bytes` (its own or the broker's default).
@@ -235,10 +238,21 @@ class TopicManager:
             if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 return
             raise DeliveryError(f"kafka topic {topic}: cannot create it: {exc}") from exc
-        # Metadata of a new topic reaches every broker a moment later.
+        # Metadata of a new topic, and its partitions' leaders, reach every broker a
+        # moment later. Produce only once each partition has a leader, so the
+        # producer's first look at the topic finds every partition led.
         deadline = time.monotonic() + self._timeout_s
-        while self._partitions(topic) is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            partitions = self._partitions(topic)
+            if partitions is not None and min(partitions.values(), default=-1) >= 0:
+                return
             time.sleep(0.1)
+        log.warning(
+            "kafka topic %s: created, but not every partition has a leader after %.0fs: %s",
+            topic,
+            self._timeout_s,
+            self._partitions(topic),
+        )
 
 
 class _ChunkReport:

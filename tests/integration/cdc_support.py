@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pymysql
 from confluent_kafka import (
@@ -82,7 +82,12 @@ def reader_env(stack: Any, cluster: str, source: str, **cdc: Any) -> dict[str, s
 
 
 class ReaderProcess:
-    """`shardctl cdc run` in a subprocess; its output goes to files for failure messages."""
+    """`shardctl cdc run` in a subprocess; its output goes to files. Every reader a
+    test starts is in `STARTED`: the end of its log joins the report of a test that
+    fails (tests/integration/conftest.py), so a stalled reader is never a bare
+    timeout."""
+
+    STARTED: ClassVar[list[ReaderProcess]] = []
 
     def __init__(self, env: dict[str, str], workdir: Path, name: str, *args: str) -> None:
         self.name = name
@@ -95,6 +100,7 @@ class ReaderProcess:
                 stdout=out,
                 stderr=err,
             )
+        ReaderProcess.STARTED.append(self)
 
     def kill9(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -112,20 +118,11 @@ class ReaderProcess:
     def stderr(self) -> str:
         return self.err.read_text(errors="replace")
 
-
-@contextlib.contextmanager
-def their_logs_on_failure(*readers: ReaderProcess, lines: int = 40) -> Iterator[None]:
-    """Adds the end of each reader's log to an assertion that fails inside: a
-    stalled reader is otherwise a bare timeout."""
-    try:
-        yield
-    except AssertionError as exc:
-        tails = [
-            f"--- the last {lines} lines of {reader.name}'s log:\n"
-            + "\n".join(reader.stderr().splitlines()[-lines:])
-            for reader in readers
-        ]
-        raise AssertionError("\n".join([str(exc), *tails])) from exc
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.stderr().splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
 
 
 def etcd_get(settings: Settings, key: str) -> bytes | None:

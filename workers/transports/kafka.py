@@ -65,6 +65,7 @@ class KafkaTransport:
         self.topics = tuple(topics)
         self._client_config: dict[str, str | int | float | bool] = dict(client_config)
         self._admin: AdminClient | None = None
+        self._admin_lock = threading.Lock()  # made on the event loop or consumer thread
         # Shards acquired together share one answer: (when, ids), and the lookup under
         # way while they start.
         self._ids_cache: tuple[float, dict[str, str]] | None = None
@@ -98,6 +99,10 @@ class KafkaTransport:
         self._consumer: Consumer | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._shards: set[int] = set()
+        self._paused: set[int] = set()
+        # Where each partition was last assigned: a replaced client resumes a partition
+        # it never fetched from there.
+        self._assigned_at: dict[tuple[str, int], int] = {}
         # Calls submitted to the consumer's thread and not started yet: a poll gives
         # way to them. Updated from the event loop and from that thread.
         self._queued = 0
@@ -159,7 +164,7 @@ class KafkaTransport:
                 log.warning("kafka: topic ids not read yet (%s); the first shard will", exc)
 
     async def start_shard(self, shard: int, positions: Mapping[str, int]) -> None:
-        consumer = self._require()
+        self._require()
         unknown = set(positions) - set(self.topics)
         if unknown:
             raise TransportError(
@@ -172,7 +177,7 @@ class KafkaTransport:
         ]
 
         try:
-            await self._run(lambda: _assign(consumer, parts))
+            await self._run(lambda: self._assign_flowing(parts))
         except Exception as exc:
             raise TransportError(f"kafka: assigning shard {shard} ({parts}) failed: {exc}") from exc
         self._shards.add(shard)
@@ -182,11 +187,13 @@ class KafkaTransport:
 
     def pause(self, shard: int) -> None:
         if shard in self._shards:
-            self._submit("pause", shard, self._require().pause)
+            self._paused.add(shard)
+            self._submit("pause", shard, lambda parts: self._require().pause(parts))
 
     def resume(self, shard: int) -> None:
         if shard in self._shards:
-            self._submit("resume", shard, self._require().resume)
+            self._paused.discard(shard)
+            self._submit("resume", shard, lambda parts: self._require().resume(parts))
 
     def _submit(self, what: str, shard: int, fn: Callable[[list[TopicPartition]], None]) -> None:
         """Queue a pause/resume behind the current poll; failures are logged, not lost."""
@@ -268,11 +275,13 @@ class KafkaTransport:
         chaos run: a worker held two shards and applied nothing more)."""
         if shard not in self._shards:
             return {}
-        consumer = self._require()
+        self._require()
         parts = self._partitions(shard)
 
         def check() -> dict[str, tuple[int, int]]:
+            consumer = self._require()
             behind: dict[str, tuple[int, int]] = {}
+            unreachable: list[str] = []
             for part in parts:
                 at = positions.get(part.topic)
                 if at is None:
@@ -290,15 +299,22 @@ class KafkaTransport:
                         consumer.list_topics(part.topic, timeout=5)
                     except KafkaException as unread:
                         log.info("kafka: %s: metadata not read: %s", part.topic, unread)
+                        unreachable.append(f"{part.topic}: {exc}; {unread}")
                 if high > at or high == -1:
                     behind[part.topic] = (at, int(high))
+            if unreachable and self._broker_reachable():
+                # After a broker restart a chaos run saw every worker's consumer stay
+                # at "All broker connections are down" for minutes while other clients
+                # of the same broker worked: no assign revives such a client.
+                self._replace_consumer("; ".join(unreachable))
+                return behind
             if behind:
                 # Assigned afresh at the position: a seek alone did not always restart
                 # the fetching (a chaos run saw a partition stay unknown to the client,
                 # its watermark -1, for minutes after a broker restart).
                 again = [TopicPartition(t, shard, at) for t, (at, _h) in behind.items()]
                 consumer.incremental_unassign(again)
-                _assign(consumer, again)
+                self._assign_flowing(again)
             return behind
 
         try:
@@ -307,6 +323,56 @@ class KafkaTransport:
             raise TransportError(
                 f"kafka: shard {shard}: checking whether fetching stalled failed: {exc}"
             ) from exc
+
+    def _assign_flowing(self, parts: list[TopicPartition]) -> None:
+        """Assign `parts` at their offsets, flowing; on the consumer's thread."""
+        _assign(self._require(), parts)
+        for part in parts:
+            self._assigned_at[(part.topic, part.partition)] = part.offset
+
+    def _broker_reachable(self) -> bool:
+        """Whether a client other than the consumer reads the cluster's metadata."""
+        try:
+            self._admin_client().list_topics(timeout=5)
+        except KafkaException as exc:
+            log.info("kafka: the broker is unreachable for the topic-id client too: %s", exc)
+            return False
+        return True
+
+    def _replace_consumer(self, why: str) -> None:
+        """Replace a consumer that reaches no broker while another client does with a
+        new one, on the consumer's thread: every started shard's partitions are
+        assigned in it where the old one would have fetched next (its position,
+        past every record it returned), or where they were last assigned when it
+        returned none since; paused shards stay paused."""
+        old = self._require()
+        parts = [p for shard in sorted(self._shards) for p in self._partitions(shard)]
+        try:
+            fetched = {(p.topic, p.partition): p.offset for p in old.position(parts)}
+        except KafkaException as exc:
+            log.warning("kafka: positions of the replaced consumer not read: %s", exc)
+            fetched = {}
+        again: list[TopicPartition] = []
+        for p in parts:
+            at = fetched.get((p.topic, p.partition), -1)
+            if at < 0:
+                at = self._assigned_at.get((p.topic, p.partition), self._default_offset)
+            again.append(TopicPartition(p.topic, p.partition, at))
+        log.warning(
+            "kafka: the consumer reaches no broker while the topic-id client does (%s): "
+            "replacing it with a new client, shards %s at %s",
+            why,
+            sorted(self._shards),
+            {f"{p.topic}[{p.partition}]": p.offset for p in again},
+        )
+        self._consumer = Consumer(self._config)
+        if again:
+            self._assign_flowing(again)
+        paused = [p for p in again if p.partition in self._paused]
+        if paused:
+            self._consumer.pause(paused)
+        # Closing a client in that state may wait on its broker threads; not here.
+        threading.Thread(target=old.close, name="kafka-consumer-close", daemon=True).start()
 
     def high_watermarks(self, shard: int) -> dict[str, int]:
         """The cached high watermarks of the shard's partitions, as of the last fetch
@@ -348,18 +414,22 @@ class KafkaTransport:
         """Read the topics' ids afresh at the next `topic_ids` call."""
         self._ids_cache = None
 
+    def _admin_client(self) -> AdminClient:
+        with self._admin_lock:
+            if self._admin is None:
+                config: dict[str, Any] = {
+                    **self._client_config,
+                    "logger": kafka_log("worker topic-id lookups"),
+                }
+                self._admin = AdminClient(config)
+            admin = self._admin
+        admin.poll(0)  # serves the log lines since the last call
+        return admin
+
     async def _describe_topic_ids(self, now: float) -> dict[str, str]:
-        if self._admin is None:
-            config: dict[str, Any] = {
-                **self._client_config,
-                "logger": kafka_log("worker topic-id lookups"),
-            }
-            self._admin = AdminClient(config)
-        self._admin.poll(0)  # serves the log lines since the last lookup
+        admin = self._admin_client()
         self.topic_id_lookups += 1
-        futures = self._admin.describe_topics(
-            TopicCollection(list(self.topics)), request_timeout=10
-        )
+        futures = admin.describe_topics(TopicCollection(list(self.topics)), request_timeout=10)
         ids: dict[str, str] = {}
         for topic, future in futures.items():
             try:
@@ -377,10 +447,13 @@ class KafkaTransport:
         if shard not in self._shards:
             return
         self._shards.discard(shard)
-        consumer = self._require()
+        self._paused.discard(shard)
+        self._require()
         parts = self._partitions(shard)
+        for part in parts:
+            self._assigned_at.pop((part.topic, part.partition), None)
         try:
-            await self._run(lambda: consumer.incremental_unassign(parts))
+            await self._run(lambda: self._require().incremental_unassign(parts))
         except Exception as exc:
             raise TransportError(f"kafka: unassigning shard {shard} failed: {exc}") from exc
         log.info("kafka: shard %d unassigned", shard)
