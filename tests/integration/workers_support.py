@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -16,7 +18,79 @@ from shardctl.core.etcd import EtcdClient
 from shardctl.core.keyspace import Keyspace
 from shardctl.core.records import Assignment
 from tests.polling import wait_async as wait_async
-from workers.events import Event, decode_message
+from workers.consumer import Consumer as WorkerConsumer
+from workers.consumer import ConsumerConfig, StaticClaim
+from workers.deadletters import KafkaDeadLetterWriter
+from workers.events import Batch, Event, decode_message
+from workers.handlers import Handler
+from workers.transports.kafka import KafkaTransport
+
+
+class PositionsSeen:
+    """A handler that records the position of every event it is given, in order."""
+
+    def __init__(self) -> None:
+        self.positions: list[int | None] = []
+        self._lock = threading.Lock()
+
+    def on_events(self, batch: Batch) -> None:
+        with self._lock:
+            self.positions.extend(e.position for e in batch.events)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.positions)
+
+
+def inserts(start: int, count: int) -> list[tuple[int, bytes | None, bytes]]:
+    """`count` insert messages for partition 0, with ids from `start`."""
+    return [
+        (0, b"%d" % n, json.dumps({"type": "insert", "data": {"id": n}}).encode())
+        for n in range(start, start + count)
+    ]
+
+
+def handled_across(
+    stack: Any,
+    unique: str,
+    topic: str,
+    break_fetching: Callable[[KafkaTransport], Awaitable[None]],
+    what: str,
+) -> tuple[list[int | None], KafkaTransport]:
+    """One shard of a one-partition topic, consumed through the Kafka transport with
+    a 2 s fetch-stall check: 5 records handled, then `break_fetching`, then 5 more
+    produced. Returns the positions handled once all 10 were, and the transport."""
+    create_topic(stack.kafka_bootstrap, topic, 1)
+    seen = PositionsSeen()
+    transport = KafkaTransport(
+        {"bootstrap.servers": stack.kafka_bootstrap}, [topic], group_id=f"test.{unique}"
+    )
+
+    async def scenario() -> None:
+        consumer = WorkerConsumer(
+            transport,
+            Handler("seen", seen),
+            KafkaDeadLetterWriter({"bootstrap.servers": stack.kafka_bootstrap}, "w-test"),
+            ConsumerConfig(batch_size=10, idle_wait_s=0.2, fetch_stall_s=2.0),
+        )
+        await consumer.open()
+        try:
+            produce(stack.kafka_bootstrap, topic, inserts(0, 5))
+            await consumer.start(StaticClaim(0))
+            await wait_async("the first 5 records handled", lambda: seen.count() == 5, 60)
+            await break_fetching(transport)
+            await asyncio.to_thread(produce, stack.kafka_bootstrap, topic, inserts(5, 5))
+            await wait_async(
+                f"the 5 records produced {what} handled", lambda: seen.count() == 10, 90
+            )
+        finally:
+            await consumer.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        delete_topics(stack.kafka_bootstrap, [topic])
+    return seen.positions, transport
 
 
 def maxwell(
