@@ -100,9 +100,11 @@ class KafkaTransport:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._shards: set[int] = set()
         self._paused: set[int] = set()
-        # Where each partition was last assigned: a replaced client resumes a partition
-        # it never fetched from there.
-        self._assigned_at: dict[tuple[str, int], int] = {}
+        # Per partition, the offset after the last record a poll returned, or where it
+        # was last assigned: where a replacement client resumes it. Kept here, not
+        # asked of the client: a client in the state that gets it replaced was seen
+        # to hang in position().
+        self._next_offsets: dict[tuple[str, int], int] = {}
         # Calls submitted to the consumer's thread and not started yet: a poll gives
         # way to them. Updated from the event loop and from that thread.
         self._queued = 0
@@ -225,6 +227,7 @@ class KafkaTransport:
         messages = [first]
         if max_records > 1:
             messages += consumer.consume(num_messages=max_records - 1, timeout=0)
+        next_offsets = self._next_offsets
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -236,8 +239,11 @@ class KafkaTransport:
             partition, topic = msg.partition(), msg.topic()
             if partition is None or topic is None:
                 raise TransportError(f"kafka consumer: a message without topic/partition: {msg}")
+            offset = msg.offset()
             # By position (shard, topic, position, key, value): cheaper than keywords.
-            out.append(Record(partition, topic, msg.offset(), msg.key(), msg.value() or b""))
+            out.append(Record(partition, topic, offset, msg.key(), msg.value() or b""))
+            if offset is not None:
+                next_offsets[(topic, partition)] = offset + 1
         return out
 
     async def poll(self, max_records: int, timeout_s: float) -> list[Record]:
@@ -328,7 +334,7 @@ class KafkaTransport:
         """Assign `parts` at their offsets, flowing; on the consumer's thread."""
         _assign(self._require(), parts)
         for part in parts:
-            self._assigned_at[(part.topic, part.partition)] = part.offset
+            self._next_offsets[(part.topic, part.partition)] = part.offset
 
     def _broker_reachable(self) -> bool:
         """Whether a client other than the consumer reads the cluster's metadata."""
@@ -342,22 +348,19 @@ class KafkaTransport:
     def _replace_consumer(self, why: str) -> None:
         """Replace a consumer that reaches no broker while another client does with a
         new one, on the consumer's thread: every started shard's partitions are
-        assigned in it where the old one would have fetched next (its position,
-        past every record it returned), or where they were last assigned when it
-        returned none since; paused shards stay paused."""
+        assigned in it after the last record a poll returned, or where they were
+        last assigned when none came since; paused shards stay paused. The old
+        client is asked nothing more."""
         old = self._require()
-        parts = [p for shard in sorted(self._shards) for p in self._partitions(shard)]
-        try:
-            fetched = {(p.topic, p.partition): p.offset for p in old.position(parts)}
-        except KafkaException as exc:
-            log.warning("kafka: positions of the replaced consumer not read: %s", exc)
-            fetched = {}
-        again: list[TopicPartition] = []
-        for p in parts:
-            at = fetched.get((p.topic, p.partition), -1)
-            if at < 0:
-                at = self._assigned_at.get((p.topic, p.partition), self._default_offset)
-            again.append(TopicPartition(p.topic, p.partition, at))
+        again = [
+            TopicPartition(
+                p.topic,
+                p.partition,
+                self._next_offsets.get((p.topic, p.partition), self._default_offset),
+            )
+            for shard in sorted(self._shards)
+            for p in self._partitions(shard)
+        ]
         log.warning(
             "kafka: the consumer reaches no broker while the topic-id client does (%s): "
             "replacing it with a new client, shards %s at %s",
@@ -451,7 +454,7 @@ class KafkaTransport:
         self._require()
         parts = self._partitions(shard)
         for part in parts:
-            self._assigned_at.pop((part.topic, part.partition), None)
+            self._next_offsets.pop((part.topic, part.partition), None)
         try:
             await self._run(lambda: self._require().incremental_unassign(parts))
         except Exception as exc:
