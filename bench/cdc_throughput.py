@@ -284,7 +284,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--host", default=os.environ.get("SHARDCTL_MYSQL_HOST", "127.0.0.1"))
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("SHARDCTL_MYSQL_PORT", "33306"))
+        "--port", type=int, default=int(os.environ.get("SHARDCTL_MYSQL_PORT", "13306"))
     )
     parser.add_argument("--user", default="root", help="a user that may create a database")
     parser.add_argument(

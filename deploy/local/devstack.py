@@ -63,11 +63,15 @@ class StackError(Exception):
 
 @dataclass
 class Ports:
-    """Defaults sit away from the standard ports: another etcd or MariaDB may be running."""
+    """Defaults sit away from the standard ports (another etcd or MariaDB may be
+    running) and below Linux's ephemeral range (32768-60999 by default): a port in it
+    can be the local end of any outgoing connection at the moment a service starts,
+    and the service then fails with "Address already in use" (a suite run saw
+    MariaDB's old default, 33308 for the sink server, taken that way)."""
 
     etcd: int = 23790
     etcd_peer: int = 23800
-    mariadb: int = 33306
+    mariadb: int = 13306
     kafka: int = 19092
     kafka_controller: int = 19093
     nsqd_tcp: int = 14150
