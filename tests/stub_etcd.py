@@ -15,7 +15,7 @@ from one event loop. Integration tests use real etcd.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from shardctl.core.etcd import SessionLost
@@ -79,7 +79,7 @@ class MemoryEtcd:
 
     async def watch_events(
         self, key: str, *, prefix: bool, start_revision: int
-    ) -> AsyncIterator[WatchEvent]:
+    ) -> AsyncGenerator[WatchEvent, None]:
         self._reachable("watch", key)
         wake = asyncio.Event()
         self._watchers.append(wake)

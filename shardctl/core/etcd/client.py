@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -517,7 +517,7 @@ class EtcdClient:
 
     async def watch_events(
         self, key: str, *, prefix: bool, start_revision: int
-    ) -> AsyncIterator[WatchEvent]:
+    ) -> AsyncGenerator[WatchEvent, None]:
         """Raw watch from `start_revision` (inclusive). It ends with an EtcdError when
         the stream breaks; `shardctl.core.etcd.watch` resumes it."""
         raw = key.encode()

@@ -10,7 +10,9 @@ listing's revision + 1, and keeps going across failures:
                                                         seen (events already
                                                         delivered are skipped)
 
-While etcd is down, retries back off from 0.2 s to 1 s: no busy loop. After a
+While etcd is down, retries back off from 0.2 s to 1 s: no busy loop. A stream
+that delivered nothing for `WATCH_IDLE_S` is made again from the last revision
+seen, so a stream that went silent without an error costs at most that long. After a
 compaction the keys are listed again and the consumer gets a reset (`reset=True`
 with the full listing), so it never misses a deletion.
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from shardctl.core.backoff import WATCH_RETRY, Backoff
@@ -44,6 +46,13 @@ from shardctl.core.etcd.client import (
 
 log = logging.getLogger(__name__)
 
+# A watch that delivered nothing for this long is made again from its revision: a
+# chaos run saw a worker's watch made while etcd restarted stay silent for good (it
+# missed the assignment that gave it a dead worker's shard). A new watch from the
+# revision replays whatever the silent one missed; a quiet key costs one watch
+# creation per interval.
+WATCH_IDLE_S = 20.0
+
 
 @dataclass(frozen=True)
 class WatchUpdate:
@@ -56,8 +65,8 @@ class WatchUpdate:
 
 
 async def watch_updates(
-    client: EtcdClient, key: str, *, prefix: bool
-) -> AsyncIterator[WatchUpdate]:
+    client: EtcdClient, key: str, *, prefix: bool, idle_s: float = WATCH_IDLE_S
+) -> AsyncGenerator[WatchUpdate, None]:
     revision = 0
     seen_at_revision: set[str] = set()
     listed = False
@@ -71,21 +80,30 @@ async def watch_updates(
             # Resume at the last revision seen if we saw part of it (one txn may have
             # touched several keys), skipping the events already delivered.
             start = revision if seen_at_revision else revision + 1
-            async for event in client.watch_events(key, prefix=prefix, start_revision=start):
-                backoff.reset()
-                if not _watched(event.kv.key, key, prefix):
-                    raise _ForeignEvent(
-                        f"an event for {event.kv.key} arrived on the watch of {key}"
-                    )
-                rev = event.kv.mod_revision
-                if rev < revision or (rev == revision and event.kv.key in seen_at_revision):
-                    continue
-                if rev > revision:
-                    revision, seen_at_revision = rev, set()
-                seen_at_revision.add(event.kv.key)
-                yield WatchUpdate(reset=False, revision=revision, event=event)
-            # The server ended the stream without an error: watch again, not too fast.
-            await asyncio.sleep(WATCH_RETRY.initial_s)
+            events = client.watch_events(key, prefix=prefix, start_revision=start)
+            try:
+                while True:
+                    try:
+                        event = await asyncio.wait_for(anext(events), idle_s)
+                    except TimeoutError:
+                        break  # quiet for idle_s: watch again from the revision
+                    backoff.reset()
+                    if not _watched(event.kv.key, key, prefix):
+                        raise _ForeignEvent(
+                            f"an event for {event.kv.key} arrived on the watch of {key}"
+                        )
+                    rev = event.kv.mod_revision
+                    if rev < revision or (rev == revision and event.kv.key in seen_at_revision):
+                        continue
+                    if rev > revision:
+                        revision, seen_at_revision = rev, set()
+                    seen_at_revision.add(event.kv.key)
+                    yield WatchUpdate(reset=False, revision=revision, event=event)
+            except StopAsyncIteration:
+                # The server ended the stream without an error: watch again, not too fast.
+                await asyncio.sleep(WATCH_RETRY.initial_s)
+            finally:
+                await events.aclose()
         except (RevisionCompacted, _ForeignEvent) as exc:
             log.warning("watch %s: %s; listing again", key, exc)
             listed = False
