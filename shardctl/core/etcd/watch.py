@@ -81,29 +81,30 @@ async def watch_updates(
             # touched several keys), skipping the events already delivered.
             start = revision if seen_at_revision else revision + 1
             events = client.watch_events(key, prefix=prefix, start_revision=start)
-            try:
-                while True:
-                    try:
-                        event = await asyncio.wait_for(anext(events), idle_s)
-                    except TimeoutError:
-                        break  # quiet for idle_s: watch again from the revision
-                    backoff.reset()
-                    if not _watched(event.kv.key, key, prefix):
-                        raise _ForeignEvent(
-                            f"an event for {event.kv.key} arrived on the watch of {key}"
-                        )
-                    rev = event.kv.mod_revision
-                    if rev < revision or (rev == revision and event.kv.key in seen_at_revision):
-                        continue
-                    if rev > revision:
-                        revision, seen_at_revision = rev, set()
-                    seen_at_revision.add(event.kv.key)
-                    yield WatchUpdate(reset=False, revision=revision, event=event)
-            except StopAsyncIteration:
-                # The server ended the stream without an error: watch again, not too fast.
-                await asyncio.sleep(WATCH_RETRY.initial_s)
-            finally:
-                await events.aclose()
+            while True:
+                try:
+                    # In this task, not a task of its own: a cancelled watcher then ends
+                    # the stream as it always did.
+                    async with asyncio.timeout(idle_s):
+                        event = await anext(events)
+                except TimeoutError:
+                    break  # quiet for idle_s (the stream is closed): watch again
+                except StopAsyncIteration:
+                    # The server ended the stream without an error: not too fast.
+                    await asyncio.sleep(WATCH_RETRY.initial_s)
+                    break
+                backoff.reset()
+                if not _watched(event.kv.key, key, prefix):
+                    raise _ForeignEvent(
+                        f"an event for {event.kv.key} arrived on the watch of {key}"
+                    )
+                rev = event.kv.mod_revision
+                if rev < revision or (rev == revision and event.kv.key in seen_at_revision):
+                    continue
+                if rev > revision:
+                    revision, seen_at_revision = rev, set()
+                seen_at_revision.add(event.kv.key)
+                yield WatchUpdate(reset=False, revision=revision, event=event)
         except (RevisionCompacted, _ForeignEvent) as exc:
             log.warning("watch %s: %s; listing again", key, exc)
             listed = False
