@@ -512,7 +512,11 @@ class IncrementalSnapshots:
         after = transition(state, event)
         if after is not state:
             active.progress = dataclasses.replace(active.progress, state=after)
-            active.dirty = True
+            # A pause is stored once the chunk released last is delivered (its ack
+            # stores the progress, with the state): a stored "paused" then keeps its
+            # rows_done until resumed.
+            if after is not SnapshotState.PAUSED or active.acks.in_flight == 0:
+                active.dirty = True
             self._collect(active)
             log.info("snapshot %s: %s", active.name, after.value)
         return True
