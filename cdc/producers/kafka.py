@@ -187,7 +187,9 @@ class TopicManager:
                 KafkaError._UNKNOWN_TOPIC,
             ):
                 return None
-            if found.error.code() != KafkaError.LEADER_NOT_AVAILABLE:
+            # A partition without a leader yet is reported once its partitions are
+            # listed; the count and each leader are then known.
+            if found.error.code() != KafkaError.LEADER_NOT_AVAILABLE or not found.partitions:
                 raise DeliveryError(f"kafka topic {topic}: metadata error: {found.error}")
         return {p.id: p.leader for p in found.partitions.values()}
 
@@ -242,16 +244,18 @@ class TopicManager:
         # moment later. Produce only once each partition has a leader, so the
         # producer's first look at the topic finds every partition led.
         deadline = time.monotonic() + self._timeout_s
-        while time.monotonic() < deadline:
+        while True:
             partitions = self._partitions(topic)
             if partitions is not None and min(partitions.values(), default=-1) >= 0:
                 return
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.1)
         log.warning(
             "kafka topic %s: created, but not every partition has a leader after %.0fs: %s",
             topic,
             self._timeout_s,
-            self._partitions(topic),
+            partitions,
         )
 
 
