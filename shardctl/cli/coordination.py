@@ -41,6 +41,7 @@ from shardctl.cli.common import (
     start_process,
 )
 from shardctl.core.health import DEFAULT_LIVENESS_WINDOW_S
+from shardctl.core.runtime import collect_garbage_less_often
 
 if TYPE_CHECKING:
     from shardctl.core.config import Settings
@@ -465,6 +466,7 @@ def worker_run(
         except (ConfigError, HandlerError) as exc:
             raise _fail(str(exc), EXIT_USAGE) from None
 
+    collect_garbage_less_often()  # a worker holds many events: see shardctl.core.runtime
     _run_forever(with_noop_handler() if handler == NOOP_HANDLER else with_handler(handler))
 
 

@@ -34,7 +34,7 @@ from confluent_kafka import (
 
 from cdc.replication.position import Checkpoint
 from shardctl.core.config import Settings
-from shardctl.core.etcd.client import EtcdClient
+from shardctl.core.etcd.client import EtcdClient, EtcdUnavailable
 from shardctl.core.keyspace import Keyspace
 from tests.polling import wait_for as wait_for
 
@@ -125,13 +125,30 @@ class ReaderProcess:
             return f"(no log: {exc})"
 
 
+# How long a test's read keeps asking an etcd it cannot reach.
+ETCD_PATIENCE_S = 30.0
+
+
 def etcd_get(settings: Settings, key: str) -> bytes | None:
+    """The value at `key`, read on a new connection. An etcd that does not answer is
+    asked again for up to ETCD_PATIENCE_S, as the processes under test do: on a loaded
+    machine one connection attempt can time out (a hunt run saw "connection attempt
+    timed out before receiving SETTINGS frame" while the reader under test, connected
+    to the same etcd, went on)."""
+
     async def go() -> bytes | None:
         async with EtcdClient(settings.etcd) as client:
             kv = await client.get(key)
             return None if kv is None else kv.value
 
-    return asyncio.run(go())
+    deadline = time.monotonic() + ETCD_PATIENCE_S
+    while True:
+        try:
+            return asyncio.run(go())
+        except EtcdUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def stored_checkpoint(settings: Settings, source: str) -> Checkpoint | None:

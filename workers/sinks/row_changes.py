@@ -209,11 +209,17 @@ def chunks(
         return
     width = max(len(rows[0]), 1)
     limit = max(1, min(dialect.rows_per_statement, dialect.max_parameters // width))
-    start, size = 0, 0
-    for n, row in enumerate(rows):
-        row_size = _size(row)
-        if n > start and (n - start >= limit or size + row_size > MAX_STATEMENT_BYTES):
-            yield rows[start:n]
-            start, size = n, 0
-        size += row_size
-    yield rows[start:]
+    start = 0
+    while start < len(rows):
+        chunk = rows[start : start + limit]
+        # One repr of the whole run measures it; only a run too long is measured
+        # row by row, to cut it where it passes the limit.
+        if len(chunk) > 1 and _size(tuple(chunk)) > MAX_STATEMENT_BYTES:
+            size = 0
+            for n, row in enumerate(chunk):
+                size += _size(row)
+                if n > 0 and size > MAX_STATEMENT_BYTES:
+                    chunk = chunk[:n]
+                    break
+        yield chunk
+        start += len(chunk)

@@ -95,6 +95,8 @@ import msgspec
 import pymysql
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pymysql.constants.SERVER_STATUS import SERVER_STATUS_NO_BACKSLASH_ESCAPES
+from pymysql.converters import escape_string
 
 from shardctl.core.config import ConfigError, MySQLSettings, TLSSettings, read_secret
 from shardctl.core.event_ids import describe_key, order_key
@@ -332,7 +334,10 @@ class MariaDBDialect(Dialect):
         shortcuts for a batch's thousands of values: an int is its digits, and a string
         that repeats (the scope, topic and stream of every bookkeeping row) is escaped
         once."""
-        escape = cur.connection.escape
+        connection = cur.connection
+        escape = connection.escape
+        # A str is quoted as connection.escape quotes it, without its two calls.
+        no_backslash = connection.server_status & SERVER_STATUS_NO_BACKSLASH_ESCAPES
         escaped: dict[str, str] = {}
         literals: list[str] = []
         for value in params:
@@ -342,7 +347,8 @@ class MariaDBDialect(Dialect):
             elif kind is str:
                 literal = escaped.get(value)
                 if literal is None:
-                    literal = escaped[value] = escape(value)
+                    inner = value.replace("'", "''") if no_backslash else escape_string(value)
+                    literal = escaped[value] = f"'{inner}'"
                 literals.append(literal)
             else:
                 literals.append(escape(value))
@@ -539,6 +545,9 @@ class SqlSink:
             applied = 0
             changes = RowChanges(fold=self.settings.fold_changes)
             last_ids: dict[str, str] = {}
+            tables: dict[tuple[Any, Any], _Table] = {}  # the batch's, by the event's names
+            # The loop below runs once per event: it reads the message directly
+            # rather than through Event's properties, which cost a call each.
             for event in batch.events:
                 message = event.message
                 event_id = message.get("event_id")
@@ -550,11 +559,10 @@ class SqlSink:
                     continue  # this record was applied by an earlier transaction
                 # Only the row changes it applies are ordered (DDL carries no source).
                 kind = message.get("type")
-                place = (
-                    order_key(event_id, event.source)
-                    if event_id and type(kind) is str and kind in _ROW_TYPES
-                    else None
-                )
+                place = None
+                if event_id and type(kind) is str and kind in _ROW_TYPES:
+                    source = message.get("source")
+                    place = order_key(event_id, source if type(source) is str else None)
                 if place is not None:
                     stream, key = place
                     if len(stream) > _STREAM_CHARS:
@@ -573,7 +581,7 @@ class SqlSink:
                     newest[(event.topic, stream)] = key
                     changed.add((event.topic, stream))
                     txns[_txn_text(key)] = _fingerprint(event)
-                self._add(cur, event, changes)
+                self._add(cur, event, changes, tables)
                 applied += 1
             changes.write(self.dialect, cur)
             for topic, stream in changed:
@@ -952,13 +960,23 @@ class SqlSink:
             self._tables[key] = found
         return found
 
-    def _add(self, cur: Any, event: Event, changes: RowChanges) -> None:
-        """Add the row writes of `event` to the batch's `changes`."""
+    def _add(
+        self,
+        cur: Any,
+        event: Event,
+        changes: RowChanges,
+        tables: dict[tuple[Any, Any], _Table],
+    ) -> None:
+        """Add the row writes of `event` to the batch's `changes`. `tables`: the
+        batch's target tables so far, by the event's database and table."""
         message = event.message
         kind = message.get("type")
         if type(kind) is not str or kind not in _WRITE_TYPES:
             return
-        table = self._table(cur, self.target_namespace(event), event.table)
+        names = (message.get("database"), message.get("table"))
+        table = tables.get(names)
+        if table is None:
+            table = tables[names] = self._table(cur, self.target_namespace(event), event.table)
         pk = _primary_key(message, event, table)
         data = message.get("data")
         if type(data) is not dict:
@@ -980,6 +998,7 @@ class SqlSink:
                 # The target may have gained the columns since it was read (an ALTER
                 # that followed the source's): read it again once before refusing.
                 table = self._table(cur, self.target_namespace(event), event.table, reread=True)
+                tables[names] = table
                 types = table.types
                 unknown = [c for c in data if c not in types]
                 if unknown and basic and all(data[c] is None for c in unknown):
@@ -990,8 +1009,9 @@ class SqlSink:
                         f"column(s) {unknown} (add them to the target, or set "
                         "schema_evolution = basic)"
                     )
-        if not data.keys() >= set(pk):
-            self._key_values(table, pk, data, event)  # raises, naming the missing columns
+        for column in pk:
+            if column not in data:
+                self._key_values(table, pk, data, event)  # raises, naming the missing columns
         if table.scales:
             _check_scales(table, data, event, self.dialect.name)
         if table.dates:
@@ -1031,9 +1051,10 @@ class _Remembered:
 def _primary_key(message: dict[str, Any], event: Event, table: _Table) -> list[str]:
     declared = message.get("primary_key_columns")
     if type(declared) is list and declared:
-        if all(type(c) is str for c in declared):
-            return declared
-        return [str(c) for c in declared]
+        for column in declared:  # a loop: cheaper than all() for the usual one or two
+            if type(column) is not str:
+                return [str(c) for c in declared]
+        return declared
     if not table.primary_key:
         raise LookupError(
             f"sql sink: {event.describe()}: {table.name} has no primary key, "
