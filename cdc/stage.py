@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import logging
 import logging.handlers
 import multiprocessing
@@ -72,6 +71,7 @@ from cdc.rows import TxnContext
 from cdc.schema_model import SchemaModel
 from shardctl.core.config import Settings
 from shardctl.core.hashing import ShardHash
+from shardctl.core.runtime import READ_STAGE_YOUNG_EVERY, collect_garbage_less_often
 
 log = logging.getLogger(__name__)
 
@@ -83,27 +83,6 @@ _IDLE_S = 0.2
 _PARENT_CHECK_S = 0.2
 
 Pipeline = Literal["two-process", "one-process"]
-
-# Allocations between young-generation collections (Python's default is 700). The
-# stage makes several short-lived objects per row and no reference cycles: at the
-# default, a collection runs every hundred-odd rows and older generations are
-# scanned often, about a third of the per-row cost of making messages.
-GC_YOUNG_THRESHOLD = 20_000
-_gc_tuned = False
-
-
-def tune_gc() -> None:
-    """Collect garbage less often in this process, and move every object alive now
-    (modules, settings, clients) out of the collector's sight (`gc.freeze`) so that
-    the collections that do run scan only what the stream made. Once per process."""
-    global _gc_tuned
-    if _gc_tuned:
-        return
-    _gc_tuned = True
-    gc.collect()  # nothing collectable gets frozen
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 @dataclass(slots=True)
@@ -257,7 +236,7 @@ class LocalStage:
     """The read stage in the reader's process."""
 
     def __init__(self, spec: StageSpec) -> None:
-        tune_gc()
+        collect_garbage_less_often(READ_STAGE_YOUNG_EVERY)
         options = spec.options
         connect = spec.settings.mysql.connect_kwargs()
         self._json_model = json_model_at(spec.start, connect, options.source)

@@ -41,7 +41,7 @@ from shardctl.cli.common import (
     start_process,
 )
 from shardctl.core.health import DEFAULT_LIVENESS_WINDOW_S
-from shardctl.core.runtime import collect_garbage_less_often
+from shardctl.core.runtime import WORKER_YOUNG_EVERY, collect_garbage_less_often
 
 if TYPE_CHECKING:
     from shardctl.core.config import Settings
@@ -282,7 +282,10 @@ def worker_run(
     max_in_flight: Annotated[
         int | None,
         typer.Option(
-            help=_worker_help("Most events read ahead of the handler", "max_in_flight", 1000), min=1
+            help=_worker_help(
+                "Most events read ahead of the handler, per shard", "max_in_flight", 1000
+            ),
+            min=1,
         ),
     ] = None,
     retry_attempts: Annotated[
@@ -466,7 +469,7 @@ def worker_run(
         except (ConfigError, HandlerError) as exc:
             raise _fail(str(exc), EXIT_USAGE) from None
 
-    collect_garbage_less_often()  # a worker holds many events: see shardctl.core.runtime
+    collect_garbage_less_often(WORKER_YOUNG_EVERY)  # see shardctl.core.runtime
     _run_forever(with_noop_handler() if handler == NOOP_HANDLER else with_handler(handler))
 
 

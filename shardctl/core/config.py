@@ -246,7 +246,7 @@ class WorkerSettings(BaseSettings):
     )
     batch_size: int = Field(default=200, ge=1, description="most events per handler call")
     max_in_flight: int = Field(
-        default=1000, ge=1, description="most events read ahead of the handler, per worker"
+        default=1000, ge=1, description="most events read ahead of the handler, per shard"
     )
     retry_attempts: int = Field(
         default=5, ge=1, description="tries of a failing event before it is dead-lettered"

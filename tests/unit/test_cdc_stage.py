@@ -4,14 +4,12 @@ column), and the publisher is built from the spec alone."""
 
 from __future__ import annotations
 
-import gc
 import json
 import pickle
 from typing import Any
 
 import pytest
 
-import cdc.stage
 from cdc.decoding.errors import DecodeError
 from cdc.filtering import Filter
 from cdc.options import CdcOptions
@@ -106,21 +104,3 @@ def test_the_publisher_takes_every_partition_and_form_fact_from_the_spec() -> No
     )
     [ddl] = publisher.messages(create)
     assert json.loads(ddl.value)["charset"] == "latin1"
-
-
-def test_tune_gc_freezes_what_is_alive_and_collects_young_objects_less_often(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    threshold = gc.get_threshold()
-    monkeypatch.setattr(cdc.stage, "_gc_tuned", False)
-    try:
-        cdc.stage.tune_gc()
-        assert gc.get_threshold() == (cdc.stage.GC_YOUNG_THRESHOLD, *threshold[1:])
-        frozen = gc.get_freeze_count()
-        assert frozen > 0
-        # Once per process: a second stage in the same process changes nothing.
-        cdc.stage.tune_gc()
-        assert gc.get_freeze_count() == frozen
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 
 import pytest
 
-from shardctl.core.runtime import YOUNG_COLLECTION_EVERY, collect_garbage_less_often
+import shardctl.core.runtime as runtime
 
 
-@pytest.fixture
-def restored_threshold() -> Iterator[tuple[int, int, int]]:
-    before = gc.get_threshold()
-    yield before
-    gc.set_threshold(*before)
-
-
-def test_young_collections_run_less_often_and_the_older_ones_keep_their_ratio(
-    restored_threshold: tuple[int, int, int],
+def test_young_collections_run_less_often_and_what_is_alive_is_frozen(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    collect_garbage_less_often()
-    assert gc.get_threshold() == (YOUNG_COLLECTION_EVERY, *restored_threshold[1:])
-    assert gc.isenabled()
+    threshold = gc.get_threshold()
+    monkeypatch.setattr(runtime, "_tuned", False)
+    try:
+        runtime.collect_garbage_less_often(runtime.WORKER_YOUNG_EVERY)
+        assert gc.get_threshold() == (runtime.WORKER_YOUNG_EVERY, *threshold[1:])
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        assert gc.isenabled()
+        # Once per process: a second stage or worker in the same process changes nothing.
+        runtime.collect_garbage_less_often(runtime.READ_STAGE_YOUNG_EVERY)
+        assert gc.get_freeze_count() == frozen
+        assert gc.get_threshold()[0] == runtime.WORKER_YOUNG_EVERY
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
