@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import subprocess
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -398,3 +399,31 @@ def test_a_zero_date_in_a_primary_key_is_refused_whatever_the_setting(
     with pytest.raises(Unmappable, match=r"'day': zero date .*it is a primary key column"):
         sink.on_events(_batch(0, 7, [_dated(0, {"day": "0000-00-00", "n": 1})]))
     assert pg_query(pg, "SELECT COUNT(*) FROM dated") == [(0,)]
+
+
+def test_workers_assigned_at_once_on_a_fresh_database_all_start(pg: dict[str, Any]) -> None:
+    """The first workers of a new database create the bookkeeping tables at the same
+    moment: each must start (PostgreSQL's CREATE TABLE IF NOT EXISTS alone fails one
+    of two concurrent creators with a unique violation on its catalog)."""
+    sinks = [_sink(pg) for _ in range(6)]
+    start = threading.Barrier(len(sinks))
+    errors: list[BaseException] = []
+
+    def assign(shard: int, sink: PostgresSink) -> None:
+        start.wait()
+        try:
+            sink.on_assign(shard, 1)
+        except BaseException as exc:  # reported by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=assign, args=(n, s)) for n, s in enumerate(sinks)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for sink in sinks:
+        sink.on_close()
+    assert errors == []
+    assert pg_query(pg, "SELECT shard, token FROM shardctl_fences ORDER BY shard") == [
+        (n, 1) for n in range(6)
+    ]

@@ -147,6 +147,10 @@ def numbered(statement: str) -> str:
 # cost a few round trips of their own).
 BULK_ROWS = 64
 
+# The advisory lock key under which workers create the bookkeeping tables (any fixed
+# bigint; "shardctl" in ASCII).
+SCHEMA_LOCK_KEY = 0x736861726463746C
+
 # The bulk path's temporary tables: distinct names within a transaction, dropped at
 # its end (ON COMMIT DROP; a rollback drops them as well).
 _bulk_tables = itertools.count()
@@ -197,6 +201,13 @@ class PostgresDialect(Dialect):
 
     def is_open(self, conn: Any) -> bool:
         return not (conn.closed or conn.broken)
+
+    def lock_schema(self, cur: Any) -> None:
+        """CREATE TABLE IF NOT EXISTS does not cover a concurrent CREATE in PostgreSQL:
+        of the first workers of a new database, all but one failed with a unique
+        violation on the catalog (pg_type). A transaction-scoped advisory lock makes
+        them take turns."""
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
 
     def ping(self, conn: Any) -> None:
         conn.execute("SELECT 1")

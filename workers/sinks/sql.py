@@ -484,6 +484,7 @@ class SqlSink:
         """Create the bookkeeping tables if needed and raise the shard's fence to `token`."""
         conn = self._conn(shard)
         with conn.cursor() as cur:
+            self.dialect.lock_schema(cur)
             for statement in self.dialect.schema():
                 cur.execute(statement)
             self.dialect.upgrade_schema(cur)

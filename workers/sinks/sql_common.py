@@ -131,6 +131,10 @@ class Dialect:
     def upgrade_schema(self, cur: Any) -> None:
         """Bring bookkeeping tables made by an older release up to date."""
 
+    def lock_schema(self, cur: Any) -> None:
+        """Hold, until the transaction ends, a lock that makes workers create the
+        bookkeeping tables one at a time (where the database needs it)."""
+
     def connect(self, settings: Any) -> Any:
         raise NotImplementedError
 
