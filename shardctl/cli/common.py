@@ -14,6 +14,7 @@ pay for etcd, gRPC or pydantic. Commands import what they need when they run.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import signal
 from pathlib import Path
@@ -130,14 +131,29 @@ def start_process(
 
 
 def _interrupted(signum: int, frame: object) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise KeyboardInterrupt from None
+    # In a running event loop the exception would land in whatever the loop runs,
+    # possibly a C extension's callback (grpc's, under the etcd client); a demo
+    # interrupted in its loop once aborted with "corrupted double-linked list". So it
+    # is raised by a callback of its own, between two steps of the loop
+    # (call_soon_threadsafe also wakes a loop waiting in select).
+    loop.call_soon_threadsafe(_raise_interrupt)
+
+
+def _raise_interrupt() -> None:
     raise KeyboardInterrupt
 
 
 def raise_on_interrupt() -> None:
-    """Make Ctrl-C raise KeyboardInterrupt wherever the command is.
+    """Make Ctrl-C raise KeyboardInterrupt: at once outside an event loop, and between
+    two steps of a running one (never inside the step it interrupted).
 
     With Python's default handler in place, `asyncio.Runner.run` (and `asyncio.run`)
     turns a Ctrl-C into the cancellation of its task, and a coroutine in flight may
     absorb a cancellation: the demo and `status --watch` then ran on as if never
-    interrupted. The runner leaves a handler of our own alone."""
+    interrupted. The runner leaves a handler of our own alone, and the event loop
+    lets KeyboardInterrupt out of a callback."""
     signal.signal(signal.SIGINT, _interrupted)

@@ -40,3 +40,29 @@ def test_the_demo_handler_raises_inside_the_runner(default_sigint: None) -> None
     raise_on_interrupt()
     with asyncio.Runner() as runner, pytest.raises(KeyboardInterrupt):
         runner.run(absorbs_a_cancellation())
+
+
+def test_the_demo_handler_raises_between_two_steps_of_the_loop_not_inside_one(
+    default_sigint: None,
+) -> None:
+    raise_on_interrupt()
+    reached: list[str] = []
+
+    async def step() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next line
+        reached.append("the rest of the step")
+        await asyncio.sleep(5)
+        reached.append("after the next step")
+
+    with asyncio.Runner() as runner, pytest.raises(KeyboardInterrupt):
+        runner.run(step())
+    assert reached == ["the rest of the step"]
+
+
+def test_the_demo_handler_raises_at_once_outside_an_event_loop(default_sigint: None) -> None:
+    raise_on_interrupt()
+    reached: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        reached.append("after the signal")
+    assert reached == []
