@@ -64,19 +64,21 @@ def _sink(pg: dict[str, Any], scope: str = "test") -> PostgresSink:
     )
 
 
-@pytest.fixture(params=["statements", "bulk"])
-def sink(
-    stack: StackHandle,
-    pg: dict[str, Any],
-    monkeypatch: pytest.MonkeyPatch,
-    request: pytest.FixtureRequest,
-) -> Iterator[PostgresSink]:
-    """The sink, writing every group of rows as multi-row statements, or every group
-    through the bulk path (COPY into a temporary table and one merge)."""
+@pytest.fixture
+def sink_env(stack: StackHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sinks' environment aimed at the stack's PostgreSQL."""
     for key, value in stack.env().items():
         if key.startswith("SHARDCTL_SINK_POSTGRES_"):
             monkeypatch.setenv(key, value)
     monkeypatch.delenv("SHARDCTL_SINK_POSTGRES_PASSWORD", raising=False)
+
+
+@pytest.fixture(params=["statements", "bulk"])
+def sink(
+    pg: dict[str, Any], sink_env: None, request: pytest.FixtureRequest
+) -> Iterator[PostgresSink]:
+    """The sink, writing every group of rows as multi-row statements, or every group
+    through the bulk path (COPY into a temporary table and one merge)."""
     made = _sink(pg)
     made.dialect.bulk_rows = 1 if request.param == "bulk" else None
     yield made
@@ -401,7 +403,9 @@ def test_a_zero_date_in_a_primary_key_is_refused_whatever_the_setting(
     assert pg_query(pg, "SELECT COUNT(*) FROM dated") == [(0,)]
 
 
-def test_workers_assigned_at_once_on_a_fresh_database_all_start(pg: dict[str, Any]) -> None:
+def test_workers_assigned_at_once_on_a_fresh_database_all_start(
+    pg: dict[str, Any], sink_env: None
+) -> None:
     """The first workers of a new database create the bookkeeping tables at the same
     moment: each must start (PostgreSQL's CREATE TABLE IF NOT EXISTS alone fails one
     of two concurrent creators with a unique violation on its catalog)."""
