@@ -195,9 +195,10 @@ def write_deletes(
         dialect.execute(cur, statement, params)
 
 
-def _size(row: tuple[Any, ...]) -> int:
-    """About the length of a row's values in a statement (its repr: one C call)."""
-    return len(repr(row))
+def _size(values: Sequence[Any]) -> int:
+    """About the length of a row's values, or a run of rows, in a statement (its
+    repr: one C call)."""
+    return len(repr(values))
 
 
 def chunks(
@@ -214,7 +215,7 @@ def chunks(
         chunk = rows[start : start + limit]
         # One repr of the whole run measures it; only a run too long is measured
         # row by row, to cut it where it passes the limit.
-        if len(chunk) > 1 and _size(tuple(chunk)) > MAX_STATEMENT_BYTES:
+        if len(chunk) > 1 and _size(chunk) > MAX_STATEMENT_BYTES:
             size = 0
             for n, row in enumerate(chunk):
                 size += _size(row)

@@ -436,7 +436,7 @@ class SqlSink:
         self.scope = self.settings.scope or cluster
         self._conns: dict[int, Any] = {}
         self._tokens: dict[int, int] = {}
-        self._tables: dict[tuple[str, str], _Table] = {}
+        self._tables: dict[tuple[Any, Any], _Table] = {}  # by the event's own names
         self._lock = threading.Lock()
         # (shard, topic, stream) -> transactions remembered since the last prune
         self._unpruned: dict[tuple[int, str, str], int] = {}
@@ -546,7 +546,6 @@ class SqlSink:
             applied = 0
             changes = RowChanges(fold=self.settings.fold_changes)
             last_ids: dict[str, str] = {}
-            tables: dict[tuple[Any, Any], _Table] = {}  # the batch's, by the event's names
             # The loop below runs once per event: it reads the message directly
             # rather than through Event's properties, which cost a call each.
             for event in batch.events:
@@ -582,7 +581,7 @@ class SqlSink:
                     newest[(event.topic, stream)] = key
                     changed.add((event.topic, stream))
                     txns[_txn_text(key)] = _fingerprint(event)
-                self._add(cur, event, changes, tables)
+                self._add(cur, event, changes)
                 applied += 1
             changes.write(self.dialect, cur)
             for topic, stream in changed:
@@ -680,16 +679,16 @@ class SqlSink:
                     continue
                 namespace = self.target_namespace(event)
                 try:
-                    table = self._table(cur, namespace, event.table)
+                    table = self._table(cur, event)
                 except MissingTable:
                     self._create_table(conn, namespace, event)
-                    self._table(cur, namespace, event.table, reread=True)
+                    self._table(cur, event, reread=True)
                     continue
                 data = event.data
                 if all(c in table.types or data[c] is None for c in data):
                     continue
                 # Another worker may have added them since the table was read.
-                table = self._table(cur, namespace, event.table, reread=True)
+                table = self._table(cur, event, reread=True)
                 missing = [c for c in data if c not in table.types and data[c] is not None]
                 if missing:
                     for column in missing:
@@ -703,7 +702,7 @@ class SqlSink:
                             kind,
                             table.name,
                         )
-                    self._table(cur, namespace, event.table, reread=True)
+                    self._table(cur, event, reread=True)
 
     def _create_table(self, conn: Any, namespace: str, event: Event) -> None:
         """Create the missing target table of `event` from its row's values."""
@@ -950,34 +949,29 @@ class SqlSink:
                 (self.scope, batch.shard, batch.token),
             )
 
-    def _table(self, cur: Any, database: str, table: str, reread: bool = False) -> _Table:
-        key = (database, table)
+    def _table(self, cur: Any, event: Event, reread: bool = False) -> _Table:
+        """The target table of `event`, read from the target once and then kept. It is
+        kept by the event's own database and table names, which name one target (the
+        target namespace depends on nothing else), so the per-event path reads the
+        message and calls nothing."""
+        message = event.message
+        key = (message.get("database"), message.get("table"))
         # One dict read is atomic: the lock guards the writes.
         found = None if reread else self._tables.get(key)
         if found is not None:
             return found
-        found = self.dialect.target_table(cur, database, table)
+        found = self.dialect.target_table(cur, self.target_namespace(event), event.table)
         with self._lock:
             self._tables[key] = found
         return found
 
-    def _add(
-        self,
-        cur: Any,
-        event: Event,
-        changes: RowChanges,
-        tables: dict[tuple[Any, Any], _Table],
-    ) -> None:
-        """Add the row writes of `event` to the batch's `changes`. `tables`: the
-        batch's target tables so far, by the event's database and table."""
+    def _add(self, cur: Any, event: Event, changes: RowChanges) -> None:
+        """Add the row writes of `event` to the batch's `changes`."""
         message = event.message
         kind = message.get("type")
         if type(kind) is not str or kind not in _WRITE_TYPES:
             return
-        names = (message.get("database"), message.get("table"))
-        table = tables.get(names)
-        if table is None:
-            table = tables[names] = self._table(cur, self.target_namespace(event), event.table)
+        table = self._table(cur, event)
         pk = _primary_key(message, event, table)
         data = message.get("data")
         if type(data) is not dict:
@@ -998,8 +992,7 @@ class SqlSink:
             else:
                 # The target may have gained the columns since it was read (an ALTER
                 # that followed the source's): read it again once before refusing.
-                table = self._table(cur, self.target_namespace(event), event.table, reread=True)
-                tables[names] = table
+                table = self._table(cur, event, reread=True)
                 types = table.types
                 unknown = [c for c in data if c not in types]
                 if unknown and basic and all(data[c] is None for c in unknown):
