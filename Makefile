@@ -51,7 +51,7 @@ unit: venv  ## pure-logic tests only; no services needed
 
 # The whole suite 3 times in a row while a CPU burner keeps one core busy: a test that
 # depends on timing fails here first. Prints each run's result; fails if any run failed.
-flake-hunt: venv stack  ## the suite 3 times under CPU load (about 1 h 40 min on 2 cores)
+flake-hunt: venv stack  ## the suite 3 times under CPU load (about 65 min on 2 cores)
 	@$(BIN)/python -c 'while True: pass' & burner=$$!; trap 'kill $$burner' EXIT; \
 	failed=0; for run in 1 2 3; do \
 		echo "== flake-hunt run $$run of 3 (one core busy)"; \
